@@ -1,0 +1,7 @@
+"""klpcc: compiles a series of C source patches into one cumulative live patch."""
+
+__version__ = "0.1.0"
+
+from .api import AnalyzeOptions, analyze, compile_bundle  # noqa: E402
+
+__all__ = ["AnalyzeOptions", "analyze", "compile_bundle", "__version__"]

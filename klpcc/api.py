@@ -1,0 +1,42 @@
+"""The library API a release pipeline imports; the CLI is a thin shell over it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bundle as _bundle
+from .history import Analysis, analyse, replay
+from .series import load
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Where the series and its base come from, and which releases to look at."""
+
+    series: Sequence[str] = ()
+    source: str | None = None
+    git: tuple[str, str] | None = None  # (repository, "BASE..TIP")
+    release: str | int | None = None  # name or 1-based position; default: the last
+    installed: str | int | None = None  # --from
+    fuzz: int = 0
+
+
+def analyze(opts: AnalyzeOptions) -> Analysis:
+    """Net change of the selected release against the base (and the transition from
+    an installed release)."""
+    series, base = load(opts.series, opts.git, opts.source)
+    release = series.index(opts.release, "release")
+    installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
+    keep = {release} | ({installed} if installed else set())
+    rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
+    return analyse(rep, release, installed)
+
+
+def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False) -> Analysis:
+    """Write the cumulative patch bundle of the selected release to ``outdir``."""
+    _bundle.check_target(Path(outdir), force)
+    analysis = analyze(opts)
+    _bundle.write(analysis, Path(outdir), force=force)
+    return analysis

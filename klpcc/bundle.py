@@ -1,0 +1,123 @@
+"""Stage 7: the cumulative patch bundle of a release.
+
+``manifest.json`` (schema ``klpcc.manifest/1``) and ``cumulative.diff`` (base to
+the release, for every file the series touched), written atomically: everything
+goes to a temporary directory next to the target, which is renamed into place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import KlpccError
+from .history import Analysis
+from .report import analysis_json
+from .trees import blob_id
+
+MANIFEST_SCHEMA = "klpcc.manifest/1"
+
+
+def check_target(outdir: Path, force: bool) -> None:
+    if outdir.exists() and not force:
+        raise KlpccError(f"{outdir} exists; use --force to replace it")
+    if outdir.exists() and not outdir.is_dir():
+        raise KlpccError(f"{outdir} exists and is not a directory")
+    parent = outdir.resolve().parent
+    if not parent.is_dir():
+        raise KlpccError(f"the directory {parent} does not exist")
+
+
+def cumulative_diff(analysis: Analysis) -> tuple[str, list[dict]]:
+    """Unified diff from the base to the release for every file that differs."""
+    rep = analysis.replay
+    snaps = rep.snapshots
+    out: list[str] = []
+    files: list[dict] = []
+    for path in snaps.changed_paths(analysis.release):
+        old = snaps.read(path, 0)
+        new = snaps.read(path, analysis.release)
+        status = "added" if old is None else "deleted" if new is None else "modified"
+        files.append({
+            "path": path,
+            "status": status,
+            "base_sha256": None if old is None else blob_id(old),
+            "sha256": None if new is None else blob_id(new),
+        })
+        out.append(_file_diff(path, old, new))
+    return "".join(out), files
+
+
+def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
+    a = [] if old is None else old.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    b = [] if new is None else new.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    head = [f"diff --git a/{path} b/{path}\n"]
+    if old is None:
+        head.append("new file mode 100644\n")
+    elif new is None:
+        head.append("deleted file mode 100644\n")
+    src = "/dev/null" if old is None else f"a/{path}"
+    dst = "/dev/null" if new is None else f"b/{path}"
+    body: list[str] = []
+    for line in difflib.unified_diff(a, b, src, dst, n=3, lineterm=""):
+        if line.startswith(("---", "+++", "@@")):
+            body.append(line.rstrip("\n") + "\n")
+        elif line.endswith("\n"):
+            body.append(line)
+        else:
+            body.append(line + "\n\\ No newline at end of file\n")
+    return "".join(head + body)
+
+
+def manifest(analysis: Analysis, files: list[dict]) -> dict:
+    doc = analysis_json(analysis)
+    rep = analysis.replay
+    base = dict(rep.base.identity())
+    base["files"] = [
+        {"path": p, "sha256": rep.snapshots.blob_at(p, 0)} for p in rep.snapshots.paths()
+    ]
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "generator": f"klpcc {__version__}",
+        "release": {"name": analysis.release_name, "index": analysis.release},
+        "releases": doc["releases"],
+        "base": base,
+        "functions": doc["functions"],
+        "nops": doc["nops"],
+        "outside": doc["outside"],
+        "files": files,
+        "diff": "cumulative.diff",
+        "dependencies": doc["dependencies"],
+        "warnings": doc["warnings"],
+    }
+
+
+def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
+    check_target(outdir, force)
+    diff, files = cumulative_diff(analysis)
+    doc = manifest(analysis, files)
+    parent = outdir.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
+    try:
+        (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if outdir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
+            os.rename(outdir, old / "x")
+            try:
+                os.rename(tmp, outdir)
+            except OSError:
+                os.rename(old / "x", outdir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

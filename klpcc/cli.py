@@ -1,0 +1,107 @@
+"""Command line: a thin shell over :mod:`klpcc.api`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from . import __version__
+from .api import AnalyzeOptions, analyze, compile_bundle
+from .errors import KlpccError
+from .report import analysis_json, analysis_text
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"klpcc: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every error into one line on stderr and an exit code; no tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KlpccError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        except (KeyboardInterrupt, BrokenPipeError):
+            sys.exit(130)
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}: {exc.strerror}".lstrip(": "), EXIT_BAD_INPUT)
+        except Exception as exc:  # a bug: say so in one line, details on request
+            if os.environ.get("KLPCC_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} "
+                  "(set KLPCC_DEBUG=1 for a traceback)", EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _series_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.argument("series", nargs=-1, type=click.Path())(fn)
+    fn = click.option("--source", "source", metavar="BASE", type=click.Path(),
+                      help="Base source tree the series applies to (the running code).")(fn)
+    fn = click.option("--git", "git", nargs=2, metavar="REPO BASE..TIP",
+                      help="Take the series from a git range: each commit is a release.")(fn)
+    fn = click.option("--release", "-r", "release", metavar="R",
+                      help="Release to build, by name or 1-based position (default: the last).")(fn)
+    fn = click.option("--fuzz", type=click.IntRange(0, 3), default=0, show_default=True,
+                      help="Context lines a hunk may ignore to apply.")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="klpcc")
+def main() -> None:
+    """klpcc compiles a series of C source patches into one cumulative live patch."""
+
+
+@main.command("analyze")
+@_series_options
+@click.option("--from", "installed", metavar="K",
+              help="Installed release: show the transition from it to R.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@_guard
+def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
+                release: str | None, fuzz: int, installed: str | None, fmt: str) -> None:
+    """Per-function net change of release R against the base: modified, added,
+    removed, and nops (earlier fixes R reverts)."""
+    a = analyze(AnalyzeOptions(series, source, git, release, installed, fuzz))
+    if fmt == "json":
+        click.echo(json.dumps(analysis_json(a), indent=2))
+    else:
+        click.echo(analysis_text(a), nl=False)
+        for w in a.replay.warnings:
+            click.echo(f"klpcc: warning: {w}", err=True)
+
+
+@main.command("compile")
+@_series_options
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(),
+              help="Bundle directory to write (manifest.json, cumulative.diff).")
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+@_guard
+def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
+                release: str | None, fuzz: int, outdir: str, force: bool) -> None:
+    """Write the cumulative patch bundle of release R to OUTDIR."""
+    a = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
+                       force=force)
+    counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop")}
+    click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for w in a.replay.warnings:
+        click.echo(f"klpcc: warning: {w}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

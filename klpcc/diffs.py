@@ -1,0 +1,375 @@
+"""Stage 2: parse the unified diffs of a patch and apply them, validated.
+
+Patches may be plain unified diffs, ``git diff`` output or ``git format-patch``
+mails; new, deleted, renamed and copied files, ``-p0``/``-p1`` paths and
+``\\ No newline at end of file`` are understood.  A hunk applies where it says, or
+at an offset when the lines around it moved; dropping context lines (fuzz) happens
+only when asked for.  Every problem is a :class:`KlpccError` naming the patch, the
+line of the patch and the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from unidiff import PatchSet
+from unidiff.errors import UnidiffParseError
+
+from .errors import KlpccError
+from .functions import LineEdit
+from .series import Patch
+
+DEV_NULL = "/dev/null"
+
+
+@dataclass(frozen=True, slots=True)
+class Hunk:
+    old_start: int  # 1-based, as in the header
+    old_count: int
+    new_start: int
+    new_count: int
+    lines: tuple[tuple[str, bytes, int], ...]  # (" "|"-"|"+", text with its newline, patch line)
+    patch_line: int  # line of the @@ header in the patch
+
+    def old_lines(self) -> list[bytes]:
+        return [t for tag, t, _ in self.lines if tag != "+"]
+
+    def new_lines(self) -> list[bytes]:
+        return [t for tag, t, _ in self.lines if tag != "-"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    kind: str  # "modify", "add", "delete", "rename", "copy"
+    old_path: str | None
+    new_path: str | None
+    hunks: tuple[Hunk, ...]
+    patch_line: int
+
+    @property
+    def path(self) -> str:
+        return self.new_path or self.old_path or "?"
+
+
+# --------------------------------------------------------------------------- parse
+
+_DIFF_START = re.compile(rb"^(diff |--- |Index: )", re.M)
+_GIT_HEADER = re.compile(r"^diff --git ")
+
+
+def _split_lines(data: bytes) -> list[str]:
+    text = data.decode("utf-8", "surrogateescape")
+    return text.splitlines(keepends=True)
+
+
+def _first_diff_line(lines: Sequence[str]) -> int:
+    """Index of the first line of the first file diff (mail headers, commit message
+    and diffstat before it are not part of the diff)."""
+    for i, line in enumerate(lines):
+        if line.startswith("diff "):
+            return i
+        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            return i
+    return len(lines)
+
+
+def _trim_signature(lines: list[str]) -> list[str]:
+    """Drop a format-patch mail signature ("-- " then a version line)."""
+    for i in range(len(lines) - 1, max(len(lines) - 4, -1), -1):
+        if lines[i] in ("-- \n", "-- \r\n", "--\n"):
+            return lines[:i]
+    return lines
+
+
+class _Counted:
+    """Feeds lines to unidiff and remembers how far it read, for error messages."""
+
+    def __init__(self, lines: Sequence[str]):
+        self.lines = lines
+        self.read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.lines:
+            self.read += 1
+            yield line
+
+
+def _unquote(name: str) -> str:
+    name = name.strip()
+    if len(name) >= 2 and name[0] == '"' and name[-1] == '"':
+        body = name[1:-1].encode("utf-8", "surrogateescape").decode("unicode_escape")
+        return body.encode("latin-1").decode("utf-8", "surrogateescape")
+    return name
+
+
+def _strip(name: str, n: int) -> str:
+    parts = name.split("/")
+    return "/".join(parts[n:])
+
+
+def _check_path(path: str, patch: Patch, line: int) -> str:
+    if not path:
+        raise KlpccError("a diff names an empty path", patch=patch.path, line=line)
+    if path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path):
+        raise KlpccError(f"absolute path {path!r} is not allowed", patch=patch.path, line=line)
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise KlpccError(f"path {path!r} leads outside the source tree ('..')",
+                         patch=patch.path, line=line)
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> list[FileChange]:
+    """Parse one patch into file changes.  ``exists`` tells whether a path exists in
+    the tree the patch applies to (used to pick -p0 or -p1 when not told)."""
+    lines = _split_lines(patch.data)
+    start = _first_diff_line(lines)
+    body = _trim_signature(lines[start:])
+    if not body:
+        if re.search(rb"^GIT binary patch|^Binary files ", patch.data, re.M):
+            raise KlpccError("binary patches are not supported", patch=patch.path)
+        raise KlpccError("the patch holds no diff", patch=patch.path)
+    feed = _Counted(body)
+    try:
+        parsed = PatchSet(feed)
+    except UnidiffParseError as exc:
+        raise KlpccError(f"malformed diff: {exc}".rstrip(), patch=patch.path,
+                         line=start + feed.read) from None
+    except (UnicodeError, ValueError) as exc:
+        raise KlpccError(f"malformed diff: {exc}", patch=patch.path, line=start + feed.read) from None
+    changes: list[FileChange] = []
+    for pf in parsed:
+        pline = start + (pf.diff_line_no or 1)
+        if pf.is_binary_file:
+            raise KlpccError(f"binary patch for {pf.path}: binary files are not supported",
+                             patch=patch.path, line=pline)
+        changes.append(_file_change(pf, patch, pline, start, exists))
+    if not changes:
+        raise KlpccError("the patch holds no diff", patch=patch.path)
+    return changes
+
+
+def _file_change(pf, patch: Patch, pline: int, offset: int,
+                 exists: Callable[[str], bool] | None) -> FileChange:
+    info = [str(x) for x in (pf.patch_info or [])]
+    git = any(_GIT_HEADER.match(x) for x in info)
+    rename_from = next((x[len("rename from "):].rstrip("\n") for x in info
+                        if x.startswith("rename from ")), None)
+    rename_to = next((x[len("rename to "):].rstrip("\n") for x in info
+                      if x.startswith("rename to ")), None)
+    copy_from = next((x[len("copy from "):].rstrip("\n") for x in info
+                      if x.startswith("copy from ")), None)
+    copy_to = next((x[len("copy to "):].rstrip("\n") for x in info
+                    if x.startswith("copy to ")), None)
+
+    src = _unquote(pf.source_file or "")
+    dst = _unquote(pf.target_file or "")
+    old = None if src == DEV_NULL else src
+    new = None if dst == DEV_NULL else dst
+    if old is None and new is None:
+        raise KlpccError("a diff has /dev/null on both sides", patch=patch.path, line=pline)
+
+    strip = patch.strip
+    if strip is None:
+        strip = _guess_strip(old, new, git, exists)
+    old_p = _check_path(_strip(old, strip), patch, pline) if old is not None else None
+    new_p = _check_path(_strip(new, strip), patch, pline) if new is not None else None
+    kind = "modify"
+    if rename_from is not None and rename_to is not None:
+        kind = "rename"
+        old_p = _check_path(_unquote(rename_from), patch, pline)
+        new_p = _check_path(_unquote(rename_to), patch, pline)
+    elif copy_from is not None and copy_to is not None:
+        kind = "copy"
+        old_p = _check_path(_unquote(copy_from), patch, pline)
+        new_p = _check_path(_unquote(copy_to), patch, pline)
+    elif old_p is None:
+        kind = "add"
+    elif new_p is None:
+        kind = "delete"
+    elif old_p != new_p:
+        # plain diffs name backups (foo.c.orig) on the old side: the new side wins
+        old_p = new_p
+
+    hunks = []
+    for h in pf:
+        hline = offset + (h[0].diff_line_no - 1 if len(h) else 1)
+        hunks.append(_hunk(h, hline, offset))
+    return FileChange(kind, old_p, new_p, tuple(hunks), pline)
+
+
+def _guess_strip(old: str | None, new: str | None, git: bool,
+                 exists: Callable[[str], bool] | None) -> int:
+    if git:
+        return 1
+    if (old is None or old.startswith("a/")) and (new is None or new.startswith("b/")):
+        return 1
+    name = old if old is not None else new
+    assert name is not None
+    if exists is not None:
+        if exists(name):
+            return 0
+        if "/" in name and exists(_strip(name, 1)):
+            return 1
+        if old is None and "/" in name:
+            # a new file: strip a level if that puts it in an existing directory
+            top = name.split("/")[0]
+            if not exists(top) and exists(_strip(name, 1).rsplit("/", 1)[0]):
+                return 1
+    return 0
+
+
+def _hunk(h, header_line: int, offset: int) -> Hunk:
+    out: list[tuple[str, bytes, int]] = []
+    for line in h:
+        tag = line.line_type
+        if tag == "\\":
+            if out:
+                ptag, text, pl = out[-1]
+                if text.endswith(b"\n"):
+                    text = text[:-1]
+                out[-1] = (ptag, text, pl)
+            continue
+        if tag not in (" ", "-", "+"):
+            continue
+        value = line.value
+        if not value.endswith("\n"):
+            value += "\n"
+        out.append((tag, value.encode("utf-8", "surrogateescape"), offset + (line.diff_line_no or 0)))
+    return Hunk(h.source_start, h.source_length, h.target_start, h.target_length, tuple(out),
+                header_line)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    lines: list[bytes]
+    edits: list[LineEdit]  # in ascending order, non-overlapping
+    edit_lines: list[int]  # patch line of the first changed line of each edit
+    notes: list[str]  # offsets and fuzz used
+
+
+def apply_hunks(lines: Sequence[bytes], change: FileChange, patch: Patch, fuzz: int = 0) -> Applied:
+    """Apply the hunks of ``change`` to ``lines`` (each with its newline)."""
+    out: list[bytes] = []
+    edits: list[LineEdit] = []
+    edit_lines: list[int] = []
+    notes: list[str] = []
+    pos = 0  # next unconsumed old line
+    shift = 0  # offset found for the previous hunk
+    path = change.old_path or change.path
+    for number, hunk in enumerate(change.hunks, 1):
+        nominal = hunk.old_start - 1 if hunk.old_count else hunk.old_start
+        expected = nominal + shift
+        found = None
+        trim = (0, 0)
+        for f in range(0, fuzz + 1):
+            trim = _context_trim(hunk, f)
+            old_f = hunk.old_lines()[trim[0]: len(hunk.old_lines()) - trim[1]]
+            found = _locate(lines, old_f, expected + trim[0], pos)
+            if found is not None:
+                if f:
+                    notes.append(f"{path}: hunk #{number} applied with fuzz {f}")
+                break
+        if found is None:
+            raise KlpccError(
+                f"hunk #{number} does not apply: {_mismatch(lines, hunk, expected)}",
+                patch=patch.path, line=hunk.patch_line, file=path,
+            )
+        body = hunk.lines[trim[0]: len(hunk.lines) - trim[1]]
+        if found - trim[0] != expected:
+            notes.append(f"{path}: hunk #{number} applied at offset {found - trim[0] - nominal:+d}")
+        shift = found - trim[0] - nominal
+        out.extend(lines[pos:found])
+        _hunk_edits(body, found, len(out), edits, edit_lines)
+        new = [t for tag, t, _ in body if tag != "-"]
+        out.extend(new)
+        pos = found + sum(1 for tag, _, _ in body if tag != "+")
+    out.extend(lines[pos:])
+    return Applied(out, edits, edit_lines, notes)
+
+
+def _context_trim(hunk: Hunk, fuzz: int) -> tuple[int, int]:
+    """How many leading and trailing context lines fuzz ``fuzz`` drops."""
+    if fuzz == 0:
+        return 0, 0
+    lead = 0
+    for tag, _, _ in hunk.lines:
+        if tag != " ":
+            break
+        lead += 1
+    trail = 0
+    for tag, _, _ in reversed(hunk.lines):
+        if tag != " ":
+            break
+        trail += 1
+    return min(fuzz, lead), min(fuzz, trail)
+
+
+def _locate(lines: Sequence[bytes], old: Sequence[bytes], expected: int, floor: int) -> int | None:
+    """Where ``old`` occurs in ``lines`` at or after ``floor``, nearest ``expected``."""
+    n = len(old)
+    limit = len(lines) - n
+    if not old:
+        return min(max(expected, floor), len(lines))
+    first = old[0]
+    delta = 0
+    while True:
+        up, down = expected + delta, expected - delta
+        if up > limit and down < floor:
+            return None
+        for at in ((up,) if delta == 0 else (up, down)):
+            if floor <= at <= limit and lines[at] == first and lines[at:at + n] == old:
+                return at
+        delta += 1
+
+
+def _hunk_edits(body: Sequence[tuple[str, bytes, int]], old_at: int, new_at: int,
+                edits: list[LineEdit], edit_lines: list[int]) -> None:
+    """One edit per run of changed lines."""
+    o, n = old_at, new_at
+    run: list[int] | None = None  # [old_start, old_count, new_start, new_count]
+    for tag, _, pline in body:
+        if tag == " ":
+            if run:
+                edits.append(LineEdit(*run))
+                run = None
+            o += 1
+            n += 1
+            continue
+        if run is None:
+            run = [o, 0, n, 0]
+            edit_lines.append(pline)
+        if tag == "-":
+            run[1] += 1
+            o += 1
+        else:
+            run[3] += 1
+            n += 1
+    if run:
+        edits.append(LineEdit(*run))
+
+
+def _show(line: bytes) -> str:
+    text = line.decode("utf-8", "replace").rstrip("\r\n")
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _mismatch(lines: Sequence[bytes], hunk: Hunk, expected: int) -> str:
+    old = hunk.old_lines()
+    if expected + len(old) > len(lines) and expected >= len(lines):
+        return (f"it expects line {expected + 1} but the file has only {len(lines)} lines")
+    for i, want in enumerate(old):
+        at = expected + i
+        if at >= len(lines):
+            return f"the file ends at line {len(lines)}, before the hunk does"
+        if lines[at] != want:
+            got = lines[at]
+            if got.rstrip(b"\r\n") == want.rstrip(b"\r\n"):
+                return f"line {at + 1} differs in its line ending or final newline"
+            return f"line {at + 1} is {_show(got)}, the patch expects {_show(want)}"
+    return "the context does not match"

@@ -1,0 +1,562 @@
+"""Stage 5: the history of every function (and every other top-level item) across
+the releases of a series, and what follows from it.
+
+:func:`replay` applies the series release by release.  Each touched C file is
+parsed once; after that only the items an edit can have changed are looked at
+again.  Every item has an identity -- a ``static`` function is ``file:name``, any
+other function is its name (so a non-static function moved to another file with the
+same body is unchanged), anything else outside functions is ``file:kind:name`` --
+and a *signature* per release: the multiset of the fingerprints of its definitions
+(one per ``#if`` branch that defines it).
+
+:func:`analyse` turns that into the net change of a release against the base, the
+nops an atomic replace must perform, and the transition from an installed release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from .diffs import FileChange, apply_hunks, parse_patch
+from .errors import KlpccError
+from .functions import CSource, Item, LineEdit, is_c_file
+from .series import Patch, Series
+from .trees import BaseTree, Snapshots
+
+# state of an item in one release, against the base
+UNCHANGED, MODIFIED, ADDED, REMOVED, ABSENT = "unchanged", "modified", "added", "removed", "absent"
+# what the cumulative patch of a release does with it
+NOP, DROPPED = "nop", "dropped"
+# transitions from an installed release
+T_ADD, T_UPDATE, T_KEEP, T_NOP, T_DROP = "add", "update", "keep", "nop", "drop"
+
+Signature = tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Change:
+    """An item's signature changed in ``release``."""
+
+    release: int
+    signature: Signature
+    files: tuple[str, ...]
+    patch: str
+    patch_line: int | None
+
+
+@dataclass(slots=True)
+class Track:
+    """One function or other top-level item, followed across the series."""
+
+    key: str
+    kind: str
+    name: str
+    static: bool
+    macro: str | None = None
+    base: Counter = field(default_factory=Counter)
+    cur: Counter = field(default_factory=Counter)
+    base_files: Counter = field(default_factory=Counter)
+    cur_files: Counter = field(default_factory=Counter)
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def base_signature(self) -> Signature:
+        return tuple(sorted(self.base.elements()))
+
+    def signature(self, release: int) -> Signature:
+        sig = self.base_signature
+        for ch in self.changes:
+            if ch.release > release:
+                break
+            sig = ch.signature
+        return sig
+
+    def files_at(self, release: int) -> tuple[str, ...]:
+        files = tuple(sorted(self.base_files))
+        for ch in self.changes:
+            if ch.release > release:
+                break
+            files = ch.files
+        return files
+
+    def state(self, release: int) -> str:
+        return classify(self.base_signature, self.signature(release))
+
+
+def classify(base: Signature, sig: Signature) -> str:
+    if not base:
+        return ADDED if sig else ABSENT
+    if not sig:
+        return REMOVED
+    return UNCHANGED if sig == base else MODIFIED
+
+
+def combined(sig: Signature) -> str | None:
+    """One fingerprint for a signature (several for a function defined per branch)."""
+    if not sig:
+        return None
+    if len(sig) == 1:
+        return sig[0]
+    return hashlib.blake2b("+".join(sig).encode(), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class _File:
+    path: str
+    lines: list[bytes] | None  # None: the file does not exist
+    src: CSource | None = None
+
+
+@dataclass
+class Replay:
+    """The whole series, applied."""
+
+    series: Series
+    base: BaseTree
+    functions: dict[str, Track]
+    outside: dict[str, Track]
+    snapshots: Snapshots
+    notes: list[str]
+    warnings: list[str]
+    files_touched: dict[int, list[str]]  # release -> paths its patch changed
+
+    @property
+    def releases(self) -> list[str]:
+        return self.series.names
+
+
+class _Replayer:
+    def __init__(self, series: Series, base: BaseTree, fuzz: int, keep: Iterable[int]):
+        self.series = series
+        self.base = base
+        self.fuzz = fuzz
+        self.files: dict[str, _File] = {}
+        self.functions: dict[str, Track] = {}
+        self.outside: dict[str, Track] = {}
+        self.snapshots = Snapshots(frozenset(keep))
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.files_touched: dict[int, list[str]] = {}
+        self._dirty: dict[int, Track] = {}
+        self._origin: dict[str, tuple[str, int | None]] = {}
+
+    # -- files ----------------------------------------------------------------
+
+    def _file(self, path: str) -> _File:
+        f = self.files.get(path)
+        if f is None:
+            data = self.base.read(path)
+            if data is not None and is_c_file(path) and b"\0" in data:
+                raise KlpccError("is not a C text file (it holds NUL bytes)", file=path)
+            lines = None if data is None else data.splitlines(keepends=True)
+            f = _File(path, lines)
+            self.files[path] = f
+            self.snapshots.record(path, 0, data)
+            if lines is not None and is_c_file(path):
+                f.src = CSource(path, lines)
+                for item in f.src.items():
+                    self._add(path, item, base=True)
+        return f
+
+    def exists(self, path: str) -> bool:
+        f = self.files.get(path)
+        if f is not None:
+            return f.lines is not None
+        if self.base.read(path) is not None:
+            return True
+        return self._is_dir(path)
+
+    def _is_dir(self, path: str) -> bool:
+        root = getattr(self.base, "root", None)
+        return root is not None and (root / path).is_dir()
+
+    # -- items ----------------------------------------------------------------
+
+    def _track(self, path: str, item: Item) -> Track:
+        if item.kind == "function":
+            key = f"{path}:{item.name}" if item.static else item.name
+            table = self.functions
+        else:
+            key = f"{path}:{item.kind}:{item.name}"
+            table = self.outside
+        track = table.get(key)
+        if track is None:
+            track = Track(key, item.kind, item.name, item.static, item.macro)
+            table[key] = track
+        elif item.macro and not track.macro:
+            track.macro = item.macro
+        return track
+
+    def _add(self, path: str, item: Item, base: bool = False) -> None:
+        track = self._track(path, item)
+        if base:
+            track.base[item.fingerprint] += 1
+            track.base_files[path] += 1
+        track.cur[item.fingerprint] += 1
+        track.cur_files[path] += 1
+        if not base:
+            self._dirty[id(track)] = track
+
+    def _remove(self, path: str, item: Item) -> None:
+        track = self._track(path, item)
+        track.cur[item.fingerprint] -= 1
+        if track.cur[item.fingerprint] <= 0:
+            del track.cur[item.fingerprint]
+        track.cur_files[path] -= 1
+        if track.cur_files[path] <= 0:
+            del track.cur_files[path]
+        self._dirty[id(track)] = track
+
+    def _note_origin(self, path: str, items: Sequence[Item], edits: Sequence[LineEdit],
+                     edit_lines: Sequence[int], patch: Patch, new_side: bool) -> None:
+        for item in items:
+            track = self._track(path, item)
+            if track.key in self._origin:
+                continue
+            line = None
+            for e, pl in zip(edits, edit_lines):
+                start, count = (e.new_start, e.new_count) if new_side else (e.old_start, e.old_count)
+                if start <= item.end_line - 1 and start + max(count, 1) - 1 >= item.start_line - 1:
+                    line = pl
+                    break
+            if line is None and edit_lines:
+                line = edit_lines[0]
+            self._origin[track.key] = (patch.path, line)
+
+    # -- releases -------------------------------------------------------------
+
+    def run(self) -> Replay:
+        for index, patch in enumerate(self.series.patches, 1):
+            self._release(index, patch)
+        return Replay(self.series, self.base, self.functions, self.outside, self.snapshots,
+                      self.notes, self.warnings, self.files_touched)
+
+    def _release(self, index: int, patch: Patch) -> None:
+        changes = parse_patch(patch, self.exists)
+        touched: list[str] = []
+        for change in changes:
+            touched.extend(self._apply(index, patch, change))
+        self.files_touched[index] = touched
+        for path in dict.fromkeys(touched):
+            f = self.files[path]
+            data = None if f.lines is None else b"".join(f.lines)
+            self.snapshots.record(path, index, data)
+        for track in self._dirty.values():
+            sig = tuple(sorted(track.cur.elements()))
+            prev = track.changes[-1].signature if track.changes else track.base_signature
+            if sig != prev:
+                origin = self._origin.get(track.key, (patch.path, None))
+                track.changes.append(Change(index, sig, tuple(sorted(track.cur_files)),
+                                            origin[0], origin[1]))
+                if track.kind == "unparsed":
+                    line = f":{origin[1]}" if origin[1] else ""
+                    self.warnings.append(
+                        f"{patch.path}{line}: {track.key.split(':')[0]}: release {patch.name!r} "
+                        "changes code the C parser could not read; check by hand that no "
+                        "function change is missed there")
+        self._dirty.clear()
+        self._origin.clear()
+
+    def _apply(self, index: int, patch: Patch, change: FileChange) -> list[str]:
+        kind = change.kind
+        if kind in ("modify", "delete"):
+            path = change.old_path
+            assert path is not None
+            f = self._file(path)
+            if f.lines is None:
+                raise KlpccError("the patch changes a file that does not exist",
+                                 patch=patch.path, line=change.patch_line, file=path)
+            applied = apply_hunks(f.lines, change, patch, self.fuzz)
+            self.notes.extend(f"{patch.path}: {n}" for n in applied.notes)
+            if kind == "delete":
+                if applied.lines:
+                    raise KlpccError("the patch deletes the file but does not remove all of it "
+                                     "(the file has lines the patch does not show)",
+                                     patch=patch.path, line=change.patch_line, file=path)
+                self._replace(f, None, patch)
+            else:
+                self._edit(f, applied.lines, applied.edits, applied.edit_lines, patch)
+            return [path]
+        if kind == "add":
+            path = change.new_path
+            assert path is not None
+            f = self._file(path)
+            if f.lines is not None:
+                raise KlpccError("the patch creates a file that already exists",
+                                 patch=patch.path, line=change.patch_line, file=path)
+            applied = apply_hunks([], change, patch, self.fuzz)
+            self._check_c(path, applied.lines, patch, change)
+            self._replace(f, applied.lines, patch)
+            return [path]
+        # rename or copy
+        old_path, new_path = change.old_path, change.new_path
+        assert old_path is not None and new_path is not None
+        src = self._file(old_path)
+        if src.lines is None:
+            raise KlpccError(f"the patch {kind}s a file that does not exist",
+                             patch=patch.path, line=change.patch_line, file=old_path)
+        dst = self._file(new_path)
+        if dst.lines is not None and new_path != old_path:
+            raise KlpccError(f"the patch {kind}s onto a file that already exists",
+                             patch=patch.path, line=change.patch_line, file=new_path)
+        applied = apply_hunks(src.lines, change, patch, self.fuzz)
+        self.notes.extend(f"{patch.path}: {n}" for n in applied.notes)
+        self._check_c(new_path, applied.lines, patch, change)
+        if kind == "rename":
+            self._replace(src, None, patch)
+        self._replace(dst, applied.lines, patch)
+        return [old_path, new_path]
+
+    def _check_c(self, path: str, lines: list[bytes], patch: Patch, change: FileChange) -> None:
+        if is_c_file(path) and any(b"\0" in ln for ln in lines):
+            raise KlpccError("the new content is not C text (it holds NUL bytes)",
+                             patch=patch.path, line=change.patch_line, file=path)
+
+    def _replace(self, f: _File, lines: list[bytes] | None, patch: Patch) -> None:
+        """Whole-file change: every old item goes, every new one comes."""
+        if f.src is not None:
+            old_items = f.src.items()
+            for item in old_items:
+                self._remove(f.path, item)
+                self._origin.setdefault(self._track(f.path, item).key, (patch.path, None))
+        f.lines = lines
+        f.src = None
+        if lines is not None and is_c_file(f.path):
+            f.src = CSource(f.path, lines)
+            for item in f.src.items():
+                self._add(f.path, item)
+                self._origin.setdefault(self._track(f.path, item).key, (patch.path, None))
+
+    def _edit(self, f: _File, lines: list[bytes], edits: list[LineEdit], edit_lines: list[int],
+              patch: Patch) -> None:
+        f.lines = lines
+        if f.src is None or not edits:
+            return
+        before, after = f.src.edit(lines, edits)
+        self._note_origin(f.path, after, edits, edit_lines, patch, new_side=True)
+        self._note_origin(f.path, before, edits, edit_lines, patch, new_side=False)
+        for item in before:
+            self._remove(f.path, item)
+        for item in after:
+            self._add(f.path, item)
+
+
+def replay(series: Series, base: BaseTree, *, fuzz: int = 0, keep: Iterable[int] = ()) -> Replay:
+    """Apply the whole series to the base, following every item.  The content of
+    every touched file is kept for the base and for the releases in ``keep``."""
+    return _Replayer(series, base, fuzz, keep).run()
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseState:
+    release: str
+    state: str  # the change kind in that release (see Entry.change), or unchanged/absent
+    touched: bool  # the release changed this item's code
+    fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A function (or other item) in the net change of a release."""
+
+    key: str
+    kind: str
+    name: str
+    static: bool
+    macro: str | None
+    file: str
+    files: tuple[str, ...]
+    change: str  # modified, added, removed, nop, dropped, unchanged
+    history: tuple[ReleaseState, ...]
+    base_fingerprint: str | None
+    fingerprint: str | None
+    transition: str | None
+    origin: tuple[str, int | None] | None  # patch and patch line of its last change
+    lines: tuple[int, int] | None  # span in the release (or in the base when gone)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    replay: Replay
+    release: int  # 1-based
+    installed: int | None  # --from
+    functions: tuple[Entry, ...]
+    outside: tuple[Entry, ...]
+
+    @property
+    def release_name(self) -> str:
+        return self.replay.releases[self.release - 1]
+
+    @property
+    def installed_name(self) -> str | None:
+        return None if self.installed is None else self.replay.releases[self.installed - 1]
+
+    def by_change(self, change: str) -> list[Entry]:
+        return [e for e in self.functions if e.change == change]
+
+
+def change_at(track: Track, release: int) -> str:
+    """What the cumulative patch of ``release`` does with the item."""
+    state = track.state(release)
+    if state in (MODIFIED, ADDED, REMOVED):
+        return state
+    earlier = [track.state(r) for r in _change_releases(track, release)]
+    if state == UNCHANGED:
+        return NOP if MODIFIED in earlier else UNCHANGED
+    return DROPPED if ADDED in earlier else ABSENT
+
+
+def _change_releases(track: Track, before: int) -> list[int]:
+    return [ch.release for ch in track.changes if ch.release < before]
+
+
+def patched(track: Track, release: int) -> bool:
+    """Does the live patch of ``release`` carry code for the item?"""
+    return track.state(release) in (MODIFIED, ADDED)
+
+
+def transition(track: Track, installed: int, release: int) -> str | None:
+    """What replacing release ``installed`` by ``release`` does with the function."""
+    in_k, in_n = patched(track, installed), patched(track, release)
+    if in_n and not in_k:
+        return T_ADD
+    if in_n and in_k:
+        return T_KEEP if track.signature(installed) == track.signature(release) else T_UPDATE
+    if in_k:
+        return T_DROP if not track.base else T_NOP
+    return None
+
+
+def _listed(track: Track, release: int) -> bool:
+    base = track.base_signature
+    return any(ch.signature != base for ch in track.changes if ch.release <= release)
+
+
+def analyse(rep: Replay, release: int, installed: int | None = None) -> Analysis:
+    """Net change of ``release`` (1-based) against the base; with ``installed``, the
+    transition from it."""
+    names = rep.releases
+
+    def entries(table: dict[str, Track], outside: bool) -> list[Entry]:
+        out: list[Entry] = []
+        for track in table.values():
+            listed = _listed(track, release)
+            if installed is not None and not outside:
+                listed = listed or _listed(track, installed)
+            if not listed:
+                continue
+            history = []
+            prev = track.base_signature
+            for r in range(1, release + 1):
+                sig = track.signature(r)
+                history.append(ReleaseState(names[r - 1], change_at(track, r), sig != prev,
+                                            combined(sig)))
+                prev = sig
+            files = track.files_at(release) or tuple(sorted(track.base_files)) or next(
+                (c.files for c in reversed(track.changes) if c.files), ())
+            last = [c for c in track.changes if c.release <= release]
+            origin = (last[-1].patch, last[-1].patch_line) if last else None
+            out.append(Entry(
+                key=track.key, kind=track.kind, name=track.name, static=track.static,
+                macro=track.macro, file=files[0] if files else "", files=files,
+                change=change_at(track, release), history=tuple(history),
+                base_fingerprint=combined(track.base_signature),
+                fingerprint=combined(track.signature(release)),
+                transition=None if installed is None or outside else transition(track, installed, release),
+                origin=origin, lines=None,
+            ))
+        out.sort(key=lambda e: (e.file, e.name, e.key))
+        return out
+
+    functions = entries(rep.functions, False)
+    outside = entries(rep.outside, True)
+    functions = _with_lines(rep, release, functions)
+    outside = _with_lines(rep, release, outside)
+    return Analysis(rep, release, installed, tuple(functions), tuple(outside))
+
+
+def _with_lines(rep: Replay, release: int, entries: list[Entry]) -> list[Entry]:
+    """Fill in each entry's span, in the release or, for what it removed, the base."""
+    wanted: dict[tuple[str, int], list[int]] = {}
+    for i, e in enumerate(entries):
+        present = e.change not in (REMOVED, NOP, DROPPED, ABSENT)
+        where = release if present or e.change == NOP else 0
+        if e.change in (DROPPED, ABSENT):
+            continue
+        for path in e.files[:1]:
+            wanted.setdefault((path, where), []).append(i)
+    spans: dict[int, tuple[int, int]] = {}
+    for (path, where), idxs in wanted.items():
+        try:
+            data = rep.snapshots.read(path, where)
+        except KeyError:
+            continue
+        if data is None or not is_c_file(path):
+            continue
+        items = CSource(path, data.splitlines(keepends=True)).items()
+        by_key: dict[str, Item] = {}
+        for item in items:
+            if item.kind == "function":
+                key = f"{path}:{item.name}" if item.static else item.name
+            else:
+                key = f"{path}:{item.kind}:{item.name}"
+            by_key.setdefault(key, item)
+        for i in idxs:
+            item = by_key.get(entries[i].key)
+            if item is not None:
+                spans[i] = (item.start_line, item.end_line)
+    out = []
+    for i, e in enumerate(entries):
+        if i in spans:
+            e = dataclasses.replace(e, lines=spans[i])
+        out.append(e)
+    return out
+
+
+def release_graph(rep: Replay, upto: int | None = None) -> nx.DiGraph:
+    """Releases and the functions they change, as a graph: an edge release -> function
+    for every change, and release -> release edges where a later release changes a
+    function an earlier one changed (an ordering dependency)."""
+    g = nx.DiGraph()
+    names = rep.releases
+    upto = len(names) if upto is None else upto
+    for i, name in enumerate(names[:upto], 1):
+        g.add_node(("release", name), index=i)
+    for track in rep.functions.values():
+        fn = ("function", track.key)
+        last: int | None = None
+        for ch in track.changes:
+            if ch.release > upto:
+                break
+            g.add_node(fn, name=track.name, static=track.static)
+            g.add_edge(("release", names[ch.release - 1]), fn)
+            if last is not None:
+                src, dst = ("release", names[last - 1]), ("release", names[ch.release - 1])
+                if g.has_edge(src, dst):
+                    g.edges[src, dst]["functions"].append(track.key)
+                else:
+                    g.add_edge(src, dst, functions=[track.key])
+            last = ch.release
+    return g
+
+
+def dependencies(rep: Replay, upto: int | None = None) -> dict[str, list[str]]:
+    """For each release, the earlier releases it builds on (they change the same
+    functions)."""
+    g = release_graph(rep, upto)
+    out: dict[str, list[str]] = {}
+    for node in g.nodes:
+        if node[0] != "release":
+            continue
+        preds = [p[1] for p in g.predecessors(node) if p[0] == "release"]
+        out[node[1]] = sorted(preds, key=lambda n: g.nodes[("release", n)]["index"])
+    return out
