@@ -8,7 +8,6 @@ goes to a temporary directory next to the target, which is renamed into place.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
 import tempfile
@@ -16,8 +15,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import KlpccError
+from .functions import split_lines
 from .history import Analysis
-from .report import analysis_json
+from .report import analysis_json, dump_json
 from .trees import blob_id
 
 MANIFEST_SCHEMA = "klpcc.manifest/1"
@@ -54,8 +54,8 @@ def cumulative_diff(analysis: Analysis) -> tuple[str, list[dict]]:
 
 
 def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
-    a = [] if old is None else old.decode("utf-8", "surrogateescape").splitlines(keepends=True)
-    b = [] if new is None else new.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    a = [] if old is None else [ln.decode("utf-8", "surrogateescape") for ln in split_lines(old)]
+    b = [] if new is None else [ln.decode("utf-8", "surrogateescape") for ln in split_lines(new)]
     head = [f"diff --git a/{path} b/{path}\n"]
     if old is None:
         head.append("new file mode 100644\n")
@@ -105,7 +105,7 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
     try:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
-        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
         if outdir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import click
 from . import __version__
 from .api import AnalyzeOptions, analyze, compile_bundle
 from .errors import KlpccError
-from .report import analysis_json, analysis_text
+from .report import analysis_json, analysis_text, dump_json
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -79,7 +78,7 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     removed, and nops (earlier fixes R reverts)."""
     a = analyze(AnalyzeOptions(series, source, git, release, installed, fuzz))
     if fmt == "json":
-        click.echo(json.dumps(analysis_json(a), indent=2))
+        click.echo(dump_json(analysis_json(a)))
     else:
         click.echo(analysis_text(a), nl=False)
         for w in a.replay.warnings:

@@ -61,7 +61,11 @@ _GIT_HEADER = re.compile(r"^diff --git ")
 
 def _split_lines(data: bytes) -> list[str]:
     text = data.decode("utf-8", "surrogateescape")
-    return text.splitlines(keepends=True)
+    parts = text.split("\n")
+    lines = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 def _first_diff_line(lines: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import tree_sitter_c
 from tree_sitter import Language, Node, Parser, Tree
@@ -415,10 +416,25 @@ def _plan_nodes(plan: _Plan) -> tuple[Node, ...]:
     return (*plan[1], plan[2])
 
 
+def _first_child_ending_after(container: Node, byte: int) -> Node | None:
+    """The first child of ``container`` whose end is past ``byte`` (a binary search;
+    ``Node.first_child_for_byte`` has crashed on edited trees)."""
+    lo, hi = 0, container.child_count
+    while lo < hi:
+        mid = (lo + hi) // 2
+        child = container.child(mid)
+        assert child is not None
+        if child.end_byte > byte:
+            hi = mid
+        else:
+            lo = mid + 1
+    return container.child(lo) if lo < container.child_count else None
+
+
 def _overlapping(container: Node, lo: int, hi: int) -> list[Node]:
     """Children of a well-formed ``container`` touching [lo, hi], widened over the
     split headers of definitions in range."""
-    first = container.first_child_for_byte(lo - 1) if lo > 0 else container.child(0)
+    first = _first_child_ending_after(container, lo - 1) if lo > 0 else container.child(0)
     if first is None:
         return []
     while (prev := first.prev_sibling) is not None and _is_broken_header(prev):
@@ -659,25 +675,32 @@ class LineEdit:
     new_count: int
 
 
+def split_lines(data: bytes) -> list[bytes]:
+    """Lines of ``data``, each with its ``\n``; only ``\n`` ends a line (as in diffs)."""
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
 def line_offsets(lines: Sequence[bytes]) -> list[int]:
-    offsets = [0] * (len(lines) + 1)
-    total = 0
-    for i, line in enumerate(lines):
-        total += len(line)
-        offsets[i + 1] = total
-    return offsets
+    return list(accumulate(map(len, lines), initial=0))
 
 
 class CSource:
     """A C file parsed once and kept in step with its edits."""
 
-    __slots__ = ("path", "data", "tree", "_offsets")
+    __slots__ = ("path", "data", "tree", "_offsets", "_masked")
 
     def __init__(self, path: str, lines: Sequence[bytes]):
         self.path = path
         self.data = b"".join(lines)
-        self.tree: Tree = _PARSER.parse(mask_annotations(self.data))
+        masked = mask_annotations(self.data)
+        self.tree: Tree = _PARSER.parse(masked)
         self._offsets = line_offsets(lines)
+        # masking never crosses a line, so it can follow line edits line by line
+        self._masked: list[bytes] = split_lines(masked)
 
     # -- queries ---------------------------------------------------------------
 
@@ -731,7 +754,8 @@ class CSource:
                                      row_shift=e.new_start - e.old_start),
                 new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
             )
-        new_tree = _PARSER.parse(mask_annotations(new_data), edited)
+        masked = _follow(self._masked, new_lines, edits)
+        new_tree = _PARSER.parse(b"".join(masked), edited)
         changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
 
         mapper = _Mapper(blocks)
@@ -741,6 +765,7 @@ class CSource:
         old_src.path, old_src.data = self.path, old_data
         old_src.tree, old_src._offsets = old_tree, old_offsets
         self.data, self.tree, self._offsets = new_data, new_tree, new_offsets
+        self._masked = masked
         while True:
             before = old_src.items(old_ranges)
             widened_old = old_ranges + [(it.start_byte, it.end_byte) for it in before]
@@ -750,6 +775,19 @@ class CSource:
             if _covered(back, widened_old):
                 return before, after
             old_ranges = widened_old + back
+
+
+def _follow(old_masked: list[bytes], new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> list[bytes]:
+    """The masked lines of the new text: unchanged lines keep their masked form, the
+    lines the edits bring in are masked afresh."""
+    out: list[bytes] = []
+    pos = 0
+    for e in edits:
+        out.extend(old_masked[pos:e.old_start])
+        out.extend(mask_annotations(ln) for ln in new_lines[e.new_start:e.new_start + e.new_count])
+        pos = e.old_start + e.old_count
+    out.extend(old_masked[pos:])
+    return out
 
 
 def _point(data: bytes, offsets: list[int], line: int, row_shift: int = 0) -> tuple[int, int]:

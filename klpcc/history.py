@@ -20,14 +20,16 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from .diffs import FileChange, apply_hunks, parse_patch
 from .errors import KlpccError
-from .functions import CSource, Item, LineEdit, is_c_file
+from .functions import CSource, Item, LineEdit, is_c_file, split_lines
 from .series import Patch, Series
 from .trees import BaseTree, Snapshots
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 # state of an item in one release, against the base
 UNCHANGED, MODIFIED, ADDED, REMOVED, ABSENT = "unchanged", "modified", "added", "removed", "absent"
@@ -89,6 +91,14 @@ class Track:
         return classify(self.base_signature, self.signature(release))
 
 
+def item_key(path: str, item: Item) -> str:
+    """Identity of an item across the series: ``file:name`` for a static function,
+    ``name`` for any other function, ``file:kind:name`` for anything else."""
+    if item.kind == "function":
+        return f"{path}:{item.name}" if item.static else item.name
+    return f"{path}:{item.kind}:{item.name}"
+
+
 def classify(base: Signature, sig: Signature) -> str:
     if not base:
         return ADDED if sig else ABSENT
@@ -125,6 +135,8 @@ class Replay:
     notes: list[str]
     warnings: list[str]
     files_touched: dict[int, list[str]]  # release -> paths its patch changed
+    base_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> lines in base
+    sources: dict[str, CSource] = field(default_factory=dict)  # C files as the last release has them
 
     @property
     def releases(self) -> list[str]:
@@ -144,6 +156,7 @@ class _Replayer:
         self.warnings: list[str] = []
         self.files_touched: dict[int, list[str]] = {}
         self._dirty: dict[int, Track] = {}
+        self.base_spans: dict[str, tuple[int, int]] = {}
         self._origin: dict[str, tuple[str, int | None]] = {}
 
     # -- files ----------------------------------------------------------------
@@ -154,7 +167,7 @@ class _Replayer:
             data = self.base.read(path)
             if data is not None and is_c_file(path) and b"\0" in data:
                 raise KlpccError("is not a C text file (it holds NUL bytes)", file=path)
-            lines = None if data is None else data.splitlines(keepends=True)
+            lines = None if data is None else split_lines(data)
             f = _File(path, lines)
             self.files[path] = f
             self.snapshots.record(path, 0, data)
@@ -162,6 +175,8 @@ class _Replayer:
                 f.src = CSource(path, lines)
                 for item in f.src.items():
                     self._add(path, item, base=True)
+                    key = self._track(path, item).key
+                    self.base_spans.setdefault(key, (item.start_line, item.end_line))
         return f
 
     def exists(self, path: str) -> bool:
@@ -179,12 +194,8 @@ class _Replayer:
     # -- items ----------------------------------------------------------------
 
     def _track(self, path: str, item: Item) -> Track:
-        if item.kind == "function":
-            key = f"{path}:{item.name}" if item.static else item.name
-            table = self.functions
-        else:
-            key = f"{path}:{item.kind}:{item.name}"
-            table = self.outside
+        key = item_key(path, item)
+        table = self.functions if item.kind == "function" else self.outside
         track = table.get(key)
         if track is None:
             track = Track(key, item.kind, item.name, item.static, item.macro)
@@ -234,8 +245,9 @@ class _Replayer:
     def run(self) -> Replay:
         for index, patch in enumerate(self.series.patches, 1):
             self._release(index, patch)
+        sources = {p: f.src for p, f in self.files.items() if f.src is not None}
         return Replay(self.series, self.base, self.functions, self.outside, self.snapshots,
-                      self.notes, self.warnings, self.files_touched)
+                      self.notes, self.warnings, self.files_touched, self.base_spans, sources)
 
     def _release(self, index: int, patch: Patch) -> None:
         changes = parse_patch(patch, self.exists)
@@ -357,14 +369,6 @@ def replay(series: Series, base: BaseTree, *, fuzz: int = 0, keep: Iterable[int]
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseState:
-    release: str
-    state: str  # the change kind in that release (see Entry.change), or unchanged/absent
-    touched: bool  # the release changed this item's code
-    fingerprint: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Entry:
     """A function (or other item) in the net change of a release."""
 
@@ -376,7 +380,9 @@ class Entry:
     file: str
     files: tuple[str, ...]
     change: str  # modified, added, removed, nop, dropped, unchanged
-    history: tuple[ReleaseState, ...]
+    history: tuple[str, ...]  # the change kind in each release 1..R
+    touched: tuple[int, ...]  # releases that changed its code
+    fingerprints: dict[int, str | None]  # fingerprint each touching release left
     base_fingerprint: str | None
     fingerprint: str | None
     transition: str | None
@@ -404,19 +410,43 @@ class Analysis:
         return [e for e in self.functions if e.change == change]
 
 
+def timeline(track: Track, upto: int) -> tuple[list[str], list[int]]:
+    """The change kind of the item in each release 1..``upto`` (what that release's
+    cumulative patch does with it), and the releases that changed its code."""
+    base = track.base_signature
+    kinds: list[str] = []
+    touched: list[int] = []
+    seen_modified = seen_added = False
+    sig, start = base, 1
+
+    def fill(stop: int) -> None:
+        nonlocal seen_modified, seen_added
+        if stop < start:
+            return
+        state = classify(base, sig)
+        kind = state
+        if state == UNCHANGED and seen_modified:
+            kind = NOP
+        elif state == ABSENT and seen_added:
+            kind = DROPPED
+        kinds.extend([kind] * (stop - start + 1))
+        seen_modified |= state == MODIFIED
+        seen_added |= state == ADDED
+
+    for ch in track.changes:
+        if ch.release > upto:
+            break
+        fill(ch.release - 1)
+        if ch.signature != sig:
+            touched.append(ch.release)
+        sig, start = ch.signature, ch.release
+    fill(upto)
+    return kinds, touched
+
+
 def change_at(track: Track, release: int) -> str:
     """What the cumulative patch of ``release`` does with the item."""
-    state = track.state(release)
-    if state in (MODIFIED, ADDED, REMOVED):
-        return state
-    earlier = [track.state(r) for r in _change_releases(track, release)]
-    if state == UNCHANGED:
-        return NOP if MODIFIED in earlier else UNCHANGED
-    return DROPPED if ADDED in earlier else ABSENT
-
-
-def _change_releases(track: Track, before: int) -> list[int]:
-    return [ch.release for ch in track.changes if ch.release < before]
+    return timeline(track, release)[0][-1]
 
 
 def patched(track: Track, release: int) -> bool:
@@ -444,7 +474,6 @@ def _listed(track: Track, release: int) -> bool:
 def analyse(rep: Replay, release: int, installed: int | None = None) -> Analysis:
     """Net change of ``release`` (1-based) against the base; with ``installed``, the
     transition from it."""
-    names = rep.releases
 
     def entries(table: dict[str, Track], outside: bool) -> list[Entry]:
         out: list[Entry] = []
@@ -454,13 +483,8 @@ def analyse(rep: Replay, release: int, installed: int | None = None) -> Analysis
                 listed = listed or _listed(track, installed)
             if not listed:
                 continue
-            history = []
-            prev = track.base_signature
-            for r in range(1, release + 1):
-                sig = track.signature(r)
-                history.append(ReleaseState(names[r - 1], change_at(track, r), sig != prev,
-                                            combined(sig)))
-                prev = sig
+            kinds, touched = timeline(track, release)
+            fps = {ch.release: combined(ch.signature) for ch in track.changes if ch.release <= release}
             files = track.files_at(release) or tuple(sorted(track.base_files)) or next(
                 (c.files for c in reversed(track.changes) if c.files), ())
             last = [c for c in track.changes if c.release <= release]
@@ -468,7 +492,7 @@ def analyse(rep: Replay, release: int, installed: int | None = None) -> Analysis
             out.append(Entry(
                 key=track.key, kind=track.kind, name=track.name, static=track.static,
                 macro=track.macro, file=files[0] if files else "", files=files,
-                change=change_at(track, release), history=tuple(history),
+                change=kinds[-1], history=tuple(kinds), touched=tuple(touched), fingerprints=fps,
                 base_fingerprint=combined(track.base_signature),
                 fingerprint=combined(track.signature(release)),
                 transition=None if installed is None or outside else transition(track, installed, release),
@@ -495,21 +519,28 @@ def _with_lines(rep: Replay, release: int, entries: list[Entry]) -> list[Entry]:
         for path in e.files[:1]:
             wanted.setdefault((path, where), []).append(i)
     spans: dict[int, tuple[int, int]] = {}
+    last = len(rep.releases)
     for (path, where), idxs in wanted.items():
-        try:
-            data = rep.snapshots.read(path, where)
-        except KeyError:
+        if where == 0:
+            for i in idxs:
+                if entries[i].key in rep.base_spans:
+                    spans[i] = rep.base_spans[entries[i].key]
             continue
-        if data is None or not is_c_file(path):
+        if not is_c_file(path):
             continue
-        items = CSource(path, data.splitlines(keepends=True)).items()
+        if where == last and path in rep.sources:
+            items = rep.sources[path].items()
+        else:
+            try:
+                data = rep.snapshots.read(path, where)
+            except KeyError:
+                continue
+            if data is None:
+                continue
+            items = CSource(path, split_lines(data)).items()
         by_key: dict[str, Item] = {}
         for item in items:
-            if item.kind == "function":
-                key = f"{path}:{item.name}" if item.static else item.name
-            else:
-                key = f"{path}:{item.kind}:{item.name}"
-            by_key.setdefault(key, item)
+            by_key.setdefault(item_key(path, item), item)
         for i in idxs:
             item = by_key.get(entries[i].key)
             if item is not None:
@@ -526,6 +557,8 @@ def release_graph(rep: Replay, upto: int | None = None) -> nx.DiGraph:
     """Releases and the functions they change, as a graph: an edge release -> function
     for every change, and release -> release edges where a later release changes a
     function an earlier one changed (an ordering dependency)."""
+    import networkx as nx  # costly to import; only needed here
+
     g = nx.DiGraph()
     names = rep.releases
     upto = len(names) if upto is None else upto

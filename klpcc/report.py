@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from . import __version__
@@ -18,12 +19,13 @@ from .history import (
 )
 
 ANALYSIS_SCHEMA = "klpcc.analysis/1"
+MAX_COLUMNS = 20  # releases shown in the text matrix
 
 _SYMBOL = {MODIFIED: "M", ADDED: "A", REMOVED: "R", NOP: "N", DROPPED: "D", UNCHANGED: ".",
            "absent": " "}
 
 
-def _entry_json(e: Entry, with_transition: bool) -> dict:
+def _entry_json(e: Entry, with_transition: bool, names: list[str]) -> dict:
     doc: dict = {
         "name": e.name,
         "key": e.key,
@@ -44,10 +46,9 @@ def _entry_json(e: Entry, with_transition: bool) -> dict:
     doc["base_fingerprint"] = e.base_fingerprint
     doc["fingerprint"] = e.fingerprint
     doc["patch"] = None if e.origin is None else {"file": e.origin[0], "line": e.origin[1]}
-    doc["history"] = [
-        {"release": h.release, "state": h.state, "touched": h.touched, "fingerprint": h.fingerprint}
-        for h in e.history
-    ]
+    doc["history"] = list(e.history)
+    doc["touched"] = [names[r - 1] for r in e.touched]
+    doc["fingerprints"] = {names[r - 1]: fp for r, fp in e.fingerprints.items()}
     return doc
 
 
@@ -64,9 +65,9 @@ def analysis_json(a: Analysis) -> dict:
         "release": a.release_name,
         "release_index": a.release,
         "from": a.installed_name,
-        "functions": [_entry_json(e, with_t) for e in a.functions],
+        "functions": [_entry_json(e, with_t, rep.releases) for e in a.functions],
         "nops": [e.key for e in a.functions if e.change == NOP],
-        "outside": [_entry_json(e, False) for e in a.outside],
+        "outside": [_entry_json(e, False, rep.releases) for e in a.outside],
         "summary": {k: counts.get(k, 0) for k in (MODIFIED, ADDED, REMOVED, NOP, DROPPED)},
         "dependencies": dependencies(rep, a.release),
         "warnings": rep.warnings,
@@ -80,6 +81,15 @@ def analysis_json(a: Analysis) -> dict:
     return doc
 
 
+def dump_json(doc: dict) -> str:
+    """JSON text of a document: indented for people, unless it is so large (long
+    histories of many functions) that indenting would cost seconds."""
+    size = sum(len(f.get("history", ())) for f in doc.get("functions", ()))
+    if size <= 50_000:
+        return json.dumps(doc, indent=2)
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
@@ -88,8 +98,10 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return out
 
 
-def _cells(e: Entry) -> list[str]:
-    return [_SYMBOL.get(h.state, "?") + ("*" if h.touched else "") for h in e.history]
+def _cells(e: Entry, first: int) -> list[str]:
+    touched = set(e.touched)
+    return [_SYMBOL.get(k, "?") + ("*" if r in touched else "")
+            for r, k in enumerate(e.history[first - 1:], first)]
 
 
 def analysis_text(a: Analysis) -> str:
@@ -101,10 +113,13 @@ def analysis_text(a: Analysis) -> str:
         lines[0] += f"  ({direction} from {a.installed}: {a.installed_name})"
     ident = rep.base.identity()
     lines.append(f"base: {ident.get('path')}" + (f" @ {ident['commit'][:12]}" if "commit" in ident else ""))
-    for i, name in enumerate(rep.releases[: a.release], 1):
+    first = max(1, a.release - MAX_COLUMNS + 1)
+    if first > 1:
+        lines.append(f"  (releases 1..{first - 1} are not shown; --format json has them all)")
+    for i, name in enumerate(rep.releases[first - 1: a.release], first):
         lines.append(f"  {i:>3}  {name}")
     lines.append("")
-    cols = [str(i) for i in range(1, a.release + 1)]
+    cols = [str(i) for i in range(first, a.release + 1)]
     if a.functions:
         header = ["function", "file", *cols, "now"]
         if a.installed is not None:
@@ -113,7 +128,7 @@ def analysis_text(a: Analysis) -> str:
         for e in a.functions:
             name = e.name + (" (static)" if e.static else "")
             file = e.file + (f":{e.lines[0]}" if e.lines else "")
-            row = [name, file, *_cells(e), e.change]
+            row = [name, file, *_cells(e, first), e.change]
             if a.installed is not None:
                 row.append(e.transition or "")
             rows.append(row)
@@ -127,7 +142,7 @@ def analysis_text(a: Analysis) -> str:
         rows = []
         for e in a.outside:
             file = e.file + (f":{e.lines[0]}" if e.lines else "")
-            rows.append([e.kind, e.name or "-", file, *_cells(e), e.change])
+            rows.append([e.kind, e.name or "-", file, *_cells(e, first), e.change])
         lines.extend("  " + ln for ln in _table(rows, ["kind", "name", "file", *cols, "now"]))
     counts = Counter(e.change for e in a.functions)
     lines.append("")

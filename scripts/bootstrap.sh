@@ -1,0 +1,36 @@
+#!/bin/sh
+# Set up what klpcc needs on a Debian 12 machine with Python 3.11, idempotently:
+# system packages (when root), a virtualenv in .venv, klpcc installed in it.
+set -eu
+cd "$(dirname "$0")/.."
+
+need=""
+for tool in gcc make git; do
+	command -v "$tool" >/dev/null 2>&1 || need="$need $tool"
+done
+if [ -n "$need" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "bootstrap: installing$need with apt-get"
+		apt-get update -qq
+		# shellcheck disable=SC2086
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(echo "$need" | sed 's/gcc/gcc libc6-dev/') >/dev/null
+	else
+		echo "bootstrap: please install:$need" >&2
+		exit 1
+	fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+	"$PY" -m venv .venv || {
+		echo "bootstrap: '$PY -m venv' failed; on Debian: apt-get install python3-venv" >&2
+		exit 1
+	}
+fi
+stamp=.venv/.klpcc-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+	.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	.venv/bin/python -m pip install -q -e '.[test]'
+	echo "$want" > "$stamp"
+fi
