@@ -172,6 +172,11 @@ def _file_change(pf, patch: Patch, pline: int, offset: int,
     dst = _unquote(pf.target_file or "")
     old = None if src == DEV_NULL else src
     new = None if dst == DEV_NULL else dst
+    # `diff -N` shows a missing side as an empty file dated the epoch
+    if old is not None and _epoch(pf.source_timestamp) and all(h.source_length == 0 for h in pf):
+        old = None
+    if new is not None and _epoch(pf.target_timestamp) and all(h.target_length == 0 for h in pf):
+        new = None
     if old is None and new is None:
         raise KlpccError("a diff has /dev/null on both sides", patch=patch.path, line=pline)
 
@@ -202,6 +207,13 @@ def _file_change(pf, patch: Patch, pline: int, offset: int,
         hline = offset + (h[0].diff_line_no - 1 if len(h) else 1)
         hunks.append(_hunk(h, hline, offset))
     return FileChange(kind, old_p, new_p, tuple(hunks), pline)
+
+
+_EPOCH = re.compile(r"^(1970-01-01|1969-12-31)[ T]|^Thu Jan +1 00:00:00 1970|^Wed Dec 31 ")
+
+
+def _epoch(stamp: str | None) -> bool:
+    return bool(stamp) and bool(_EPOCH.match(stamp.strip()))
 
 
 def _guess_strip(old: str | None, new: str | None, git: bool,

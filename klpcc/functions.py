@@ -302,7 +302,28 @@ def _declaration_item(node: Node, src: bytes) -> Item:
         return _make("declaration", _normalised_name(node, src), static, [node], src)
     names = [_declarator_name(d, src) or "?" for d in declarators]
     kind = "prototype" if all(_is_function_declarator(d) for d in declarators) else "variable"
+    if kind == "prototype" and len(declarators) == 1 and _is_macro_name(names[0]):
+        # static DEFINE_HASHTABLE(table, 6); defines a variable through a macro
+        first = _first_parameter_identifier(declarators[0], src)
+        if first is not None:
+            return _make("variable", first, static, [node], src, macro=names[0])
     return _make(kind, ", ".join(names), static, [node], src)
+
+
+def _is_macro_name(name: str) -> bool:
+    return len(name) > 1 and name.upper() == name and any(c.isalpha() for c in name)
+
+
+def _first_parameter_identifier(declarator: Node, src: bytes) -> str | None:
+    node: Node | None = declarator
+    while node is not None and node.type != "function_declarator":
+        node = node.child_by_field_name("declarator")
+    params = node.child_by_field_name("parameters") if node is not None else None
+    if params is None or not params.named_child_count:
+        return None
+    first = params.named_children[0]
+    text = _text(first, src).strip()
+    return text if re.fullmatch(r"[A-Za-z_]\w*", text) else None
 
 
 def _normalised_name(node: Node, src: bytes, limit: int = 60) -> str:
@@ -652,7 +673,13 @@ def _emit_declaration(stmt, lo: int, hi: int, data: bytes, emit) -> None:
     if b"(" in head and b"=" not in toks:
         paren = head.index(b"(")
         name = head[paren - 1] if paren > 0 and _is_word(head[paren - 1]) else b"?"
-        emit("prototype", name.decode("utf-8", "replace"), static, lo, hi)
+        text_name = name.decode("utf-8", "replace")
+        arg = toks[paren + 1] if paren + 1 < len(toks) else b""
+        if _is_macro_name(text_name) and _is_word(arg):
+            # static DEFINE_HASHTABLE(table, 6); defines a variable through a macro
+            emit("variable", arg.decode("utf-8", "replace"), static, lo, hi, text_name)
+            return
+        emit("prototype", text_name, static, lo, hi)
         return
     words = [t for t in head if _is_word(t)]
     emit("variable", words[-1].decode("utf-8", "replace") if words else short, static, lo, hi)

@@ -173,11 +173,22 @@ class _Replayer:
             self.snapshots.record(path, 0, data)
             if lines is not None and is_c_file(path):
                 f.src = CSource(path, lines)
-                for item in f.src.items():
-                    self._add(path, item, base=True)
-                    key = self._track(path, item).key
-                    self.base_spans.setdefault(key, (item.start_line, item.end_line))
+            for item in self._items_of(f):
+                self._add(path, item, base=True)
+                key = self._track(path, item).key
+                self.base_spans.setdefault(key, (item.start_line, item.end_line))
         return f
+
+    @staticmethod
+    def _items_of(f: _File) -> list[Item]:
+        """Every item of a file: its C items, or the file itself when it is not C."""
+        if f.lines is None:
+            return []
+        if f.src is not None:
+            return f.src.items()
+        data = b"".join(f.lines)
+        digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+        return [Item("file", f.path, False, 0, len(data), 1, max(len(f.lines), 1), digest)]
 
     def exists(self, path: str) -> bool:
         f = self.files.get(path)
@@ -330,26 +341,29 @@ class _Replayer:
             raise KlpccError("the new content is not C text (it holds NUL bytes)",
                              patch=patch.path, line=change.patch_line, file=path)
 
-    def _replace(self, f: _File, lines: list[bytes] | None, patch: Patch) -> None:
+    def _replace(self, f: _File, lines: list[bytes] | None, patch: Patch,
+                 line: int | None = None) -> None:
         """Whole-file change: every old item goes, every new one comes."""
-        if f.src is not None:
-            old_items = f.src.items()
-            for item in old_items:
-                self._remove(f.path, item)
-                self._origin.setdefault(self._track(f.path, item).key, (patch.path, None))
+        for item in self._items_of(f):
+            self._remove(f.path, item)
+            self._origin.setdefault(self._track(f.path, item).key, (patch.path, line))
         f.lines = lines
         f.src = None
         if lines is not None and is_c_file(f.path):
             f.src = CSource(f.path, lines)
-            for item in f.src.items():
-                self._add(f.path, item)
-                self._origin.setdefault(self._track(f.path, item).key, (patch.path, None))
+        for item in self._items_of(f):
+            self._add(f.path, item)
+            self._origin.setdefault(self._track(f.path, item).key, (patch.path, line))
 
     def _edit(self, f: _File, lines: list[bytes], edits: list[LineEdit], edit_lines: list[int],
               patch: Patch) -> None:
-        f.lines = lines
-        if f.src is None or not edits:
+        if not edits:
+            f.lines = lines
             return
+        if f.src is None:
+            self._replace(f, lines, patch, edit_lines[0] if edit_lines else None)
+            return
+        f.lines = lines
         before, after = f.src.edit(lines, edits)
         self._note_origin(f.path, after, edits, edit_lines, patch, new_side=True)
         self._note_origin(f.path, before, edits, edit_lines, patch, new_side=False)
