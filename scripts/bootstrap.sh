@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-for tool in gcc make git; do
+for tool in gcc make git patch; do
 	command -v "$tool" >/dev/null 2>&1 || need="$need $tool"
 done
 if [ -n "$need" ]; then
