@@ -114,6 +114,7 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
                 os.rename(tmp, outdir)
             except OSError:
                 os.rename(old / "x", outdir)
+                shutil.rmtree(old, ignore_errors=True)
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -79,12 +79,66 @@ def _first_diff_line(lines: Sequence[str]) -> int:
     return len(lines)
 
 
+def _is_mail(lines: Sequence[str]) -> bool:
+    return bool(lines) and lines[0].startswith("From ") and any(
+        ln.startswith("Subject:") for ln in lines[:40])
+
+
 def _trim_signature(lines: list[str]) -> list[str]:
-    """Drop a format-patch mail signature ("-- " then a version line)."""
+    """Drop the signature of a format-patch mail ("-- " then a version line)."""
     for i in range(len(lines) - 1, max(len(lines) - 4, -1), -1):
-        if lines[i] in ("-- \n", "-- \r\n", "--\n"):
+        if lines[i] in ("-- \n", "-- \r\n"):
             return lines[:i]
     return lines
+
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+
+
+def _file_before(body: Sequence[str], upto: int) -> str | None:
+    """The file named by the last diff header before line ``upto`` of ``body``."""
+    for line in reversed(body[:upto]):
+        if line.startswith("+++ ") or line.startswith("--- "):
+            name = line[4:].split("\t")[0].strip()
+            if name != DEV_NULL:
+                return name[2:] if name.startswith(("a/", "b/")) else name
+        if line.startswith("diff --git "):
+            return line.split()[-1][2:]
+    return None
+
+
+def _check_hunk_lengths(body: Sequence[str], patch: Patch, offset: int) -> None:
+    """A hunk whose header counts fewer lines than it has would lose the rest
+    silently: refuse it."""
+    remaining_old = remaining_new = 0
+    in_hunk = False
+    for i, line in enumerate(body):
+        m = _HUNK.match(line)
+        if m:
+            remaining_old = int(m.group(1) or 1)
+            remaining_new = int(m.group(2) or 1)
+            in_hunk = remaining_old > 0 or remaining_new > 0
+            continue
+        if not in_hunk:
+            continue
+        if remaining_old == 0 and remaining_new == 0:
+            in_hunk = False
+            if line[:1] in ("+", "-") and not line.startswith(("--- ", "+++ ")):
+                raise KlpccError("malformed diff: the hunk has more lines than its header says",
+                                 patch=patch.path, line=offset + i + 1, file=_file_before(body, i))
+            continue
+        tag = line[:1]
+        if tag == "\\":
+            continue
+        if tag == "-":
+            remaining_old -= 1
+        elif tag == "+":
+            remaining_new -= 1
+        elif tag in (" ", "\n", "\r", ""):
+            remaining_old -= 1
+            remaining_new -= 1
+        else:
+            in_hunk = False  # unidiff reports this one
 
 
 class _Counted:
@@ -130,19 +184,20 @@ def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> li
     the tree the patch applies to (used to pick -p0 or -p1 when not told)."""
     lines = _split_lines(patch.data)
     start = _first_diff_line(lines)
-    body = _trim_signature(lines[start:])
+    body = lines[start:]
+    if _is_mail(lines):
+        body = _trim_signature(body)
     if not body:
         if re.search(rb"^GIT binary patch|^Binary files ", patch.data, re.M):
             raise KlpccError("binary patches are not supported", patch=patch.path)
         raise KlpccError("the patch holds no diff", patch=patch.path)
+    _check_hunk_lengths(body, patch, start)
     feed = _Counted(body)
     try:
         parsed = PatchSet(feed)
-    except UnidiffParseError as exc:
+    except (UnidiffParseError, UnicodeError, ValueError) as exc:
         raise KlpccError(f"malformed diff: {exc}".rstrip(), patch=patch.path,
-                         line=start + feed.read) from None
-    except (UnicodeError, ValueError) as exc:
-        raise KlpccError(f"malformed diff: {exc}", patch=patch.path, line=start + feed.read) from None
+                         line=start + feed.read, file=_file_before(body, feed.read)) from None
     changes: list[FileChange] = []
     for pf in parsed:
         pline = start + (pf.diff_line_no or 1)
@@ -180,6 +235,9 @@ def _file_change(pf, patch: Patch, pline: int, offset: int,
     if old is None and new is None:
         raise KlpccError("a diff has /dev/null on both sides", patch=patch.path, line=pline)
 
+    for raw in (old, new):
+        if raw is not None and (raw.startswith("/") or ".." in raw.split("/")):
+            _check_path(raw, patch, pline)
     strip = patch.strip
     if strip is None:
         strip = _guess_strip(old, new, git, exists)

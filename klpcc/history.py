@@ -264,7 +264,12 @@ class _Replayer:
         changes = parse_patch(patch, self.exists)
         touched: list[str] = []
         for change in changes:
-            touched.extend(self._apply(index, patch, change))
+            try:
+                touched.extend(self._apply(index, patch, change))
+            except KlpccError as exc:
+                if exc.patch is None:  # a problem of the base file the patch touches
+                    exc.patch, exc.line = patch.path, change.patch_line
+                raise
         self.files_touched[index] = touched
         for path in dict.fromkeys(touched):
             f = self.files[path]

@@ -182,8 +182,15 @@ def load_git_range(repo: str, rng: str) -> Series:
         raise KlpccError(f"expected a range BASE..TIP, got {rng!r}", patch=repo)
     if not Path(repo).is_dir():
         raise KlpccError("no such repository", patch=repo)
-    base = _git(repo, "rev-parse", "--verify", "--quiet", base_ref + "^{commit}").decode().strip()
-    _git(repo, "rev-parse", "--verify", "--quiet", tip_ref + "^{commit}")
+    _git(repo, "rev-parse", "--git-dir")
+    revs = []
+    for ref in (base_ref, tip_ref):
+        try:
+            revs.append(_git(repo, "rev-parse", "--verify", "--quiet", ref + "^{commit}").decode().strip())
+        except KlpccError:
+            raise KlpccError(f"unknown revision {ref!r} (no such commit in the repository)",
+                             patch=repo) from None
+    base = revs[0]
     commits = _git(repo, "rev-list", "--reverse", "--first-parent", rng).decode().split()
     patches = []
     used: dict[str, int] = {}

@@ -1,0 +1,381 @@
+"""Bad input: every problem is exit code 2 and exactly one line on stderr,
+``klpcc: error: PATCH[:LINE]: [FILE: ]what is wrong``, with no traceback; and
+``compile`` leaves nothing behind when it fails.
+
+The broken inputs live in fixtures/broken/ (see its README)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from klpcc.cli import main
+
+from .helpers import klpcc, write_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKEN = ROOT / "fixtures" / "broken"
+SRC = BROKEN / "src"
+PATCHES = BROKEN / "patches"
+SERIES = BROKEN / "series"
+GOOD = [PATCHES / "01-inc-saturate.patch", PATCHES / "02-util-min.patch"]
+
+
+def invoke(*args: str | Path):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error(r) -> str:
+    """The single error line of a run that must fail on bad input."""
+    out = r.stdout
+    err = r.stderr
+    assert "Traceback" not in out + err
+    assert r.exit_code == 2, f"exit code {r.exit_code}\nstdout: {out}\nstderr: {err}"
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("klpcc: error: "), lines[0]
+    return lines[0]
+
+
+def assert_names(msg: str, patch: str | Path, lines: range | list[int] | None = None,
+                 *needles: str) -> None:
+    """``msg`` names ``patch`` (and one of ``lines`` of it, as PATCH:LINE:) and every needle."""
+    patch = str(patch)
+    assert patch in msg, f"{patch!r} not named in: {msg}"
+    if lines is not None:
+        m = re.search(re.escape(patch) + r":(\d+):", msg)
+        assert m, f"no line of {patch} named in: {msg}"
+        assert int(m.group(1)) in lines, f"line {m.group(1)} not in {lines}: {msg}"
+    for n in needles:
+        assert n in msg, f"{n!r} not named in: {msg}"
+
+
+def both_commands(tmp_path: Path, *args: str | Path, check=None) -> list[str]:
+    """Run ``analyze`` and ``compile`` with the same arguments; both must fail in the
+    same way, and ``compile`` must leave its output's parent directory as it was."""
+    msgs = [one_error(invoke("analyze", *args))]
+    parent = tmp_path / "out"
+    parent.mkdir(exist_ok=True)
+    r = invoke("compile", *args, "-o", parent / "bundle")
+    msgs.append(one_error(r))
+    assert sorted(p.name for p in parent.iterdir()) == [], "compile left files behind"
+    assert msgs[0] == msgs[1]
+    if check:
+        for m in msgs:
+            check(m)
+    return msgs
+
+
+# --------------------------------------------------------------------------- broken patches
+
+# (patch, lines of it the message may point at, what else it must name)
+BROKEN_PATCHES = [
+    # hunk problems point at the hunk's @@ line
+    ("context-mismatch.patch", [4], ["counter.c", "hunk #1"]),
+    # file problems point at the file's diff header (diff --git .. +++)
+    ("missing-file.patch", range(1, 4), ["nosuch.c"]),
+    ("dotdot.patch", range(1, 4), ["../outside.c"]),
+    ("absolute.patch", range(1, 3), ["/usr/src/app/util.c"]),
+    ("git-binary.patch", range(10, 14), ["logo.png"]),
+    ("binary-differ.patch", range(10, 13), ["logo.png"]),
+    ("create-existing.patch", range(1, 5), ["util.c"]),
+    ("delete-differs.patch", range(1, 6), ["util.c"]),
+    ("delete-partial.patch", range(1, 6), ["util.c"]),
+    # line counts that do not match the hunk: somewhere in the hunk
+    ("malformed-long.patch", range(4, 10), ["util.c"]),
+    ("malformed-short.patch", range(4, 10), ["util.c"]),
+    # nothing to point at
+    ("no-diff.patch", None, []),
+]
+
+
+@pytest.mark.parametrize(("name", "lines", "needles"), BROKEN_PATCHES,
+                         ids=[c[0] for c in BROKEN_PATCHES])
+def test_broken_patch(tmp_path, name, lines, needles):
+    patch = PATCHES / name
+    both_commands(tmp_path, patch, "--source", SRC,
+                  check=lambda m: assert_names(m, patch, lines, *needles))
+
+
+@pytest.mark.parametrize(("name", "lines", "needles"), BROKEN_PATCHES[:3],
+                         ids=[c[0] for c in BROKEN_PATCHES[:3]])
+def test_broken_patch_after_good_ones_is_still_located(tmp_path, name, lines, needles):
+    patch = PATCHES / name
+    both_commands(tmp_path, *GOOD, patch, "--source", SRC,
+                  check=lambda m: assert_names(m, patch, lines, *needles))
+
+
+def test_absolute_path_with_an_explicit_p0(tmp_path):
+    d = tmp_path / "q"
+    d.mkdir()
+    shutil.copy(PATCHES / "absolute.patch", d / "absolute.patch")
+    (d / "series").write_text("absolute.patch -p0\n")
+    both_commands(tmp_path, d, "--source", SRC,
+                  check=lambda m: assert_names(m, d / "absolute.patch", range(1, 3), "/usr/src/app/util.c"))
+
+
+def test_absolute_path_in_a_git_diff(tmp_path):
+    patch = tmp_path / "abs-git.patch"
+    patch.write_text("diff --git a//etc/motd b//etc/motd\n--- a//etc/motd\n+++ b//etc/motd\n"
+                     "@@ -1 +1 @@\n-hello\n+owned\n")
+    both_commands(tmp_path, patch, "--source", SRC,
+                  check=lambda m: assert_names(m, patch, range(1, 4), "/etc/motd"))
+
+
+def test_empty_patch_file(tmp_path):
+    patch = tmp_path / "empty.patch"
+    patch.write_bytes(b"")
+    both_commands(tmp_path, patch, "--source", SRC, check=lambda m: assert_names(m, patch))
+
+
+def test_missing_patch_file(tmp_path):
+    patch = tmp_path / "nope.patch"
+    both_commands(tmp_path, GOOD[0], patch, "--source", SRC, check=lambda m: assert_names(m, patch))
+
+
+def test_c_file_with_nul_bytes_in_the_base(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(SRC, src)
+    (src / "util.c").write_bytes(b"int util_max(int a, int b)\n{\n\treturn a > b ? a : b;\n}\n\0\0\n")
+    patch = PATCHES / "02-util-min.patch"
+    both_commands(tmp_path, patch, "--source", src, check=lambda m: assert_names(m, patch, None, "util.c"))
+
+
+def test_c_file_with_nul_bytes_in_the_patch(tmp_path):
+    patch = tmp_path / "nul.patch"
+    patch.write_bytes(b"diff --git a/new.c b/new.c\nnew file mode 100644\n--- /dev/null\n+++ b/new.c\n"
+                      b"@@ -0,0 +1,2 @@\n+int x;\n+int y\0;\n")
+    both_commands(tmp_path, patch, "--source", SRC,
+                  check=lambda m: assert_names(m, patch, range(1, 8), "new.c"))
+
+
+# --------------------------------------------------------------------------- broken series
+
+
+@pytest.mark.parametrize("what", ["empty", "comments-only"])
+def test_empty_series(tmp_path, what):
+    series = SERIES / what / "series"
+    both_commands(tmp_path, series, "--source", SRC, check=lambda m: assert_names(m, series))
+    both_commands(tmp_path, SERIES / what, "--source", SRC, check=lambda m: assert_names(m, series))
+
+
+def test_series_naming_a_missing_patch(tmp_path):
+    series = SERIES / "missing-patch" / "series"
+    both_commands(tmp_path, series, "--source", SRC,
+                  check=lambda m: assert_names(m, series, [3], "02-util-max-ties.patch"))
+
+
+def test_a_later_broken_patch_fails_an_earlier_release(tmp_path):
+    """A series is one unit: a release engineer building release 1 of a series whose
+    release 3 does not apply wants to hear about it now, not when release 3 ships."""
+    series = SERIES / "later-broken"
+
+    def check(m: str) -> None:
+        assert re.search(r"\bcontext-mismatch\.patch:4: counter\.c: ", m), m
+
+    for release in ("1", "01-inc-saturate", "2"):
+        both_commands(tmp_path, series, "--source", SRC, "--release", release, check=check)
+    # the same release builds when the broken patch is not in the series
+    ok = tmp_path / "ok"
+    r = invoke("compile", *GOOD, "--source", SRC, "--release", "1", "-o", ok)
+    assert r.exit_code == 0, r.output
+    assert (ok / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(("option", "ref"), [
+    ("--release", "03-nope"),
+    ("--release", "0"),
+    ("--release", "3"),
+    ("--release", "-1"),
+    ("--from", "7"),
+    ("--from", "01-inc"),
+])
+def test_unknown_release(tmp_path, option, ref):
+    def check(m: str) -> None:
+        assert ref in m
+        assert "01-inc-saturate" in m and "02-util-min" in m  # what there is to choose from
+
+    if option == "--from":
+        one_error_msg = one_error(invoke("analyze", *GOOD, "--source", SRC, option, ref))
+        check(one_error_msg)
+    else:
+        both_commands(tmp_path, *GOOD, "--source", SRC, option, ref, check=check)
+
+
+def test_missing_source(tmp_path):
+    both_commands(tmp_path, *GOOD, check=lambda m: assert_names(m, "--source"))
+
+
+def test_source_is_not_a_directory(tmp_path):
+    both_commands(tmp_path, *GOOD, "--source", SRC / "util.c",
+                  check=lambda m: assert_names(m, SRC / "util.c"))
+
+
+def test_no_series_at_all(tmp_path):
+    both_commands(tmp_path, "--source", SRC)
+
+
+# --------------------------------------------------------------------------- git ranges
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@example.com",
+         "-c", "commit.gpgsign=false", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    repo = tmp_path / "repo"
+    write_tree(repo, {"util.c": (SRC / "util.c").read_text()})
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    _git(repo, "tag", "base")
+    (repo / "util.c").write_text((SRC / "util.c").read_text().replace("a > b", "a >= b"))
+    _git(repo, "commit", "-qam", "util: ties")
+    return repo
+
+
+def test_git_repository_that_does_not_exist(tmp_path):
+    nope = tmp_path / "nope"
+    both_commands(tmp_path, "--git", nope, "base..main", check=lambda m: assert_names(m, nope))
+
+
+def test_git_directory_that_is_not_a_repository(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    both_commands(tmp_path, "--git", plain, "base..main", check=lambda m: assert_names(m, plain))
+
+
+@pytest.mark.parametrize("rng", ["base..nosuch", "nosuch..main", "base..main~5"])
+def test_git_range_with_an_unknown_revision(tmp_path, repo, rng):
+    bad = [part for part in rng.split("..") if part not in ("base", "main")][0]
+    both_commands(tmp_path, "--git", repo, rng, check=lambda m: assert_names(m, repo, None, bad))
+
+
+@pytest.mark.parametrize("rng", ["main", "base...main", "..main", "base..", "a..b..c"])
+def test_git_range_that_is_not_a_range(tmp_path, repo, rng):
+    both_commands(tmp_path, "--git", repo, rng, check=lambda m: assert_names(m, repo, None, rng))
+
+
+@pytest.mark.parametrize("rng", ["base..base", "main..base"])
+def test_git_range_holding_no_commits(tmp_path, repo, rng):
+    both_commands(tmp_path, "--git", repo, rng, check=lambda m: assert_names(m, repo, None, rng))
+
+
+def test_git_range_and_patch_files_together(tmp_path, repo):
+    both_commands(tmp_path, GOOD[0], "--git", repo, "base..main")
+
+
+# --------------------------------------------------------------------------- compile's output
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def existing(tmp_path) -> Path:
+    out = tmp_path / "out"
+    write_tree(out / "bundle", {"keep.txt": "precious\n", "manifest.json": "{}\n"})
+    return out / "bundle"
+
+
+def test_compile_refuses_an_existing_output_without_force(existing):
+    before = _tree(existing)
+    msg = one_error(invoke("compile", *GOOD, "--source", SRC, "-o", existing))
+    assert str(existing) in msg and "--force" in msg
+    assert _tree(existing) == before
+    assert [p.name for p in existing.parent.iterdir()] == ["bundle"]
+
+
+def test_compile_force_replaces_the_output_whole(existing):
+    r = invoke("compile", *GOOD, "--source", SRC, "-o", existing, "--force")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in existing.iterdir()) == ["cumulative.diff", "manifest.json"]
+    assert [p.name for p in existing.parent.iterdir()] == ["bundle"]  # no temp dirs left
+
+
+def test_compile_force_that_fails_leaves_the_old_output_alone(existing):
+    before = _tree(existing)
+    msg = one_error(invoke("compile", PATCHES / "context-mismatch.patch", "--source", SRC,
+                           "-o", existing, "--force"))
+    assert_names(msg, PATCHES / "context-mismatch.patch", [4], "counter.c")
+    assert _tree(existing) == before
+    assert [p.name for p in existing.parent.iterdir()] == ["bundle"]
+
+
+def test_compile_force_that_fails_while_swapping_restores_the_old_output(existing, monkeypatch):
+    """The swap itself fails (a simulated I/O error moving the new bundle into place):
+    the old bundle must come back and no temporary directory may stay behind."""
+    real = os.rename
+
+    def flaky(src, dst):
+        moving_new_in = Path(src).parent == existing.parent and Path(src).name.startswith(".bundle.tmp")
+        if Path(dst) == existing and moving_new_in:
+            raise OSError(errno.EIO, "simulated I/O error", str(dst))
+        return real(src, dst)
+
+    before = _tree(existing)
+    monkeypatch.setattr(os, "rename", flaky)
+    r = invoke("compile", *GOOD, "--source", SRC, "-o", existing, "--force")
+    monkeypatch.undo()
+    one_error(r)
+    assert _tree(existing) == before
+    assert [p.name for p in existing.parent.iterdir()] == ["bundle"]
+
+
+def test_compile_force_onto_a_file(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bundle").write_text("not a directory\n")
+    msg = one_error(invoke("compile", *GOOD, "--source", SRC, "-o", out / "bundle", "--force"))
+    assert str(out / "bundle") in msg
+    assert (out / "bundle").read_text() == "not a directory\n"
+    assert [p.name for p in out.iterdir()] == ["bundle"]
+
+
+def test_compile_into_a_missing_directory(tmp_path):
+    target = tmp_path / "no" / "such" / "bundle"
+    msg = one_error(invoke("compile", *GOOD, "--source", SRC, "-o", target))
+    assert str(tmp_path / "no" / "such") in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- as a user runs it
+
+
+def test_subprocess_context_mismatch(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    patch = PATCHES / "context-mismatch.patch"
+    r = klpcc("compile", str(patch), "--source", str(SRC), "-o", str(out / "b"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"klpcc: error: {patch}:4: counter.c: ")
+    assert list(out.iterdir()) == []
+
+
+def test_subprocess_relative_paths_are_shown_as_given(tmp_path):
+    r = klpcc("analyze", "patches/no-diff.patch", "--source", "src", cwd=BROKEN)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("klpcc: error: patches/no-diff.patch: ")
+
+
+def test_subprocess_bad_git_range(tmp_path, repo):
+    r = klpcc("analyze", "--git", str(repo), "base..nosuch")
+    assert r.returncode == 2
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("klpcc: error: ") and "nosuch" in line
+    assert "Traceback" not in r.stderr
