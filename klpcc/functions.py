@@ -147,15 +147,24 @@ def _normalise_raw(text: bytes) -> bytes:
     return _SPACE.sub(b" ", text).strip()
 
 
+_PUNCTUATORS = sorted(
+    "... <<= >>= -> ++ -- << >> <= >= == != && || *= /= %= += -= &= ^= |= ## <: :> <% %>".split(),
+    key=len, reverse=True,
+)
 _TOKEN = re.compile(
-    rb"""//[^\n]*|/\*.*?(?:\*/|\Z)|("(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?|[A-Za-z_0-9.]+|\S)""",
+    rb"//[^\n]*|/\*.*?(?:\*/|\Z)|("
+    rb'"(?:\\.|[^"\\\n])*"?'  # string literal
+    rb"|'(?:\\.|[^'\\\n])*'?"  # character literal
+    rb"|\.?[0-9](?:[eEpP][+-]|[A-Za-z0-9_.])*"  # preprocessing number
+    rb"|[A-Za-z_][A-Za-z0-9_]*"  # identifier or keyword
+    + b"|" + b"|".join(re.escape(p.encode()) for p in _PUNCTUATORS)
+    + rb"|\S)",
     re.S,
 )
 
 
 def tokens(text: bytes) -> list[bytes]:
-    """C tokens of ``text``, comments and whitespace dropped (a light lexer: numbers
-    and identifiers are runs of word characters, everything else one character)."""
+    """C tokens of ``text`` (maximal munch), comments and whitespace dropped."""
     text = _CONTINUATION.sub(b" ", text)
     return [m for m in _TOKEN.findall(text) if m]
 
@@ -782,8 +791,16 @@ class CSource:
                 new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
             )
         masked = _follow(self._masked, new_lines, edits)
-        new_tree = _PARSER.parse(b"".join(masked), edited)
-        changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        masked_data = b"".join(masked)
+        new_tree = _PARSER.parse(masked_data, edited)
+        if new_tree.root_node.has_error:
+            # error recovery is not the same in an incremental parse as in a fresh
+            # one; where there are errors, parse afresh so that the items found never
+            # depend on the history of edits
+            new_tree = _PARSER.parse(masked_data)
+            changed = [(0, len(new_data))]
+        else:
+            changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
 
         mapper = _Mapper(blocks)
         old_ranges = [(o0, o1) for o0, o1, _, _ in blocks] + [mapper.to_old(a, b) for a, b in changed]

@@ -175,8 +175,13 @@ class _Replayer:
                 f.src = CSource(path, lines)
             for item in self._items_of(f):
                 self._add(path, item, base=True)
-                key = self._track(path, item).key
-                self.base_spans.setdefault(key, (item.start_line, item.end_line))
+                track = self._track(path, item)
+                self.base_spans.setdefault(track.key, (item.start_line, item.end_line))
+                # the file was as in the base in every earlier release: the item was
+                # part of what those releases had too
+                for ch in track.changes:
+                    ch.signature = tuple(sorted((*ch.signature, item.fingerprint)))
+                    ch.files = tuple(sorted(set(ch.files) | {path}))
         return f
 
     @staticmethod

@@ -163,7 +163,9 @@ def test_fingerprint_ignores_comments_and_whitespace_but_not_tokens():
     assert fingerprint(a) == fingerprint(b)
     assert fingerprint(a) != fingerprint(c)
     assert fingerprint(d) != fingerprint(e)  # whitespace inside a string is code
-    assert tokens(b"a+++b") == [b"a", b"+", b"+", b"+", b"b"]
+    assert tokens(b"a+++b") == [b"a", b"++", b"+", b"b"]  # maximal munch
+    assert fingerprint(b"y = a++ + b;") != fingerprint(b"y = a + ++b;")
+    assert fingerprint(b"p->x.y") == fingerprint(b"p -> x . y")
 
 
 def test_annotation_change_is_a_change():
