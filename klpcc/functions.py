@@ -57,7 +57,7 @@ ANNOTATION_CALLS = (
     "__printf", "__scanf", "__acquires", "__releases", "__must_hold", "__section",
     "__aligned", "__alloc_size", "__cond_acquires", "__cond_releases",
     "__assume_aligned", "__counted_by", "__nonnull", "__diag_ignore", "__free",
-    "__guarded_by", "__no_sanitize_or_inline",
+    "__guarded_by", "__no_sanitize_or_inline", "__realloc_size", "TARGET_ATTRIBUTE",
 )
 
 _WORD_RE = "|".join(re.escape(w) for w in ANNOTATION_WORDS)
@@ -242,16 +242,21 @@ def _is_broken_header(node: Node) -> bool:
     return False
 
 
+def _macro_name(macro: str, arg: str) -> str:
+    """Name of a function defined by ``macro(arg, ...) { ... }``."""
+    for pattern, template in _MACRO_NAMES:
+        if arg and pattern.match(macro):
+            return template.format(arg)
+    return arg or macro
+
+
 def _macro_function_name(call: Node, src: bytes) -> tuple[str, str]:
     func = call.child_by_field_name("function")
     macro = _text(func, src)
     args = call.child_by_field_name("arguments")
     first = args.named_children[0] if args is not None and args.named_child_count else None
     arg = _text(first, src) if first is not None and first.type == "identifier" else ""
-    for pattern, template in _MACRO_NAMES:
-        if arg and pattern.match(macro):
-            return template.format(arg), macro
-    return (arg or macro), macro
+    return _macro_name(macro, arg), macro
 
 
 # --------------------------------------------------------------------------- items
@@ -282,6 +287,14 @@ def _make(kind: str, name: str, static: bool, nodes: Sequence[Node], src: bytes,
 
 def _function_item(headers: list[Node], fn: Node, src: bytes) -> Item:
     declarator = fn.child_by_field_name("declarator")
+    type_node = fn.child_by_field_name("type")
+    if (declarator is not None and declarator.type == "parenthesized_declarator"
+            and type_node is not None and type_node.type == "type_identifier"):
+        # SYSCALL_DEFINE0(name) { ... }: a function-defining macro with one argument
+        macro = _text(type_node, src)
+        arg = _declarator_name(declarator, src) or ""
+        static = _has_static(headers + [fn], type_node.start_byte)
+        return _make("function", _macro_name(macro, arg), static, headers + [fn], src, macro=macro)
     name = _declarator_name(declarator, src)
     if name is None:
         name = f"<unnamed@{fn.start_point.row + 1}>"
@@ -381,7 +394,7 @@ def _condition_item(container: Node, src: bytes) -> Item | None:
     return _make("conditional", text, False, parts, src)
 
 
-_NESTING = frozenset({"linkage_specification", "declaration_list", "ERROR"}) | _CONTAINERS
+_NESTING = frozenset({"linkage_specification", "declaration_list"}) | _CONTAINERS
 
 # A plan is what a run of sibling nodes becomes: ("function", headers, node),
 # ("macro-function", headers, body), ("simple", node) or ("nest", container).
@@ -412,6 +425,10 @@ def _plan(children: Sequence[Node]) -> list[_Plan]:
         elif kind == "compound_statement" and pending and pending[-1].type == "expression_statement":
             plans.append(("macro-function", tuple(pending), node))
             pending.clear()
+        elif (kind == "compound_statement" and not pending and plans and plans[-1][0] == "nest"
+              and _branch_header(plans[-1][1]) is not None):
+            # #ifdef A / HEADER_A(...) / #else / HEADER_B(...) / #endif / { body }
+            plans[-1] = ("branched-function", (plans[-1][1],), node)
         else:
             flush()
             plans.append(("simple", node))
@@ -419,8 +436,26 @@ def _plan(children: Sequence[Node]) -> list[_Plan]:
     return plans
 
 
+def _branch_header(container: Node) -> Node | None:
+    """The macro call that ends the first branch of a conditional, when the branch
+    is nothing but a function header (a call with no ';')."""
+    if container.type not in ("preproc_if", "preproc_ifdef"):
+        return None
+    body = [c for c in container.named_children
+            if c.type != "comment" and not _is_condition(container, c) and c.type not in _CONTAINERS]
+    if len(body) == 1 and _is_broken_header(body[0]) and body[0].type == "expression_statement":
+        return body[0]
+    return None
+
+
 def _make_plan(plan: _Plan, src: bytes) -> Item:
     kind = plan[0]
+    if kind == "branched-function":
+        container, body = plan[1][0], plan[2]
+        header = _branch_header(container)
+        assert header is not None
+        name, macro = _macro_function_name(header.named_children[0], src)
+        return _make("function", name, False, [container, body], src, macro=macro)
     if kind == "function":
         return _function_item(list(plan[1]), plan[2], src)
     if kind == "macro-function":
@@ -434,7 +469,7 @@ def _plan_span(plan: _Plan) -> tuple[int, int]:
     kind = plan[0]
     if kind in ("simple", "nest"):
         return plan[1].start_byte, plan[1].end_byte
-    if kind in ("function", "macro-function"):
+    if kind in ("function", "macro-function", "branched-function"):
         first = plan[1][0] if plan[1] else plan[2]
         return first.start_byte, plan[2].end_byte
     raise AssertionError(kind)
@@ -488,25 +523,41 @@ def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item]) -> 
             _collect(body, src, lo, hi, out)
         return
     if container.type == "ERROR":
-        out.extend(it for it in _lexical_items(src, container.start_byte, container.end_byte)
-                   if it.start_byte <= hi and it.end_byte >= lo)
+        items, _ = _lexical_items(src, container.start_byte, container.end_byte)
+        out.extend(it for it in items if it.start_byte <= hi and it.end_byte >= lo)
         return
-    if lo <= container.start_byte and container.end_byte <= hi:
+    if container.has_error or (lo <= container.start_byte and container.end_byte <= hi):
+        # where the parser recovered from errors, what belongs together can only be
+        # told from the start: read every child (items are made only for the range)
         children = list(container.children)
     else:
         children = _overlapping(container, lo, hi)
     children = [c for c in children if c.is_named and not _is_condition(container, c)]
-    for plan in _plan(children):
+    plans = _plan(children)
+    i = 0
+    while i < len(plans):
+        plan = plans[i]
         start, end = _plan_span(plan)
+        if plan[0] != "nest" and any(node.has_error for node in _plan_nodes(plan)):
+            # tree-sitter recovered from an error here: its idea of where items end
+            # may be wrong (a missing brace can swallow the rest of the file).  Read
+            # the region lexically, with as many following siblings as it takes for
+            # its braces to balance.
+            j = i
+            while True:
+                items, clean = _lexical_items(src, start, end)
+                if clean or j + 1 >= len(plans):
+                    break
+                j = min(len(plans) - 1, j + max(1, (j - i) * 2))
+                end = _plan_span(plans[j])[1]
+            out.extend(it for it in items if it.start_byte <= hi and it.end_byte >= lo)
+            i = j + 1
+            continue
+        i += 1
         if start > hi or end < lo:
             continue
         if plan[0] == "nest":
             _collect(plan[1], src, lo, hi, out)
-        elif any(node.has_error for node in _plan_nodes(plan)):
-            # tree-sitter recovered from an error inside: its idea of where the item
-            # ends may be wrong (a missing brace can swallow the rest of the file)
-            out.extend(it for it in _lexical_items(src, start, end)
-                       if it.start_byte <= hi and it.end_byte >= lo)
         else:
             out.append(_make_plan(plan, src))
 
@@ -545,17 +596,22 @@ def _is_word(tok: bytes) -> bool:
     return bool(tok) and (tok[0:1].isalpha() or tok[0:1] == b"_")
 
 
-def _lexical_items(data: bytes, start: int, end: int) -> list[Item]:
-    """Items of ``data[start:end]`` found by a lexical scan."""
+def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]:
+    """Items of ``data[start:end]`` found by a lexical scan, and whether the region
+    ends cleanly (braces balanced, no item left open)."""
     masked = mask_annotations(data[start:end])
     items: list[Item] = []
-    depth = 0
+    depth = 0  # braces
+    paren = 0  # parentheses, at brace depth 0
     stmt: list[tuple[bytes, int, int]] = []  # depth-0 tokens of the current item
     stmt_start = -1
-    skip: list[bool] = []  # per open conditional: ignore braces in this branch?
+    skip: list[bool] = []  # per open conditional: is this branch left unread?
+    call_end = -1  # end of a leading MACRO(...) call that may lack its ';'
+    first_line = data.count(b"\n", 0, start) + 1
+    newlines = [m.start() + start for m in re.finditer(b"\n", masked)]
 
     def line_of(pos: int) -> int:
-        return data.count(b"\n", 0, pos) + 1
+        return first_line + bisect_right(newlines, pos - 1)
 
     def emit(kind: str, name: str, static: bool, lo: int, hi: int, macro: str | None = None) -> None:
         end_line = line_of(hi - 1) if hi > lo else line_of(lo)
@@ -581,9 +637,11 @@ def _lexical_items(data: bytes, start: int, end: int) -> list[Item]:
                 skip.pop()
             if depth == 0 and stmt and directive in (b"define", b"undef", b"include"):
                 # a statement-like macro call without ';' ends before such a line
-                emit("unparsed", "", False,
-                     stmt_start, stmt[-1][2])
-                stmt, stmt_start = [], -1
+                if call_end >= 0:
+                    emit("statement", _short(data, stmt_start, call_end), False, stmt_start, call_end)
+                else:
+                    emit("unparsed", "", False, stmt_start, stmt[-1][2])
+                stmt, stmt_start, paren, call_end = [], -1, 0, -1
             if depth == 0 and not stmt and directive != b"endif":
                 lo += len(tok) - len(tok.lstrip())
                 name = _normalise_raw(text).decode("utf-8", "replace")
@@ -597,8 +655,15 @@ def _lexical_items(data: bytes, start: int, end: int) -> list[Item]:
                 else:
                     emit("directive", name, False, lo, hi)
             continue
-        if any(skip) and tok in (b"{", b"}"):
+        if any(skip):
             continue
+        if call_end >= 0 and depth == 0:
+            # MACRO(...) then, on a later line, something that cannot continue it:
+            # the call was a statement of its own, written without ';'
+            if data.count(b"\n", call_end, lo) and tok not in (b"{", b";", b",", b"=", b"(", b")"):
+                emit("statement", _short(data, stmt_start, call_end), False, stmt_start, call_end)
+                stmt, stmt_start, paren = [], -1, 0
+            call_end = -1
         if tok == b"{":
             if depth == 0 and not stmt:
                 stmt_start = lo
@@ -612,19 +677,65 @@ def _lexical_items(data: bytes, start: int, end: int) -> list[Item]:
                 stmt.append((tok, lo, hi))
                 if _is_function_header(stmt):
                     _emit_function(stmt, stmt_start, hi, emit)
-                    stmt, stmt_start = [], -1
+                    stmt, stmt_start, paren = [], -1, 0
             continue
         if depth > 0:
             continue
         if not stmt:
             stmt_start = lo
         stmt.append((tok, lo, hi))
-        if tok == b";":
+        if tok == b"(":
+            paren += 1
+        elif tok == b")":
+            paren = max(paren - 1, 0)
+            if paren == 0 and len(stmt) > 2 and _is_word(stmt[0][0]) and stmt[1][0] == b"(" \
+                    and _closes_first_group(stmt):
+                call_end = hi
+        elif tok == b";" and paren == 0:
             _emit_declaration(stmt, stmt_start, hi, data, emit)
             stmt, stmt_start = [], -1
+    clean = depth == 0 and (not stmt or call_end >= 0)
     if stmt:
-        emit("unparsed", "", False, stmt_start, stmt[-1][2])
-    return items
+        if call_end >= 0:
+            emit("statement", _short(data, stmt_start, call_end), False, stmt_start, call_end)
+        else:
+            emit("unparsed", "", False, stmt_start, stmt[-1][2])
+    return items, clean
+
+
+def _short(data: bytes, lo: int, hi: int) -> str:
+    text = _normalise_raw(data[lo:hi]).decode("utf-8", "replace")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _closes_first_group(stmt: list[tuple[bytes, int, int]]) -> bool:
+    """Does the last token of ``stmt`` close the parenthesis its second token opens?"""
+    level = 0
+    for i, (tok, _, _) in enumerate(stmt[1:], 1):
+        if tok == b"(":
+            level += 1
+        elif tok == b")":
+            level -= 1
+            if level == 0:
+                return i == len(stmt) - 1
+    return False
+
+
+def _groups(head: list[bytes]) -> list[tuple[int, int]]:
+    """(open, close) indexes of the top-level parenthesised groups of ``head``."""
+    out = []
+    level = 0
+    open_at = 0
+    for i, tok in enumerate(head):
+        if tok == b"(":
+            if level == 0:
+                open_at = i
+            level += 1
+        elif tok == b")" and level:
+            level -= 1
+            if level == 0:
+                out.append((open_at, i))
+    return out
 
 
 def _is_function_header(stmt: list[tuple[bytes, int, int]]) -> bool:
@@ -633,28 +744,38 @@ def _is_function_header(stmt: list[tuple[bytes, int, int]]) -> bool:
     if b"{" not in toks:
         return False
     head = toks[: toks.index(b"{")]
-    if not head or b"=" in head or head[-1] != b")" or b"(" not in head:
+    if not head or head[-1] != b")" or not _groups(head):
         return False
+    level = 0
+    for tok in head:  # an initialiser has '=' outside parentheses
+        level += (tok == b"(") - (tok == b")")
+        if tok == b"=" and level == 0:
+            return False
     return not (head[0] in _TYPE_KEYWORDS and len(head) > 1 and head[2:3] == [b"{"])
 
 
 def _emit_function(stmt, lo: int, hi: int, emit) -> None:
     toks = [t for t, _, _ in stmt]
     head = toks[: toks.index(b"{")]
-    paren = head.index(b"(")
-    name = head[paren - 1].decode("utf-8", "replace") if paren > 0 else "?"
-    macro = None
-    if paren == 1 or (name.isupper() and paren == len([t for t in head[:paren] if _is_word(t)])):
+    groups = _groups(head)
+    first_open = groups[0][0]
+    words_before = [t for t in head[:first_open] if _is_word(t)]
+    callee = head[first_open - 1].decode("utf-8", "replace") if first_open > 0 else "?"
+    if len(groups) == 1 and (first_open == 1 or (
+            _is_macro_name(callee) and len(words_before) == len(head[:first_open]))):
         # MACRO(name, ...) { ... }
-        macro = name
-        arg = head[paren + 1] if len(head) > paren + 1 and _is_word(head[paren + 1]) else b""
-        argname = arg.decode("utf-8", "replace")
-        name = argname or macro
-        for pattern, template in _MACRO_NAMES:
-            if argname and pattern.match(macro):
-                name = template.format(argname)
-    static = b"static" in head[:paren]
-    emit("function", name, static, lo, hi, macro)
+        arg = head[first_open + 1] if _is_word(head[first_open + 1]) else b""
+        name = _macro_name(callee, arg.decode("utf-8", "replace"))
+        emit("function", name, b"static" in head[:first_open], lo, hi, callee)
+        return
+    open_at = groups[-1][0]
+    if open_at > 0 and _is_word(head[open_at - 1]):
+        at = open_at - 1
+    else:  # int (*getfn(void))(int): the name is inside the first group
+        at = next((i for i in range(first_open + 1, len(head) - 1)
+                   if _is_word(head[i]) and head[i + 1] == b"("), first_open - 1)
+    name = head[at].decode("utf-8", "replace") if at >= 0 else "?"
+    emit("function", name, b"static" in head[:at], lo, hi)
 
 
 def _emit_declaration(stmt, lo: int, hi: int, data: bytes, emit) -> None:
