@@ -606,6 +606,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
     stmt: list[tuple[bytes, int, int]] = []  # depth-0 tokens of the current item
     stmt_start = -1
     skip: list[bool] = []  # per open conditional: is this branch left unread?
+    dead_if: list[bool] = []  # per open conditional: is it '#if 0'?
     call_end = -1  # end of a leading MACRO(...) call that may lack its ';'
     first_line = data.count(b"\n", 0, start) + 1
     newlines = [m.start() + start for m in re.finditer(b"\n", masked)]
@@ -629,12 +630,17 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             d = _DIRECTIVE.match(text)
             directive = d.group(1) if d else b""
             if directive in (b"if", b"ifdef", b"ifndef"):
-                skip.append(False)
+                # code under '#if 0' is dead: not read at all
+                dead = directive == b"if" and _normalise_raw(d.group(2) if d else b"") == b"0"
+                skip.append(dead)
+                dead_if.append(dead)
             elif directive in (b"elif", b"else") and skip:
                 # a branch holding whole items is read; a branch inside an item is not
-                skip[-1] = depth > 0 or bool(stmt)
+                skip[-1] = (depth > 0 or bool(stmt)) and not dead_if[-1]
+                dead_if[-1] = False
             elif directive == b"endif" and skip:
                 skip.pop()
+                dead_if.pop()
             if depth == 0 and stmt and directive in (b"define", b"undef", b"include"):
                 # a statement-like macro call without ';' ends before such a line
                 if call_end >= 0:
@@ -674,6 +680,8 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
         if tok == b"}":
             depth = max(depth - 1, 0)
             if depth == 0:
+                if not stmt:  # a stray closing brace
+                    stmt_start = lo
                 stmt.append((tok, lo, hi))
                 if _is_function_header(stmt):
                     _emit_function(stmt, stmt_start, hi, emit)
@@ -698,8 +706,8 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
     if stmt:
         if call_end >= 0:
             emit("statement", _short(data, stmt_start, call_end), False, stmt_start, call_end)
-        else:
-            emit("unparsed", "", False, stmt_start, stmt[-1][2])
+        else:  # what is left open runs to the end of the region
+            emit("unparsed", "", False, stmt_start, end if depth else stmt[-1][2])
     return items, clean
 
 
