@@ -29,8 +29,9 @@ def check_target(outdir: Path, force: bool) -> None:
     if outdir.exists() and not outdir.is_dir():
         raise KlpccError(f"{outdir} exists and is not a directory")
     parent = outdir.resolve().parent
-    if not parent.is_dir():
-        raise KlpccError(f"the directory {parent} does not exist")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
 
 
 def cumulative_diff(analysis: Analysis) -> tuple[str, list[dict]]:
@@ -102,7 +103,16 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
     diff, files = cumulative_diff(analysis)
     doc = manifest(analysis, files)
     parent = outdir.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KlpccError(f"cannot create {parent}: {exc.strerror}") from None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
+    except OSError:
+        _remove_created(created)
+        raise
     try:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
@@ -121,4 +131,14 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
             os.rename(tmp, outdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
         raise
+
+
+def _remove_created(dirs: list[Path]) -> None:
+    """Remove the (empty) directories a failed write created, innermost first."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break

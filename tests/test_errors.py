@@ -344,11 +344,23 @@ def test_compile_force_onto_a_file(tmp_path):
     assert [p.name for p in out.iterdir()] == ["bundle"]
 
 
-def test_compile_into_a_missing_directory(tmp_path):
+def test_compile_into_a_missing_directory_creates_it(tmp_path):
     target = tmp_path / "no" / "such" / "bundle"
-    msg = one_error(invoke("compile", *GOOD, "--source", SRC, "-o", target))
-    assert str(tmp_path / "no" / "such") in msg
+    r = invoke("compile", *GOOD, "--source", SRC, "-o", target)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in target.iterdir()) == ["cumulative.diff", "manifest.json"]
+
+
+def test_failed_compile_into_a_missing_directory_creates_nothing(tmp_path):
+    target = tmp_path / "no" / "such" / "bundle"
+    one_error(invoke("compile", PATCHES / "context-mismatch.patch", "--source", SRC, "-o", target))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_under_a_file_is_refused(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    msg = one_error(invoke("compile", *GOOD, "--source", SRC, "-o", tmp_path / "plain" / "bundle"))
+    assert "not a directory" in msg
 
 
 # --------------------------------------------------------------------------- as a user runs it
