@@ -22,10 +22,18 @@ fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-	"$PY" -m venv .venv || {
-		echo "bootstrap: '$PY -m venv' failed; on Debian: apt-get install python3-venv" >&2
-		exit 1
-	}
+	if ! "$PY" -m venv .venv; then
+		rm -rf .venv
+		if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+			echo "bootstrap: installing python3-venv with apt-get"
+			apt-get update -qq
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+			"$PY" -m venv .venv
+		else
+			echo "bootstrap: '$PY -m venv' failed; on Debian: apt-get install python3-venv" >&2
+			exit 1
+		fi
+	fi
 fi
 stamp=.venv/.klpcc-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
