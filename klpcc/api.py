@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bundle as _bundle
+from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .series import load
 
@@ -21,6 +22,12 @@ class AnalyzeOptions:
     release: str | int | None = None  # name or 1-based position; default: the last
     installed: str | int | None = None  # --from
     fuzz: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.series, (str, Path)):
+            object.__setattr__(self, "series", (str(self.series),))
+        if not isinstance(self.fuzz, int) or not 0 <= self.fuzz <= 3:
+            raise KlpccError(f"fuzz must be 0 to 3, not {self.fuzz!r}")
 
 
 def analyze(opts: AnalyzeOptions) -> Analysis:

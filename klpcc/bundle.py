@@ -23,12 +23,20 @@ from .trees import blob_id
 MANIFEST_SCHEMA = "klpcc.manifest/1"
 
 
+def _absolute(outdir: Path) -> Path:
+    """OUTDIR made absolute without following links (a link is replaced, not its target)."""
+    return Path(os.path.abspath(outdir))
+
+
 def check_target(outdir: Path, force: bool) -> None:
-    if outdir.exists() and not force:
+    target = _absolute(outdir)
+    if target == Path(os.getcwd()) or target in Path(os.getcwd()).parents or target.parent == target:
+        raise KlpccError(f"{outdir} holds the current directory; name a directory of its own")
+    if os.path.lexists(target) and not force:
         raise KlpccError(f"{outdir} exists; use --force to replace it")
-    if outdir.exists() and not outdir.is_dir():
+    if os.path.lexists(target) and not target.is_dir():
         raise KlpccError(f"{outdir} exists and is not a directory")
-    parent = outdir.resolve().parent
+    parent = target.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
@@ -62,8 +70,10 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
         head.append("new file mode 100644\n")
     elif new is None:
         head.append("deleted file mode 100644\n")
-    src = "/dev/null" if old is None else f"a/{path}"
-    dst = "/dev/null" if new is None else f"b/{path}"
+    # like git, end a name with a tab when it holds a space, so that patch(1) reads it whole
+    tab = "\t" if " " in path else ""
+    src = "/dev/null" if old is None else f"a/{path}{tab}"
+    dst = "/dev/null" if new is None else f"b/{path}{tab}"
     body: list[str] = []
     for line in difflib.unified_diff(a, b, src, dst, n=3, lineterm=""):
         if line.startswith(("---", "+++", "@@")):
@@ -102,7 +112,8 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
     doc = manifest(analysis, files)
-    parent = outdir.resolve().parent
+    outdir = _absolute(outdir)
+    parent = outdir.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -117,16 +128,17 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
-        if outdir.exists():
+        if os.path.lexists(outdir):
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
-            os.rename(outdir, old / "x")
             try:
-                os.rename(tmp, outdir)
-            except OSError:
-                os.rename(old / "x", outdir)
+                os.rename(outdir, old / "x")
+                try:
+                    os.rename(tmp, outdir)
+                except OSError:
+                    os.rename(old / "x", outdir)
+                    raise
+            finally:
                 shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, outdir)
     except BaseException:

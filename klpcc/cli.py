@@ -81,8 +81,8 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
         click.echo(dump_json(analysis_json(a)))
     else:
         click.echo(analysis_text(a), nl=False)
-        for w in a.replay.warnings:
-            click.echo(f"klpcc: warning: {w}", err=True)
+    for w in a.warnings:
+        click.echo(f"klpcc: warning: {w}", err=True)
 
 
 @main.command("compile")
@@ -96,11 +96,22 @@ def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     """Write the cumulative patch bundle of release R to OUTDIR."""
     a = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
                        force=force)
-    counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop")}
+    counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    for w in a.replay.warnings:
+    for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
 
 
+def run() -> None:
+    """Entry point: like :func:`main`, with usage errors on one line too."""
+    try:
+        code = main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        _fail(" ".join(exc.format_message().split()), EXIT_BAD_INPUT)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -55,7 +55,6 @@ class FileChange:
 
 # --------------------------------------------------------------------------- parse
 
-_DIFF_START = re.compile(rb"^(diff |--- |Index: )", re.M)
 _GIT_HEADER = re.compile(r"^diff --git ")
 
 
@@ -77,19 +76,6 @@ def _first_diff_line(lines: Sequence[str]) -> int:
         if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             return i
     return len(lines)
-
-
-def _is_mail(lines: Sequence[str]) -> bool:
-    return bool(lines) and lines[0].startswith("From ") and any(
-        ln.startswith("Subject:") for ln in lines[:40])
-
-
-def _trim_signature(lines: list[str]) -> list[str]:
-    """Drop the signature of a format-patch mail ("-- " then a version line)."""
-    for i in range(len(lines) - 1, max(len(lines) - 4, -1), -1):
-        if lines[i] in ("-- \n", "-- \r\n"):
-            return lines[:i]
-    return lines
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
@@ -118,6 +104,9 @@ def _check_hunk_lengths(body: Sequence[str], patch: Patch, offset: int) -> None:
             remaining_old = int(m.group(1) or 1)
             remaining_new = int(m.group(2) or 1)
             in_hunk = remaining_old > 0 or remaining_new > 0
+            if line.startswith("@@ -0,") and remaining_old > 0:
+                raise KlpccError("malformed hunk header: line 0 with a non-empty old side",
+                                 patch=patch.path, line=offset + i + 1, file=_file_before(body, i))
             continue
         if not in_hunk:
             continue
@@ -181,12 +170,16 @@ def _check_path(path: str, patch: Patch, line: int) -> str:
 
 def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> list[FileChange]:
     """Parse one patch into file changes.  ``exists`` tells whether a path exists in
-    the tree the patch applies to (used to pick -p0 or -p1 when not told)."""
+    the tree the patch applies to (used to pick -p0 or -p1 when not told).  An empty
+    patch (nothing but whitespace) is an empty release: no changes."""
+    if not patch.data.strip():
+        return []
     lines = _split_lines(patch.data)
     start = _first_diff_line(lines)
     body = lines[start:]
-    if _is_mail(lines):
-        body = _trim_signature(body)
+    sig = _signature_at(body)
+    if sig is not None:
+        body = body[:sig]
     if not body:
         if re.search(rb"^GIT binary patch|^Binary files ", patch.data, re.M):
             raise KlpccError("binary patches are not supported", patch=patch.path)
@@ -198,31 +191,49 @@ def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> li
     except (UnidiffParseError, UnicodeError, ValueError) as exc:
         raise KlpccError(f"malformed diff: {exc}".rstrip(), patch=patch.path,
                          line=start + feed.read, file=_file_before(body, feed.read)) from None
-    changes: list[FileChange] = []
     for pf in parsed:
-        pline = start + (pf.diff_line_no or 1)
         if pf.is_binary_file:
             raise KlpccError(f"binary patch for {pf.path}: binary files are not supported",
-                             patch=patch.path, line=pline)
-        changes.append(_file_change(pf, patch, pline, start, exists))
-    if not changes:
+                             patch=patch.path, line=start + (pf.diff_line_no or 1))
+    if not parsed:
         raise KlpccError("the patch holds no diff", patch=patch.path)
-    return changes
+    strip = patch.strip
+    if strip is None:
+        # one strip level for the whole patch, from the first file that tells
+        guesses = [_guess_strip(*_sides(pf), _is_git(pf), exists) for pf in parsed]
+        strip = next((g for g, sure in guesses if sure), guesses[0][0])
+    return [_file_change(pf, patch, start + (pf.diff_line_no or 1), start, strip) for pf in parsed]
 
 
-def _file_change(pf, patch: Patch, pline: int, offset: int,
-                 exists: Callable[[str], bool] | None) -> FileChange:
-    info = [str(x) for x in (pf.patch_info or [])]
-    git = any(_GIT_HEADER.match(x) for x in info)
-    rename_from = next((x[len("rename from "):].rstrip("\n") for x in info
-                        if x.startswith("rename from ")), None)
-    rename_to = next((x[len("rename to "):].rstrip("\n") for x in info
-                      if x.startswith("rename to ")), None)
-    copy_from = next((x[len("copy from "):].rstrip("\n") for x in info
-                      if x.startswith("copy from ")), None)
-    copy_to = next((x[len("copy to "):].rstrip("\n") for x in info
-                    if x.startswith("copy to ")), None)
+def _signature_at(body: Sequence[str]) -> int | None:
+    """Index of a mail signature ("-- " after the last hunk), if any."""
+    remaining_old = remaining_new = 0
+    for i, line in enumerate(body):
+        m = _HUNK.match(line)
+        if m:
+            remaining_old, remaining_new = int(m.group(1) or 1), int(m.group(2) or 1)
+            continue
+        if remaining_old > 0 or remaining_new > 0:
+            tag = line[:1]
+            if tag == "-":
+                remaining_old -= 1
+            elif tag == "+":
+                remaining_new -= 1
+            elif tag != "\\":
+                remaining_old -= 1
+                remaining_new -= 1
+            continue
+        if line in ("-- \n", "-- \r\n") and len(body) - i <= 4:
+            return i
+    return None
 
+
+def _is_git(pf) -> bool:
+    return any(_GIT_HEADER.match(str(x)) for x in (pf.patch_info or []))
+
+
+def _sides(pf) -> tuple[str | None, str | None]:
+    """Old and new path of a file diff as written (None for /dev/null)."""
     src = _unquote(pf.source_file or "")
     dst = _unquote(pf.target_file or "")
     old = None if src == DEV_NULL else src
@@ -232,15 +243,23 @@ def _file_change(pf, patch: Patch, pline: int, offset: int,
         old = None
     if new is not None and _epoch(pf.target_timestamp) and all(h.target_length == 0 for h in pf):
         new = None
+    return old, new
+
+
+def _file_change(pf, patch: Patch, pline: int, offset: int, strip: int) -> FileChange:
+    info = [str(x) for x in (pf.patch_info or [])]
+
+    def header(prefix: str) -> str | None:
+        return next((x[len(prefix):].rstrip("\n") for x in info if x.startswith(prefix)), None)
+
+    rename_from, rename_to = header("rename from "), header("rename to ")
+    copy_from, copy_to = header("copy from "), header("copy to ")
+    old, new = _sides(pf)
     if old is None and new is None:
         raise KlpccError("a diff has /dev/null on both sides", patch=patch.path, line=pline)
-
     for raw in (old, new):
         if raw is not None and (raw.startswith("/") or ".." in raw.split("/")):
             _check_path(raw, patch, pline)
-    strip = patch.strip
-    if strip is None:
-        strip = _guess_strip(old, new, git, exists)
     old_p = _check_path(_strip(old, strip), patch, pline) if old is not None else None
     new_p = _check_path(_strip(new, strip), patch, pline) if new is not None else None
     kind = "modify"
@@ -275,24 +294,25 @@ def _epoch(stamp: str | None) -> bool:
 
 
 def _guess_strip(old: str | None, new: str | None, git: bool,
-                 exists: Callable[[str], bool] | None) -> int:
+                 exists: Callable[[str], bool] | None) -> tuple[int, bool]:
+    """Strip level for a file diff, and whether the paths settle it."""
     if git:
-        return 1
+        return 1, True
     if (old is None or old.startswith("a/")) and (new is None or new.startswith("b/")):
-        return 1
+        return 1, True
     name = old if old is not None else new
     assert name is not None
-    if exists is not None:
+    if exists is not None and old is not None:
         if exists(name):
-            return 0
+            return 0, True
         if "/" in name and exists(_strip(name, 1)):
-            return 1
-        if old is None and "/" in name:
-            # a new file: strip a level if that puts it in an existing directory
-            top = name.split("/")[0]
-            if not exists(top) and exists(_strip(name, 1).rsplit("/", 1)[0]):
-                return 1
-    return 0
+            return 1, True
+    if exists is not None and old is None and "/" in name:
+        # a new file: strip a level if that puts it in an existing directory
+        top = name.split("/")[0]
+        if not exists(top) and exists(_strip(name, 1).rsplit("/", 1)[0]):
+            return 1, False
+    return 0, False
 
 
 def _hunk(h, header_line: int, offset: int) -> Hunk:

@@ -15,9 +15,11 @@ with the size of its diffs rather than with the size of the files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from bisect import bisect_right
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -102,18 +104,6 @@ class Item:
     fingerprint: str
     macro: str | None = None  # the macro a macro-defined function is written with
 
-    @property
-    def ident(self) -> tuple[str, str, bool]:
-        """What identifies the item inside its file."""
-        return (self.kind, self.name, self.static)
-
-
-class ParseError(Exception):
-    """The parser cannot make sense of a region of a C file."""
-
-    def __init__(self, line: int, message: str):
-        super().__init__(message)
-        self.line = line
 
 
 def is_c_file(path: str) -> bool:
@@ -169,9 +159,16 @@ def tokens(text: bytes) -> list[bytes]:
     return [m for m in _TOKEN.findall(text) if m]
 
 
+_FUNCTION_LIKE = re.compile(rb"\s*#\s*define\s+\w+\(")
+
+
 def fingerprint(text: bytes) -> str:
-    """Fingerprint of a piece of C that ignores comments and whitespace."""
-    return hashlib.blake2b(b"\x1f".join(tokens(text)), digest_size=12).hexdigest()
+    """Fingerprint of a piece of C that ignores comments and whitespace (except the
+    one that tells ``#define F(x)`` from ``#define F (x)``)."""
+    toks = tokens(text)
+    if _FUNCTION_LIKE.match(text):
+        toks.append(b"#function-like")
+    return hashlib.blake2b(b"\x1f".join(toks), digest_size=12).hexdigest()
 
 
 # --------------------------------------------------------------------------- naming
@@ -397,7 +394,8 @@ def _condition_item(container: Node, src: bytes) -> Item | None:
 _NESTING = frozenset({"linkage_specification", "declaration_list"}) | _CONTAINERS
 
 # A plan is what a run of sibling nodes becomes: ("function", headers, node),
-# ("macro-function", headers, body), ("simple", node) or ("nest", container).
+# ("macro-function", headers, body), ("branched-function", (container,), body),
+# ("type-decl", (specifier,), semicolon), ("simple", node) or ("nest", container).
 _Plan = tuple
 
 
@@ -412,7 +410,11 @@ def _plan(children: Sequence[Node]) -> list[_Plan]:
 
     for node in children:
         kind = node.type
-        if kind in _SKIP:
+        if kind == ";" and not pending and plans and plans[-1][0] == "simple" \
+                and plans[-1][1].type in _SPECIFIERS:
+            # struct s { ... } and its ';', which the parser may leave apart
+            plans[-1] = ("type-decl", (plans[-1][1],), node)
+        elif kind in _SKIP:
             flush()
         elif kind in _NESTING:
             flush()
@@ -450,6 +452,9 @@ def _branch_header(container: Node) -> Node | None:
 
 def _make_plan(plan: _Plan, src: bytes) -> Item:
     kind = plan[0]
+    if kind == "type-decl":
+        spec = _simple_item(plan[1][0], src)
+        return _make(spec.kind, spec.name, False, [plan[1][0], plan[2]], src)
     if kind == "branched-function":
         container, body = plan[1][0], plan[2]
         header = _branch_header(container)
@@ -469,7 +474,7 @@ def _plan_span(plan: _Plan) -> tuple[int, int]:
     kind = plan[0]
     if kind in ("simple", "nest"):
         return plan[1].start_byte, plan[1].end_byte
-    if kind in ("function", "macro-function", "branched-function"):
+    if kind in ("function", "macro-function", "branched-function", "type-decl"):
         first = plan[1][0] if plan[1] else plan[2]
         return first.start_byte, plan[2].end_byte
     raise AssertionError(kind)
@@ -502,42 +507,117 @@ def _overlapping(container: Node, lo: int, hi: int) -> list[Node]:
     first = _first_child_ending_after(container, lo - 1) if lo > 0 else container.child(0)
     if first is None:
         return []
-    while (prev := first.prev_sibling) is not None and _is_broken_header(prev):
+    while (prev := first.prev_sibling) is not None and (
+            _is_broken_header(prev) or (first.type == ";" and prev.type in _SPECIFIERS)):
         first = prev
     nodes: list[Node] = []
     node: Node | None = first
-    while node is not None and (node.start_byte <= hi or (nodes and _is_broken_header(nodes[-1]))):
+    while node is not None and (node.start_byte <= hi or (nodes and (
+            _is_broken_header(nodes[-1]) or (nodes[-1].type in _SPECIFIERS and node.type == ";")))):
         nodes.append(node)
         node = node.next_sibling
     return nodes
 
 
-def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item]) -> None:
+_SPECIFIERS = frozenset({"struct_specifier", "union_specifier", "enum_specifier"})
+
+
+class _Lexed:
+    """Lexical scans of the regions of one text, remembered; scans of regions whose
+    text was seen before (in an earlier version of the file) are reused."""
+
+    _shared: OrderedDict[bytes, tuple[list[tuple], bool]] = OrderedDict()
+    _limit = 4096
+
+    def __init__(self, offsets: list[int]):
+        self.offsets = offsets  # where each line starts
+        self.local: dict[tuple[int, int], tuple[list[Item], bool]] = {}
+
+    def __call__(self, src: bytes, start: int, end: int) -> tuple[list[Item], bool]:
+        got = self.local.get((start, end))
+        if got is not None:
+            return got
+        region = src[start:end]
+        key = hashlib.blake2b(region, digest_size=16).digest()
+        shared = self._shared.get(key)
+        if shared is None:
+            items, clean = _lexical_items(region, 0, len(region))
+            shared = ([(it.kind, it.name, it.static, it.start_byte, it.end_byte, it.start_line,
+                        it.end_line, it.fingerprint, it.macro) for it in items], clean)
+            self._shared[key] = shared
+            if len(self._shared) > self._limit:
+                self._shared.popitem(last=False)
+        else:
+            self._shared.move_to_end(key)
+        shift = bisect_right(self.offsets, start) - 1  # lines before the region's line
+        got = ([Item(k, n, st, a + start, b + start, l1 + shift, l2 + shift, fp, m)
+                for k, n, st, a, b, l1, l2, fp, m in shared[0]], shared[1])
+        self.local[(start, end)] = got
+        return got
+
+
+def in_context(fp: str, context: Sequence[str]) -> str:
+    """A fingerprint that also says under which conditional branches (outermost
+    first) an item stands: moving an ``#endif`` changes what is compiled."""
+    for cond in reversed(context):
+        fp = hashlib.blake2b(f"{cond}\x1e{fp}".encode(), digest_size=12).hexdigest()
+    return fp
+
+
+def _placed(items: Iterable[Item], context: tuple[str, ...], lo: int, hi: int) -> Iterator[Item]:
+    for it in items:
+        if it.start_byte <= hi and it.end_byte >= lo:
+            yield it if not context else dataclasses.replace(
+                it, fingerprint=in_context(it.fingerprint, context))
+
+
+def _is_dead(container: Node, src: bytes) -> bool:
+    """Is this the '#if 0' branch of a conditional (code never compiled)?"""
+    if container.type != "preproc_if":
+        return False
+    cond = container.child_by_field_name("condition")
+    return cond is not None and _text(cond, src).strip() == "0"
+
+
+def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item],
+             lexed: _Lexed, context: tuple[str, ...] = (), chain: str | None = None) -> None:
+    """Items of ``container`` touching [lo, hi].  ``context`` lists the conditional
+    branches around it; ``chain`` names the '#if' that a '#else'/'#elif' belongs to."""
     if container.type in _CONTAINERS:
         cond = _condition_item(container, src)
-        if cond is not None and cond.start_byte <= hi and cond.end_byte >= lo:
-            out.append(cond)
+        if cond is not None:
+            out.extend(_placed([cond], context, lo, hi))
+            if chain is None:
+                chain = cond.name
+            context = (*context, chain if cond.name == chain else f"{chain}/{cond.name}")
     if container.type == "linkage_specification":
         body = container.child_by_field_name("body")
         if body is not None:
-            _collect(body, src, lo, hi, out)
+            _collect(body, src, lo, hi, out, lexed, context)
         return
     if container.type == "ERROR":
-        items, _ = _lexical_items(src, container.start_byte, container.end_byte)
-        out.extend(it for it in items if it.start_byte <= hi and it.end_byte >= lo)
+        items, _ = lexed(src, container.start_byte, container.end_byte)
+        out.extend(_placed(items, context, lo, hi))
         return
+    dead = _is_dead(container, src)
     if container.has_error or (lo <= container.start_byte and container.end_byte <= hi):
         # where the parser recovered from errors, what belongs together can only be
         # told from the start: read every child (items are made only for the range)
         children = list(container.children)
     else:
         children = _overlapping(container, lo, hi)
-    children = [c for c in children if c.is_named and not _is_condition(container, c)]
+    children = [c for c in children
+                if (c.is_named or c.type == ";") and not _is_condition(container, c)]
     plans = _plan(children)
     i = 0
     while i < len(plans):
         plan = plans[i]
         start, end = _plan_span(plan)
+        alternative = plan[0] == "nest" and plan[1].type in ("preproc_else", "preproc_elif",
+                                                              "preproc_elifdef")
+        if dead and not alternative:
+            i += 1
+            continue
         if plan[0] != "nest" and any(node.has_error for node in _plan_nodes(plan)):
             # tree-sitter recovered from an error here: its idea of where items end
             # may be wrong (a missing brace can swallow the rest of the file).  Read
@@ -545,21 +625,24 @@ def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item]) -> 
             # its braces to balance.
             j = i
             while True:
-                items, clean = _lexical_items(src, start, end)
+                items, clean = lexed(src, start, end)
                 if clean or j + 1 >= len(plans):
                     break
                 j = min(len(plans) - 1, j + max(1, (j - i) * 2))
                 end = _plan_span(plans[j])[1]
-            out.extend(it for it in items if it.start_byte <= hi and it.end_byte >= lo)
+            out.extend(_placed(items, context, lo, hi))
             i = j + 1
             continue
         i += 1
         if start > hi or end < lo:
             continue
-        if plan[0] == "nest":
-            _collect(plan[1], src, lo, hi, out)
+        if alternative:
+            # the other branches of this conditional: same surroundings, same chain
+            _collect(plan[1], src, lo, hi, out, lexed, context[:-1], chain)
+        elif plan[0] == "nest":
+            _collect(plan[1], src, lo, hi, out, lexed, context)
         else:
-            out.append(_make_plan(plan, src))
+            out.extend(_placed([_make_plan(plan, src)], context, lo, hi))
 
 
 def _is_condition(container: Node, child: Node) -> bool:
@@ -608,16 +691,22 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
     skip: list[bool] = []  # per open conditional: is this branch left unread?
     dead_if: list[bool] = []  # per open conditional: is it '#if 0'?
     call_end = -1  # end of a leading MACRO(...) call that may lack its ';'
+    conds: list[tuple[str, str]] = []  # per open conditional: (its '#if', the branch)
+    stmt_ctx: tuple[str, ...] = ()  # the branches around the current item
     first_line = data.count(b"\n", 0, start) + 1
     newlines = [m.start() + start for m in re.finditer(b"\n", masked)]
 
     def line_of(pos: int) -> int:
         return first_line + bisect_right(newlines, pos - 1)
 
-    def emit(kind: str, name: str, static: bool, lo: int, hi: int, macro: str | None = None) -> None:
+    def context() -> tuple[str, ...]:
+        return tuple(branch for _, branch in conds)
+
+    def emit(kind: str, name: str, static: bool, lo: int, hi: int, macro: str | None = None,
+             ctx: tuple[str, ...] | None = None) -> None:
         end_line = line_of(hi - 1) if hi > lo else line_of(lo)
-        items.append(Item(kind, name, static, lo, hi, line_of(lo), end_line,
-                          fingerprint(data[lo:hi]), macro))
+        fp = in_context(fingerprint(data[lo:hi]), stmt_ctx if ctx is None else ctx)
+        items.append(Item(kind, name, static, lo, hi, line_of(lo), end_line, fp, macro))
 
     for m in _SCAN.finditer(masked):
         group = m.lastgroup
@@ -629,18 +718,24 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             text = tok.strip()
             d = _DIRECTIVE.match(text)
             directive = d.group(1) if d else b""
+            name = _normalise_raw(text).decode("utf-8", "replace")
+            around = context()  # the branches around this directive
             if directive in (b"if", b"ifdef", b"ifndef"):
                 # code under '#if 0' is dead: not read at all
                 dead = directive == b"if" and _normalise_raw(d.group(2) if d else b"") == b"0"
                 skip.append(dead)
                 dead_if.append(dead)
+                conds.append((name, name))
             elif directive in (b"elif", b"else") and skip:
                 # a branch holding whole items is read; a branch inside an item is not
                 skip[-1] = (depth > 0 or bool(stmt)) and not dead_if[-1]
                 dead_if[-1] = False
+                around = around[:-1]
+                conds[-1] = (conds[-1][0], f"{conds[-1][0]}/{name}")
             elif directive == b"endif" and skip:
                 skip.pop()
                 dead_if.pop()
+                conds.pop()
             if depth == 0 and stmt and directive in (b"define", b"undef", b"include"):
                 # a statement-like macro call without ';' ends before such a line
                 if call_end >= 0:
@@ -648,18 +743,19 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
                 else:
                     emit("unparsed", "", False, stmt_start, stmt[-1][2])
                 stmt, stmt_start, paren, call_end = [], -1, 0, -1
-            if depth == 0 and not stmt and directive != b"endif":
+            if depth == 0 and not stmt and directive != b"endif" and not any(skip[:-1]) \
+                    and not (skip and skip[-1] and directive not in (b"if", b"ifdef", b"ifndef",
+                                                                     b"elif", b"else")):
                 lo += len(tok) - len(tok.lstrip())
-                name = _normalise_raw(text).decode("utf-8", "replace")
                 rest = _normalise_raw(d.group(2)).decode("utf-8", "replace") if d else ""
                 if directive == b"define":
-                    emit("macro", re.split(r"[\s(]", rest, maxsplit=1)[0], False, lo, hi)
+                    emit("macro", re.split(r"[\s(]", rest, maxsplit=1)[0], False, lo, hi, ctx=around)
                 elif directive == b"include":
-                    emit("include", rest, False, lo, hi)
+                    emit("include", rest, False, lo, hi, ctx=around)
                 elif directive in (b"if", b"ifdef", b"ifndef", b"elif", b"else"):
-                    emit("conditional", name, False, lo, hi)
+                    emit("conditional", name, False, lo, hi, ctx=around)
                 else:
-                    emit("directive", name, False, lo, hi)
+                    emit("directive", name, False, lo, hi, ctx=around)
             continue
         if any(skip):
             continue
@@ -672,7 +768,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             call_end = -1
         if tok == b"{":
             if depth == 0 and not stmt:
-                stmt_start = lo
+                stmt_start, stmt_ctx = lo, context()
             depth += 1
             if depth == 1:
                 stmt.append((tok, lo, hi))
@@ -681,7 +777,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             depth = max(depth - 1, 0)
             if depth == 0:
                 if not stmt:  # a stray closing brace
-                    stmt_start = lo
+                    stmt_start, stmt_ctx = lo, context()
                 stmt.append((tok, lo, hi))
                 if _is_function_header(stmt):
                     _emit_function(stmt, stmt_start, hi, emit)
@@ -690,7 +786,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
         if depth > 0:
             continue
         if not stmt:
-            stmt_start = lo
+            stmt_start, stmt_ctx = lo, context()
         stmt.append((tok, lo, hi))
         if tok == b"(":
             paren += 1
@@ -856,7 +952,7 @@ def line_offsets(lines: Sequence[bytes]) -> list[int]:
 class CSource:
     """A C file parsed once and kept in step with its edits."""
 
-    __slots__ = ("path", "data", "tree", "_offsets", "_masked")
+    __slots__ = ("path", "data", "tree", "_offsets", "_masked", "_all", "_lexed")
 
     def __init__(self, path: str, lines: Sequence[bytes]):
         self.path = path
@@ -866,6 +962,8 @@ class CSource:
         self._offsets = line_offsets(lines)
         # masking never crosses a line, so it can follow line edits line by line
         self._masked: list[bytes] = split_lines(masked)
+        self._all: list[Item] | None = None  # every item, once computed
+        self._lexed = _Lexed(self._offsets)
 
     # -- queries ---------------------------------------------------------------
 
@@ -874,12 +972,14 @@ class CSource:
         root = self.tree.root_node
         out: list[Item] = []
         if ranges is None:
-            _collect(root, self.data, 0, len(self.data), out)
-            return out
+            if self._all is None:
+                _collect(root, self.data, 0, len(self.data), out, self._lexed)
+                self._all = out
+            return list(self._all)
         seen: set[int] = set()
         for lo, hi in _merge(ranges):
             found: list[Item] = []
-            _collect(root, self.data, lo, hi, found)
+            _collect(root, self.data, lo, hi, found, self._lexed)
             for item in found:
                 if item.start_byte not in seen:
                     seen.add(item.start_byte)
@@ -922,32 +1022,76 @@ class CSource:
         masked = _follow(self._masked, new_lines, edits)
         masked_data = b"".join(masked)
         new_tree = _PARSER.parse(masked_data, edited)
-        if new_tree.root_node.has_error:
-            # error recovery is not the same in an incremental parse as in a fresh
-            # one; where there are errors, parse afresh so that the items found never
-            # depend on the history of edits
-            new_tree = _PARSER.parse(masked_data)
-            changed = [(0, len(new_data))]
-        else:
-            changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
+        new_edits = [(n0, n1) for _, _, n0, n1 in blocks] + changed
 
-        mapper = _Mapper(blocks)
-        old_ranges = [(o0, o1) for o0, o1, _, _ in blocks] + [mapper.to_old(a, b) for a, b in changed]
-        new_fixed = [(n0, n1) for _, _, n0, n1 in blocks] + changed
         old_src = CSource.__new__(CSource)
-        old_src.path, old_src.data = self.path, old_data
-        old_src.tree, old_src._offsets = old_tree, old_offsets
-        self.data, self.tree, self._offsets = new_data, new_tree, new_offsets
-        self._masked = masked
+        old_src.path, old_src.data, old_src.tree = self.path, old_data, old_tree
+        old_src._offsets, old_src._masked = old_offsets, self._masked
+        old_src._all, old_src._lexed = self._all, self._lexed
+        self.data, self._offsets, self._masked = new_data, new_offsets, masked
+        self._all, self._lexed = None, _Lexed(new_offsets)
+
+        if _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
+            # Error recovery is not the same in an incremental parse as in a fresh
+            # one.  Where the parser recovers from errors near an edit, parse afresh
+            # and compare every item, so that what is found never depends on the
+            # history of edits.
+            self.tree = _PARSER.parse(masked_data)
+            return _difference(old_src.items(), self.items())
+
+        self.tree = new_tree
+        mapper = _Mapper(blocks)
+        old_ranges = old_edits + [mapper.to_old(a, b) for a, b in changed]
         while True:
             before = old_src.items(old_ranges)
             widened_old = old_ranges + [(it.start_byte, it.end_byte) for it in before]
-            new_ranges = new_fixed + [mapper.to_new(a, b) for a, b in widened_old]
+            new_ranges = new_edits + [mapper.to_new(a, b) for a, b in widened_old]
             after = self.items(new_ranges)
             back = [mapper.to_old(it.start_byte, it.end_byte) for it in after]
             if _covered(back, widened_old):
                 return before, after
             old_ranges = widened_old + back
+
+
+def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Does any top-level node touching the ranges hold a parse error?"""
+    root = tree.root_node
+    if not root.has_error:
+        return False
+    for lo, hi in _merge(ranges):
+        node = _first_child_ending_after(root, lo - 1) if lo > 0 else root.child(0)
+        while node is not None and node.start_byte <= hi:
+            if node.has_error:
+                return True
+            node = node.next_sibling
+    return False
+
+
+def _difference(old: list[Item], new: list[Item]) -> tuple[list[Item], list[Item]]:
+    """The items of ``old`` and of ``new`` that the other has not (as multisets of
+    kind, name, storage and fingerprint)."""
+    def key(it: Item) -> tuple:
+        return (it.kind, it.name, it.static, it.fingerprint)
+
+    left = Counter(key(it) for it in new)
+    before = []
+    for it in old:
+        k = key(it)
+        if left[k]:
+            left[k] -= 1
+        else:
+            before.append(it)
+    right = Counter(key(it) for it in old)
+    after = []
+    for it in new:
+        k = key(it)
+        if right[k]:
+            right[k] -= 1
+        else:
+            after.append(it)
+    return before, after
 
 
 def _follow(old_masked: list[bytes], new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> list[bytes]:

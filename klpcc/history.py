@@ -132,8 +132,8 @@ class Replay:
     functions: dict[str, Track]
     outside: dict[str, Track]
     snapshots: Snapshots
-    notes: list[str]
-    warnings: list[str]
+    notes: list[tuple[int, str]]  # (release, text): where hunks applied at an offset or with fuzz
+    warnings: list[tuple[int, str]]  # (release, text)
     files_touched: dict[int, list[str]]  # release -> paths its patch changed
     base_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> lines in base
     sources: dict[str, CSource] = field(default_factory=dict)  # C files as the last release has them
@@ -141,6 +141,12 @@ class Replay:
     @property
     def releases(self) -> list[str]:
         return self.series.names
+
+    def warnings_upto(self, release: int) -> list[str]:
+        return [text for r, text in self.warnings if r <= release]
+
+    def notes_upto(self, release: int) -> list[str]:
+        return [text for r, text in self.notes if r <= release]
 
 
 class _Replayer:
@@ -152,8 +158,9 @@ class _Replayer:
         self.functions: dict[str, Track] = {}
         self.outside: dict[str, Track] = {}
         self.snapshots = Snapshots(frozenset(keep))
-        self.notes: list[str] = []
-        self.warnings: list[str] = []
+        self.notes: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []
+        self._index = 0
         self.files_touched: dict[int, list[str]] = {}
         self._dirty: dict[int, Track] = {}
         self.base_spans: dict[str, tuple[int, int]] = {}
@@ -199,13 +206,7 @@ class _Replayer:
         f = self.files.get(path)
         if f is not None:
             return f.lines is not None
-        if self.base.read(path) is not None:
-            return True
-        return self._is_dir(path)
-
-    def _is_dir(self, path: str) -> bool:
-        root = getattr(self.base, "root", None)
-        return root is not None and (root / path).is_dir()
+        return self.base.exists(path)
 
     # -- items ----------------------------------------------------------------
 
@@ -266,7 +267,15 @@ class _Replayer:
                       self.notes, self.warnings, self.files_touched, self.base_spans, sources)
 
     def _release(self, index: int, patch: Patch) -> None:
-        changes = parse_patch(patch, self.exists)
+        self._index = index
+        try:
+            changes = parse_patch(patch, self.exists)
+        except KlpccError as exc:
+            exc.patch = exc.patch or patch.path
+            raise
+        if not changes:
+            self.warnings.append((index, f"{patch.path}: release {patch.name!r} is empty: it changes "
+                                         "nothing"))
         touched: list[str] = []
         for change in changes:
             try:
@@ -289,10 +298,10 @@ class _Replayer:
                                             origin[0], origin[1]))
                 if track.kind == "unparsed":
                     line = f":{origin[1]}" if origin[1] else ""
-                    self.warnings.append(
+                    self.warnings.append((index,
                         f"{patch.path}{line}: {track.key.split(':')[0]}: release {patch.name!r} "
                         "changes code the C parser could not read; check by hand that no "
-                        "function change is missed there")
+                        "function change is missed there"))
         self._dirty.clear()
         self._origin.clear()
 
@@ -306,13 +315,13 @@ class _Replayer:
                 raise KlpccError("the patch changes a file that does not exist",
                                  patch=patch.path, line=change.patch_line, file=path)
             applied = apply_hunks(f.lines, change, patch, self.fuzz)
-            self.notes.extend(f"{patch.path}: {n}" for n in applied.notes)
+            self.notes.extend((self._index, f"{patch.path}: {n}") for n in applied.notes)
             if kind == "delete":
                 if applied.lines:
                     raise KlpccError("the patch deletes the file but does not remove all of it "
                                      "(the file has lines the patch does not show)",
                                      patch=patch.path, line=change.patch_line, file=path)
-                self._replace(f, None, patch)
+                self._replace(f, None, patch, change.patch_line)
             else:
                 self._edit(f, applied.lines, applied.edits, applied.edit_lines, patch)
             return [path]
@@ -325,7 +334,7 @@ class _Replayer:
                                  patch=patch.path, line=change.patch_line, file=path)
             applied = apply_hunks([], change, patch, self.fuzz)
             self._check_c(path, applied.lines, patch, change)
-            self._replace(f, applied.lines, patch)
+            self._replace(f, applied.lines, patch, change.patch_line)
             return [path]
         # rename or copy
         old_path, new_path = change.old_path, change.new_path
@@ -339,11 +348,11 @@ class _Replayer:
             raise KlpccError(f"the patch {kind}s onto a file that already exists",
                              patch=patch.path, line=change.patch_line, file=new_path)
         applied = apply_hunks(src.lines, change, patch, self.fuzz)
-        self.notes.extend(f"{patch.path}: {n}" for n in applied.notes)
+        self.notes.extend((self._index, f"{patch.path}: {n}") for n in applied.notes)
         self._check_c(new_path, applied.lines, patch, change)
         if kind == "rename":
-            self._replace(src, None, patch)
-        self._replace(dst, applied.lines, patch)
+            self._replace(src, None, patch, change.patch_line)
+        self._replace(dst, applied.lines, patch, change.patch_line)
         return [old_path, new_path]
 
     def _check_c(self, path: str, lines: list[bytes], patch: Patch, change: FileChange) -> None:
@@ -427,6 +436,15 @@ class Analysis:
         return self.replay.releases[self.release - 1]
 
     @property
+    def warnings(self) -> list[str]:
+        """Warnings from the releases this analysis looks at."""
+        return self.replay.warnings_upto(max(self.release, self.installed or 0))
+
+    @property
+    def notes(self) -> list[str]:
+        return self.replay.notes_upto(max(self.release, self.installed or 0))
+
+    @property
     def installed_name(self) -> str | None:
         return None if self.installed is None else self.replay.releases[self.installed - 1]
 
@@ -466,11 +484,6 @@ def timeline(track: Track, upto: int) -> tuple[list[str], list[int]]:
         sig, start = ch.signature, ch.release
     fill(upto)
     return kinds, touched
-
-
-def change_at(track: Track, release: int) -> str:
-    """What the cumulative patch of ``release`` does with the item."""
-    return timeline(track, release)[0][-1]
 
 
 def patched(track: Track, release: int) -> bool:
@@ -607,13 +620,16 @@ def release_graph(rep: Replay, upto: int | None = None) -> nx.DiGraph:
 
 
 def dependencies(rep: Replay, upto: int | None = None) -> dict[str, list[str]]:
-    """For each release, the earlier releases it builds on (they change the same
-    functions)."""
-    g = release_graph(rep, upto)
-    out: dict[str, list[str]] = {}
-    for node in g.nodes:
-        if node[0] != "release":
-            continue
-        preds = [p[1] for p in g.predecessors(node) if p[0] == "release"]
-        out[node[1]] = sorted(preds, key=lambda n: g.nodes[("release", n)]["index"])
-    return out
+    """For each release, the earlier releases it builds on: those that changed a
+    function it changes (the ancestors of the release in :func:`release_graph`)."""
+    names = rep.releases
+    upto = len(names) if upto is None else upto
+    deps: dict[int, set[int]] = {r: set() for r in range(1, upto + 1)}
+    for track in rep.functions.values():
+        earlier: list[int] = []
+        for ch in track.changes:
+            if ch.release > upto:
+                break
+            deps[ch.release].update(earlier)
+            earlier.append(ch.release)
+    return {names[r - 1]: [names[e - 1] for e in sorted(d)] for r, d in deps.items()}

@@ -70,8 +70,8 @@ def analysis_json(a: Analysis) -> dict:
         "outside": [_entry_json(e, False, rep.releases) for e in a.outside],
         "summary": {k: counts.get(k, 0) for k in (MODIFIED, ADDED, REMOVED, NOP, DROPPED)},
         "dependencies": dependencies(rep, a.release),
-        "warnings": rep.warnings,
-        "notes": rep.notes,
+        "warnings": a.warnings,
+        "notes": a.notes,
     }
     if with_t:
         doc["transitions"] = {}

@@ -46,7 +46,7 @@ class Series:
         for i, patch in enumerate(self.patches, 1):
             if patch.name == text:
                 return i
-        if text.isdigit() and 1 <= int(text) <= n:
+        if text.isascii() and text.isdigit() and 1 <= int(text) <= n:
             return int(text)
         names = ", ".join(self.names[:8]) + (", ..." if n > 8 else "")
         raise KlpccError(f"unknown {what} {text!r}: the series has {n} releases ({names})")
@@ -86,7 +86,7 @@ def _parse_series_file(path: Path) -> list[Patch]:
     patches: list[Patch] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        line = _uncomment(raw)
         if not line:
             continue
         fields = line.split()
@@ -147,10 +147,20 @@ def load_series(paths: Sequence[str]) -> Series:
     return _checked(Series(tuple(patches), " ".join(paths)), paths[0])
 
 
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+def _uncomment(line: str) -> str:
+    """A series line without its comment (``#`` at the start or after a blank)."""
+    return _COMMENT.sub("", line).strip()
+
+
 def _is_series_text(path: Path, data: bytes) -> bool:
-    lines = [ln.split(b"#", 1)[0].strip() for ln in data.splitlines()]
-    names = [ln.split()[0] for ln in lines if ln]
-    return bool(names) and all((path.parent / n.decode("utf-8", "replace")).is_file() for n in names)
+    """Does the file read as a quilt series (every line names a patch, maybe missing)?"""
+    text = data.decode("utf-8", "replace")
+    names = [ln.split()[0] for ln in map(_uncomment, text.splitlines()) if ln]
+    return bool(names) and all(
+        n.endswith(_PATCH_SUFFIXES) or (path.parent / n).is_file() for n in names)
 
 
 def _checked(series: Series, shown: str) -> Series:
@@ -191,6 +201,11 @@ def load_git_range(repo: str, rng: str) -> Series:
             raise KlpccError(f"unknown revision {ref!r} (no such commit in the repository)",
                              patch=repo) from None
     base = revs[0]
+    ancestor = subprocess.run(["git", "-C", repo, "merge-base", "--is-ancestor", revs[0], revs[1]],
+                              capture_output=True, check=False)
+    if ancestor.returncode != 0:
+        raise KlpccError(f"in {rng}, {base_ref} is not an ancestor of {tip_ref}: the range is "
+                         "not a series of commits on top of its base", patch=repo)
     commits = _git(repo, "rev-list", "--reverse", "--first-parent", rng).decode().split()
     patches = []
     used: dict[str, int] = {}

@@ -32,6 +32,9 @@ class BaseTree(Protocol):
     def identity(self) -> dict[str, str]:
         """What identifies this tree in a manifest."""
 
+    def exists(self, path: str) -> bool:
+        """Is there a file or directory at ``path``?"""
+
 
 class DirectoryTree:
     def __init__(self, root: str):
@@ -60,6 +63,15 @@ class DirectoryTree:
     def identity(self) -> dict[str, str]:
         return {"kind": "directory", "path": os.path.abspath(self.root)}
 
+    def exists(self, path: str) -> bool:
+        full = self.root / path
+        try:
+            real = full.resolve()
+        except OSError:
+            return False
+        inside = real == self._real or self._real in real.parents
+        return inside and full.exists()
+
 
 class GitTree:
     def __init__(self, repo: str, commit: str):
@@ -78,42 +90,42 @@ class GitTree:
     def identity(self) -> dict[str, str]:
         return {"kind": "git", "path": os.path.abspath(self.repo), "commit": self.commit}
 
+    def exists(self, path: str) -> bool:
+        proc = subprocess.run(
+            ["git", "-C", self.repo, "cat-file", "-e", f"{self.commit}:{path.rstrip('/')}"],
+            capture_output=True, check=False,
+        )
+        return proc.returncode == 0
+
 
 @dataclass
 class Snapshots:
-    """Content of every touched file in every release, stored once per content.
+    """Content of every touched file in every release.
 
     ``versions[path]`` is a list of (release, blob id or None for absent), release 0
     being the base; the content of a path in release r is its last version at or
-    before r.  Content is kept for the base, for the releases in ``keep`` and for
-    the latest version of each path; other versions are recorded by id only.
+    before r.  Content is kept per path for the base, for the latest version, and
+    for versions some release in ``keep`` sees; other versions are known by id only.
     """
 
     keep: frozenset[int] = frozenset()
     versions: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
-    blobs: dict[str, bytes] = field(default_factory=dict)
-    _pinned: set[str] = field(default_factory=set)
+    contents: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (path, version release)
 
     def record(self, path: str, release: int, data: bytes | None) -> None:
         """``path`` has ``data`` from ``release`` on (None: it does not exist)."""
-        bid = None if data is None else blob_id(data)
         history = self.versions.setdefault(path, [])
         if history and history[-1][0] == release:
             history.pop()
+            self.contents.pop((path, release), None)
         if history:
-            prev_release, prev_bid = history[-1]
-            # the version being superseded is still needed if a kept release saw it
-            if prev_bid is not None and prev_bid not in self._pinned and not any(
-                prev_release <= k < release for k in self.keep
-            ):
-                self.blobs.pop(prev_bid, None)
-            elif prev_bid is not None:
-                self._pinned.add(prev_bid)
-        if bid is not None and data is not None:
-            self.blobs.setdefault(bid, data)
-            if release == 0:
-                self._pinned.add(bid)
-        history.append((release, bid))
+            prev = history[-1][0]
+            # the superseded version stays only if the base or a kept release sees it
+            if prev != 0 and not any(prev <= k < release for k in self.keep):
+                self.contents.pop((path, prev), None)
+        history.append((release, None if data is None else blob_id(data)))
+        if data is not None:
+            self.contents[(path, release)] = data
 
     def blob_at(self, path: str, release: int) -> str | None:
         history = self.versions.get(path)
@@ -126,11 +138,17 @@ class Snapshots:
 
     def read(self, path: str, release: int) -> bytes | None:
         """Content of ``path`` at ``release`` (base is 0); the release must be kept."""
-        bid = self.blob_at(path, release)
+        history = self.versions.get(path)
+        if not history:
+            raise KeyError(path)
+        i = bisect_right([r for r, _ in history], release) - 1
+        if i < 0:
+            raise KeyError(path)
+        version, bid = history[i]
         if bid is None:
             return None
         try:
-            return self.blobs[bid]
+            return self.contents[(path, version)]
         except KeyError:
             raise KeyError(f"{path}@{release} was not kept") from None
 

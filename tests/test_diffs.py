@@ -500,7 +500,9 @@ def test_release_trees_with_p0_p1_and_offsets_from_a_quilt_series(tmp_path):
     rep = replay(series, DirectoryTree(str(base)), keep={1, 2})
     assert rep.snapshots.read("x.c", 1) == ("int v0;\n" + LONG).encode()
     assert rep.snapshots.read("x.c", 2) == ("int v0;\n" + LONG.replace("int v20;", "long v20;")).encode()
-    assert len(rep.notes) == 1 and "b.patch" in rep.notes[0] and "+1" in rep.notes[0]
+    notes = rep.notes_upto(2)
+    assert len(notes) == 1 and "b.patch" in notes[0] and "+1" in notes[0]
+    assert rep.notes_upto(1) == []
 
 
 def test_replay_does_not_touch_the_base_tree(tmp_path):

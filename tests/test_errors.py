@@ -130,9 +130,20 @@ def test_absolute_path_in_a_git_diff(tmp_path):
                   check=lambda m: assert_names(m, patch, range(1, 4), "/etc/motd"))
 
 
-def test_empty_patch_file(tmp_path):
+def test_empty_patch_file_is_an_empty_release_with_a_warning(tmp_path):
+    # quilt and git accept empty patches (an empty commit): a release that changes
+    # nothing, said so on stderr
     patch = tmp_path / "empty.patch"
     patch.write_bytes(b"")
+    r = klpcc("analyze", str(GOOD[0]), str(patch), "--source", str(SRC))
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("klpcc: warning:")]
+    assert len(warnings) == 1 and str(patch) in warnings[0] and "empty" in warnings[0]
+
+
+def test_patch_with_text_but_no_diff_is_an_error(tmp_path):
+    patch = tmp_path / "notes.patch"
+    patch.write_text("Just some notes, no diff here.\n")
     both_commands(tmp_path, patch, "--source", SRC, check=lambda m: assert_names(m, patch))
 
 
