@@ -1072,26 +1072,22 @@ def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
 def _difference(old: list[Item], new: list[Item]) -> tuple[list[Item], list[Item]]:
     """The items of ``old`` and of ``new`` that the other has not (as multisets of
     kind, name, storage and fingerprint)."""
+    return _missing_from(old, new), _missing_from(new, old)
+
+
+def _missing_from(items: list[Item], other: list[Item]) -> list[Item]:
     def key(it: Item) -> tuple:
         return (it.kind, it.name, it.static, it.fingerprint)
 
-    left = Counter(key(it) for it in new)
-    before = []
-    for it in old:
+    left = Counter(key(it) for it in other)
+    out = []
+    for it in items:
         k = key(it)
         if left[k]:
             left[k] -= 1
         else:
-            before.append(it)
-    right = Counter(key(it) for it in old)
-    after = []
-    for it in new:
-        k = key(it)
-        if right[k]:
-            right[k] -= 1
-        else:
-            after.append(it)
-    return before, after
+            out.append(it)
+    return out
 
 
 def _follow(old_masked: list[bytes], new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> list[bytes]:

@@ -127,24 +127,22 @@ class Snapshots:
         if data is not None:
             self.contents[(path, release)] = data
 
-    def blob_at(self, path: str, release: int) -> str | None:
+    def _version(self, path: str, release: int) -> tuple[int, str | None]:
+        """(release that wrote it, blob id) of the version of ``path`` at ``release``."""
         history = self.versions.get(path)
         if not history:
             raise KeyError(path)
         i = bisect_right([r for r, _ in history], release) - 1
         if i < 0:
             raise KeyError(path)
-        return history[i][1]
+        return history[i]
+
+    def blob_at(self, path: str, release: int) -> str | None:
+        return self._version(path, release)[1]
 
     def read(self, path: str, release: int) -> bytes | None:
         """Content of ``path`` at ``release`` (base is 0); the release must be kept."""
-        history = self.versions.get(path)
-        if not history:
-            raise KeyError(path)
-        i = bisect_right([r for r, _ in history], release) - 1
-        if i < 0:
-            raise KeyError(path)
-        version, bid = history[i]
+        version, bid = self._version(path, release)
         if bid is None:
             return None
         try:
