@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .api import AnalyzeOptions, analyze, compile_bundle  # noqa: E402
+from .api import AnalyzeOptions, analyze, compile_bundle, lint  # noqa: E402
 
-__all__ = ["AnalyzeOptions", "analyze", "compile_bundle", "__version__"]
+__all__ = ["AnalyzeOptions", "analyze", "compile_bundle", "lint", "__version__"]

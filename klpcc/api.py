@@ -9,6 +9,8 @@ from pathlib import Path
 from . import bundle as _bundle
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
+from .lint import LintResult, check
+from .lint.config import find_config, load_config
 from .series import load
 
 
@@ -39,6 +41,25 @@ def analyze(opts: AnalyzeOptions) -> Analysis:
     keep = {release} | ({installed} if installed else set())
     rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
     return analyse(rep, release, installed)
+
+
+def lint(opts: AnalyzeOptions, config: str | Path | None = None) -> LintResult:
+    """Check that release R can replace every earlier release (or ``--from`` K) by
+    the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
+    beside the series is used when there is one."""
+    series, base = load(opts.series, opts.git, opts.source)
+    release = series.index(opts.release, "release")
+    installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
+    if config is None:
+        found = find_config(list(opts.series), opts.git[0] if opts.git else None)
+    else:
+        found = Path(config)
+        if not found.is_file():
+            raise KlpccError("no such configuration file", patch=str(config))
+    cfg = load_config(found, series) if found is not None else None
+    upto = max(release, installed or 0)
+    rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
+    return check(rep, release, installed, cfg)
 
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False) -> Analysis:

@@ -7,6 +7,7 @@ goes to a temporary directory next to the target, which is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -144,6 +145,26 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_created(created)
+        raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all."""
+    target = _absolute(Path(path))
+    if target.is_dir():
+        raise KlpccError(f"{path} is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except FileNotFoundError:
+        raise KlpccError(f"cannot write {path}: its directory does not exist") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .api import AnalyzeOptions, analyze, compile_bundle
+from .api import AnalyzeOptions, analyze, compile_bundle, lint
+from .bundle import write_atomic
 from .errors import KlpccError
 from .report import analysis_json, analysis_text, dump_json
 
@@ -100,6 +101,44 @@ def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
+
+
+EXIT_FINDINGS = 1
+
+
+@main.command("lint")
+@_series_options
+@click.option("--from", "installed", metavar="K",
+              help="Check against installed release K only (K may be later than R: a downgrade).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text",
+              show_default=True)
+@click.option("--error-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
+              help="Lowest severity that makes the exit code 1.")
+@click.option("--config", "config", metavar="TOML", type=click.Path(),
+              help="States, callbacks and shadow variables kept outside the diff "
+                   "(default: klpcc.toml beside the series).")
+@click.option("-o", "--output", "output", metavar="FILE", type=click.Path(),
+              help="Write the report to FILE instead of standard output.")
+@_guard
+def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
+             release: str | None, fuzz: int, installed: str | None, fmt: str, error_on: str,
+             config: str | None, output: str | None) -> None:
+    """Check that release R can safely replace every earlier release (or K): system
+    states, callbacks, shadow variables and changes a live patch cannot carry."""
+    from .lint.output import lint_json, lint_sarif, lint_text
+
+    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config)
+    if fmt == "json":
+        text = dump_json(lint_json(res)) + "\n"
+    elif fmt == "sarif":
+        text = dump_json(lint_sarif(res)) + "\n"
+    else:
+        text = lint_text(res)
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    sys.exit(EXIT_FINDINGS if res.fails(error_on) else 0)
 
 
 def run() -> None:

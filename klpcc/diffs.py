@@ -345,6 +345,8 @@ class Applied:
     edits: list[LineEdit]  # in ascending order, non-overlapping
     edit_lines: list[int]  # patch line of the first changed line of each edit
     notes: list[str]  # offsets and fuzz used
+    added: dict[int, int]  # new line (1-based) -> patch line of the "+" line that made it
+    removed: dict[int, int]  # old line (1-based) -> patch line of the "-" line that removed it
 
 
 def apply_hunks(lines: Sequence[bytes], change: FileChange, patch: Patch, fuzz: int = 0) -> Applied:
@@ -353,6 +355,8 @@ def apply_hunks(lines: Sequence[bytes], change: FileChange, patch: Patch, fuzz: 
     edits: list[LineEdit] = []
     edit_lines: list[int] = []
     notes: list[str] = []
+    added: dict[int, int] = {}
+    removed: dict[int, int] = {}
     pos = 0  # next unconsumed old line
     shift = 0  # offset found for the previous hunk
     path = change.old_path or change.path
@@ -379,12 +383,12 @@ def apply_hunks(lines: Sequence[bytes], change: FileChange, patch: Patch, fuzz: 
             notes.append(f"{path}: hunk #{number} applied at offset {found - trim[0] - nominal:+d}")
         shift = found - trim[0] - nominal
         out.extend(lines[pos:found])
-        _hunk_edits(body, found, len(out), edits, edit_lines)
+        _hunk_edits(body, found, len(out), edits, edit_lines, added, removed)
         new = [t for tag, t, _ in body if tag != "-"]
         out.extend(new)
         pos = found + sum(1 for tag, _, _ in body if tag != "+")
     out.extend(lines[pos:])
-    return Applied(out, edits, edit_lines, notes)
+    return Applied(out, edits, edit_lines, notes, added, removed)
 
 
 def _context_trim(hunk: Hunk, fuzz: int) -> tuple[int, int]:
@@ -423,8 +427,9 @@ def _locate(lines: Sequence[bytes], old: Sequence[bytes], expected: int, floor: 
 
 
 def _hunk_edits(body: Sequence[tuple[str, bytes, int]], old_at: int, new_at: int,
-                edits: list[LineEdit], edit_lines: list[int]) -> None:
-    """One edit per run of changed lines."""
+                edits: list[LineEdit], edit_lines: list[int],
+                added: dict[int, int], removed: dict[int, int]) -> None:
+    """One edit per run of changed lines; where each changed line came from."""
     o, n = old_at, new_at
     run: list[int] | None = None  # [old_start, old_count, new_start, new_count]
     for tag, _, pline in body:
@@ -439,9 +444,11 @@ def _hunk_edits(body: Sequence[tuple[str, bytes, int]], old_at: int, new_at: int
             run = [o, 0, n, 0]
             edit_lines.append(pline)
         if tag == "-":
+            removed[o + 1] = pline
             run[1] += 1
             o += 1
         else:
+            added[n + 1] = pline
             run[3] += 1
             n += 1
     if run:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .diffs import FileChange, apply_hunks, parse_patch
+from .diffs import Applied, FileChange, apply_hunks, parse_patch
 from .errors import KlpccError
 from .functions import CSource, Item, LineEdit, is_c_file, split_lines
 from .series import Patch, Series
@@ -116,6 +116,20 @@ def combined(sig: Signature) -> str | None:
     return hashlib.blake2b("+".join(sig).encode(), digest_size=12).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class LineChanges:
+    """What one release's patch did to the lines of one file: where each added line
+    came from in the patch, which old lines it removed, and the edits between the
+    previous version (of ``old_path``) and this one."""
+
+    patch: str
+    old_path: str | None  # the path the previous version had (a rename's source)
+    edits: tuple[LineEdit, ...]
+    added: dict[int, int]  # line in this release (1-based) -> patch line
+    removed: dict[int, int]  # line in the previous version (1-based) -> patch line
+    patch_line: int  # the file's diff header in the patch
+
+
 @dataclass(slots=True)
 class _File:
     path: str
@@ -137,6 +151,7 @@ class Replay:
     files_touched: dict[int, list[str]]  # release -> paths its patch changed
     base_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> lines in base
     sources: dict[str, CSource] = field(default_factory=dict)  # C files as the last release has them
+    line_changes: dict[tuple[int, str], LineChanges] = field(default_factory=dict)  # (release, path)
 
     @property
     def releases(self) -> list[str]:
@@ -165,6 +180,7 @@ class _Replayer:
         self._dirty: dict[int, Track] = {}
         self.base_spans: dict[str, tuple[int, int]] = {}
         self._origin: dict[str, tuple[str, int | None]] = {}
+        self.line_changes: dict[tuple[int, str], LineChanges] = {}
 
     # -- files ----------------------------------------------------------------
 
@@ -264,7 +280,14 @@ class _Replayer:
             self._release(index, patch)
         sources = {p: f.src for p, f in self.files.items() if f.src is not None}
         return Replay(self.series, self.base, self.functions, self.outside, self.snapshots,
-                      self.notes, self.warnings, self.files_touched, self.base_spans, sources)
+                      self.notes, self.warnings, self.files_touched, self.base_spans, sources,
+                      self.line_changes)
+
+    def _record_lines(self, path: str, old_path: str | None, patch: Patch, change: FileChange,
+                      applied: Applied) -> None:
+        self.line_changes[(self._index, path)] = LineChanges(
+            patch.path, old_path, tuple(applied.edits), applied.added, applied.removed,
+            change.patch_line)
 
     def _release(self, index: int, patch: Patch) -> None:
         self._index = index
@@ -316,6 +339,7 @@ class _Replayer:
                                  patch=patch.path, line=change.patch_line, file=path)
             applied = apply_hunks(f.lines, change, patch, self.fuzz)
             self.notes.extend((self._index, f"{patch.path}: {n}") for n in applied.notes)
+            self._record_lines(path, path, patch, change, applied)
             if kind == "delete":
                 if applied.lines:
                     raise KlpccError("the patch deletes the file but does not remove all of it "
@@ -333,6 +357,7 @@ class _Replayer:
                 raise KlpccError("the patch creates a file that already exists",
                                  patch=patch.path, line=change.patch_line, file=path)
             applied = apply_hunks([], change, patch, self.fuzz)
+            self._record_lines(path, None, patch, change, applied)
             self._check_c(path, applied.lines, patch, change)
             self._replace(f, applied.lines, patch, change.patch_line)
             return [path]
@@ -349,6 +374,7 @@ class _Replayer:
                              patch=patch.path, line=change.patch_line, file=new_path)
         applied = apply_hunks(src.lines, change, patch, self.fuzz)
         self.notes.extend((self._index, f"{patch.path}: {n}") for n in applied.notes)
+        self._record_lines(new_path, old_path, patch, change, applied)
         self._check_c(new_path, applied.lines, patch, change)
         if kind == "rename":
             self._replace(src, None, patch, change.patch_line)

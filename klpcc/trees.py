@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +36,9 @@ class BaseTree(Protocol):
 
     def exists(self, path: str) -> bool:
         """Is there a file or directory at ``path``?"""
+
+    def mentions(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """For each identifier, the C files (``.c``/``.h``) of the tree that name it."""
 
 
 class DirectoryTree:
@@ -72,6 +77,29 @@ class DirectoryTree:
         inside = real == self._real or self._real in real.parents
         return inside and full.exists()
 
+    def mentions(self, names: Iterable[str]) -> dict[str, list[str]]:
+        wanted = sorted(set(names))
+        out: dict[str, list[str]] = {n: [] for n in wanted}
+        if not wanted:
+            return out
+        pattern = re.compile(rb"\b(" + b"|".join(re.escape(n.encode()) for n in wanted) + rb")\b")
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                if not fname.endswith((".c", ".h")):
+                    continue
+                full = os.path.join(dirpath, fname)
+                try:
+                    with open(full, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+                found = {m.group(1).decode() for m in pattern.finditer(data)}
+                rel = os.path.relpath(full, self.root).replace(os.sep, "/")
+                for n in sorted(found):
+                    out[n].append(rel)
+        return out
+
 
 class GitTree:
     def __init__(self, repo: str, commit: str):
@@ -96,6 +124,17 @@ class GitTree:
             capture_output=True, check=False,
         )
         return proc.returncode == 0
+
+    def mentions(self, names: Iterable[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for n in sorted(set(names)):
+            proc = subprocess.run(
+                ["git", "-C", self.repo, "grep", "-l", "-w", "-F", "-e", n, self.commit, "--",
+                 "*.c", "*.h"], capture_output=True, check=False)
+            prefix = f"{self.commit}:"
+            out[n] = sorted(line[len(prefix):] if line.startswith(prefix) else line
+                            for line in proc.stdout.decode("utf-8", "replace").splitlines())
+        return out
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Stage 7b: can a release's cumulative patch safely replace what is installed?
+
+:func:`lint` finds, in the code each release carries, its system states, callbacks
+and shadow variables (and in ``klpcc.toml``), and checks release R against every
+earlier release (or the one installed) by the rules of atomic replace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..history import Replay, analyse
+from .config import Config
+from .facts import Extractor, ReleaseFacts
+from .rules import RULES, SEVERITIES, Checker, Finding, Rule
+
+__all__ = ["RULES", "Finding", "LintResult", "ReleaseFacts", "Rule", "check"]
+
+
+@dataclass
+class LintResult:
+    release: str
+    against: tuple[str, ...]
+    findings: list[Finding]
+    facts: dict[str, ReleaseFacts] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # every release of the series, in order
+
+    def name_of(self, release: int) -> str:
+        return self.names[release - 1] if 0 < release <= len(self.names) else str(release)
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    def fails(self, error_on: str) -> bool:
+        """Does a finding reach ``error_on`` (error: errors only; warning: both)?"""
+        levels = SEVERITIES[: SEVERITIES.index(error_on) + 1]
+        return any(f.severity in levels for f in self.findings)
+
+
+def release_facts(rep: Replay, upto: int, config: Config | None = None,
+                  extractor: Extractor | None = None) -> dict[int, ReleaseFacts]:
+    """States, callbacks and shadow variables of releases 1..``upto`` (all kept)."""
+    x = extractor or Extractor(rep)
+    out: dict[int, ReleaseFacts] = {}
+    for r in range(1, upto + 1):
+        rf = x.facts(r)
+        if config is not None:
+            config.apply(rf)
+        out[r] = rf
+    return out
+
+
+def check(rep: Replay, release: int, installed: int | None = None,
+          config: Config | None = None) -> LintResult:
+    """Lint ``release`` against ``installed`` or, without it, every earlier release.
+    Every release up to the later of the two must have been kept in the replay."""
+    against = [installed] if installed is not None else list(range(1, release))
+    x = Extractor(rep)
+    facts = release_facts(rep, max(release, installed or 0), config, x)
+    checker = Checker(rep, x, facts, analyse(rep, release))
+    for k in against:
+        if k == release:
+            continue
+        checker.states(k)
+        checker.callbacks(k)
+    checker.shadows([k for k in against if k != release])
+    checker.unsupported()
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    findings = sorted(checker.findings, key=lambda f: (
+        order[f.severity], f.rule.id, f.site.file if f.site else "", f.site.line if f.site else 0))
+    names = rep.releases
+    return LintResult(names[release - 1], tuple(names[k - 1] for k in against if k != release),
+                      findings, {names[r - 1]: rf for r, rf in facts.items()}, tuple(names))

@@ -1,0 +1,603 @@
+"""What each release's live patch declares and does: system states, callbacks and
+shadow variables, found in the code the release's cumulative patch carries.
+
+The code a release carries is every top-level item (function, declaration) whose
+text differs from the base in that release: the functions the patch replaces or
+adds, and the declarations (a ``struct klp_state`` array, a callback macro) it adds.
+Unchanged base code is the running program, not the patch.
+
+Recognised APIs:
+
+* the kernel's: ``klp_shadow_alloc``, ``klp_shadow_get``, ``klp_shadow_get_or_alloc``,
+  ``klp_shadow_free``, ``klp_shadow_free_all``; ``struct klp_state`` initialisers with
+  ``.id``/``.version``; ``.pre_patch``/``.post_patch``/``.pre_unpatch``/``.post_unpatch``
+  callback initialisers; ``klp_get_state``/``klp_get_prev_state``;
+* kpatch's ``KPATCH_PRE_PATCH_CALLBACK(fn)`` ... and klp-build's
+  ``KLP_PRE_PATCH_CALLBACK(fn)`` ...;
+* klpcc's userspace runtime: ``klpcc_shadow_alloc(obj, id, size, ctor, ctor_data)``,
+  ``klpcc_shadow_get_or_alloc`` (same arguments), ``klpcc_shadow_get(obj, id)``,
+  ``klpcc_shadow_free(obj, id, dtor)``, ``klpcc_shadow_free_all(id, dtor)``,
+  ``KLPCC_STATE(id, version)``, ``KLPCC_PRE_PATCH(fn)`` ... ``KLPCC_POST_UNPATCH(fn)``,
+  ``klpcc_get_state(id)``, ``klpcc_get_prev_state(id)``.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import posixpath
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..functions import CSource, Item, fingerprint, is_c_file, split_lines
+from ..history import ADDED, MODIFIED, Replay, item_key
+
+CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+ALLOCATING = ("alloc", "get_or_alloc")
+
+Id = int | str  # a resolved number, or the normalised text when it cannot be resolved
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A place in the source of a release."""
+
+    release: int  # 1-based
+    file: str
+    line: int
+    function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateDecl:
+    id: Id
+    version: int
+    site: Site
+    origin: str = "code"  # or "klpcc.toml"
+    label: str = ""  # the id as written, when it is not a plain number
+
+    @property
+    def shown(self) -> str:
+        return show_id(self.id, self.label)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackDecl:
+    kind: str  # one of CALLBACK_KINDS
+    function: str
+    site: Site
+    effects: tuple[str, ...] = ()  # what the callback does beyond logging (for post_patch)
+    fingerprint: str | None = None
+    origin: str = "code"
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowUse:
+    op: str  # alloc, get_or_alloc, get, free, free_all
+    id: Id
+    site: Site
+    type: str | None = None  # "struct foo", "int", ...
+    layout: str | None = None  # fingerprint of the type's definition, where found
+    size: str | None = None  # the size argument as written
+    ctor: str | None = None
+    dtor: str | None = None
+    teardown: bool = False  # in module_exit/__exit/destructor code
+    origin: str = "code"
+    label: str = ""  # the id as written, when it is not a plain number
+
+    @property
+    def shown(self) -> str:
+        return show_id(self.id, self.label)
+
+
+def show_id(value: Id, label: str) -> str:
+    if label and label != str(value) and isinstance(value, int):
+        return f"{label} ({value})"
+    return str(value)
+
+
+@dataclass
+class ReleaseFacts:
+    release: int
+    name: str
+    states: list[StateDecl] = field(default_factory=list)
+    callbacks: list[CallbackDecl] = field(default_factory=list)
+    shadows: list[ShadowUse] = field(default_factory=list)
+    state_queries: list[tuple[str, Id, Site]] = field(default_factory=list)  # (get|get_prev, id, site)
+
+    def state(self, sid: Id) -> StateDecl | None:
+        return next((s for s in self.states if s.id == sid), None)
+
+    def has_callbacks(self) -> bool:
+        return bool(self.callbacks)
+
+    def to_json(self) -> dict:
+        def where(site: Site) -> dict:
+            return {"file": site.file, "line": site.line, "function": site.function}
+
+        return {
+            "states": [{"id": s.id, "version": s.version, **where(s.site), "origin": s.origin}
+                       for s in self.states],
+            "callbacks": [{"kind": c.kind, "callback": c.function, **where(c.site),
+                           "effects": list(c.effects), "origin": c.origin} for c in self.callbacks],
+            "shadow": [{"op": u.op, "id": u.id, "type": u.type, "size": u.size, "ctor": u.ctor,
+                        "dtor": u.dtor, "teardown": u.teardown, **where(u.site), "origin": u.origin}
+                       for u in self.shadows],
+        }
+
+
+# --------------------------------------------------------------------------- text helpers
+
+_MASK = re.compile(r"/\*.*?\*/|//[^\n]*|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.S)
+
+
+def mask(text: str) -> str:
+    """Comments and string/char literals blanked (same length, newlines kept), so that
+    pattern matches see only code."""
+    def blank(m: re.Match[str]) -> str:
+        s = m.group(0)
+        if s[0] in "\"'":
+            return s[0] + re.sub(r"[^\n]", " ", s[1:-1]) + s[-1]
+        return re.sub(r"[^\n]", " ", s)
+    return _MASK.sub(blank, text)
+
+
+def balanced(text: str, open_at: int) -> int:
+    """Index just past the bracket that closes the one at ``open_at``, or -1."""
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    stack: list[str] = []
+    for i in range(open_at, len(text)):
+        c = text[i]
+        if c in pairs:
+            stack.append(pairs[c])
+        elif stack and c == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+    return -1
+
+
+def split_args(text: str) -> list[str]:
+    """Top-level comma-separated parts of ``text`` (an argument or initialiser list)."""
+    out, depth, cur = [], 0, []
+    for c in text:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+    last = "".join(cur).strip()
+    if last or out:
+        out.append(last)
+    return out
+
+
+def norm(text: str) -> str:
+    """Whitespace-normalised C text: ``struct  foo *`` and ``struct foo*`` agree."""
+    text = re.sub(r"\s+", " ", text.strip())
+    text = re.sub(r"\s*([*()\[\],])\s*", r"\1", text)
+    return text
+
+
+# --------------------------------------------------------------------------- constants
+
+_BINOPS: dict[type, Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.LShift: lambda a, b: a << _small(b),
+    ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_,
+    ast.BitXor: operator.xor,
+}
+_INT = re.compile(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*\b")
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)(?![(\w])[ \t]*(.*?)[ \t]*$", re.M)
+_ENUM = re.compile(r"\benum\b[^{;()]*\{([^{}]*)\}")
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+
+
+def _small(shift: int) -> int:
+    if not 0 <= shift < 128:
+        raise ValueError("shift out of range")
+    return shift
+
+
+def _c_int(lit: str) -> int:
+    if lit[:2].lower() == "0x":
+        return int(lit, 16)
+    if len(lit) > 1 and lit[0] == "0":
+        return int(lit, 8) if set(lit) <= set("01234567") else int(lit)
+    return int(lit)
+
+
+def _eval_int(expr: str) -> int | None:
+    """Value of an integer constant expression with only numbers and operators."""
+    expr = _INT.sub(lambda m: str(_c_int(m.group(1))), expr)
+    expr = re.sub(r"\(\s*(?:unsigned\s+)?(?:long\s+)*(?:int|long|short|char)?\s*\)", "", expr)
+    expr = expr.replace("/", "//").replace("////", "//")
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+
+    def ev(node: ast.AST) -> int:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else (~v if isinstance(node.op, ast.Invert) else v)
+        raise ValueError
+    try:
+        return ev(tree)
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
+        return None
+
+
+class Constants:
+    """Object-like macros and enum constants visible in one file of one release: its
+    own, and those of the headers it includes with quotes (looked up beside it and
+    under ``include/``)."""
+
+    def __init__(self, texts: list[str]):
+        self.values: dict[str, str] = {}
+        for text in texts:
+            for m in _DEFINE.finditer(text):
+                self.values.setdefault(m.group(1), m.group(2))
+            for m in _ENUM.finditer(text):
+                nxt = 0
+                for part in split_args(m.group(1)):
+                    name, _, value = part.partition("=")
+                    name = name.strip()
+                    if not re.fullmatch(r"[A-Za-z_]\w*", name):
+                        continue
+                    if value.strip():
+                        self.values.setdefault(name, value.strip())
+                        v = self.resolve(value.strip())
+                        nxt = v + 1 if isinstance(v, int) else 0
+                    else:
+                        self.values.setdefault(name, str(nxt))
+                        nxt += 1
+
+    def resolve(self, text: str, depth: int = 0) -> Id:
+        """The value of ``text``: a number where it can be computed, else its
+        normalised text (with the macros it names expanded where known)."""
+        text = norm(text)
+        if depth > 8:
+            return text
+        expanded = re.sub(r"\b[A-Za-z_]\w*\b",
+                          lambda m: f"({self.resolve(self.values[m.group(0)], depth + 1)})"
+                          if m.group(0) in self.values else m.group(0), text)
+        value = _eval_int(expanded)
+        if value is not None:
+            return value
+        if re.fullmatch(r"[A-Za-z_]\w*", text) and text in self.values:
+            inner = self.resolve(self.values[text], depth + 1)
+            return inner
+        return text
+
+
+# --------------------------------------------------------------------------- extraction
+
+_SHADOW = re.compile(r"\b(klp|klpcc)_shadow_(alloc|get_or_alloc|get|free_all|free)\s*\(")
+_STATE_QUERY = re.compile(r"\b(?:klp|klpcc)_get_(prev_)?state\s*\(")
+_STATE_ARRAY = re.compile(r"\bstruct\s+klp_state\b[^;={]*?(?:\[[^\]]*\])?\s*(?:\)\s*)?=?\s*\{")
+_STATE_MACRO = re.compile(r"\bKLPCC_STATE\s*\(")
+_DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*([A-Za-z_]\w*)")
+_CB_MACRO = re.compile(r"\b(?:KPATCH|KLP|KLPCC)_(PRE|POST)_(UNPATCH|PATCH)(?:_CALLBACK)?"
+                       r"\s*\(\s*&?\s*([A-Za-z_]\w*)")
+_MODULE_EXIT = re.compile(r"\bmodule_exit\s*\(\s*([A-Za-z_]\w*)\s*\)")
+_TEARDOWN_ATTR = re.compile(r"\b__exit\b|__attribute__\s*\(\(\s*destructor\b")
+_LOGGING = re.compile(r"^(?:pr_\w+|printk|printf|fprintf|dprintf|syslog|dev_\w+|klpcc_log\w*|"
+                      r"puts|fputs|WARN\w*|BUG_ON)$")
+_TYPE_WORDS = r"(?:(?:const|volatile|unsigned|signed|struct|union|enum)\s+)*[A-Za-z_]\w*"
+
+
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos)
+
+
+def _sizeof_type(size: str, body: str) -> str | None:
+    m = re.fullmatch(r"sizeof\s*\(\s*(" + _TYPE_WORDS + r")\s*\)", size.strip())
+    if m and m.group(1) not in _declared_names(body):
+        return norm(m.group(1))
+    m = re.fullmatch(r"sizeof\s*\(?\s*\*\s*([A-Za-z_]\w*)\s*\)?", size.strip())
+    if m:
+        return _declared_type(m.group(1), body)
+    return None
+
+
+def _declared_names(body: str) -> set[str]:
+    return set(re.findall(r"\b" + _TYPE_WORDS + r"\s*\*+\s*([A-Za-z_]\w*)", body))
+
+
+def _declared_type(var: str, body: str) -> str | None:
+    """The pointee type of ``var`` from a ``T *var`` declaration in ``body``."""
+    m = re.search(r"(?<![\w.>])(" + _TYPE_WORDS + r")\s*\*\s*" + re.escape(var) + r"\b", body)
+    if m is None:
+        return None
+    words = m.group(1).split()
+    if words[-1] in ("return", "sizeof", "else", "case"):
+        return None
+    return norm(m.group(1))
+
+
+def _get_type(text: str, call_at: int, body: str) -> str | None:
+    """Type the result of a shadow get/alloc at ``call_at`` is used as: a cast, a
+    declaration it initialises, or the declared type of the variable it is assigned to."""
+    before = text[max(0, call_at - 200):call_at]
+    m = re.search(r"\(\s*(" + _TYPE_WORDS + r")\s*\*\s*\)\s*$", before)
+    if m:
+        return norm(m.group(1))
+    m = re.search(r"(" + _TYPE_WORDS + r")\s*\*\s*[A-Za-z_]\w*\s*=\s*$", before)
+    if m and m.group(1).split()[-1] not in ("return",):
+        return norm(m.group(1))
+    m = re.search(r"(?<![\w.>])([A-Za-z_]\w*)\s*=\s*$", before)
+    if m:
+        return _declared_type(m.group(1), body)
+    return None
+
+
+@dataclass
+class _FileView:
+    path: str
+    text: str
+    masked: str
+    items: list[Item]
+    constants: Constants
+    types: dict[str, str]  # "struct foo" / typedef name -> fingerprint of its definition
+    ascii: bool = True
+
+
+class Extractor:
+    """Facts of every release of a replay (all releases must have been kept)."""
+
+    def __init__(self, rep: Replay):
+        self.rep = rep
+        self._views: dict[tuple[str, str | None], _FileView] = {}
+
+    # -- files -----------------------------------------------------------------
+
+    def read(self, path: str, release: int) -> bytes | None:
+        try:
+            return self.rep.snapshots.read(path, release)
+        except KeyError:
+            return self.rep.base.read(path)
+
+    def _header(self, including: str, name: str, release: int) -> tuple[str, bytes] | None:
+        for cand in (posixpath.normpath(posixpath.join(posixpath.dirname(including), name)),
+                     posixpath.normpath(posixpath.join("include", name)), posixpath.normpath(name)):
+            if cand.startswith(".."):
+                continue
+            data = self.read(cand, release)
+            if data is not None:
+                return cand, data
+        return None
+
+    def view(self, path: str, release: int) -> _FileView | None:
+        try:
+            blob = self.rep.snapshots.blob_at(path, release)
+        except KeyError:
+            blob = "base"
+        key = (path, blob)
+        if key in self._views:
+            return self._views[key]
+        data = self.read(path, release)
+        if data is None:
+            return None
+        text = data.decode("utf-8", "surrogateescape")
+        masked = mask(text)
+        items = CSource(path, split_lines(data)).items()
+        texts = [masked]
+        types: dict[str, str] = {}
+        self._collect_types(items, data, types)
+        seen = {path}
+        queue = [m.group(1) for m in _INCLUDE.finditer(text)]
+        while queue and len(seen) < 40:
+            found = self._header(path, queue.pop(0), release)
+            if found is None or found[0] in seen:
+                continue
+            seen.add(found[0])
+            htext = found[1].decode("utf-8", "surrogateescape")
+            texts.append(mask(htext))
+            if is_c_file(found[0]):
+                hitems = CSource(found[0], split_lines(found[1])).items()
+                self._collect_types(hitems, found[1], types, own=False)
+            queue.extend(m.group(1) for m in _INCLUDE.finditer(htext))
+        v = _FileView(path, text, masked, items, Constants(texts), types, text.isascii())
+        self._views[key] = v
+        return v
+
+    @staticmethod
+    def _collect_types(items: list[Item], data: bytes, types: dict[str, str], own: bool = True) -> None:
+        for it in items:
+            if it.kind == "type":
+                types.setdefault(it.name, it.fingerprint)
+            elif it.kind == "typedef":
+                for name in it.name.split(", "):
+                    types.setdefault(name, it.fingerprint)
+                body = data[it.start_byte:it.end_byte].decode("utf-8", "replace")
+                m = re.match(r"\s*typedef\s+(struct|union|enum)\s+([A-Za-z_]\w*)\s*\{", body)
+                if m:
+                    types.setdefault(f"{m.group(1)} {m.group(2)}", it.fingerprint)
+
+    # -- the patch's code ------------------------------------------------------
+
+    def patched_items(self, release: int) -> Iterator[tuple[_FileView, Item]]:
+        """Every item the cumulative patch of ``release`` carries, with its file."""
+        for path in self.rep.snapshots.paths():
+            if not is_c_file(path):
+                continue
+            try:
+                if self.rep.snapshots.blob_at(path, release) == self.rep.snapshots.blob_at(path, 0):
+                    continue
+            except KeyError:
+                continue
+            v = self.view(path, release)
+            if v is None:
+                continue
+            for it in v.items:
+                key = item_key(path, it)
+                track = self.rep.functions.get(key) if it.kind == "function" else self.rep.outside.get(key)
+                if track is not None and track.state(release) in (MODIFIED, ADDED):
+                    yield v, it
+
+    def facts(self, release: int) -> ReleaseFacts:
+        rf = ReleaseFacts(release, self.rep.releases[release - 1])
+        for v, it in self.patched_items(release):
+            self._scan(v, it, release, rf)
+        return rf
+
+    def _scan(self, v: _FileView, it: Item, release: int, rf: ReleaseFacts) -> None:
+        text = v.masked
+        lo, hi = char_span(v, it)
+        body = text[lo:hi]
+        fn = it.name if it.kind == "function" else None
+        exits = set(_MODULE_EXIT.findall(text))
+        teardown = fn is not None and (fn in exits or bool(_TEARDOWN_ATTR.search(body[:body.find("{")])))
+
+        def site(pos: int) -> Site:
+            return Site(release, v.path, _line_at(text, lo + pos) + 1, fn)
+
+        for m in _SHADOW.finditer(body):
+            end = balanced(body, m.end() - 1)
+            if end < 0:
+                continue
+            args = split_args(body[m.end():end - 1])
+            api, op = m.group(1), m.group(2)
+            use = self._shadow_use(api, op, args, body, m.start(), v, site(m.start()), teardown)
+            if use is not None:
+                rf.shadows.append(use)
+        for m in _STATE_QUERY.finditer(body):
+            end = balanced(body, m.end() - 1)
+            args = split_args(body[m.end():end - 1]) if end > 0 else []
+            if args:
+                rf.state_queries.append(("get_prev" if m.group(1) else "get",
+                                         v.constants.resolve(args[0]), site(m.start())))
+        for m in _STATE_ARRAY.finditer(body):
+            end = balanced(body, m.end() - 1)
+            if end > 0:
+                self._states(body[m.end():end - 1], m.end(), v, site, rf)
+        for m in _STATE_MACRO.finditer(body):
+            end = balanced(body, m.end() - 1)
+            args = split_args(body[m.end():end - 1]) if end > 0 else []
+            if len(args) == 2:
+                version = v.constants.resolve(args[1])
+                if isinstance(version, int):
+                    rf.states.append(StateDecl(v.constants.resolve(args[0]), version, site(m.start()),
+                                               label=norm(args[0])))
+        for m in _DESIGNATED_CB.finditer(body):
+            rf.callbacks.append(self._callback(m.group(1), m.group(2), v, site(m.start())))
+        for m in _CB_MACRO.finditer(body):
+            kind = f"{m.group(1).lower()}_{m.group(2).lower()}"
+            rf.callbacks.append(self._callback(kind, m.group(3), v, site(m.start())))
+
+    def _states(self, inner: str, offset: int, v: _FileView, site: Callable[[int], Site],
+                rf: ReleaseFacts) -> None:
+        pos = 0
+        for part in split_args(inner):
+            at = inner.find(part, pos)
+            pos = at + len(part)
+            if not part.startswith("{"):
+                continue
+            fields = split_args(part.strip()[1:-1])
+            sid = version = None
+            label = ""
+            positional = [f for f in fields if f and not f.startswith(".")]
+            for f in fields:
+                m = re.match(r"\.(id|version)\s*=\s*(.+)$", f, re.S)
+                if m and m.group(1) == "id":
+                    sid = v.constants.resolve(m.group(2))
+                    label = norm(m.group(2))
+                elif m:
+                    version = v.constants.resolve(m.group(2))
+            if sid is None and positional:
+                sid = v.constants.resolve(positional[0])
+                label = norm(positional[0])
+                if len(positional) > 1:
+                    version = v.constants.resolve(positional[1])
+            if sid is None:
+                continue  # the {} terminator
+            rf.states.append(StateDecl(sid, version if isinstance(version, int) else 0,
+                                       site(offset + at), label=label))
+
+    def _callback(self, kind: str, function: str, v: _FileView, where: Site) -> CallbackDecl:
+        effects: list[str] = []
+        fp = None
+        for it in v.items:
+            if it.kind == "function" and it.name == function:
+                lo, hi = char_span(v, it)
+                body = v.masked[lo:hi]
+                fp = it.fingerprint
+                effects = _effects(body[body.find("{") + 1:body.rfind("}")])
+                break
+        return CallbackDecl(kind, function, where, tuple(effects), fp)
+
+    def _shadow_use(self, api: str, op: str, args: list[str], body: str, at: int, v: _FileView,
+                    where: Site, teardown: bool) -> ShadowUse | None:
+        if op == "free_all":
+            if len(args) < 1:
+                return None
+            return ShadowUse(op, v.constants.resolve(args[0]), where,
+                             dtor=_fn_arg(args[1]) if len(args) > 1 else None, teardown=teardown,
+                             label=norm(args[0]))
+        if len(args) < 2:
+            return None
+        sid = v.constants.resolve(args[1])
+        if op == "free":
+            return ShadowUse(op, sid, where, dtor=_fn_arg(args[2]) if len(args) > 2 else None,
+                             teardown=teardown, label=norm(args[1]))
+        typ = _get_type(body, at, body)
+        size = None
+        ctor = None
+        if op in ALLOCATING and len(args) >= 3:
+            size = norm(args[2])
+            typ = _sizeof_type(args[2], body) or typ
+            ctor_at = 4 if api == "klp" else 3
+            ctor = _fn_arg(args[ctor_at]) if len(args) > ctor_at else None
+        layout = v.types.get(typ) if typ else None
+        return ShadowUse(op, sid, where, typ, layout, size, ctor, None, teardown, label=norm(args[1]))
+
+
+def _fn_arg(text: str) -> str | None:
+    t = norm(text).lstrip("&")
+    if t in ("NULL", "0", "((void*)0)", "nullptr"):
+        return None
+    return t
+
+
+def char_span(v: _FileView, it: Item) -> tuple[int, int]:
+    """Item byte offsets as offsets into the decoded text."""
+    if v.ascii:
+        return it.start_byte, it.end_byte
+    data = v.text.encode("utf-8", "surrogateescape")
+    lo = len(data[:it.start_byte].decode("utf-8", "surrogateescape"))
+    hi = lo + len(data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape"))
+    return lo, hi
+
+
+def _effects(body: str) -> list[str]:
+    """Statements of a callback body that do more than log or return."""
+    out = []
+    for stmt in re.split(r"[;{}]", body):
+        s = norm(stmt)
+        if not s or s.startswith(("return", "if(", "if (", "else")) and "=" not in s and "(" not in s[3:]:
+            continue
+        call = re.match(r"([A-Za-z_]\w*)\s*\(", s)
+        if call and _LOGGING.match(call.group(1)):
+            continue
+        if re.fullmatch(r"(?:return\b.*|break|continue|else|default:?|if\(.*\)|"
+                        r"(?:const\s+)?(?:struct\s+)?[A-Za-z_]\w*\s*\*?\s*[A-Za-z_]\w*)", s):
+            continue
+        out.append(s if len(s) <= 60 else s[:57] + "...")
+    return out
+
+
+def type_fingerprint(text: str) -> str:
+    return fingerprint(text.encode())

@@ -1,0 +1,479 @@
+"""The rules: can release R's cumulative patch safely replace an installed release K?"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..functions import CSource, Item, is_c_file, split_lines
+from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
+from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask, norm
+from .locate import added_by, removed_by
+
+ERROR, WARNING, NOTE = "error", "warning", "note"
+SEVERITIES = (ERROR, WARNING, NOTE)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    name: str
+    severity: str
+    summary: str  # one line
+    description: str  # what goes wrong at run time
+    hint: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("S001", "state-dropped", ERROR,
+         "The release drops a system state an earlier release declares.",
+         "An atomic replace is allowed only when the new patch supports every state id of the "
+         "installed one; the kernel's klp_is_patch_compatible() refuses it (-EINVAL), and "
+         "klpcc's userspace runtime refuses it the same way.",
+         "Keep the state (same id, same or higher version) in the release's klp_state array, "
+         "and take it over in its callbacks."),
+    Rule("S002", "state-version-lowered", ERROR,
+         "The release declares a system state at a lower version than an earlier release.",
+         "A replace may not lower a state's version: klp_is_patch_compatible() refuses it "
+         "(-EINVAL); an older cumulative release cannot replace a newer one past a state.",
+         "Declare the state at the installed version or higher."),
+    Rule("C001", "unpatch-callbacks-lost", ERROR,
+         "An earlier release's unpatch callbacks never run once this release replaces it.",
+         "On an atomic replace only the new patch's callbacks run; the replaced patch's "
+         "pre_unpatch/post_unpatch callbacks are skipped, so whatever they would undo stays.",
+         "Declare a klp_state the earlier release declares and take it over "
+         "(klp_get_prev_state) in this release's callbacks, or add callbacks that undo it."),
+    Rule("C002", "unpatch-callback-not-taken-over", WARNING,
+         "An earlier release's unpatch callback has no counterpart in this release.",
+         "The replaced patch's unpatch callback never runs, and this release has callbacks but "
+         "none of that kind and shares no system state with it.",
+         "Add the same kind of callback, or a shared klp_state that hands the work over."),
+    Rule("C003", "post-patch-effects-lost", WARNING,
+         "An earlier release's post_patch callback changes system state nobody takes over.",
+         "The replaced patch's post_patch callback changed the system; this release neither "
+         "declares a state that takes it over nor has callbacks to keep or undo it.",
+         "Declare a klp_state for it in both releases and check it with klp_get_prev_state."),
+    Rule("H001", "shadow-type-mismatch", ERROR,
+         "One shadow variable id holds data of different types or sizes across releases.",
+         "Shadow variables survive an atomic replace: the new patch reads data an older one "
+         "allocated, with the old layout.",
+         "Use a new shadow id for the new layout, and migrate or free the old one in a "
+         "post_patch callback."),
+    Rule("H002", "shadow-get-unallocated", ERROR,
+         "A shadow variable id is read or freed but no release up to this one allocates it.",
+         "klp_shadow_get() always returns NULL for an id nothing allocates.",
+         "Allocate it (klp_shadow_alloc/klp_shadow_get_or_alloc), or fix the id."),
+    Rule("H003", "shadow-leak", WARNING,
+         "An earlier release allocates a shadow variable this release neither uses nor frees.",
+         "After the replace, every object keeps the old release's shadow data and nothing "
+         "frees it.",
+         "Free it in a post_patch callback with klp_shadow_free_all(id, dtor), or keep using it."),
+    Rule("H004", "shadow-destructor-mismatch", WARNING,
+         "Releases free one shadow variable id with different destructors.",
+         "Data allocated by one release is freed by another's destructor.",
+         "Use one destructor for the id in every release."),
+    Rule("H005", "shadow-free-in-teardown", WARNING,
+         "Shadow variables are freed in module exit / destructor code.",
+         "With atomic replace a patch's exit code runs after it was replaced, freeing data the "
+         "replacing patch still uses; a post_unpatch callback runs only when patching is "
+         "really undone.",
+         "Free shadow variables in a post_unpatch callback instead."),
+    Rule("U001", "struct-layout-changed", ERROR,
+         "The release changes the layout of an existing struct or union.",
+         "Objects that exist in the running program keep the old layout, and unpatched code "
+         "keeps using it.",
+         "Keep the struct and attach the new fields with a shadow variable."),
+    Rule("U002", "global-initializer-changed", ERROR,
+         "The release changes the initialiser or type of an existing global variable.",
+         "A live patch replaces functions, not data: the running program keeps the old value.",
+         "Set the new value in a post_patch callback (and restore it in post_unpatch), or "
+         "use a new variable."),
+    Rule("U003", "signature-changed", ERROR,
+         "A patched function's signature changed while some of its callers are not patched.",
+         "Unpatched callers keep calling the new code with the old arguments.",
+         "Keep the signature and add a new function, or patch every caller in the same release."),
+    Rule("U004", "unpatchable-function", ERROR,
+         "The release changes a function a live patch cannot redirect.",
+         "__init/__exit code is discarded after use and notrace/noinstr functions cannot be "
+         "traced, so the change never takes effect.",
+         "Fix the callers, or carry the change in a callback."),
+    Rule("U005", "header-inline-changed", ERROR,
+         "A static inline function of a header changed while some callers are not patched.",
+         "Every caller holds its own inlined copy of the old code; only patched callers get "
+         "the change.",
+         "Patch every caller listed in the same release."),
+    Rule("U006", "inline-function-changed", WARNING,
+         "An inline function changed: its callers may hold inlined copies of the old code.",
+         "A function the compiler inlined has no single entry to redirect.",
+         "Patch its callers too, or check with the object-level comparison."),
+)
+RULE = {r.id: r for r in RULES}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    rule: Rule
+    message: str
+    release: str
+    against: tuple[str, ...]
+    site: Site | None  # the source line in the release (or in the release it names)
+    patch: tuple[str, int] | None  # the offending hunk line: (patch file, line)
+    hint: str
+
+    @property
+    def severity(self) -> str:
+        return self.rule.severity
+
+
+class Checker:
+    def __init__(self, rep: Replay, extractor: Extractor, facts: dict[int, ReleaseFacts],
+                 analysis: Analysis):
+        self.rep = rep
+        self.x = extractor
+        self.facts = facts
+        self.analysis = analysis
+        self.release = analysis.release
+        self.findings: list[Finding] = []
+        self._seen: dict[tuple, int] = {}
+
+    @property
+    def rname(self) -> str:
+        return self.rep.releases[self.release - 1]
+
+    def name(self, release: int) -> str:
+        return self.rep.releases[release - 1]
+
+    def add(self, rule_id: str, message: str, site: Site | None, against: Iterable[int] = (),
+            patch: tuple[str, int] | None = None, key: tuple = (), hint: str | None = None) -> None:
+        rule = RULE[rule_id]
+        if site is not None and patch is None:
+            patch = added_by(self.rep, site.release, site.file, site.line)
+        names = tuple(self.name(k) for k in against)
+        dedupe = (rule_id, *key) if key else None
+        if dedupe is not None and dedupe in self._seen:
+            i = self._seen[dedupe]
+            old = self.findings[i]
+            merged = tuple(dict.fromkeys(old.against + names))
+            self.findings[i] = Finding(old.rule, old.message, old.release, merged, old.site,
+                                       old.patch, old.hint)
+            return
+        if dedupe is not None:
+            self._seen[dedupe] = len(self.findings)
+        self.findings.append(Finding(rule, message, self.rname, names, site, patch, hint or rule.hint))
+
+    # -- states -----------------------------------------------------------------
+
+    def states(self, k: int) -> None:
+        fk, fr = self.facts[k], self.facts[self.release]
+        for st in fk.states:
+            mine = fr.state(st.id)
+            if mine is None:
+                patch = removed_by(self.rep, k, self.release, st.site.file, st.site.line) \
+                    if k < self.release and st.origin == "code" else None
+                self.add("S001",
+                         f"release {self.rname} drops system state {st.shown} (version {st.version}) "
+                         f"that release {fk.name} declares ({st.site.file}:{st.site.line}): the "
+                         f"kernel's klp_is_patch_compatible() refuses the replace with -EINVAL",
+                         st.site, [k], patch=patch, key=(st.id,))
+            elif mine.version < st.version:
+                self.add("S002",
+                         f"release {self.rname} declares system state {st.shown} at version "
+                         f"{mine.version}, lower than version {st.version} in release {fk.name}: "
+                         "the kernel's klp_is_patch_compatible() refuses the replace with -EINVAL",
+                         mine.site, [k], key=(st.id,))
+
+    # -- callbacks --------------------------------------------------------------
+
+    def callbacks(self, k: int) -> None:
+        fk, fr = self.facts[k], self.facts[self.release]
+        shared = {s.id for s in fk.states} & {s.id for s in fr.states}
+        if shared:
+            return
+        mine = {c.kind for c in fr.callbacks}
+        for cb in fk.callbacks:
+            if cb.kind not in ("pre_unpatch", "post_unpatch"):
+                continue
+            if not fr.callbacks:
+                self.add("C001",
+                         f"release {fk.name}'s {cb.kind} callback {cb.function}() never runs once "
+                         f"release {self.rname} replaces it: {self.rname} neither declares a "
+                         f"system state {fk.name} declares nor has callbacks of its own",
+                         cb.site, [k], key=(cb.kind, cb.function))
+            elif cb.kind not in mine:
+                self.add("C002",
+                         f"release {fk.name}'s {cb.kind} callback {cb.function}() never runs once "
+                         f"release {self.rname} replaces it, and {self.rname} has no {cb.kind} "
+                         "callback nor a shared system state to take its work over",
+                         cb.site, [k], key=(cb.kind, cb.function))
+        if fr.callbacks:
+            return
+        for cb in fk.callbacks:
+            if cb.kind == "post_patch" and cb.effects:
+                self.add("C003",
+                         f"release {fk.name}'s post_patch callback {cb.function}() changes system "
+                         f"state ({cb.effects[0]}) that release {self.rname} neither takes over "
+                         "(no shared klp_state) nor keeps or undoes (no callbacks)",
+                         cb.site, [k], key=(cb.function,))
+
+    # -- shadow variables -------------------------------------------------------
+
+    def shadows(self, against: list[int]) -> None:
+        r = self.release
+        fr = self.facts[r]
+        upto = sorted({*range(1, r + 1), *against})
+        uses: dict[object, list[ShadowUse]] = {}
+        for rel in upto:
+            for u in self.facts[rel].shadows:
+                uses.setdefault(u.id, []).append(u)
+        # H001: one id, several types
+        for sid, us in uses.items():
+            typed = [u for u in us if u.type or u.size]
+            kinds: dict[tuple, ShadowUse] = {}
+            for u in typed:
+                kinds.setdefault(_shadow_kind(u), u)
+            if len(kinds) > 1:
+                (k1, u1), (k2, u2) = list(kinds.items())[:2]
+                if k1[0] == k2[0] and k1[0] is not None:
+                    detail = (f"{_show_kind(k1)} changes its definition between release "
+                              f"{self.name(u1.site.release)} and release {self.name(u2.site.release)}")
+                else:
+                    detail = (f"it holds {_show_kind(k1)} in release {self.name(u1.site.release)} "
+                              f"({u1.site.file}:{u1.site.line}) but {_show_kind(k2)} in release "
+                              f"{self.name(u2.site.release)}")
+                mine = next((u for u in reversed(typed) if u.site.release == r), u2)
+                self.add("H001", f"shadow variable {mine.shown}: {detail}", mine.site,
+                         [u.site.release for u in typed if u.site.release != r], key=(sid,))
+        allocated = {u.id for rel in range(1, r + 1) for u in self.facts[rel].shadows if u.op in ALLOCATING}
+        for u in fr.shadows:
+            if u.op in ("get", "free") and u.id not in allocated:
+                self.add("H002", f"shadow variable {u.shown} is {'read' if u.op == 'get' else 'freed'} "
+                         f"({u.op}) in release {self.rname} but no release up to {self.rname} "
+                         "allocates it", u.site, key=(u.id, u.site.file, u.site.line))
+        used_now = {u.id for u in fr.shadows}
+        for k in against:
+            for u in self.facts[k].shadows:
+                if u.op in ALLOCATING and u.id not in used_now:
+                    self.add("H003", f"release {self.name(k)} allocates shadow variable {u.shown}; "
+                             f"release {self.rname} neither uses nor frees it, so it leaks on every "
+                             "object after the replace", u.site, [k], key=(u.id,))
+        for sid, us in uses.items():
+            dtors = {}
+            for u in us:
+                if u.op in ("free", "free_all"):
+                    dtors.setdefault(u.dtor, u)
+            if len(dtors) > 1:
+                (d1, u1), (d2, u2) = list(dtors.items())[:2]
+                mine = next((u for u in reversed(us) if u.op.startswith("free") and u.site.release == r), u2)
+                self.add("H004", f"shadow variable {mine.shown} is freed with destructor {d1 or 'NULL'} in "
+                         f"release {self.name(u1.site.release)} but {d2 or 'NULL'} in release "
+                         f"{self.name(u2.site.release)}", mine.site,
+                         [u.site.release for u in dtors.values() if u.site.release != r], key=(sid,))
+        for u in fr.shadows:
+            if u.op in ("free", "free_all") and u.teardown:
+                self.add("H005", f"shadow variable {u.shown} is freed in {u.site.function}(), exit code "
+                         "that runs when the module is removed, also after an atomic replace while "
+                         "the replacing patch still uses it", u.site, key=(u.id, u.site.function))
+
+    # -- unsupported changes ----------------------------------------------------
+
+    def unsupported(self) -> None:
+        r = self.release
+        a = self.analysis
+        patched_now = {e.key for e in a.functions if e.change in (MODIFIED, ADDED)}
+        pending: list[tuple] = []
+        for e in a.outside:
+            if e.change != MODIFIED:
+                continue
+            struct = e.kind == "type" and not e.name.startswith("enum ")
+            if struct or (e.kind == "typedef" and self._defines_struct(e)):
+                pending.append(("U001", e, _type_pattern(e.name)))
+            elif e.kind == "variable":
+                self.add("U002", f"release {self.rname} changes the initialiser or type of global "
+                         f"{e.name} ({e.file}); the running program keeps its old value", self._site(e),
+                         key=(e.key,))
+        for e in a.functions:
+            if e.change != MODIFIED:
+                continue
+            head_new = self._head(e, r)
+            head_old = self._head(e, 0)
+            if head_new is None:
+                continue
+            marks = re.findall(r"\b(__init|__exit|notrace|noinstr|__noinstr_section)\b", head_new)
+            if marks:
+                self.add("U004", f"{e.name}() is {marks[0]}: a live patch cannot redirect it; "
+                         f"release {self.rname}'s change to it never takes effect", self._site(e),
+                         key=(e.key,))
+            inline = re.search(r"\b(inline|__inline__|__always_inline)\b", head_new)
+            if inline and e.file.endswith(".h"):
+                pending.append(("U005", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+            elif inline:
+                pending.append(("U006", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+            if head_old is not None and _signature(head_old) != _signature(head_new):
+                pending.append(("U003", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+        if not pending:
+            return
+        local = self._local_users([p[2] for p in pending], patched_now)
+        touched = set(self.rep.snapshots.paths())
+        names = {_plain_name(p[1].name) for p in pending}
+        try:
+            elsewhere = self.rep.base.mentions(names)
+        except OSError:
+            elsewhere = {}
+        for (rule_id, e, _), users in zip(pending, local):
+            others = [p for p in elsewhere.get(_plain_name(e.name), []) if p not in touched]
+            if rule_id in ("U003", "U005") and e.static and not e.file.endswith(".h"):
+                others = []
+            unpatched = [f"{fn} ({path})" for fn, path, is_patched in users
+                         if not is_patched and fn != e.name]
+            patched = [fn for fn, _, is_patched in users if is_patched and fn != e.name]
+            listing = _listing(unpatched, others)
+            site = self._site(e)
+            if rule_id == "U001":
+                where = f"; unpatched code uses it: {listing}" if listing else ""
+                self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}): "
+                         f"objects the running program already has keep the old layout{where}",
+                         site, key=(e.key,))
+            elif rule_id == "U003" and listing:
+                self.add("U003", f"release {self.rname} changes the signature of {e.name}() but not "
+                         f"all its callers: {listing} still call it the old way", site, key=(e.key,))
+            elif rule_id == "U005" and listing:
+                self.add("U005", f"release {self.rname} changes static inline {e.name}() in header "
+                         f"{e.file}; these callers hold inlined copies and must be patched with "
+                         f"it: {listing}", site, key=(e.key,))
+            elif rule_id == "U006":
+                who = listing or ", ".join(patched) or "none found"
+                self.add("U006", f"release {self.rname} changes inline function {e.name}() "
+                         f"({e.file}); callers that may hold an inlined copy and are not patched: "
+                         f"{who}", site, key=(e.key,))
+        return
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _site(self, e) -> Site | None:
+        """The first line of the item that a patch changed (its first line when none)."""
+        if e.lines is None:
+            return None
+        fn = e.name if e.kind == "function" else None
+        for line in range(e.lines[0], e.lines[1] + 1):
+            if added_by(self.rep, self.release, e.file, line) is not None:
+                return Site(self.release, e.file, line, fn)
+        return Site(self.release, e.file, e.lines[0], fn)
+
+    def _item(self, e, release: int) -> tuple[str, Item] | None:
+        data = self.x.read(e.file, release)
+        if data is None:
+            return None
+        for it in CSource(e.file, split_lines(data)).items():
+            if item_key(e.file, it) == e.key:
+                return data[it.start_byte:it.end_byte].decode("utf-8", "replace"), it
+        return None
+
+    def _head(self, e, release: int) -> str | None:
+        found = self._item(e, release)
+        if found is None:
+            return None
+        text = mask(found[0])
+        brace = text.find("{")
+        return text[:brace] if brace >= 0 else text
+
+    def _defines_struct(self, e) -> bool:
+        found = self._item(e, self.release)
+        return found is not None and re.search(r"\b(struct|union)\b[^;]*\{", found[0]) is not None
+
+    def _local_users(self, patterns: list[re.Pattern[str]], patched_now: set[str]
+                     ) -> list[list[tuple[str, str, bool]]]:
+        """For each pattern, the functions of the touched C files (as release R has
+        them) whose code matches it: (name, file, patched by R)."""
+        out: list[list[tuple[str, str, bool]]] = [[] for _ in patterns]
+        for path in self.rep.snapshots.paths():
+            if not is_c_file(path):
+                continue
+            v = self.x.view(path, self.release)
+            if v is None:
+                continue
+            for it in v.items:
+                if it.kind != "function":
+                    continue
+                lo, hi = char_span(v, it)
+                body = v.masked[lo:hi]
+                open_at = body.find("{")
+                inner = body[open_at:] if open_at >= 0 else ""
+                for i, pat in enumerate(patterns):
+                    if pat.search(inner):
+                        out[i].append((it.name, path, item_key(path, it) in patched_now))
+        return out
+
+
+def _plain_name(name: str) -> str:
+    return name.split()[-1]
+
+
+def _type_pattern(name: str) -> re.Pattern[str]:
+    parts = name.split()
+    if len(parts) == 2:
+        return re.compile(r"\b" + parts[0] + r"\s+" + re.escape(parts[1]) + r"\b")
+    return re.compile(r"\b" + re.escape(name) + r"\b")
+
+
+def _listing(functions: list[str], files: list[str], limit: int = 8) -> str:
+    parts = functions[:limit]
+    if len(functions) > limit:
+        parts.append(f"{len(functions) - limit} more")
+    if files:
+        shown = ", ".join(files[:limit]) + (f" and {len(files) - limit} more" if len(files) > limit else "")
+        parts.append(f"code in {shown}")
+    return ", ".join(parts)
+
+
+_TYPE_KEYWORDS = frozenset(
+    "void char short int long float double signed unsigned _Bool bool const volatile struct union "
+    "enum restrict __restrict __user __iomem __rcu __percpu".split())
+
+
+def _signature(head: str) -> str:
+    """A function header without parameter names, storage and attributes that do not
+    change the calling convention."""
+    text = norm(head)
+    m = re.search(r"\((.*)\)\s*$", text, re.S)
+    if not m:
+        return text
+    params = []
+    for p in _split_params(m.group(1)):
+        words = re.findall(r"[A-Za-z_]\w*|\*|\[|\]|\.\.\.|\S", p)
+        if "(" not in p and len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*", words[-1]) \
+                and words[-1] not in _TYPE_KEYWORDS and words[-2] not in ("struct", "union", "enum"):
+            words = words[:-1]
+        params.append(" ".join(words))
+    prefix = text[:m.start()]
+    prefix = re.sub(r"\b(static|inline|__inline__|__always_inline|extern|noinline|__cold|__hot|"
+                    r"__init|__exit|notrace|__attribute__\s*\(\(.*?\)\))\b", "", prefix)
+    return norm(prefix) + "(" + ",".join(params) + ")"
+
+
+def _split_params(text: str) -> list[str]:
+    out, depth, cur = [], 0, []
+    for c in text:
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        if c == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    out.append("".join(cur))
+    return [p.strip() for p in out if p.strip()]
+
+
+def _shadow_kind(u: ShadowUse) -> tuple:
+    if u.type:
+        return (u.type, u.layout)
+    return (None, u.size)
+
+
+def _show_kind(k: tuple) -> str:
+    if k[0] is not None:
+        return f"`{k[0]}`"
+    return f"data of size `{k[1]}`"
