@@ -10,8 +10,8 @@ from . import bundle as _bundle
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
-from .lint.config import find_config, load_config
-from .series import load
+from .lint.config import Config, find_config, load_config
+from .series import Series, load
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,16 @@ def analyze(opts: AnalyzeOptions) -> Analysis:
     return analyse(rep, release, installed)
 
 
+def _config(opts: AnalyzeOptions, series: Series, config: str | Path | None) -> Config | None:
+    if config is None:
+        found = find_config(list(opts.series), opts.git[0] if opts.git else None)
+    else:
+        found = Path(config)
+        if not found.is_file():
+            raise KlpccError("no such configuration file", patch=str(config))
+    return load_config(found, series) if found is not None else None
+
+
 def lint(opts: AnalyzeOptions, config: str | Path | None = None) -> LintResult:
     """Check that release R can replace every earlier release (or ``--from`` K) by
     the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
@@ -50,21 +60,23 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None) -> LintResult:
     series, base = load(opts.series, opts.git, opts.source)
     release = series.index(opts.release, "release")
     installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
-    if config is None:
-        found = find_config(list(opts.series), opts.git[0] if opts.git else None)
-    else:
-        found = Path(config)
-        if not found.is_file():
-            raise KlpccError("no such configuration file", patch=str(config))
-    cfg = load_config(found, series) if found is not None else None
+    cfg = _config(opts, series, config)
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
     return check(rep, release, installed, cfg)
 
 
-def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False) -> Analysis:
-    """Write the cumulative patch bundle of the selected release to ``outdir``."""
+def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,
+                   config: str | Path | None = None) -> tuple[Analysis, LintResult]:
+    """Write the cumulative patch bundle of the selected release to ``outdir``: the
+    manifest carries the release's states, callbacks and shadow variables and the
+    lint findings against every earlier release."""
     _bundle.check_target(Path(outdir), force)
-    analysis = analyze(opts)
-    _bundle.write(analysis, Path(outdir), force=force)
-    return analysis
+    series, base = load(opts.series, opts.git, opts.source)
+    release = series.index(opts.release, "release")
+    cfg = _config(opts, series, config)
+    rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, release + 1))
+    analysis = analyse(rep, release)
+    findings = check(rep, release, None, cfg)
+    _bundle.write(analysis, Path(outdir), force=force, lint=findings)
+    return analysis, findings

@@ -1,6 +1,6 @@
 """Stage 7: the cumulative patch bundle of a release.
 
-``manifest.json`` (schema ``klpcc.manifest/1``) and ``cumulative.diff`` (base to
+``manifest.json`` (schema ``klpcc.manifest/2``) and ``cumulative.diff`` (base to
 the release, for every file the series touched), written atomically: everything
 goes to a temporary directory next to the target, which is renamed into place.
 """
@@ -13,15 +13,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import KlpccError
 from .functions import split_lines
 from .history import Analysis
+
+if TYPE_CHECKING:
+    from .lint import LintResult
 from .report import analysis_json, dump_json
 from .trees import blob_id
 
-MANIFEST_SCHEMA = "klpcc.manifest/1"
+MANIFEST_SCHEMA = "klpcc.manifest/2"
 
 
 def _absolute(outdir: Path) -> Path:
@@ -86,7 +90,7 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(head + body)
 
 
-def manifest(analysis: Analysis, files: list[dict]) -> dict:
+def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = None) -> dict:
     doc = analysis_json(analysis)
     rep = analysis.replay
     base = dict(rep.base.identity())
@@ -106,13 +110,29 @@ def manifest(analysis: Analysis, files: list[dict]) -> dict:
         "diff": "cumulative.diff",
         "dependencies": doc["dependencies"],
         "warnings": doc["warnings"],
+        **(_lint_sections(lint) if lint is not None else {}),
     }
 
 
-def write(analysis: Analysis, outdir: Path, *, force: bool = False) -> None:
+def _lint_sections(res: LintResult) -> dict:
+    from .lint.output import lint_json
+
+    doc = lint_json(res)
+    facts = doc["facts"].get(res.release, {"states": [], "callbacks": [], "shadow": []})
+    return {
+        "states": facts["states"],
+        "callbacks": facts["callbacks"],
+        "shadow": facts["shadow"],
+        "lint": {"schema": doc["schema"], "against": doc["against"], "summary": doc["summary"],
+                 "findings": doc["findings"]},
+    }
+
+
+def write(analysis: Analysis, outdir: Path, *, force: bool = False,
+          lint: LintResult | None = None) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
-    doc = manifest(analysis, files)
+    doc = manifest(analysis, files, lint)
     outdir = _absolute(outdir)
     parent = outdir.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]

@@ -91,16 +91,21 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Bundle directory to write (manifest.json, cumulative.diff).")
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+@click.option("--config", "config", metavar="TOML", type=click.Path(),
+              help="klpcc.toml with states, callbacks and shadow variables (default: beside the series).")
 @_guard
 def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
-                release: str | None, fuzz: int, outdir: str, force: bool) -> None:
+                release: str | None, fuzz: int, outdir: str, force: bool, config: str | None) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
-    a = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
-                       force=force)
+    a, res = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
+                            force=force, config=config)
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
+    if res.findings:
+        click.echo(f"klpcc: lint: {res.count('error')} error(s), {res.count('warning')} warning(s) "
+                   "recorded in the manifest; `klpcc lint` explains them", err=True)
 
 
 EXIT_FINDINGS = 1

@@ -111,7 +111,7 @@ def test_compile_bundle_reproduces_the_release(demo, tmp_path):
     proc = klpcc("compile", str(patches), "--source", str(src), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema"] == "klpcc.manifest/1"
+    assert manifest["schema"] == "klpcc.manifest/2"
     assert manifest["release"] == {"name": "0005-store-count-locked", "index": 5}
     assert {f["path"]: f["status"] for f in manifest["files"]} == {
         "Makefile": "modified", "proto.c": "modified", "proto.h": "modified",

@@ -476,7 +476,7 @@ def test_cli_compile_reproduces_the_last_release(tmp_path, release_trees):
 @pytest.mark.parametrize("release", [4, 7])
 def test_compiled_earlier_release_reproduces_its_tree(tmp_path, release_trees, release):
     opts = AnalyzeOptions(series=[str(PATCHES)], source=str(SRC), release=release)
-    a = compile_bundle(opts, tmp_path / "bundle")
+    a, _ = compile_bundle(opts, tmp_path / "bundle")
     assert net(a) == EXPECTED_NET[release]
     assert _apply_cumulative(tmp_path / "bundle" / "cumulative.diff", tmp_path) == release_trees[release]
 
@@ -541,7 +541,7 @@ def test_plain_diff_deleting_a_file(tmp_path, release_trees):
     assert _files(check) == new  # git apply deletes the file
 
     opts = AnalyzeOptions(series=[str(patches)], source=str(SRC))
-    a = compile_bundle(opts, tmp_path / "bundle")
+    a, _ = compile_bundle(opts, tmp_path / "bundle")
     debug = {f"kernel/kvd_debug.c:{n}" for n in ("kvd_ctl_write", "kvd_debug_init", "kvd_debug_exit")}
     assert net(a) == _net(modified=_M8 - {DEBUG_SHOW_ONE, DUMP_SHOW}, added={KVD_REMOVE},
                           removed={ENTRIES_OPEN, DEBUG_SHOW_ONE, DUMP_SHOW} | debug,

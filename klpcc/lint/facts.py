@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from ..functions import CSource, Item, fingerprint, is_c_file, split_lines
 from ..history import ADDED, MODIFIED, Replay, item_key
+from ..trees import blob_id
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 ALLOCATING = ("alloc", "get_or_alloc")
@@ -360,7 +361,15 @@ class Extractor:
 
     def __init__(self, rep: Replay):
         self.rep = rep
-        self._views: dict[tuple[str, str | None], _FileView] = {}
+        self._views: dict[tuple[str, int], _FileView] = {}
+        self._items: dict[tuple[str, str], list[Item]] = {}
+
+    def items(self, path: str, data: bytes) -> list[Item]:
+        """The C items of one version of a file (parsed once per content)."""
+        key = (path, blob_id(data))
+        if key not in self._items:
+            self._items[key] = CSource(path, split_lines(data)).items()
+        return self._items[key]
 
     # -- files -----------------------------------------------------------------
 
@@ -381,11 +390,7 @@ class Extractor:
         return None
 
     def view(self, path: str, release: int) -> _FileView | None:
-        try:
-            blob = self.rep.snapshots.blob_at(path, release)
-        except KeyError:
-            blob = "base"
-        key = (path, blob)
+        key = (path, release)
         if key in self._views:
             return self._views[key]
         data = self.read(path, release)
@@ -393,10 +398,9 @@ class Extractor:
             return None
         text = data.decode("utf-8", "surrogateescape")
         masked = mask(text)
-        items = CSource(path, split_lines(data)).items()
+        items = self.items(path, data)
         texts = [masked]
-        types: dict[str, str] = {}
-        self._collect_types(items, data, types)
+        headers: list[tuple[str, bytes]] = []
         seen = {path}
         queue = [m.group(1) for m in _INCLUDE.finditer(text)]
         while queue and len(seen) < 40:
@@ -406,26 +410,17 @@ class Extractor:
             seen.add(found[0])
             htext = found[1].decode("utf-8", "surrogateescape")
             texts.append(mask(htext))
-            if is_c_file(found[0]):
-                hitems = CSource(found[0], split_lines(found[1])).items()
-                self._collect_types(hitems, found[1], types, own=False)
+            headers.append(found)
             queue.extend(m.group(1) for m in _INCLUDE.finditer(htext))
-        v = _FileView(path, text, masked, items, Constants(texts), types, text.isascii())
+        constants = Constants(texts)
+        types: dict[str, str] = {}
+        _collect_types(items, data, types, constants)
+        for hpath, hdata in headers:
+            if is_c_file(hpath):
+                _collect_types(self.items(hpath, hdata), hdata, types, constants)
+        v = _FileView(path, text, masked, items, constants, types, text.isascii())
         self._views[key] = v
         return v
-
-    @staticmethod
-    def _collect_types(items: list[Item], data: bytes, types: dict[str, str], own: bool = True) -> None:
-        for it in items:
-            if it.kind == "type":
-                types.setdefault(it.name, it.fingerprint)
-            elif it.kind == "typedef":
-                for name in it.name.split(", "):
-                    types.setdefault(name, it.fingerprint)
-                body = data[it.start_byte:it.end_byte].decode("utf-8", "replace")
-                m = re.match(r"\s*typedef\s+(struct|union|enum)\s+([A-Za-z_]\w*)\s*\{", body)
-                if m:
-                    types.setdefault(f"{m.group(1)} {m.group(2)}", it.fingerprint)
 
     # -- the patch's code ------------------------------------------------------
 
@@ -563,6 +558,34 @@ class Extractor:
             ctor = _fn_arg(args[ctor_at]) if len(args) > ctor_at else None
         layout = v.types.get(typ) if typ else None
         return ShadowUse(op, sid, where, typ, layout, size, ctor, None, teardown, label=norm(args[1]))
+
+
+def layout_key(text: str, constants: Constants) -> str:
+    """A type definition reduced to what decides its layout: tokens without comments,
+    with integer constants (``char key[KEY_MAX]``) replaced by their values."""
+    def value(m: re.Match[str]) -> str:
+        word = m.group(0)
+        if word in constants.values:
+            v = constants.resolve(word)
+            if isinstance(v, int):
+                return str(v)
+        return word
+    expanded = re.sub(r"\b[A-Za-z_]\w*\b", value, mask(text))
+    return type_fingerprint(expanded)
+
+
+def _collect_types(items: list[Item], data: bytes, types: dict[str, str], constants: Constants) -> None:
+    for it in items:
+        body = data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape")
+        if it.kind == "type":
+            types.setdefault(it.name, layout_key(body, constants))
+        elif it.kind == "typedef":
+            key = layout_key(body, constants)
+            for name in it.name.split(", "):
+                types.setdefault(name, key)
+            m = re.match(r"\s*typedef\s+(struct|union|enum)\s+([A-Za-z_]\w*)\s*\{", body)
+            if m:
+                types.setdefault(f"{m.group(1)} {m.group(2)}", key)
 
 
 def _fn_arg(text: str) -> str | None:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..functions import CSource, Item, is_c_file, split_lines
+from ..functions import Item, is_c_file
 from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
 from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask, norm
 from .locate import added_by, removed_by
@@ -286,7 +286,7 @@ class Checker:
             if e.change != MODIFIED:
                 continue
             struct = e.kind == "type" and not e.name.startswith("enum ")
-            if struct or (e.kind == "typedef" and self._defines_struct(e)):
+            if (struct or (e.kind == "typedef" and self._defines_struct(e))) and self._layout_changed(e):
                 pending.append(("U001", e, _type_pattern(e.name)))
             elif e.kind == "variable":
                 self.add("U002", f"release {self.rname} changes the initialiser or type of global "
@@ -364,7 +364,7 @@ class Checker:
         data = self.x.read(e.file, release)
         if data is None:
             return None
-        for it in CSource(e.file, split_lines(data)).items():
+        for it in self.x.items(e.file, data):
             if item_key(e.file, it) == e.key:
                 return data[it.start_byte:it.end_byte].decode("utf-8", "replace"), it
         return None
@@ -376,6 +376,14 @@ class Checker:
         text = mask(found[0])
         brace = text.find("{")
         return text[:brace] if brace >= 0 else text
+
+    def _layout_changed(self, e) -> bool:
+        """Does the definition differ once integer macros are replaced by values?"""
+        new, old = self.x.view(e.file, self.release), self.x.view(e.file, 0)
+        if new is None or old is None:
+            return True
+        name = e.name.split(", ")[0]
+        return new.types.get(name) != old.types.get(name)
 
     def _defines_struct(self, e) -> bool:
         found = self._item(e, self.release)
