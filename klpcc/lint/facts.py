@@ -266,22 +266,19 @@ class Constants:
                         self.values.setdefault(name, str(nxt))
                         nxt += 1
 
-    def resolve(self, text: str, depth: int = 0) -> Id:
-        """The value of ``text``: a number where it can be computed, else its
-        normalised text (with the macros it names expanded where known)."""
+    def resolve(self, text: str) -> Id:
+        """The value of ``text``: a number where it can be computed from literals,
+        macros and enum constants, else its normalised text as written."""
         text = norm(text)
-        if depth > 8:
+        value = _eval_int(self._expand(text, 0))
+        return value if value is not None else text
+
+    def _expand(self, text: str, depth: int) -> str:
+        if depth > 8 or len(text) > 4096:  # a runaway expansion resolves to nothing
             return text
-        expanded = re.sub(r"\b[A-Za-z_]\w*\b",
-                          lambda m: f"({self.resolve(self.values[m.group(0)], depth + 1)})"
-                          if m.group(0) in self.values else m.group(0), text)
-        value = _eval_int(expanded)
-        if value is not None:
-            return value
-        if re.fullmatch(r"[A-Za-z_]\w*", text) and text in self.values:
-            inner = self.resolve(self.values[text], depth + 1)
-            return inner
-        return text
+        return re.sub(r"\b[A-Za-z_]\w*\b",
+                      lambda m: f"({self._expand(self.values[m.group(0)], depth + 1)})"
+                      if m.group(0) in self.values else m.group(0), text)
 
 
 # --------------------------------------------------------------------------- extraction

@@ -1,0 +1,145 @@
+"""Unit and property tests of the lint's building blocks: masking, constant
+resolution, signatures, and tracing a source line back to the patch line that made
+it (or forward to the one that removed it)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from klpcc.history import replay
+from klpcc.lint.facts import Constants, layout_key, mask, split_args
+from klpcc.lint.locate import added_by, removed_by
+from klpcc.lint.rules import _signature
+from klpcc.series import load
+
+from .helpers import make_series
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_mask_blanks_comments_and_literals_keeping_offsets():
+    text = 'a = "klp_shadow_get(x, 1)"; /* klp_shadow_free(x, 2) */\nb = \'"\'; // .pre_patch = f\nc;'
+    m = mask(text)
+    assert len(m) == len(text)
+    assert m.count("\n") == text.count("\n")
+    assert "klp_shadow" not in m and "pre_patch" not in m
+    assert m.startswith('a = "') and m.endswith("c;")
+    assert m.index("b =") == text.index("b =")
+
+
+def test_split_args_respects_nesting():
+    assert split_args("obj, ID(1, 2), sizeof(struct s), f(a, b)") == [
+        "obj", "ID(1, 2)", "sizeof(struct s)", "f(a, b)"]
+    assert split_args("") == []
+    assert split_args("{ .id = 1, .version = 2 }, {}") == ["{ .id = 1, .version = 2 }", "{}"]
+
+
+# --------------------------------------------------------------------------- constants
+
+
+def test_constants_resolve_literals_macros_and_enums():
+    c = Constants([
+        "#define BASE 0x100\n#define NEXT (BASE + 1)\n#define SHIFTED (1UL << 4)\n"
+        "#define OCT 010\n#define NAME_ONLY some_symbol\n",
+        "enum ids { ID_A = 5, ID_B, ID_C = NEXT };\n",
+    ])
+    assert c.resolve("0x10") == 16
+    assert c.resolve("42UL") == 42
+    assert c.resolve("OCT") == 8
+    assert c.resolve("NEXT") == 257
+    assert c.resolve("SHIFTED") == 16
+    assert c.resolve("ID_B") == 6
+    assert c.resolve("ID_C") == 257
+    assert c.resolve("NAME_ONLY") == "NAME_ONLY"  # not a number: kept as written
+    assert c.resolve("unknown_id") == "unknown_id"
+
+
+def test_constants_refuse_runaway_expressions():
+    c = Constants(["#define HUGE (1 << 100000000)\n#define LOOP LOOP\n#define DIV (1 / 0)\n"])
+    assert c.resolve("HUGE") == "HUGE"
+    assert c.resolve("LOOP") == "LOOP"
+    assert c.resolve("DIV") == "DIV"
+
+
+def test_layout_key_sees_through_integer_macros_only():
+    c = Constants(["#define KEY_MAX 64\n#define OTHER 65\n"])
+    plain = layout_key("struct r { char key[64]; int v; };", c)
+    assert layout_key("struct r {\n  char key[KEY_MAX]; /* bound */\n  int v;\n};", c) == plain
+    assert layout_key("struct r { char key[OTHER]; int v; };", c) != plain
+    assert layout_key("struct r { char key[64]; long v; };", c) != plain
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def test_signature_ignores_parameter_names_and_storage():
+    a = _signature("static int show(struct seq_file *m, void *v)")
+    assert a == _signature("int show(struct seq_file *seq, void *unused)")
+    assert a != _signature("int show(struct seq_file *m, const void *v)")
+    assert a != _signature("long show(struct seq_file *m, void *v)")
+    assert a != _signature("int show(struct seq_file *m)")
+    assert _signature("void f(unsigned long)") != _signature("void f(unsigned)")
+    assert _signature("void f(struct foo)") == _signature("void f(struct foo x)")
+    assert _signature("void f(struct foo)") != _signature("void f(struct bar)")
+
+
+# --------------------------------------------------------------------------- line origins
+
+# An edit script: at each step, replace lines [start, start+drop) of the current
+# file with ``add`` new lines.
+_edit = st.tuples(st.integers(0, 40), st.integers(0, 3), st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_edit, min_size=1, max_size=4), min_size=1, max_size=4))
+def test_every_line_traces_to_the_patch_line_that_made_or_removed_it(script):
+    """Lines are unique texts naming the release that wrote them, so the oracle is
+    the text itself: a base line has no patch; any other line comes from a ``+``
+    line with the same text in the patch of the release it names; a line some later
+    release removed comes from a ``-`` line with that text in that release's patch."""
+    base_lines = [f"base {i}\n" for i in range(30)]
+    versions = [base_lines]
+    cur = list(base_lines)
+    for r, edits in enumerate(script, 1):
+        for n, (start, drop, add) in enumerate(edits):
+            at = min(start, len(cur))
+            cur[at:at + drop] = [f"rel{r} edit{n} line{j}\n" for j in range(add)]
+        versions.append(list(cur))
+    with tempfile.TemporaryDirectory() as tmp:
+        releases = [{"f.c": "".join(v)} for v in versions[1:]]
+        patches, base = make_series(Path(tmp), {"f.c": "".join(base_lines)}, releases)
+        series, tree = load([str(patches)], None, str(base))
+        rep = replay(series, tree, keep=range(len(versions)))
+        patch_text = {p.path: p.data.decode().splitlines() for p in series.patches}
+        last = len(versions) - 1
+        for line_no, text in enumerate(versions[last], 1):
+            got = added_by(rep, last, "f.c", line_no)
+            if text.startswith("base"):
+                assert got is None, (line_no, text, got)
+                continue
+            assert got is not None, (line_no, text)
+            patch, pline = got
+            assert patch_text[patch][pline - 1] == "+" + text.rstrip("\n")
+            assert patch.endswith(f"release-{text.split()[0][3:]}.patch")
+        for r in range(last):
+            for line_no, text in enumerate(versions[r], 1):
+                gone = next((k for k in range(r + 1, last + 1) if text not in versions[k]), None)
+                got = removed_by(rep, r, last, "f.c", line_no)
+                if gone is None:
+                    assert got is None, (r, line_no, text, got)
+                    continue
+                assert got is not None, (r, line_no, text)
+                patch, pline = got
+                assert patch_text[patch][pline - 1] == "-" + text.rstrip("\n")
+                assert patch.endswith(f"release-{gone}.patch")
+
+
+def test_constants_expansion_is_bounded():
+    defs = "".join(f"#define M{i} (M{i + 1} + M{i + 1} + M{i + 1} + M{i + 1})\n" for i in range(30))
+    c = Constants([defs + "#define M30 1\n"])
+    assert c.resolve("M0") == "M0"  # 4**30 terms: refused quickly, not computed
+    assert c.resolve("M27") == 64
