@@ -248,6 +248,7 @@ class Constants:
 
     def __init__(self, texts: list[str]):
         self.values: dict[str, str] = {}
+        self._memo: dict[str, str] = {}
         for text in texts:
             for m in _DEFINE.finditer(text):
                 self.values.setdefault(m.group(1), m.group(2))
@@ -265,6 +266,7 @@ class Constants:
                     else:
                         self.values.setdefault(name, str(nxt))
                         nxt += 1
+        self._memo.clear()  # enum values were resolved while macros were still coming
 
     def resolve(self, text: str) -> Id:
         """The value of ``text``: a number where it can be computed from literals,
@@ -274,11 +276,18 @@ class Constants:
         return value if value is not None else text
 
     def _expand(self, text: str, depth: int) -> str:
-        if depth > 8 or len(text) > 4096:  # a runaway expansion resolves to nothing
-            return text
-        return re.sub(r"\b[A-Za-z_]\w*\b",
-                      lambda m: f"({self._expand(self.values[m.group(0)], depth + 1)})"
-                      if m.group(0) in self.values else m.group(0), text)
+        """``text`` with the macros it names replaced by their expansions; cycles and
+        runaway growth leave the name unexpanded."""
+        def one(m: re.Match[str]) -> str:
+            name = m.group(0)
+            if name not in self.values or depth > 16:
+                return name
+            if name not in self._memo:
+                self._memo[name] = name  # while expanding: a cycle stays a name
+                full = self._expand(self.values[name], depth + 1)
+                self._memo[name] = f"({full})" if len(full) <= 4096 else name
+            return self._memo[name]
+        return re.sub(r"\b[A-Za-z_]\w*\b", one, text)
 
 
 # --------------------------------------------------------------------------- extraction
