@@ -252,6 +252,7 @@ class Constants:
         for text in texts:
             for m in _DEFINE.finditer(text):
                 self.values.setdefault(m.group(1), m.group(2))
+        for text in texts:
             for m in _ENUM.finditer(text):
                 nxt = 0
                 for part in split_args(m.group(1)):
@@ -266,7 +267,7 @@ class Constants:
                     else:
                         self.values.setdefault(name, str(nxt))
                         nxt += 1
-        self._memo.clear()  # enum values were resolved while macros were still coming
+        self._memo.clear()  # enum constants were resolved while others were still coming
 
     def resolve(self, text: str) -> Id:
         """The value of ``text``: a number where it can be computed from literals,
