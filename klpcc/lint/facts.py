@@ -29,6 +29,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..functions import CSource, Item, fingerprint, is_c_file, split_lines
 from ..history import ADDED, MODIFIED, Replay, item_key
@@ -300,6 +301,8 @@ _STATE_MACRO = re.compile(r"\bKLPCC_STATE\s*\(")
 _DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*([A-Za-z_]\w*)")
 _CB_MACRO = re.compile(r"\b(?:KPATCH|KLP|KLPCC)_(PRE|POST)_(UNPATCH|PATCH)(?:_CALLBACK)?"
                        r"\s*\(\s*&?\s*([A-Za-z_]\w*)")
+_INTERESTING = re.compile(r"klp|KLP|KPATCH|_patch\b|_unpatch\b")
+_INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())
 _MODULE_EXIT = re.compile(r"\bmodule_exit\s*\(\s*([A-Za-z_]\w*)\s*\)")
 _TEARDOWN_ATTR = re.compile(r"\b__exit\b|__attribute__\s*\(\(\s*destructor\b")
 _LOGGING = re.compile(r"^(?:pr_\w+|printk|printf|fprintf|dprintf|syslog|dev_\w+|klpcc_log\w*|"
@@ -352,15 +355,68 @@ def _get_type(text: str, call_at: int, body: str) -> str | None:
     return None
 
 
-@dataclass
+class _Local:
+    """One version of one file on its own; its C items are parsed on first use."""
+
+    def __init__(self, x: Extractor, path: str, data: bytes, blob: str):
+        self._x = x
+        self.path = path
+        self.data = data
+        self.blob = blob
+        self.text = data.decode("utf-8", "surrogateescape")
+        self.masked = mask(self.text)
+        self.ascii = self.text.isascii()
+        self.includes = [m.group(1) for m in _INCLUDE.finditer(self.text)]
+        self.exits = frozenset(_MODULE_EXIT.findall(self.masked))
+        self.mentions_api = _INTERESTING.search(self.masked) is not None
+
+    @cached_property
+    def items(self) -> list[Item]:
+        return self._x.items(self.path, self.data)
+
+    @cached_property
+    def api_items(self) -> list[Item]:
+        """The items whose code names a livepatch API at all."""
+        if not self.mentions_api:
+            return []
+        return [it for it in self.items
+                if _INTERESTING.search(self.masked[slice(*_span(self.text, it, self.ascii))])]
+
+
 class _FileView:
-    path: str
-    text: str
-    masked: str
-    items: list[Item]
-    constants: Constants
-    types: dict[str, str]  # "struct foo" / typedef name -> fingerprint of its definition
-    ascii: bool = True
+    """A file as one release has it, with the constants and types of the headers it
+    includes (computed on first use)."""
+
+    def __init__(self, loc: _Local, headers: list[_Local]):
+        self.loc = loc
+        self.headers = headers
+        self.path = loc.path
+        self.text = loc.text
+        self.masked = loc.masked
+        self.ascii = loc.ascii
+        self.exits = loc.exits
+
+    @property
+    def items(self) -> list[Item]:
+        return self.loc.items
+
+    @property
+    def api_items(self) -> list[Item]:
+        return self.loc.api_items
+
+    @cached_property
+    def constants(self) -> Constants:
+        return Constants([self.loc.masked, *(h.masked for h in self.headers)])
+
+    @cached_property
+    def types(self) -> dict[str, str]:
+        """"struct foo" / typedef name -> layout key of its definition."""
+        types: dict[str, str] = {}
+        _collect_types(self.loc.items, self.loc.data, types, self.constants)
+        for h in self.headers:
+            if is_c_file(h.path):
+                _collect_types(h.items, h.data, types, self.constants)
+        return types
 
 
 class Extractor:
@@ -368,8 +424,11 @@ class Extractor:
 
     def __init__(self, rep: Replay):
         self.rep = rep
-        self._views: dict[tuple[str, int], _FileView] = {}
+        self._views: dict[tuple[str, int], _FileView | None] = {}
         self._items: dict[tuple[str, str], list[Item]] = {}
+        self._locals: dict[tuple[str, str], _Local] = {}
+        self._combined: dict[tuple, _FileView] = {}
+        self._base: dict[str, bytes | None] = {}
 
     def items(self, path: str, data: bytes) -> list[Item]:
         """The C items of one version of a file (parsed once per content)."""
@@ -384,7 +443,9 @@ class Extractor:
         try:
             return self.rep.snapshots.read(path, release)
         except KeyError:
-            return self.rep.base.read(path)
+            if path not in self._base:
+                self._base[path] = self.rep.base.read(path)
+            return self._base[path]
 
     def _header(self, including: str, name: str, release: int) -> tuple[str, bytes] | None:
         for cand in (posixpath.normpath(posixpath.join(posixpath.dirname(including), name)),
@@ -396,43 +457,50 @@ class Extractor:
                 return cand, data
         return None
 
+    def _local(self, path: str, data: bytes) -> _Local:
+        """What one version of one file says on its own (once per content)."""
+        key = (path, blob_id(data))
+        loc = self._locals.get(key)
+        if loc is None:
+            loc = _Local(self, path, data, key[1])
+            self._locals[key] = loc
+        return loc
+
     def view(self, path: str, release: int) -> _FileView | None:
+        """The file as ``release`` has it, with the headers it includes (cached per
+        combination of contents)."""
         key = (path, release)
         if key in self._views:
             return self._views[key]
         data = self.read(path, release)
         if data is None:
+            self._views[key] = None
             return None
-        text = data.decode("utf-8", "surrogateescape")
-        masked = mask(text)
-        items = self.items(path, data)
-        texts = [masked]
-        headers: list[tuple[str, bytes]] = []
+        loc = self._local(path, data)
+        headers: list[_Local] = []
         seen = {path}
-        queue = [m.group(1) for m in _INCLUDE.finditer(text)]
+        queue = list(loc.includes)
         while queue and len(seen) < 40:
             found = self._header(path, queue.pop(0), release)
             if found is None or found[0] in seen:
                 continue
             seen.add(found[0])
-            htext = found[1].decode("utf-8", "surrogateescape")
-            texts.append(mask(htext))
-            headers.append(found)
-            queue.extend(m.group(1) for m in _INCLUDE.finditer(htext))
-        constants = Constants(texts)
-        types: dict[str, str] = {}
-        _collect_types(items, data, types, constants)
-        for hpath, hdata in headers:
-            if is_c_file(hpath):
-                _collect_types(self.items(hpath, hdata), hdata, types, constants)
-        v = _FileView(path, text, masked, items, constants, types, text.isascii())
+            hloc = self._local(found[0], found[1])
+            headers.append(hloc)
+            queue.extend(hloc.includes)
+        combined = (path, loc.blob, tuple((h.path, h.blob) for h in headers))
+        v = self._combined.get(combined)
+        if v is None:
+            v = _FileView(loc, headers)
+            self._combined[combined] = v
         self._views[key] = v
         return v
 
     # -- the patch's code ------------------------------------------------------
 
-    def patched_items(self, release: int) -> Iterator[tuple[_FileView, Item]]:
-        """Every item the cumulative patch of ``release`` carries, with its file."""
+    def patched_items(self, release: int, only_api: bool = False) -> Iterator[tuple[_FileView, Item]]:
+        """Every item the cumulative patch of ``release`` carries, with its file (with
+        ``only_api``, those whose code names a livepatch API at all)."""
         for path in self.rep.snapshots.paths():
             if not is_c_file(path):
                 continue
@@ -441,10 +509,14 @@ class Extractor:
                     continue
             except KeyError:
                 continue
+            if only_api:
+                data = self.read(path, release)
+                if data is None or not _INTERESTING_BYTES.search(data):
+                    continue
             v = self.view(path, release)
             if v is None:
                 continue
-            for it in v.items:
+            for it in (v.api_items if only_api else v.items):
                 key = item_key(path, it)
                 track = self.rep.functions.get(key) if it.kind == "function" else self.rep.outside.get(key)
                 if track is not None and track.state(release) in (MODIFIED, ADDED):
@@ -452,7 +524,7 @@ class Extractor:
 
     def facts(self, release: int) -> ReleaseFacts:
         rf = ReleaseFacts(release, self.rep.releases[release - 1])
-        for v, it in self.patched_items(release):
+        for v, it in self.patched_items(release, only_api=True):
             self._scan(v, it, release, rf)
         return rf
 
@@ -461,8 +533,7 @@ class Extractor:
         lo, hi = char_span(v, it)
         body = text[lo:hi]
         fn = it.name if it.kind == "function" else None
-        exits = set(_MODULE_EXIT.findall(text))
-        teardown = fn is not None and (fn in exits or bool(_TEARDOWN_ATTR.search(body[:body.find("{")])))
+        teardown = fn is not None and (fn in v.exits or bool(_TEARDOWN_ATTR.search(body[:body.find("{")])))
 
         def site(pos: int) -> Site:
             return Site(release, v.path, _line_at(text, lo + pos) + 1, fn)
@@ -604,9 +675,13 @@ def _fn_arg(text: str) -> str | None:
 
 def char_span(v: _FileView, it: Item) -> tuple[int, int]:
     """Item byte offsets as offsets into the decoded text."""
-    if v.ascii:
+    return _span(v.text, it, v.ascii)
+
+
+def _span(text: str, it: Item, ascii_text: bool) -> tuple[int, int]:
+    if ascii_text:
         return it.start_byte, it.end_byte
-    data = v.text.encode("utf-8", "surrogateescape")
+    data = text.encode("utf-8", "surrogateescape")
     lo = len(data[:it.start_byte].decode("utf-8", "surrogateescape"))
     hi = lo + len(data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape"))
     return lo, hi
