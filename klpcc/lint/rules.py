@@ -313,20 +313,28 @@ class Checker:
                 pending.append(("U003", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
         if not pending:
             return
-        local = self._local_users([p[2] for p in pending], patched_now)
         touched = set(self.rep.snapshots.paths())
         names = {_plain_name(p[1].name) for p in pending}
         try:
             elsewhere = self.rep.base.mentions(names)
         except OSError:
             elsewhere = {}
+        # files of the base the series does not touch that name them: read them too,
+        # up to a limit, to name the functions there
+        extra = sorted({p for n in names for p in elsewhere.get(n, []) if p not in touched})
+        scanned = set(extra[:_SCAN_LIMIT])
+        local = self._local_users([p[2] for p in pending], patched_now, sorted(touched | scanned))
         for (rule_id, e, _), users in zip(pending, local):
-            others = [p for p in elsewhere.get(_plain_name(e.name), []) if p not in touched]
+            others = [p for p in elsewhere.get(_plain_name(e.name), [])
+                      if p not in touched and p not in scanned]
             if rule_id in ("U003", "U005") and e.static and not e.file.endswith(".h"):
                 others = []
-            unpatched = [f"{fn} ({path})" for fn, path, is_patched in users
+                users = [u for u in users if u[1] == e.file]
+            if rule_id != "U001":  # callers: calls in the body
+                users = [u for u in users if u[3]]
+            unpatched = [f"{fn} ({path})" for fn, path, is_patched, _ in users
                          if not is_patched and fn != e.name]
-            patched = [fn for fn, _, is_patched in users if is_patched and fn != e.name]
+            patched = [fn for fn, _, is_patched, _ in users if is_patched and fn != e.name]
             listing = _listing(unpatched, others)
             site = self._site(e)
             if rule_id == "U001":
@@ -366,7 +374,7 @@ class Checker:
             return None
         for it in self.x.items(e.file, data):
             if item_key(e.file, it) == e.key:
-                return data[it.start_byte:it.end_byte].decode("utf-8", "replace"), it
+                return data[_head_start(data, it.start_byte):it.end_byte].decode("utf-8", "replace"), it
         return None
 
     def _head(self, e, release: int) -> str | None:
@@ -389,12 +397,13 @@ class Checker:
         found = self._item(e, self.release)
         return found is not None and re.search(r"\b(struct|union)\b[^;]*\{", found[0]) is not None
 
-    def _local_users(self, patterns: list[re.Pattern[str]], patched_now: set[str]
-                     ) -> list[list[tuple[str, str, bool]]]:
-        """For each pattern, the functions of the touched C files (as release R has
-        them) whose code matches it: (name, file, patched by R)."""
-        out: list[list[tuple[str, str, bool]]] = [[] for _ in patterns]
-        for path in self.rep.snapshots.paths():
+    def _local_users(self, patterns: list[re.Pattern[str]], patched_now: set[str], paths: list[str]
+                     ) -> list[list[tuple[str, str, bool, bool]]]:
+        """For each pattern, the functions of ``paths`` (as release R has them) that
+        match it: (name, file, patched by R, matched in the body rather than only in
+        the header)."""
+        out: list[list[tuple[str, str, bool, bool]]] = [[] for _ in patterns]
+        for path in paths:
             if not is_c_file(path):
                 continue
             v = self.x.view(path, self.release)
@@ -408,9 +417,27 @@ class Checker:
                 open_at = body.find("{")
                 inner = body[open_at:] if open_at >= 0 else ""
                 for i, pat in enumerate(patterns):
-                    if pat.search(inner):
-                        out[i].append((it.name, path, item_key(path, it) in patched_now))
+                    in_body = pat.search(inner) is not None
+                    if in_body or pat.search(body[:max(open_at, 0)]):
+                        out[i].append((it.name, path, item_key(path, it) in patched_now, in_body))
         return out
+
+
+_SCAN_LIMIT = 200  # untouched files read to name the users of a changed type or function
+
+
+def _head_start(data: bytes, start: int) -> int:
+    """Where a definition's head really starts: annotations a parser leaves out
+    (``noinstr void f(...)``, ``__init`` on the line before) included."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    prev_end = line_start - 1
+    if prev_end > 0:
+        prev_start = data.rfind(b"\n", 0, prev_end) + 1
+        prev = data[prev_start:prev_end].strip()
+        if prev and not prev.endswith((b";", b"}", b"{", b"*/", b"\\")) and not prev.startswith(
+                (b"#", b"//", b"/*", b"*")):
+            return prev_start
+    return line_start
 
 
 def _plain_name(name: str) -> str:
