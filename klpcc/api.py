@@ -11,7 +11,9 @@ from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
 from .lint.config import Config, find_config, load_config
+from .lint.layout import CompileCommands
 from .series import Series, load
+from .trees import BaseTree, DirectoryTree
 
 
 @dataclass(frozen=True)
@@ -53,21 +55,34 @@ def _config(opts: AnalyzeOptions, series: Series, config: str | Path | None) -> 
     return load_config(found, series) if found is not None else None
 
 
-def lint(opts: AnalyzeOptions, config: str | Path | None = None) -> LintResult:
+def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None:
+    if path is None:
+        return None
+    if not isinstance(base, DirectoryTree):
+        raise KlpccError("--compile-commands needs the base as a directory (--source BASE): "
+                         "its compile commands name files on disk")
+    return CompileCommands(path, base.root)
+
+
+def lint(opts: AnalyzeOptions, config: str | Path | None = None,
+         compile_commands: str | Path | None = None) -> LintResult:
     """Check that release R can replace every earlier release (or ``--from`` K) by
     the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
-    beside the series is used when there is one."""
+    beside the series is used when there is one.  With ``compile_commands`` (a
+    ``compile_commands.json`` for the base tree), struct layouts are the compiler's."""
     series, base = load(opts.series, opts.git, opts.source)
     release = series.index(opts.release, "release")
     installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
     cfg = _config(opts, series, config)
+    commands = _commands(compile_commands, base)
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
-    return check(rep, release, installed, cfg)
+    return check(rep, release, installed, cfg, commands)
 
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,
-                   config: str | Path | None = None) -> tuple[Analysis, LintResult]:
+                   config: str | Path | None = None, compile_commands: str | Path | None = None
+                   ) -> tuple[Analysis, LintResult]:
     """Write the cumulative patch bundle of the selected release to ``outdir``: the
     manifest carries the release's states, callbacks and shadow variables and the
     lint findings against every earlier release."""
@@ -75,8 +90,9 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     series, base = load(opts.series, opts.git, opts.source)
     release = series.index(opts.release, "release")
     cfg = _config(opts, series, config)
+    commands = _commands(compile_commands, base)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, release + 1))
     analysis = analyse(rep, release)
-    findings = check(rep, release, None, cfg)
+    findings = check(rep, release, None, cfg, commands)
     _bundle.write(analysis, Path(outdir), force=force, lint=findings)
     return analysis, findings

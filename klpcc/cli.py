@@ -93,12 +93,15 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
 @click.option("--config", "config", metavar="TOML", type=click.Path(),
               help="klpcc.toml with states, callbacks and shadow variables (default: beside the series).")
+@click.option("--compile-commands", "commands", metavar="JSON", type=click.Path(),
+              help="compile_commands.json of the base tree: compare struct layouts as compiled.")
 @_guard
 def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
-                release: str | None, fuzz: int, outdir: str, force: bool, config: str | None) -> None:
+                release: str | None, fuzz: int, outdir: str, force: bool, config: str | None,
+                commands: str | None) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
     a, res = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
-                            force=force, config=config)
+                            force=force, config=config, compile_commands=commands)
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:
@@ -122,17 +125,19 @@ EXIT_FINDINGS = 1
 @click.option("--config", "config", metavar="TOML", type=click.Path(),
               help="States, callbacks and shadow variables kept outside the diff "
                    "(default: klpcc.toml beside the series).")
+@click.option("--compile-commands", "commands", metavar="JSON", type=click.Path(),
+              help="compile_commands.json of the base tree: compare struct layouts as compiled.")
 @click.option("-o", "--output", "output", metavar="FILE", type=click.Path(),
               help="Write the report to FILE instead of standard output.")
 @_guard
 def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
              release: str | None, fuzz: int, installed: str | None, fmt: str, error_on: str,
-             config: str | None, output: str | None) -> None:
+             config: str | None, commands: str | None, output: str | None) -> None:
     """Check that release R can safely replace every earlier release (or K): system
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
-    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config)
+    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands)
     if fmt == "json":
         text = dump_json(lint_json(res)) + "\n"
     elif fmt == "sarif":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..history import Replay, analyse
 from .config import Config
 from .facts import Extractor, ReleaseFacts
+from .layout import CompileCommands, Layouts
 from .rules import RULES, SEVERITIES, Checker, Finding, Rule
 
 __all__ = ["RULES", "Finding", "LintResult", "ReleaseFacts", "Rule", "check"]
@@ -24,6 +25,7 @@ class LintResult:
     findings: list[Finding]
     facts: dict[str, ReleaseFacts] = field(default_factory=dict)
     names: tuple[str, ...] = ()  # every release of the series, in order
+    layout_notes: list[str] = field(default_factory=list)  # where exact layouts fell back to text
 
     def name_of(self, release: int) -> str:
         return self.names[release - 1] if 0 < release <= len(self.names) else str(release)
@@ -51,11 +53,22 @@ def release_facts(rep: Replay, upto: int, config: Config | None = None,
 
 
 def check(rep: Replay, release: int, installed: int | None = None,
-          config: Config | None = None) -> LintResult:
+          config: Config | None = None, commands: CompileCommands | None = None) -> LintResult:
     """Lint ``release`` against ``installed`` or, without it, every earlier release.
-    Every release up to the later of the two must have been kept in the replay."""
+    Every release up to the later of the two must have been kept in the replay.
+    With ``commands`` (a compilation database), struct layouts are the compiler's."""
+    layouts = Layouts(rep, commands) if commands is not None else None
+    try:
+        return _check(rep, release, installed, config, layouts)
+    finally:
+        if layouts is not None:
+            layouts.close()
+
+
+def _check(rep: Replay, release: int, installed: int | None, config: Config | None,
+           layouts: Layouts | None) -> LintResult:
     against = [installed] if installed is not None else list(range(1, release))
-    x = Extractor(rep)
+    x = Extractor(rep, layouts)
     facts = release_facts(rep, max(release, installed or 0), config, x)
     checker = Checker(rep, x, facts, analyse(rep, release))
     for k in against:
@@ -70,4 +83,5 @@ def check(rep: Replay, release: int, installed: int | None = None,
         order[f.severity], f.rule.id, f.site.file if f.site else "", f.site.line if f.site else 0))
     names = rep.releases
     return LintResult(names[release - 1], tuple(names[k - 1] for k in against if k != release),
-                      findings, {names[r - 1]: rf for r, rf in facts.items()}, tuple(names))
+                      findings, {names[r - 1]: rf for r, rf in facts.items()}, tuple(names),
+                      list(layouts.failures) if layouts is not None else [])

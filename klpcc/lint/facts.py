@@ -30,10 +30,14 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from ..functions import CSource, Item, fingerprint, is_c_file, split_lines
 from ..history import ADDED, MODIFIED, Replay, item_key
 from ..trees import blob_id
+
+if TYPE_CHECKING:
+    from .layout import Layouts
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 ALLOCATING = ("alloc", "get_or_alloc")
@@ -80,13 +84,14 @@ class ShadowUse:
     id: Id
     site: Site
     type: str | None = None  # "struct foo", "int", ...
-    layout: str | None = None  # fingerprint of the type's definition, where found
+    layout: str | None = None  # the type's definition, reduced (text comparison)
     size: str | None = None  # the size argument as written
     ctor: str | None = None
     dtor: str | None = None
     teardown: bool = False  # in module_exit/__exit/destructor code
     origin: str = "code"
     label: str = ""  # the id as written, when it is not a plain number
+    exact: str | None = None  # the type's layout from the compiler, where build flags are known
 
     @property
     def shown(self) -> str:
@@ -124,7 +129,8 @@ class ReleaseFacts:
             "callbacks": [{"kind": c.kind, "callback": c.function, **where(c.site),
                            "effects": list(c.effects), "origin": c.origin} for c in self.callbacks],
             "shadow": [{"op": u.op, "id": u.id, "type": u.type, "size": u.size, "ctor": u.ctor,
-                        "dtor": u.dtor, "teardown": u.teardown, **where(u.site), "origin": u.origin}
+                        "dtor": u.dtor, "teardown": u.teardown, "layout": u.exact,
+                        **where(u.site), "origin": u.origin}
                        for u in self.shadows],
         }
 
@@ -301,6 +307,8 @@ _STATE_MACRO = re.compile(r"\bKLPCC_STATE\s*\(")
 _DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*([A-Za-z_]\w*)")
 _CB_MACRO = re.compile(r"\b(?:KPATCH|KLP|KLPCC)_(PRE|POST)_(UNPATCH|PATCH)(?:_CALLBACK)?"
                        r"\s*\(\s*&?\s*([A-Za-z_]\w*)")
+_SCALAR_START = ("char", "short", "int", "long", "unsigned", "signed", "float", "double", "void",
+                 "_Bool", "bool", "const char", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64")
 _INTERESTING = re.compile(r"klp|KLP|KPATCH|_patch\b|_unpatch\b")
 _INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())
 _MODULE_EXIT = re.compile(r"\bmodule_exit\s*\(\s*([A-Za-z_]\w*)\s*\)")
@@ -388,6 +396,7 @@ class _FileView:
     includes (computed on first use)."""
 
     def __init__(self, loc: _Local, headers: list[_Local]):
+        self.key = (loc.path, loc.blob, tuple((h.path, h.blob) for h in headers))
         self.loc = loc
         self.headers = headers
         self.path = loc.path
@@ -422,8 +431,9 @@ class _FileView:
 class Extractor:
     """Facts of every release of a replay (all releases must have been kept)."""
 
-    def __init__(self, rep: Replay):
+    def __init__(self, rep: Replay, layouts: Layouts | None = None):
         self.rep = rep
+        self.layouts = layouts
         self._views: dict[tuple[str, int], _FileView | None] = {}
         self._items: dict[tuple[str, str], list[Item]] = {}
         self._locals: dict[tuple[str, str], _Local] = {}
@@ -532,8 +542,14 @@ class Extractor:
         text = v.masked
         lo, hi = char_span(v, it)
         body = text[lo:hi]
+        if it.kind == "prototype":
+            return  # a declaration of the API, not a use
         fn = it.name if it.kind == "function" else None
+        whole = body
         teardown = fn is not None and (fn in v.exits or bool(_TEARDOWN_ATTR.search(body[:body.find("{")])))
+        if fn is not None:  # the body only: the head declares, it does not call
+            brace = body.find("{")
+            lo, body = (lo + brace, body[brace:]) if brace >= 0 else (lo, "")
 
         def site(pos: int) -> Site:
             return Site(release, v.path, _line_at(text, lo + pos) + 1, fn)
@@ -544,7 +560,7 @@ class Extractor:
                 continue
             args = split_args(body[m.end():end - 1])
             api, op = m.group(1), m.group(2)
-            use = self._shadow_use(api, op, args, body, m.start(), v, site(m.start()), teardown)
+            use = self._shadow_use(api, op, args, body, m.start(), whole, v, site(m.start()), teardown)
             if use is not None:
                 rf.shadows.append(use)
         for m in _STATE_QUERY.finditer(body):
@@ -612,7 +628,8 @@ class Extractor:
                 break
         return CallbackDecl(kind, function, where, tuple(effects), fp)
 
-    def _shadow_use(self, api: str, op: str, args: list[str], body: str, at: int, v: _FileView,
+    def _shadow_use(self, api: str, op: str, args: list[str], body: str, at: int, whole: str,
+                    v: _FileView,
                     where: Site, teardown: bool) -> ShadowUse | None:
         if op == "free_all":
             if len(args) < 1:
@@ -626,16 +643,21 @@ class Extractor:
         if op == "free":
             return ShadowUse(op, sid, where, dtor=_fn_arg(args[2]) if len(args) > 2 else None,
                              teardown=teardown, label=norm(args[1]))
-        typ = _get_type(body, at, body)
+        typ = _get_type(body, at, whole)
         size = None
         ctor = None
         if op in ALLOCATING and len(args) >= 3:
             size = norm(args[2])
-            typ = _sizeof_type(args[2], body) or typ
+            typ = _sizeof_type(args[2], whole) or typ
             ctor_at = 4 if api == "klp" else 3
             ctor = _fn_arg(args[ctor_at]) if len(args) > ctor_at else None
         layout = v.types.get(typ) if typ else None
-        return ShadowUse(op, sid, where, typ, layout, size, ctor, None, teardown, label=norm(args[1]))
+        exact = None
+        if typ and self.layouts is not None and not typ.startswith(_SCALAR_START):
+            found = self.layouts.layout(where.release, v.path, typ, key=v.key)
+            exact = found.key() if found is not None else None
+        return ShadowUse(op, sid, where, typ, layout, size, ctor, None, teardown, label=norm(args[1]),
+                         exact=exact)
 
 
 def layout_key(text: str, constants: Constants) -> str:

@@ -28,6 +28,8 @@ def lint_text(res: LintResult) -> str:
             src = f" [{f.site.file}:{f.site.line}]"
         lines.append(f"{_where(f)}{f.severity}: {f.rule.id} {f.rule.name}: {f.message}{src}")
         lines.append(f"    hint: {f.hint}")
+    for note in res.layout_notes:
+        lines.append(f"note: layout compared as text: {note}")
     lines.append(f"{res.count('error')} error(s), {res.count('warning')} warning(s), "
                  f"{res.count('note')} note(s)")
     return "\n".join(lines) + "\n"
@@ -54,6 +56,7 @@ def lint_json(res: LintResult) -> dict:
             "patch_line": f.patch[1] if f.patch else None,
         } for f in res.findings],
         "facts": {name: rf.to_json() for name, rf in res.facts.items()},
+        "layout_notes": list(res.layout_notes),
     }
 
 

@@ -136,6 +136,7 @@ class Checker:
         self.release = analysis.release
         self.findings: list[Finding] = []
         self._seen: dict[tuple, int] = {}
+        self._layout_detail: dict[str, str] = {}
 
     @property
     def rname(self) -> str:
@@ -229,12 +230,17 @@ class Checker:
         # H001: one id, several types
         for sid, us in uses.items():
             typed = [u for u in us if u.type or u.size]
+            exact = all(u.exact for u in typed)  # the compiler's layouts, where all are known
             kinds: dict[tuple, ShadowUse] = {}
             for u in typed:
-                kinds.setdefault(_shadow_kind(u), u)
+                kinds.setdefault(("layout", u.exact) if exact else _shadow_kind(u), u)
             if len(kinds) > 1:
                 (k1, u1), (k2, u2) = list(kinds.items())[:2]
-                if k1[0] == k2[0] and k1[0] is not None:
+                if exact:
+                    detail = (f"it holds `{u1.type}` in release {self.name(u1.site.release)} "
+                              f"({u1.site.file}:{u1.site.line}; {u1.exact}) but `{u2.type}` in release "
+                              f"{self.name(u2.site.release)} ({u2.exact})")
+                elif k1[0] == k2[0] and k1[0] is not None:
                     detail = (f"{_show_kind(k1)} changes its definition between release "
                               f"{self.name(u1.site.release)} and release {self.name(u2.site.release)}")
                 else:
@@ -339,7 +345,8 @@ class Checker:
             site = self._site(e)
             if rule_id == "U001":
                 where = f"; unpatched code uses it: {listing}" if listing else ""
-                self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}): "
+                how = f" ({self._layout_detail[e.key]})" if e.key in self._layout_detail else ""
+                self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}){how}: "
                          f"objects the running program already has keep the old layout{where}",
                          site, key=(e.key,))
             elif rule_id == "U003" and listing:
@@ -386,12 +393,41 @@ class Checker:
         return text[:brace] if brace >= 0 else text
 
     def _layout_changed(self, e) -> bool:
-        """Does the definition differ once integer macros are replaced by values?"""
+        """Does the layout differ: the compiler's, where build flags are known, else
+        the definition's text once integer macros are replaced by values?"""
+        exact = self._exact_layouts(e)
+        if exact is not None:
+            old, new = exact
+            if old.key() == new.key():
+                return False
+            self._layout_detail[e.key] = old.differs(new)
+            return True
         new, old = self.x.view(e.file, self.release), self.x.view(e.file, 0)
         if new is None or old is None:
             return True
         name = e.name.split(", ")[0]
         return new.types.get(name) != old.types.get(name)
+
+    def _exact_layouts(self, e):
+        layouts = self.x.layouts
+        if layouts is None:
+            return None
+        name = e.name.split(", ")[0]
+        pat = _type_pattern(name)
+        candidates = [e.file] if not e.file.endswith(".h") else []
+        for path in self.rep.snapshots.paths():
+            if path.endswith(".c") and path not in candidates:
+                v = self.x.view(path, self.release)
+                if v is not None and pat.search(v.masked):
+                    candidates.append(path)
+        for path in candidates:
+            if layouts.commands.get(path) is None:
+                continue
+            old = layouts.layout(0, path, name)
+            new = layouts.layout(self.release, path, name)
+            if old is not None and new is not None:
+                return old, new
+        return None
 
     def _defines_struct(self, e) -> bool:
         found = self._item(e, self.release)

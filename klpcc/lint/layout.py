@@ -1,0 +1,331 @@
+"""Exact struct layouts, where the build flags are known (``compile_commands.json``).
+
+For a type used in file F of release X: F and every file the series touches are
+written as X has them into an overlay directory; F is preprocessed with its own
+flags (GNU extensions masked) and parsed with pycparser to list the members of the
+type; then a probe translation unit -- F itself followed by ``sizeof``, ``_Alignof``
+and ``offsetof`` of each member -- is compiled with F's real flags, and the numbers
+are read back from the object with pyelftools.  So the layout is the compiler's
+own, for the target's ABI and configuration.  Where any step fails (no entry for
+F, code pycparser cannot read, a compile error) the caller falls back to comparing
+the type's definition text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import KlpccError
+from ..history import Replay
+
+# the preprocessing pycparser reads: GNU syntax masked out (the layout itself comes
+# from the real compile)
+_PYCPARSER_DEFINES = ("-U__GNUC__", "-D__attribute__(x)=", "-D__extension__=", "-D__restrict=",
+                      "-D__inline=inline", "-D__asm__(x)=", "-D__builtin_va_list=int",
+                      "-D__THROW=", "-D__wur=")
+_DROP_WITH_ARG = {"-o", "-MF", "-MT", "-MQ", "-include-pch"}
+_DROP = ("-c", "-M", "-MM", "-MD", "-MMD", "-MP", "-Werror", "-pipe", "-S", "-E")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    size: int
+    align: int
+    members: tuple[tuple[str, int | None, int | None], ...]  # (name, offset, size); bitfields: None
+
+    def key(self) -> str:
+        parts = [f"size {self.size}", f"align {self.align}"]
+        parts += [f"{n}@{o}:{s}" if o is not None else f"{n}:bits" for n, o, s in self.members]
+        return ", ".join(parts)
+
+    def differs(self, other: Layout) -> str:
+        """A short account of how ``other`` differs from this layout."""
+        if self.size != other.size:
+            return f"size {self.size} -> {other.size} bytes"
+        mine = {n: (o, s) for n, o, s in self.members}
+        theirs = {n: (o, s) for n, o, s in other.members}
+        for n, where in theirs.items():
+            if n not in mine:
+                return f"member {n} added"
+            if mine[n] != where:
+                return f"member {n} moved or resized"
+        for n in mine:
+            if n not in theirs:
+                return f"member {n} removed"
+        return f"alignment {self.align} -> {other.align}"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    directory: str
+    args: tuple[str, ...]
+    file: str  # as the entry names it
+
+
+class CompileCommands:
+    """A ``compile_commands.json``: each translation unit's compile command."""
+
+    def __init__(self, path: str | Path, root: Path | None):
+        self.path = Path(path)
+        shown = str(path)
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise KlpccError(f"cannot read it: {exc.strerror}", patch=shown) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            line = getattr(exc, "lineno", None)
+            raise KlpccError(f"is not a JSON compilation database: {exc}", patch=shown,
+                             line=line) from None
+        if not isinstance(doc, list):
+            raise KlpccError("is not a JSON compilation database (expected a list of entries)",
+                             patch=shown)
+        self.root = root.resolve() if root is not None else None
+        self.entries: dict[str, Command] = {}
+        for i, entry in enumerate(doc, 1):
+            if not isinstance(entry, dict) or not isinstance(entry.get("directory"), str) \
+                    or not isinstance(entry.get("file"), str):
+                raise KlpccError(f"entry {i} needs 'directory' and 'file' strings", patch=shown)
+            if isinstance(entry.get("arguments"), list):
+                args = tuple(str(a) for a in entry["arguments"])
+            elif isinstance(entry.get("command"), str):
+                try:
+                    args = tuple(shlex.split(entry["command"]))
+                except ValueError as exc:
+                    raise KlpccError(f"entry {i}: cannot split its command: {exc}", patch=shown) from None
+            else:
+                raise KlpccError(f"entry {i} needs 'arguments' or 'command'", patch=shown)
+            full = Path(entry["directory"], entry["file"])
+            rel = self._relative(full)
+            if rel is not None:
+                self.entries.setdefault(rel, Command(entry["directory"], args, entry["file"]))
+
+    def _relative(self, full: Path) -> str | None:
+        if self.root is None:
+            return None
+        try:
+            return full.resolve().relative_to(self.root).as_posix()
+        except (OSError, ValueError):
+            return None
+
+    def get(self, path: str) -> Command | None:
+        return self.entries.get(path)
+
+
+class Layouts:
+    """Layouts of types as each release has them, computed on demand and cached."""
+
+    def __init__(self, rep: Replay, commands: CompileCommands):
+        self.rep = rep
+        self.commands = commands
+        self._tmp: Path | None = None
+        self._overlays: dict[int, Path] = {}
+        self._cache: dict[tuple, Layout | None] = {}
+        self.failures: list[str] = []
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _overlay(self, release: int) -> Path:
+        """The files the series touches, as ``release`` has them."""
+        if release not in self._overlays:
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="klpcc-layout-"))
+            root = self._tmp / f"r{release}"
+            for path in self.rep.snapshots.paths():
+                try:
+                    data = self.rep.snapshots.read(path, release)
+                except KeyError:
+                    continue
+                if data is None:
+                    continue
+                target = root / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            root.mkdir(parents=True, exist_ok=True)
+            self._overlays[release] = root
+        return self._overlays[release]
+
+    def layout(self, release: int, path: str, type_name: str, key: tuple = ()) -> Layout | None:
+        """The layout of ``type_name`` as translation unit ``path`` sees it in
+        ``release`` (None: no compile command, or a step failed)."""
+        cache_key = (path, type_name, key or release)
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        cmd = self.commands.get(path)
+        result = None
+        if cmd is not None and self.commands.root is not None:
+            try:
+                result = self._compute(release, path, type_name, cmd)
+            except _Failed as exc:
+                self.failures.append(f"{path}: {type_name}: {exc}")
+        self._cache[cache_key] = result
+        return result
+
+    def _argv(self, release: int, path: str, cmd: Command) -> tuple[list[str], Path]:
+        root = self.commands.root
+        assert root is not None
+        overlay = self._overlay(release)
+        src = overlay / path
+        if not src.exists():
+            raise _Failed("the file does not exist in this release")
+        args = list(cmd.args)
+        compiler = args[0] if args else "cc"
+        out: list[str] = []
+        skip = False
+        source_abs = str(Path(cmd.directory, cmd.file).resolve())
+        for a in args[1:]:
+            if skip:
+                skip = False
+                continue
+            if a in _DROP_WITH_ARG:
+                skip = True
+                continue
+            if a in _DROP or a.startswith(("-Werror", "-o")) or (
+                    not a.startswith("-") and str(Path(cmd.directory, a).resolve()) == source_abs):
+                continue
+            for flag in ("-I", "-iquote", "-isystem"):
+                if a.startswith(flag) and len(a) > len(flag):
+                    inc = Path(cmd.directory, a[len(flag):]).resolve()
+                    if str(inc).startswith(str(root)):
+                        rel = os.path.relpath(inc, root)
+                        out.append(f"{flag}{overlay / rel}")
+                    break
+            out.append(a)
+        out.append(f"-iquote{Path(source_abs).parent}")
+        return [compiler, *out], src
+
+    def _compute(self, release: int, path: str, type_name: str, cmd: Command) -> Layout:
+        argv, src = self._argv(release, path, cmd)
+        members = self._members(argv, src, type_name, cmd.directory)
+        work = Path(tempfile.mkdtemp(prefix="probe-", dir=self._tmp))
+        probe = work / "probe.c"
+        exprs = [f"sizeof({type_name})", f"_Alignof({type_name})"]
+        for name, is_bits in members:
+            if not is_bits:
+                exprs += [f"__builtin_offsetof({type_name}, {name})",
+                          f"sizeof((({type_name} *)0)->{name})"]
+        probe.write_text(f'#include "{src}"\n'
+                         "const unsigned long long klpcc_layout_probe[] = {\n\t"
+                         + ",\n\t".join(f"(unsigned long long)({e})" for e in exprs) + "\n};\n")
+        obj = work / "probe.o"
+        proc = subprocess.run([*argv, "-w", "-c", str(probe), "-o", str(obj)], cwd=cmd.directory,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise _Failed(f"the probe does not compile: {_first_error(proc.stderr)}")
+        values = _read_probe(obj, len(exprs))
+        shutil.rmtree(work, ignore_errors=True)
+        out: list[tuple[str, int | None, int | None]] = []
+        i = 2
+        for name, is_bits in members:
+            if is_bits:
+                out.append((name, None, None))
+            else:
+                out.append((name, values[i], values[i + 1]))
+                i += 2
+        return Layout(values[0], values[1], tuple(out))
+
+    def _members(self, argv: list[str], src: Path, type_name: str, cwd: str) -> list[tuple[str, bool]]:
+        import pycparser
+        from pycparser import c_ast
+
+        proc = subprocess.run([*argv, "-E", *_PYCPARSER_DEFINES, str(src)], cwd=cwd,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise _Failed(f"cannot preprocess: {_first_error(proc.stderr)}")
+        try:
+            ast = pycparser.CParser().parse(proc.stdout, str(src))
+        except Exception as exc:  # pycparser raises its own ParseError and others
+            raise _Failed(f"pycparser cannot read it: {str(exc).splitlines()[0][:120]}") from None
+        struct = _find_struct(ast, type_name, c_ast)
+        if struct is None:
+            raise _Failed("no definition of the type")
+        return list(_member_names(struct, c_ast))
+
+
+class _Failed(Exception):
+    pass
+
+
+def _first_error(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if "error" in line:
+            return line.strip()[:160]
+    return (stderr.strip().splitlines() or ["(no message)"])[0][:160]
+
+
+def _find_struct(ast, type_name: str, c_ast):
+    """The complete Struct/Union node ``type_name`` (``struct foo`` or a typedef) names."""
+    words = type_name.split()
+    typedefs = {}
+    found = None
+
+    class V(c_ast.NodeVisitor):
+        def visit_Struct(self, node):  # noqa: N802 (pycparser's visitor naming)
+            nonlocal found
+            if found is None and node.decls is not None and len(words) == 2 \
+                    and words[0] == "struct" and node.name == words[1]:
+                found = node
+            self.generic_visit(node)
+
+        def visit_Union(self, node):  # noqa: N802
+            nonlocal found
+            if found is None and node.decls is not None and len(words) == 2 \
+                    and words[0] == "union" and node.name == words[1]:
+                found = node
+            self.generic_visit(node)
+
+        def visit_Typedef(self, node):  # noqa: N802
+            typedefs[node.name] = node.type
+            self.generic_visit(node)
+
+    V().visit(ast)
+    if found is None and len(words) == 1 and words[0] in typedefs:
+        t = typedefs[words[0]]
+        inner = getattr(t, "type", None)
+        if isinstance(inner, (c_ast.Struct, c_ast.Union)):
+            if inner.decls is not None:
+                return inner
+            return _find_struct(ast, f"{'struct' if isinstance(inner, c_ast.Struct) else 'union'} "
+                                     f"{inner.name}", c_ast)
+    return found
+
+
+def _member_names(node, c_ast, prefix: str = ""):
+    """(member designator, is a bitfield) for each member, anonymous members flattened."""
+    for d in node.decls or []:
+        inner = d.type
+        if d.name is None and isinstance(inner, (c_ast.Struct, c_ast.Union)):
+            yield from _member_names(inner, c_ast, prefix)
+            continue
+        if d.name is None:
+            continue
+        yield prefix + d.name, d.bitsize is not None
+
+
+def _read_probe(obj: Path, count: int) -> list[int]:
+    from elftools.elf.elffile import ELFFile
+
+    with open(obj, "rb") as fh:
+        elf = ELFFile(fh)
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise _Failed("the probe object has no symbol table")
+        syms = symtab.get_symbol_by_name("klpcc_layout_probe")
+        if not syms:
+            raise _Failed("the probe object lacks its table")
+        sym = syms[0]
+        section = elf.get_section(sym["st_shndx"])
+        data = section.data()[sym["st_value"]:sym["st_value"] + 8 * count]
+        order = "little" if elf.little_endian else "big"
+        if len(data) != 8 * count:
+            raise _Failed("the probe table is short")
+        return [int.from_bytes(data[i:i + 8], order) for i in range(0, len(data), 8)]
