@@ -71,3 +71,24 @@ def klpcc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the klpcc command line in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "klpcc", *args], capture_output=True, text=True,
                           cwd=cwd, check=False)
+
+
+# The lint rules as README documents them: id -> (name, severity).
+LINT_RULES = {
+    "S001": ("state-dropped", "error"),
+    "S002": ("state-version-lowered", "error"),
+    "C001": ("unpatch-callbacks-lost", "error"),
+    "C002": ("unpatch-callback-not-taken-over", "warning"),
+    "C003": ("post-patch-effects-lost", "warning"),
+    "H001": ("shadow-type-mismatch", "error"),
+    "H002": ("shadow-get-unallocated", "error"),
+    "H003": ("shadow-leak", "warning"),
+    "H004": ("shadow-destructor-mismatch", "warning"),
+    "H005": ("shadow-free-in-teardown", "warning"),
+    "U001": ("struct-layout-changed", "error"),
+    "U002": ("global-initializer-changed", "error"),
+    "U003": ("signature-changed", "error"),
+    "U004": ("unpatchable-function", "error"),
+    "U005": ("header-inline-changed", "error"),
+    "U006": ("inline-function-changed", "warning"),
+}

@@ -22,26 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import klpcc, make_series
+from .helpers import LINT_RULES, klpcc, make_series
 
-RULES = {
-    "S001": ("state-dropped", "error"),
-    "S002": ("state-version-lowered", "error"),
-    "C001": ("unpatch-callbacks-lost", "error"),
-    "C002": ("unpatch-callback-not-taken-over", "warning"),
-    "C003": ("post-patch-effects-lost", "warning"),
-    "H001": ("shadow-type-mismatch", "error"),
-    "H002": ("shadow-get-unallocated", "error"),
-    "H003": ("shadow-leak", "warning"),
-    "H004": ("shadow-destructor-mismatch", "warning"),
-    "H005": ("shadow-free-in-teardown", "warning"),
-    "U001": ("struct-layout-changed", "error"),
-    "U002": ("global-initializer-changed", "error"),
-    "U003": ("signature-changed", "error"),
-    "U004": ("unpatchable-function", "error"),
-    "U005": ("header-inline-changed", "error"),
-    "U006": ("inline-function-changed", "warning"),
-}
+RULES = LINT_RULES
 
 FINDING_KEYS = {"rule", "name", "severity", "message", "hint", "release", "against", "function",
                 "file", "line", "patch", "patch_line"}

@@ -269,19 +269,17 @@ def _find_struct(ast, type_name: str, c_ast):
     found = None
 
     class V(c_ast.NodeVisitor):
-        def visit_Struct(self, node):  # noqa: N802 (pycparser's visitor naming)
+        def _tagged(self, node, keyword: str) -> None:
             nonlocal found
-            if found is None and node.decls is not None and len(words) == 2 \
-                    and words[0] == "struct" and node.name == words[1]:
+            if found is None and node.decls is not None and words == [keyword, node.name]:
                 found = node
             self.generic_visit(node)
 
+        def visit_Struct(self, node):  # noqa: N802 (pycparser's visitor naming)
+            self._tagged(node, "struct")
+
         def visit_Union(self, node):  # noqa: N802
-            nonlocal found
-            if found is None and node.decls is not None and len(words) == 2 \
-                    and words[0] == "union" and node.name == words[1]:
-                found = node
-            self.generic_visit(node)
+            self._tagged(node, "union")
 
         def visit_Typedef(self, node):  # noqa: N802
             typedefs[node.name] = node.type

@@ -6,27 +6,17 @@ from __future__ import annotations
 from ..history import LineChanges, Replay
 
 
-def _new_to_old(lc: LineChanges, line: int) -> int | None:
-    """Line of the previous version that became ``line`` (None: the patch added it)."""
+def _across(lc: LineChanges, line: int, forward: bool) -> int | None:
+    """Line ``line`` of one side of the edits on the other side (None: it is one of
+    the lines the patch changed)."""
     idx = line - 1
     shift = 0
     for e in lc.edits:
-        if e.new_start + e.new_count <= idx:
-            shift += e.old_count - e.new_count
-        elif e.new_start <= idx:
-            return None
-        else:
-            break
-    return idx + shift + 1
-
-
-def _old_to_new(lc: LineChanges, line: int) -> int | None:
-    idx = line - 1
-    shift = 0
-    for e in lc.edits:
-        if e.old_start + e.old_count <= idx:
-            shift += e.new_count - e.old_count
-        elif e.old_start <= idx:
+        here, here_n, there_n = (e.old_start, e.old_count, e.new_count) if forward else \
+            (e.new_start, e.new_count, e.old_count)
+        if here + here_n <= idx:
+            shift += there_n - here_n
+        elif here <= idx:
             return None
         else:
             break
@@ -45,7 +35,7 @@ def added_by(rep: Replay, release: int, path: str, line: int) -> tuple[str, int]
                 return lc.patch, lc.added[cur]
             if lc.old_path is None:
                 return lc.patch, lc.patch_line
-            cur = _new_to_old(lc, cur)
+            cur = _across(lc, cur, forward=False)
             path = lc.old_path
         r -= 1
     return None
@@ -64,7 +54,7 @@ def removed_by(rep: Replay, release: int, upto: int, path: str, line: int) -> tu
             path, lc = moved[0]
         if cur in lc.removed:
             return lc.patch, lc.removed[cur]
-        cur = _old_to_new(lc, cur)
+        cur = _across(lc, cur, forward=True)
         if cur is None:
             return lc.patch, lc.patch_line
     return None

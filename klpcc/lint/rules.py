@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..functions import Item, is_c_file
 from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
-from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask, norm
+from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask, norm, split_args
 from .locate import added_by, removed_by
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
@@ -510,7 +510,7 @@ def _signature(head: str) -> str:
     if not m:
         return text
     params = []
-    for p in _split_params(m.group(1)):
+    for p in (a for a in split_args(m.group(1)) if a):
         words = re.findall(r"[A-Za-z_]\w*|\*|\[|\]|\.\.\.|\S", p)
         if "(" not in p and len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*", words[-1]) \
                 and words[-1] not in _TYPE_KEYWORDS and words[-2] not in ("struct", "union", "enum"):
@@ -520,22 +520,6 @@ def _signature(head: str) -> str:
     prefix = re.sub(r"\b(static|inline|__inline__|__always_inline|extern|noinline|__cold|__hot|"
                     r"__init|__exit|notrace|__attribute__\s*\(\(.*?\)\))\b", "", prefix)
     return norm(prefix) + "(" + ",".join(params) + ")"
-
-
-def _split_params(text: str) -> list[str]:
-    out, depth, cur = [], 0, []
-    for c in text:
-        if c in "([":
-            depth += 1
-        elif c in ")]":
-            depth -= 1
-        if c == "," and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    out.append("".join(cur))
-    return [p.strip() for p in out if p.strip()]
 
 
 def _shadow_kind(u: ShadowUse) -> tuple:
