@@ -77,6 +77,7 @@ def klpcc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 LINT_RULES = {
     "S001": ("state-dropped", "error"),
     "S002": ("state-version-lowered", "error"),
+    "S003": ("state-not-declared", "warning"),
     "C001": ("unpatch-callbacks-lost", "error"),
     "C002": ("unpatch-callback-not-taken-over", "warning"),
     "C003": ("post-patch-effects-lost", "warning"),

@@ -143,3 +143,70 @@ def test_constants_expansion_is_bounded():
     c = Constants([defs + "#define M30 1\n"])
     assert c.resolve("M0") == "M0"  # 4**30 terms: refused quickly, not computed
     assert c.resolve("M27") == 64
+
+
+# --------------------------------------------------------------------------- facts
+
+_GLUE_BASE = {"lp/glue.c": "int glue_ready;\n"}
+
+
+def _facts_of(tmp: Path, releases: list[dict]) -> dict:
+    import json
+
+    from .helpers import klpcc
+
+    patches, base = make_series(tmp, _GLUE_BASE, releases)
+    r = klpcc("lint", str(patches), "--source", str(base), "--format", "json")
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_state_queries_take_the_id_argument_of_each_api(tmp_path):
+    glue = """#define ST 4
+static struct klp_state states[] = { { .id = ST, .version = 1 }, {} };
+
+static int pre(struct klp_object *obj)
+{
+\tstruct klp_state *now = klp_get_state(obj->patch, ST);
+\tstruct klp_state *prev = klp_get_prev_state(ST);
+\tvoid *u = klpcc_get_prev_state(9);
+
+\treturn now && prev && u ? 0 : 1;
+}
+
+static struct klp_callbacks cbs = { .pre_patch = pre };
+"""
+    doc = _facts_of(tmp_path, [{"lp/glue.c": glue}])
+    s003 = [f for f in doc["findings"] if f["rule"] == "S003"]
+    assert len(s003) == 1, doc["findings"]  # 4 is declared, 9 is not
+    assert "system state 9" in s003[0]["message"] and s003[0]["line"] == 8
+    assert s003[0]["function"] == "pre"
+
+
+def test_shadow_type_from_a_parameter_declared_pointer(tmp_path):
+    glue = """struct tally { long n; };
+
+int bump(void *obj, struct tally *t)
+{
+\tt = klp_shadow_get(obj, 12);
+\treturn t ? 1 : 0;
+}
+
+int make(void *obj)
+{
+\treturn klp_shadow_alloc(obj, 12, sizeof(struct tally), 0, NULL, NULL) != NULL;
+}
+"""
+    doc = _facts_of(tmp_path, [{"lp/glue.c": glue}])
+    uses = doc["facts"]["0001-release-1"]["shadow"]
+    assert {(u["op"], u["type"], u["function"]) for u in uses} == {
+        ("get", "struct tally", "bump"), ("alloc", "struct tally", "make")}
+
+
+def test_api_declarations_are_not_uses(tmp_path):
+    header = """void *klp_shadow_get(void *obj, unsigned long id);
+void klp_shadow_free(void *obj, unsigned long id, void (*dtor)(void *obj, void *data));
+"""
+    doc = _facts_of(tmp_path, [{"lp/glue.c": "int glue_ready;\n" + header}])
+    assert doc["facts"]["0001-release-1"]["shadow"] == []
+    assert doc["findings"] == []

@@ -76,6 +76,7 @@ def _check(rep: Replay, release: int, installed: int | None, config: Config | No
             continue
         checker.states(k)
         checker.callbacks(k)
+    checker.queries()
     checker.shadows([k for k in against if k != release])
     checker.unsupported()
     order = {s: i for i, s in enumerate(SEVERITIES)}

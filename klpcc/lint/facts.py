@@ -301,7 +301,7 @@ class Constants:
 # --------------------------------------------------------------------------- extraction
 
 _SHADOW = re.compile(r"\b(klp|klpcc)_shadow_(alloc|get_or_alloc|get|free_all|free)\s*\(")
-_STATE_QUERY = re.compile(r"\b(?:klp|klpcc)_get_(prev_)?state\s*\(")
+_STATE_QUERY = re.compile(r"\b(klp|klpcc)_get_(prev_)?state\s*\(")
 _STATE_ARRAY = re.compile(r"\bstruct\s+klp_state\b[^;={]*?(?:\[[^\]]*\])?\s*(?:\)\s*)?=?\s*\{")
 _STATE_MACRO = re.compile(r"\bKLPCC_STATE\s*\(")
 _DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*([A-Za-z_]\w*)")
@@ -566,9 +566,11 @@ class Extractor:
         for m in _STATE_QUERY.finditer(body):
             end = balanced(body, m.end() - 1)
             args = split_args(body[m.end():end - 1]) if end > 0 else []
-            if args:
-                rf.state_queries.append(("get_prev" if m.group(1) else "get",
-                                         v.constants.resolve(args[0]), site(m.start())))
+            # klp_get_state(patch, id); klp_get_prev_state(id); klpcc_get_*state(id)
+            at = 1 if m.group(1) == "klp" and not m.group(2) else 0
+            if len(args) > at:
+                rf.state_queries.append(("get_prev" if m.group(2) else "get",
+                                         v.constants.resolve(args[at]), site(m.start())))
         for m in _STATE_ARRAY.finditer(body):
             end = balanced(body, m.end() - 1)
             if end > 0:

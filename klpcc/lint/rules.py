@@ -38,6 +38,12 @@ RULES: tuple[Rule, ...] = (
          "A replace may not lower a state's version: klp_is_patch_compatible() refuses it "
          "(-EINVAL); an older cumulative release cannot replace a newer one past a state.",
          "Declare the state at the installed version or higher."),
+    Rule("S003", "state-not-declared", WARNING,
+         "The release's code asks for a system state it does not declare.",
+         "klp_get_state() and klp_get_prev_state() look a state up by the ids the patch "
+         "declares; for an undeclared id they return NULL, and the take-over they guard never "
+         "happens.",
+         "Declare the state in the release's klp_state array (or KLPCC_STATE), or fix the id."),
     Rule("C001", "unpatch-callbacks-lost", ERROR,
          "An earlier release's unpatch callbacks never run once this release replaces it.",
          "On an atomic replace only the new patch's callbacks run; the replaced patch's "
@@ -183,6 +189,16 @@ class Checker:
                          f"{mine.version}, lower than version {st.version} in release {fk.name}: "
                          "the kernel's klp_is_patch_compatible() refuses the replace with -EINVAL",
                          mine.site, [k], key=(st.id,))
+
+    def queries(self) -> None:
+        fr = self.facts[self.release]
+        declared = {s.id for s in fr.states}
+        for what, sid, site in fr.state_queries:
+            if sid not in declared:
+                call = "klp_get_prev_state" if what == "get_prev" else "klp_get_state"
+                self.add("S003", f"{site.function or 'the patch'} asks for system state {sid} "
+                         f"({call}) but release {self.rname} does not declare it: the call "
+                         "returns NULL", site, key=(sid, site.file, site.line))
 
     # -- callbacks --------------------------------------------------------------
 
