@@ -444,7 +444,11 @@ class Extractor:
         """The C items of one version of a file (parsed once per content)."""
         key = (path, blob_id(data))
         if key not in self._items:
-            self._items[key] = CSource(path, split_lines(data)).items()
+            src = self.rep.sources.get(path)  # the replay's parse of the last release
+            if src is not None and src.data == data:
+                self._items[key] = src.items()
+            else:
+                self._items[key] = CSource(path, split_lines(data)).items()
         return self._items[key]
 
     # -- files -----------------------------------------------------------------

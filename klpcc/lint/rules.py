@@ -309,7 +309,7 @@ class Checker:
                 continue
             struct = e.kind == "type" and not e.name.startswith("enum ")
             if (struct or (e.kind == "typedef" and self._defines_struct(e))) and self._layout_changed(e):
-                pending.append(("U001", e, _type_pattern(e.name)))
+                pending.append(("U001", e, _type_needle(e.name)))
             elif e.kind == "variable":
                 self.add("U002", f"release {self.rname} changes the initialiser or type of global "
                          f"{e.name} ({e.file}); the running program keeps its old value", self._site(e),
@@ -328,11 +328,11 @@ class Checker:
                          key=(e.key,))
             inline = re.search(r"\b(inline|__inline__|__always_inline)\b", head_new)
             if inline and e.file.endswith(".h"):
-                pending.append(("U005", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+                pending.append(("U005", e, ("call", e.name)))
             elif inline:
-                pending.append(("U006", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+                pending.append(("U006", e, ("call", e.name)))
             if head_old is not None and _signature(head_old) != _signature(head_new):
-                pending.append(("U003", e, re.compile(r"\b" + re.escape(e.name) + r"\s*\(")))
+                pending.append(("U003", e, ("call", e.name)))
         if not pending:
             return
         touched = set(self.rep.snapshots.paths())
@@ -429,12 +429,12 @@ class Checker:
         if layouts is None:
             return None
         name = e.name.split(", ")[0]
-        pat = _type_pattern(name)
+        pat = _combined_patterns([_type_needle(name)])
         candidates = [e.file] if not e.file.endswith(".h") else []
         for path in self.rep.snapshots.paths():
             if path.endswith(".c") and path not in candidates:
                 v = self.x.view(path, self.release)
-                if v is not None and pat.search(v.masked):
+                if v is not None and _found(pat, v.masked):
                     candidates.append(path)
         for path in candidates:
             if layouts.commands.get(path) is None:
@@ -449,12 +449,17 @@ class Checker:
         found = self._item(e, self.release)
         return found is not None and re.search(r"\b(struct|union)\b[^;]*\{", found[0]) is not None
 
-    def _local_users(self, patterns: list[re.Pattern[str]], patched_now: set[str], paths: list[str]
+    def _local_users(self, needles: list[tuple[str, str]], patched_now: set[str], paths: list[str]
                      ) -> list[list[tuple[str, str, bool, bool]]]:
-        """For each pattern, the functions of ``paths`` (as release R has them) that
-        match it: (name, file, patched by R, matched in the body rather than only in
-        the header)."""
-        out: list[list[tuple[str, str, bool, bool]]] = [[] for _ in patterns]
+        """For each needle -- ("type", "struct foo"), ("ident", "foo_t") or ("call",
+        "fn") -- the functions of ``paths`` (as release R has them) that name it:
+        (name, file, patched by R, named in the body rather than only in the head).
+        One pass of three combined patterns per function."""
+        out: list[list[tuple[str, str, bool, bool]]] = [[] for _ in needles]
+        by_needle: dict[tuple[str, str], list[int]] = {}
+        for i, n in enumerate(needles):
+            by_needle.setdefault(n, []).append(i)
+        patterns = _combined_patterns(needles)
         for path in paths:
             if not is_c_file(path):
                 continue
@@ -467,11 +472,13 @@ class Checker:
                 lo, hi = char_span(v, it)
                 body = v.masked[lo:hi]
                 open_at = body.find("{")
-                inner = body[open_at:] if open_at >= 0 else ""
-                for i, pat in enumerate(patterns):
-                    in_body = pat.search(inner) is not None
-                    if in_body or pat.search(body[:max(open_at, 0)]):
-                        out[i].append((it.name, path, item_key(path, it) in patched_now, in_body))
+                head, inner = (body[:open_at], body[open_at:]) if open_at >= 0 else (body, "")
+                found_inner = _found(patterns, inner)
+                found_any = found_inner | _found(patterns, head)
+                patched = item_key(path, it) in patched_now
+                for needle in found_any:
+                    for i in by_needle.get(needle, ()):
+                        out[i].append((it.name, path, patched, needle in found_inner))
         return out
 
 
@@ -496,11 +503,36 @@ def _plain_name(name: str) -> str:
     return name.split()[-1]
 
 
-def _type_pattern(name: str) -> re.Pattern[str]:
+def _type_needle(name: str) -> tuple[str, str]:
     parts = name.split()
     if len(parts) == 2:
-        return re.compile(r"\b" + parts[0] + r"\s+" + re.escape(parts[1]) + r"\b")
-    return re.compile(r"\b" + re.escape(name) + r"\b")
+        return ("type", f"{parts[0]} {parts[1]}")
+    return ("ident", name)
+
+
+def _combined_patterns(needles: list[tuple[str, str]]) -> list[tuple[str, re.Pattern[str]]]:
+    def alt(names: set[str]) -> str:
+        return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+    types = {n.split()[1] for k, n in needles if k == "type"}
+    idents = {n for k, n in needles if k == "ident"}
+    calls = {n for k, n in needles if k == "call"}
+    out = []
+    if types:
+        out.append(("type", re.compile(r"\b(struct|union)\s+(" + alt(types) + r")\b")))
+    if idents:
+        out.append(("ident", re.compile(r"\b(" + alt(idents) + r")\b")))
+    if calls:
+        out.append(("call", re.compile(r"\b(" + alt(calls) + r")\s*\(")))
+    return out
+
+
+def _found(patterns: list[tuple[str, re.Pattern[str]]], text: str) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for kind, pat in patterns:
+        for m in pat.finditer(text):
+            found.add((kind, f"{m.group(1)} {m.group(2)}" if kind == "type" else m.group(1)))
+    return found
 
 
 def _listing(functions: list[str], files: list[str], limit: int = 8) -> str:
