@@ -439,6 +439,7 @@ class Extractor:
         self._locals: dict[tuple[str, str], _Local] = {}
         self._combined: dict[tuple, _FileView] = {}
         self._base: dict[str, bytes | None] = {}
+        self._mentions_api: dict[tuple[str, str | None], bool] = {}
 
     def items(self, path: str, data: bytes) -> list[Item]:
         """The C items of one version of a file (parsed once per content)."""
@@ -519,13 +520,18 @@ class Extractor:
             if not is_c_file(path):
                 continue
             try:
-                if self.rep.snapshots.blob_at(path, release) == self.rep.snapshots.blob_at(path, 0):
+                blob = self.rep.snapshots.blob_at(path, release)
+                if blob == self.rep.snapshots.blob_at(path, 0):
                     continue
             except KeyError:
                 continue
             if only_api:
-                data = self.read(path, release)
-                if data is None or not _INTERESTING_BYTES.search(data):
+                mentions = self._mentions_api.get((path, blob))
+                if mentions is None:
+                    data = self.read(path, release)
+                    mentions = data is not None and _INTERESTING_BYTES.search(data) is not None
+                    self._mentions_api[(path, blob)] = mentions
+                if not mentions:
                     continue
             v = self.view(path, release)
             if v is None:
