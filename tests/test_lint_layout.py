@@ -5,6 +5,7 @@ reported, and a real layout change is reported with what changed."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,45 @@ def test_bad_compilation_database(tmp_path, content, message):
     assert r.returncode == 2
     assert r.stderr.startswith("klpcc: error: ") and str(db) in r.stderr and message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _header_series(tmp: Path, old_struct: str, new_struct: str, include_args: list[str]):
+    """A unit in src/ including a header from src/include/, whose struct a release changes."""
+    header = "#ifndef REC_H\n#define REC_H\n{}\nint rec_sum(struct rec *r);\n#endif\n"
+    unit = '#include "rec.h"\n\nint rec_sum(struct rec *r)\n{\n\treturn r->a + r->b;\n}\n'
+    patches, base = make_series(tmp, {"src/include/rec.h": header.format(old_struct), "src/rec.c": unit},
+                                [{"src/include/rec.h": header.format(new_struct)}])
+    db = tmp / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"),
+                               "arguments": ["gcc", *include_args, "-c", "rec.c"], "file": "rec.c"}]))
+    return patches, base, db
+
+
+@pytest.mark.parametrize("include_args", [["-I", "include"], ["-Iinclude"], ["-iquote", "include"]])
+def test_headers_are_taken_from_the_release_whatever_the_include_flag(tmp_path, include_args):
+    patches, base, db = _header_series(tmp_path, "struct rec { int a; long b; };",
+                                       "struct rec { long b; int a; };", include_args)
+    doc = _lint(patches, base, "--compile-commands", str(db))
+    u001 = [f for f in doc["findings"] if f["rule"] == "U001"]
+    assert len(u001) == 1, doc
+    assert "moved or resized" in u001[0]["message"] and "rec_sum (src/rec.c)" in u001[0]["message"]
+    assert doc["layout_notes"] == []
+
+
+def test_members_of_nested_structs_are_compared(tmp_path):
+    old = "struct rec { int a; long b; struct { int x; long y; } p; };"
+    new = "struct rec { int a; long b; struct { long y; int x; } p; };"
+    patches, base, db = _header_series(tmp_path, old, new, ["-Iinclude"])
+    doc = _lint(patches, base, "--compile-commands", str(db))
+    messages = [f["message"] for f in doc["findings"] if f["rule"] == "U001"]
+    moved = re.compile(r"member p\.[xy] moved or resized")
+    assert any("struct rec" in m and moved.search(m) for m in messages), messages
+
+
+def test_a_missing_compiler_falls_back_to_text(tmp_path):
+    patches, base, db = _header_series(tmp_path, "struct rec { int a; long b; };",
+                                       "struct rec { int a; long b; int c; };", ["-Iinclude"])
+    db.write_text(db.read_text().replace('"gcc"', '"/nonexistent/cc"'))
+    doc = _lint(patches, base, "--compile-commands", str(db))
+    assert [f["rule"] for f in doc["findings"]] == ["U001"]  # by text
+    assert doc["layout_notes"] and "cannot run the compile command" in doc["layout_notes"][0]

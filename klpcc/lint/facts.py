@@ -27,6 +27,7 @@ import ast
 import operator
 import posixpath
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -137,18 +138,47 @@ class ReleaseFacts:
 
 # --------------------------------------------------------------------------- text helpers
 
-_MASK = re.compile(r"/\*.*?\*/|//[^\n]*|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.S)
+_MASK_START = re.compile(r"/[*/]|[\"']")
 
 
 def mask(text: str) -> str:
     """Comments and string/char literals blanked (same length, newlines kept), so that
-    pattern matches see only code."""
-    def blank(m: re.Match[str]) -> str:
-        s = m.group(0)
-        if s[0] in "\"'":
-            return s[0] + re.sub(r"[^\n]", " ", s[1:-1]) + s[-1]
-        return re.sub(r"[^\n]", " ", s)
-    return _MASK.sub(blank, text)
+    pattern matches see only code.  One pass over the text."""
+    out: list[str] = []
+    pos = 0
+    n = len(text)
+    while True:
+        m = _MASK_START.search(text, pos)
+        if m is None:
+            out.append(text[pos:])
+            break
+        start = m.start()
+        out.append(text[pos:start])
+        tok = m.group(0)
+        if tok == "/*":
+            end = text.find("*/", start + 2)
+            end = n if end < 0 else end + 2
+            out.append(_blank(text[start:end]))
+        elif tok == "//":
+            end = text.find("\n", start)
+            end = n if end < 0 else end
+            out.append(_blank(text[start:end]))
+        else:
+            i = start + 1
+            while i < n and text[i] != tok and text[i] != "\n":
+                i += 2 if text[i] == "\\" else 1
+            if i < n and text[i] == tok:
+                out.append(tok + _blank(text[start + 1:i]) + tok)
+                end = i + 1
+            else:  # an unterminated literal: leave it as it is
+                out.append(tok)
+                end = start + 1
+        pos = end
+    return "".join(out)
+
+
+def _blank(s: str) -> str:
+    return re.sub(r"[^\n]", " ", s)
 
 
 def balanced(text: str, open_at: int) -> int:
@@ -214,6 +244,8 @@ def _small(shift: int) -> int:
 
 
 def _c_int(lit: str) -> int:
+    if len(lit) > 40:
+        raise ValueError("literal too long")
     if lit[:2].lower() == "0x":
         return int(lit, 16)
     if len(lit) > 1 and lit[0] == "0":
@@ -223,12 +255,17 @@ def _c_int(lit: str) -> int:
 
 def _eval_int(expr: str) -> int | None:
     """Value of an integer constant expression with only numbers and operators."""
-    expr = _INT.sub(lambda m: str(_c_int(m.group(1))), expr)
+    if len(expr) > 2000:
+        return None
+    try:
+        expr = _INT.sub(lambda m: str(_c_int(m.group(1))), expr)
+    except ValueError:
+        return None
     expr = re.sub(r"\(\s*(?:unsigned\s+)?(?:long\s+)*(?:int|long|short|char)?\s*\)", "", expr)
     expr = expr.replace("/", "//").replace("////", "//")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
     def ev(node: ast.AST) -> int:
@@ -243,9 +280,10 @@ def _eval_int(expr: str) -> int | None:
             return -v if isinstance(node.op, ast.USub) else (~v if isinstance(node.op, ast.Invert) else v)
         raise ValueError
     try:
-        return ev(tree)
+        value = ev(tree)
     except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
         return None
+    return value if -(1 << 64) < value < (1 << 64) else None  # ids are unsigned long
 
 
 class Constants:
@@ -261,9 +299,13 @@ class Constants:
                 self.values.setdefault(m.group(1), m.group(2))
         for text in texts:
             for m in _ENUM.finditer(text):
-                nxt = 0
+                nxt: int | None = 0
                 for part in split_args(m.group(1)):
-                    name, _, value = part.partition("=")
+                    lines = part.splitlines()
+                    code = [ln for ln in lines if not ln.lstrip().startswith("#")]
+                    if len(code) != len(lines):
+                        nxt = None  # an #if inside the enum: later implicit values are unknown
+                    name, _, value = "\n".join(code).partition("=")
                     name = name.strip()
                     if not re.fullmatch(r"[A-Za-z_]\w*", name):
                         continue
@@ -271,7 +313,7 @@ class Constants:
                         self.values.setdefault(name, value.strip())
                         v = self.resolve(value.strip())
                         nxt = v + 1 if isinstance(v, int) else 0
-                    else:
+                    elif nxt is not None:
                         self.values.setdefault(name, str(nxt))
                         nxt += 1
         self._memo.clear()  # enum constants were resolved while others were still coming
@@ -304,9 +346,10 @@ _SHADOW = re.compile(r"\b(klp|klpcc)_shadow_(alloc|get_or_alloc|get|free_all|fre
 _STATE_QUERY = re.compile(r"\b(klp|klpcc)_get_(prev_)?state\s*\(")
 _STATE_ARRAY = re.compile(r"\bstruct\s+klp_state\b[^;={]*?(?:\[[^\]]*\])?\s*(?:\)\s*)?=?\s*\{")
 _STATE_MACRO = re.compile(r"\bKLPCC_STATE\s*\(")
-_DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*([A-Za-z_]\w*)")
+_NO_FUNCTION = frozenset({"NULL", "nullptr", "0"})
+_DESIGNATED_CB = re.compile(r"\.(pre_patch|post_patch|pre_unpatch|post_unpatch)\s*=\s*&?\s*(\w+)")
 _CB_MACRO = re.compile(r"\b(?:KPATCH|KLP|KLPCC)_(PRE|POST)_(UNPATCH|PATCH)(?:_CALLBACK)?"
-                       r"\s*\(\s*&?\s*([A-Za-z_]\w*)")
+                       r"\s*\(\s*&?\s*(\w+)")
 _SCALAR_START = ("char", "short", "int", "long", "unsigned", "signed", "float", "double", "void",
                  "_Bool", "bool", "const char", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64")
 _INTERESTING = re.compile(r"klp|KLP|KPATCH|_patch\b|_unpatch\b")
@@ -315,36 +358,56 @@ _MODULE_EXIT = re.compile(r"\bmodule_exit\s*\(\s*([A-Za-z_]\w*)\s*\)")
 _TEARDOWN_ATTR = re.compile(r"\b__exit\b|__attribute__\s*\(\(\s*destructor\b")
 _LOGGING = re.compile(r"^(?:pr_\w+|printk|printf|fprintf|dprintf|syslog|dev_\w+|klpcc_log\w*|"
                       r"puts|fputs|WARN\w*|BUG_ON)$")
-_TYPE_WORDS = r"(?:(?:const|volatile|unsigned|signed|struct|union|enum)\s+)*[A-Za-z_]\w*"
+_TYPE_WORDS = r"(?:(?:const|volatile|unsigned|signed|struct|union|enum)\s++)*+[A-Za-z_]\w*+"
 
 
 def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos)
 
 
+_C_TYPES = frozenset("char short int long float double _Bool bool unsigned signed".split())
+_QUALIFIERS = re.compile(r"\b(?:const|volatile|restrict|__restrict)\b\s*")
+_NOT_TYPES = frozenset({"return", "sizeof", "else", "case", "goto", "do"})
+
+
+def _clean_type(t: str | None) -> str | None:
+    """A type name without qualifiers; None for no type or ``void`` (unknown)."""
+    if t is None:
+        return None
+    t = norm(_QUALIFIERS.sub("", t))
+    if not t or t == "void" or t.split()[-1] in _NOT_TYPES:
+        return None
+    return t
+
+
 def _sizeof_type(size: str, body: str) -> str | None:
-    m = re.fullmatch(r"sizeof\s*\(\s*(" + _TYPE_WORDS + r")\s*\)", size.strip())
-    if m and m.group(1) not in _declared_names(body):
-        return norm(m.group(1))
+    """The type ``sizeof(...)`` measures: a type named, the type of a variable, or
+    the pointee of ``*p``."""
     m = re.fullmatch(r"sizeof\s*\(?\s*\*\s*([A-Za-z_]\w*)\s*\)?", size.strip())
     if m:
-        return _declared_type(m.group(1), body)
+        return _declared_type(m.group(1), body, pointer=True)
+    m = re.fullmatch(r"sizeof\s*\(\s*(" + _TYPE_WORDS + r")\s*\)", size.strip())
+    if m:
+        word = m.group(1)
+        if " " not in word and word not in _C_TYPES:  # a lone word: a variable, or a typedef
+            declared = _declared_type(word, body, pointer=False)
+            if declared is not None or re.search(r"\b" + re.escape(word) + r"\s*[;=,\[]", body):
+                return declared
+        return _clean_type(word)
     return None
 
 
-def _declared_names(body: str) -> set[str]:
-    return set(re.findall(r"\b" + _TYPE_WORDS + r"\s*\*+\s*([A-Za-z_]\w*)", body))
-
-
-def _declared_type(var: str, body: str) -> str | None:
-    """The pointee type of ``var`` from a ``T *var`` declaration in ``body``."""
-    m = re.search(r"(?<![\w.>])(" + _TYPE_WORDS + r")\s*\*\s*" + re.escape(var) + r"\b", body)
-    if m is None:
-        return None
-    words = m.group(1).split()
-    if words[-1] in ("return", "sizeof", "else", "case"):
-        return None
-    return norm(m.group(1))
+def _declared_type(var: str, body: str, pointer: bool = True) -> str | None:
+    """The type ``var`` is declared with in ``body``: the pointee type of ``T *var``
+    (``pointer``), or ``T`` of ``T var``."""
+    star = r"\s*\*\s*" if pointer else r"\s+"
+    for m in re.finditer(star + re.escape(var) + r"\b(?!\s*\()", body):
+        # the type words just before: looked for in a short window, so the cost stays linear
+        window = body[max(0, m.start() - 120):m.start()]
+        t = re.search(r"(?<![\w.>])(" + _TYPE_WORDS + r")$", window)
+        if t is not None:
+            return _clean_type(t.group(1))
+    return None
 
 
 def _get_type(text: str, call_at: int, body: str) -> str | None:
@@ -353,10 +416,10 @@ def _get_type(text: str, call_at: int, body: str) -> str | None:
     before = text[max(0, call_at - 200):call_at]
     m = re.search(r"\(\s*(" + _TYPE_WORDS + r")\s*\*\s*\)\s*$", before)
     if m:
-        return norm(m.group(1))
+        return _clean_type(m.group(1))
     m = re.search(r"(" + _TYPE_WORDS + r")\s*\*\s*[A-Za-z_]\w*\s*=\s*$", before)
-    if m and m.group(1).split()[-1] not in ("return",):
-        return norm(m.group(1))
+    if m:
+        return _clean_type(m.group(1))
     m = re.search(r"(?<![\w.>])([A-Za-z_]\w*)\s*=\s*$", before)
     if m:
         return _declared_type(m.group(1), body)
@@ -387,8 +450,34 @@ class _Local:
         """The items whose code names a livepatch API at all."""
         if not self.mentions_api:
             return []
-        return [it for it in self.items
-                if _INTERESTING.search(self.masked[slice(*_span(self.text, it, self.ascii))])]
+        return [it for it in self.items if _INTERESTING.search(self.masked[slice(*self.span(it))])]
+
+    @cached_property
+    def _extra(self) -> tuple[list[int], list[int]]:
+        """For a non-ASCII file: byte offsets just past each multi-byte character, and
+        how many bytes more than characters the text has up to there."""
+        ends: list[int] = []
+        extra: list[int] = []
+        pos = total = 0
+        for ch in self.text:
+            n = len(ch.encode("utf-8", "surrogateescape")) if ch > "\x7f" else 1
+            pos += n
+            if n > 1:
+                total += n - 1
+                ends.append(pos)
+                extra.append(total)
+        return ends, extra
+
+    def span(self, it: Item) -> tuple[int, int]:
+        """The item's byte offsets as offsets into the decoded text."""
+        if self.ascii:
+            return it.start_byte, it.end_byte
+        ends, extra = self._extra
+
+        def char(b: int) -> int:
+            i = bisect_right(ends, b) - 1
+            return b - (extra[i] if i >= 0 else 0)
+        return char(it.start_byte), char(it.end_byte)
 
 
 class _FileView:
@@ -552,13 +641,15 @@ class Extractor:
         text = v.masked
         lo, hi = char_span(v, it)
         body = text[lo:hi]
-        if it.kind == "prototype":
-            return  # a declaration of the API, not a use
+        if it.kind in ("prototype", "macro"):
+            return  # a declaration of the API, or a wrapper macro: not a use
         fn = it.name if it.kind == "function" else None
         whole = body
         teardown = fn is not None and (fn in v.exits or bool(_TEARDOWN_ATTR.search(body[:body.find("{")])))
+        params: set[str] = set()
         if fn is not None:  # the body only: the head declares, it does not call
             brace = body.find("{")
+            params = set(re.findall(r"([A-Za-z_]\w*)\s*[,)]", body[:brace] if brace >= 0 else body))
             lo, body = (lo + brace, body[brace:]) if brace >= 0 else (lo, "")
 
         def site(pos: int) -> Site:
@@ -571,8 +662,8 @@ class Extractor:
             args = split_args(body[m.end():end - 1])
             api, op = m.group(1), m.group(2)
             use = self._shadow_use(api, op, args, body, m.start(), whole, v, site(m.start()), teardown)
-            if use is not None:
-                rf.shadows.append(use)
+            if use is not None and not (isinstance(use.id, str) and use.id in params):
+                rf.shadows.append(use)  # (an id that is a parameter: a wrapper, not a use)
         for m in _STATE_QUERY.finditer(body):
             end = balanced(body, m.end() - 1)
             args = split_args(body[m.end():end - 1]) if end > 0 else []
@@ -594,10 +685,12 @@ class Extractor:
                     rf.states.append(StateDecl(v.constants.resolve(args[0]), version, site(m.start()),
                                                label=norm(args[0])))
         for m in _DESIGNATED_CB.finditer(body):
-            rf.callbacks.append(self._callback(m.group(1), m.group(2), v, site(m.start())))
+            if m.group(2) not in _NO_FUNCTION:
+                rf.callbacks.append(self._callback(m.group(1), m.group(2), v, site(m.start())))
         for m in _CB_MACRO.finditer(body):
             kind = f"{m.group(1).lower()}_{m.group(2).lower()}"
-            rf.callbacks.append(self._callback(kind, m.group(3), v, site(m.start())))
+            if m.group(3) not in _NO_FUNCTION:
+                rf.callbacks.append(self._callback(kind, m.group(3), v, site(m.start())))
 
     def _states(self, inner: str, offset: int, v: _FileView, site: Callable[[int], Site],
                 rf: ReleaseFacts) -> None:
@@ -709,31 +802,28 @@ def _fn_arg(text: str) -> str | None:
 
 def char_span(v: _FileView, it: Item) -> tuple[int, int]:
     """Item byte offsets as offsets into the decoded text."""
-    return _span(v.text, it, v.ascii)
+    return v.loc.span(it)
 
 
-def _span(text: str, it: Item, ascii_text: bool) -> tuple[int, int]:
-    if ascii_text:
-        return it.start_byte, it.end_byte
-    data = text.encode("utf-8", "surrogateescape")
-    lo = len(data[:it.start_byte].decode("utf-8", "surrogateescape"))
-    hi = lo + len(data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape"))
-    return lo, hi
+_DECLARATION = re.compile(r"(?:(?:const|volatile|static|unsigned|signed|struct|union|enum|long|short)\s+)*"
+                          r"[A-Za-z_]\w*(?:\s+|\s*\*+\s*)[A-Za-z_]\w*\s*(?:\[[^\]]*\])?\s*(?:=.*)?")
 
 
 def _effects(body: str) -> list[str]:
-    """Statements of a callback body that do more than log or return."""
+    """Statements of a callback body that do more than log, return or declare locals."""
     out = []
     for stmt in re.split(r"[;{}]", body):
         s = norm(stmt)
-        if not s or s.startswith(("return", "if(", "if (", "else")) and "=" not in s and "(" not in s[3:]:
+        if not s:
             continue
         call = re.match(r"([A-Za-z_]\w*)\s*\(", s)
-        if call and _LOGGING.match(call.group(1)):
+        if call and (_LOGGING.match(call.group(1)) or call.group(1) in ("if", "while", "for", "switch")):
             continue
-        if re.fullmatch(r"(?:return\b.*|break|continue|else|default:?|if\(.*\)|"
-                        r"(?:const\s+)?(?:struct\s+)?[A-Za-z_]\w*\s*\*?\s*[A-Za-z_]\w*)", s):
+        if re.fullmatch(r"(?:return\b.*|break|continue|else|default:?|case\b.*)", s):
             continue
+        if _DECLARATION.fullmatch(s) and not s.startswith(("return", "goto")):
+            continue  # a local variable, initialised or not
+        s = re.sub(r"\"\s*\"", '"..."', s)
         out.append(s if len(s) <= 60 else s[:57] + "...")
     return out
 

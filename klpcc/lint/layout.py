@@ -31,6 +31,7 @@ _PYCPARSER_DEFINES = ("-U__GNUC__", "-D__attribute__(x)=", "-D__extension__=", "
                       "-D__inline=inline", "-D__asm__(x)=", "-D__builtin_va_list=int",
                       "-D__THROW=", "-D__wur=")
 _DROP_WITH_ARG = {"-o", "-MF", "-MT", "-MQ", "-include-pch"}
+_INCLUDE_FLAGS = ("-iquote", "-isystem", "-idirafter", "-I")
 _DROP = ("-c", "-M", "-MM", "-MD", "-MMD", "-MP", "-Werror", "-pipe", "-S", "-E")
 
 
@@ -167,6 +168,8 @@ class Layouts:
                 result = self._compute(release, path, type_name, cmd)
             except _Failed as exc:
                 self.failures.append(f"{path}: {type_name}: {exc}")
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:  # no compiler, bad entry
+                self.failures.append(f"{path}: {type_name}: cannot run the compile command: {exc}")
         self._cache[cache_key] = result
         return result
 
@@ -175,30 +178,38 @@ class Layouts:
         assert root is not None
         overlay = self._overlay(release)
         src = overlay / path
-        if not src.exists():
-            raise _Failed("the file does not exist in this release")
+        if not src.exists():  # a unit the series does not touch: compiled beside the release's files
+            data = self.rep.base.read(path)
+            if data is None:
+                raise _Failed("the file does not exist in this release")
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_bytes(data)
         args = list(cmd.args)
         compiler = args[0] if args else "cc"
         out: list[str] = []
-        skip = False
         source_abs = str(Path(cmd.directory, cmd.file).resolve())
-        for a in args[1:]:
-            if skip:
-                skip = False
-                continue
+        rest = args[1:]
+        i = 0
+        while i < len(rest):
+            a = rest[i]
+            i += 1
             if a in _DROP_WITH_ARG:
-                skip = True
+                i += 1
                 continue
             if a in _DROP or a.startswith(("-Werror", "-o")) or (
                     not a.startswith("-") and str(Path(cmd.directory, a).resolve()) == source_abs):
                 continue
-            for flag in ("-I", "-iquote", "-isystem"):
-                if a.startswith(flag) and len(a) > len(flag):
-                    inc = Path(cmd.directory, a[len(flag):]).resolve()
-                    if str(inc).startswith(str(root)):
-                        rel = os.path.relpath(inc, root)
-                        out.append(f"{flag}{overlay / rel}")
-                    break
+            flag = next((f for f in _INCLUDE_FLAGS if a.startswith(f)), None)
+            if flag is not None:
+                value = a[len(flag):]
+                if not value and i < len(rest):  # -I dir, in two arguments
+                    value = rest[i]
+                    i += 1
+                inc = Path(cmd.directory, value).resolve()
+                if inc == root or root in inc.parents:
+                    out.append(f"{flag}{overlay / os.path.relpath(inc, root)}")
+                out.append(f"{flag}{value}")
+                continue
             out.append(a)
         out.append(f"-iquote{Path(source_abs).parent}")
         return [compiler, *out], src
@@ -248,7 +259,7 @@ class Layouts:
         struct = _find_struct(ast, type_name, c_ast)
         if struct is None:
             raise _Failed("no definition of the type")
-        return list(_member_names(struct, c_ast))
+        return list(_member_names(struct, c_ast, ast))
 
 
 class _Failed(Exception):
@@ -297,16 +308,26 @@ def _find_struct(ast, type_name: str, c_ast):
     return found
 
 
-def _member_names(node, c_ast, prefix: str = ""):
-    """(member designator, is a bitfield) for each member, anonymous members flattened."""
+def _member_names(node, c_ast, ast=None, prefix: str = "", depth: int = 0):
+    """(member designator, is a bitfield) for each member: anonymous members
+    flattened, members of struct type followed into (``inner.x``) a few levels deep."""
     for d in node.decls or []:
         inner = d.type
         if d.name is None and isinstance(inner, (c_ast.Struct, c_ast.Union)):
-            yield from _member_names(inner, c_ast, prefix)
+            yield from _member_names(inner, c_ast, ast, prefix, depth)
             continue
         if d.name is None:
             continue
-        yield prefix + d.name, d.bitsize is not None
+        name = prefix + d.name
+        yield name, d.bitsize is not None
+        target = inner.type if isinstance(inner, c_ast.TypeDecl) else None
+        if depth >= 3 or not isinstance(target, (c_ast.Struct, c_ast.Union)):
+            continue
+        if target.decls is None and ast is not None and target.name:
+            keyword = "struct" if isinstance(target, c_ast.Struct) else "union"
+            target = _find_struct(ast, f"{keyword} {target.name}", c_ast)
+        if target is not None and target.decls is not None:
+            yield from _member_names(target, c_ast, ast, name + ".", depth + 1)
 
 
 def _read_probe(obj: Path, count: int) -> list[int]:

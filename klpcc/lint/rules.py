@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..functions import Item, is_c_file
+from ..functions import _PARSER, Item, is_c_file
 from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
-from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask, norm, split_args
+from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask
 from .locate import added_by, removed_by
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
@@ -159,11 +159,12 @@ class Checker:
         names = tuple(self.name(k) for k in against)
         dedupe = (rule_id, *key) if key else None
         if dedupe is not None and dedupe in self._seen:
+            # the same finding against a later release: keep its account (the earlier
+            # releases are checked first), and every release it holds against
             i = self._seen[dedupe]
             old = self.findings[i]
             merged = tuple(dict.fromkeys(old.against + names))
-            self.findings[i] = Finding(old.rule, old.message, old.release, merged, old.site,
-                                       old.patch, old.hint)
+            self.findings[i] = Finding(rule, message, self.rname, merged, site, patch, hint or rule.hint)
             return
         if dedupe is not None:
             self._seen[dedupe] = len(self.findings)
@@ -245,27 +246,24 @@ class Checker:
                 uses.setdefault(u.id, []).append(u)
         # H001: one id, several types
         for sid, us in uses.items():
-            typed = [u for u in us if u.type or u.size]
-            exact = all(u.exact for u in typed)  # the compiler's layouts, where all are known
-            kinds: dict[tuple, ShadowUse] = {}
-            for u in typed:
-                kinds.setdefault(("layout", u.exact) if exact else _shadow_kind(u), u)
-            if len(kinds) > 1:
-                (k1, u1), (k2, u2) = list(kinds.items())[:2]
-                if exact:
-                    detail = (f"it holds `{u1.type}` in release {self.name(u1.site.release)} "
-                              f"({u1.site.file}:{u1.site.line}; {u1.exact}) but `{u2.type}` in release "
-                              f"{self.name(u2.site.release)} ({u2.exact})")
-                elif k1[0] == k2[0] and k1[0] is not None:
-                    detail = (f"{_show_kind(k1)} changes its definition between release "
-                              f"{self.name(u1.site.release)} and release {self.name(u2.site.release)}")
-                else:
-                    detail = (f"it holds {_show_kind(k1)} in release {self.name(u1.site.release)} "
-                              f"({u1.site.file}:{u1.site.line}) but {_show_kind(k2)} in release "
-                              f"{self.name(u2.site.release)}")
-                mine = next((u for u in reversed(typed) if u.site.release == r), u2)
-                self.add("H001", f"shadow variable {mine.shown}: {detail}", mine.site,
-                         [u.site.release for u in typed if u.site.release != r], key=(sid,))
+            clash = _type_clash([u for u in us if u.type or u.size])
+            if clash is None:
+                continue
+            u1, u2, how = clash
+            if how == "exact":
+                detail = (f"it holds `{u1.type}` in release {self.name(u1.site.release)} "
+                          f"({u1.site.file}:{u1.site.line}; {u1.exact}) but `{u2.type}` in release "
+                          f"{self.name(u2.site.release)} ({u2.exact})")
+            elif how == "definition":
+                detail = (f"`{u1.type}` changes its definition between release "
+                          f"{self.name(u1.site.release)} and release {self.name(u2.site.release)}")
+            else:
+                detail = (f"it holds {_show_use(u1)} in release {self.name(u1.site.release)} "
+                          f"({u1.site.file}:{u1.site.line}) but {_show_use(u2)} in release "
+                          f"{self.name(u2.site.release)}")
+            mine = next((u for u in reversed(us) if u.site.release == r and (u.type or u.size)), u2)
+            self.add("H001", f"shadow variable {mine.shown}: {detail}", mine.site,
+                     sorted({u.site.release for u in (u1, u2) if u.site.release != r}), key=(sid,))
         allocated = {u.id for rel in range(1, r + 1) for u in self.facts[rel].shadows if u.op in ALLOCATING}
         for u in fr.shadows:
             if u.op in ("get", "free") and u.id not in allocated:
@@ -308,8 +306,8 @@ class Checker:
             if e.change != MODIFIED:
                 continue
             struct = e.kind == "type" and not e.name.startswith("enum ")
-            if (struct or (e.kind == "typedef" and self._defines_struct(e))) and self._layout_changed(e):
-                pending.append(("U001", e, _type_needle(e.name)))
+            if struct or (e.kind == "typedef" and self._defines_struct(e)):
+                pending.append(("U001", e, [_type_needle(n) for n in e.name.split(", ")]))
             elif e.kind == "variable":
                 self.add("U002", f"release {self.rname} changes the initialiser or type of global "
                          f"{e.name} ({e.file}); the running program keeps its old value", self._site(e),
@@ -328,15 +326,15 @@ class Checker:
                          key=(e.key,))
             inline = re.search(r"\b(inline|__inline__|__always_inline)\b", head_new)
             if inline and e.file.endswith(".h"):
-                pending.append(("U005", e, ("call", e.name)))
+                pending.append(("U005", e, [("call", e.name)]))
             elif inline:
-                pending.append(("U006", e, ("call", e.name)))
+                pending.append(("U006", e, [("call", e.name)]))
             if head_old is not None and _signature(head_old) != _signature(head_new):
-                pending.append(("U003", e, ("call", e.name)))
+                pending.append(("U003", e, [("call", e.name)]))
         if not pending:
             return
         touched = set(self.rep.snapshots.paths())
-        names = {_plain_name(p[1].name) for p in pending}
+        names = {n for p in pending for n in _plain_names(p[1].name)}
         try:
             elsewhere = self.rep.base.mentions(names)
         except OSError:
@@ -347,8 +345,8 @@ class Checker:
         scanned = set(extra[:_SCAN_LIMIT])
         local = self._local_users([p[2] for p in pending], patched_now, sorted(touched | scanned))
         for (rule_id, e, _), users in zip(pending, local):
-            others = [p for p in elsewhere.get(_plain_name(e.name), [])
-                      if p not in touched and p not in scanned]
+            others = sorted({p for n in _plain_names(e.name) for p in elsewhere.get(n, [])
+                             if p not in touched and p not in scanned})
             if rule_id in ("U003", "U005") and e.static and not e.file.endswith(".h"):
                 others = []
                 users = [u for u in users if u[1] == e.file]
@@ -360,6 +358,8 @@ class Checker:
             listing = _listing(unpatched, others)
             site = self._site(e)
             if rule_id == "U001":
+                if not self._layout_changed(e, [u[1] for u in users]):
+                    continue
                 where = f"; unpatched code uses it: {listing}" if listing else ""
                 how = f" ({self._layout_detail[e.key]})" if e.key in self._layout_detail else ""
                 self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}){how}: "
@@ -408,10 +408,11 @@ class Checker:
         brace = text.find("{")
         return text[:brace] if brace >= 0 else text
 
-    def _layout_changed(self, e) -> bool:
-        """Does the layout differ: the compiler's, where build flags are known, else
-        the definition's text once integer macros are replaced by values?"""
-        exact = self._exact_layouts(e)
+    def _layout_changed(self, e, user_files: list[str]) -> bool:
+        """Does the layout differ: the compiler's, where build flags are known (in a
+        unit that uses the type), else the definition's text once integer macros are
+        replaced by values?"""
+        exact = self._exact_layouts(e, user_files)
         if exact is not None:
             old, new = exact
             if old.key() == new.key():
@@ -424,18 +425,13 @@ class Checker:
         name = e.name.split(", ")[0]
         return new.types.get(name) != old.types.get(name)
 
-    def _exact_layouts(self, e):
+    def _exact_layouts(self, e, user_files: list[str]):
         layouts = self.x.layouts
         if layouts is None:
             return None
         name = e.name.split(", ")[0]
-        pat = _combined_patterns([_type_needle(name)])
         candidates = [e.file] if not e.file.endswith(".h") else []
-        for path in self.rep.snapshots.paths():
-            if path.endswith(".c") and path not in candidates:
-                v = self.x.view(path, self.release)
-                if v is not None and _found(pat, v.masked):
-                    candidates.append(path)
+        candidates += [f for f in dict.fromkeys(user_files) if f not in candidates]
         for path in candidates:
             if layouts.commands.get(path) is None:
                 continue
@@ -449,17 +445,18 @@ class Checker:
         found = self._item(e, self.release)
         return found is not None and re.search(r"\b(struct|union)\b[^;]*\{", found[0]) is not None
 
-    def _local_users(self, needles: list[tuple[str, str]], patched_now: set[str], paths: list[str]
+    def _local_users(self, wanted: list[list[tuple[str, str]]], patched_now: set[str], paths: list[str]
                      ) -> list[list[tuple[str, str, bool, bool]]]:
-        """For each needle -- ("type", "struct foo"), ("ident", "foo_t") or ("call",
-        "fn") -- the functions of ``paths`` (as release R has them) that name it:
-        (name, file, patched by R, named in the body rather than only in the head).
-        One pass of three combined patterns per function."""
-        out: list[list[tuple[str, str, bool, bool]]] = [[] for _ in needles]
+        """For each list of needles -- ("type", "struct foo"), ("ident", "foo_t") or
+        ("call", "fn") -- the functions of ``paths`` (as release R has them) that name
+        one: (name, file, patched by R, named in the body rather than only in the
+        head).  One pass of three combined patterns per function."""
+        out: list[list[tuple[str, str, bool, bool]]] = [[] for _ in wanted]
         by_needle: dict[tuple[str, str], list[int]] = {}
-        for i, n in enumerate(needles):
-            by_needle.setdefault(n, []).append(i)
-        patterns = _combined_patterns(needles)
+        for i, needles in enumerate(wanted):
+            for n in needles:
+                by_needle.setdefault(n, []).append(i)
+        patterns = _combined_patterns(list(by_needle))
         for path in paths:
             if not is_c_file(path):
                 continue
@@ -476,9 +473,12 @@ class Checker:
                 found_inner = _found(patterns, inner)
                 found_any = found_inner | _found(patterns, head)
                 patched = item_key(path, it) in patched_now
+                hits: dict[int, bool] = {}
                 for needle in found_any:
                     for i in by_needle.get(needle, ()):
-                        out[i].append((it.name, path, patched, needle in found_inner))
+                        hits[i] = hits.get(i, False) or needle in found_inner
+                for i, in_body in hits.items():
+                    out[i].append((it.name, path, patched, in_body))
         return out
 
 
@@ -499,8 +499,9 @@ def _head_start(data: bytes, start: int) -> int:
     return line_start
 
 
-def _plain_name(name: str) -> str:
-    return name.split()[-1]
+def _plain_names(name: str) -> list[str]:
+    """The identifiers an item name stands for: ``struct foo`` -> foo; ``a_t, b_t``."""
+    return [n.split()[-1] for n in name.split(", ")]
 
 
 def _type_needle(name: str) -> tuple[str, str]:
@@ -545,38 +546,103 @@ def _listing(functions: list[str], files: list[str], limit: int = 8) -> str:
     return ", ".join(parts)
 
 
-_TYPE_KEYWORDS = frozenset(
-    "void char short int long float double signed unsigned _Bool bool const volatile struct union "
-    "enum restrict __restrict __user __iomem __rcu __percpu".split())
+_INTEGER_WORDS = frozenset("signed unsigned short long int char".split())
+_STORAGE = re.compile(r"\b(static|inline|__inline__|__inline|__always_inline|extern|noinline|__cold|"
+                      r"__hot|__init|__exit|notrace|noinstr|__weak|__maybe_unused|__used|asmlinkage)\b|"
+                      r"__attribute__\s*\(\(.*?\)\)")
+
+
+def _canonical(text: str) -> str:
+    """Tokens of a type, integer spellings made one (``unsigned`` is ``unsigned int``,
+    ``long unsigned`` is ``unsigned long int``)."""
+    toks = re.findall(r"[A-Za-z_]\w*|\.\.\.|\S", text)
+    out: list[str] = []
+    i = 0
+    while i < len(toks):
+        if toks[i] not in _INTEGER_WORDS:
+            out.append(toks[i])
+            i += 1
+            continue
+        run = []
+        while i < len(toks) and toks[i] in _INTEGER_WORDS:
+            run.append(toks[i])
+            i += 1
+        if "char" in run:
+            sign = "unsigned " if "unsigned" in run else "signed " if "signed" in run else ""
+            out.append(f"{sign}char")
+        else:
+            size = "short " if "short" in run else "long " * min(run.count("long"), 2)
+            out.append(("unsigned " if "unsigned" in run else "") + size + "int")
+    return " ".join(out)
 
 
 def _signature(head: str) -> str:
-    """A function header without parameter names, storage and attributes that do not
-    change the calling convention."""
-    text = norm(head)
-    m = re.search(r"\((.*)\)\s*$", text, re.S)
-    if not m:
-        return text
-    params = []
-    for p in (a for a in split_args(m.group(1)) if a):
-        words = re.findall(r"[A-Za-z_]\w*|\*|\[|\]|\.\.\.|\S", p)
-        if "(" not in p and len(words) > 1 and re.fullmatch(r"[A-Za-z_]\w*", words[-1]) \
-                and words[-1] not in _TYPE_KEYWORDS and words[-2] not in ("struct", "union", "enum"):
-            words = words[:-1]
-        params.append(" ".join(words))
-    prefix = text[:m.start()]
-    prefix = re.sub(r"\b(static|inline|__inline__|__always_inline|extern|noinline|__cold|__hot|"
-                    r"__init|__exit|notrace|__attribute__\s*\(\(.*?\)\))\b", "", prefix)
-    return norm(prefix) + "(" + ",".join(params) + ")"
+    """A function's type from its head: return and parameter types, without names,
+    storage classes and attributes (tree-sitter tells names from type names)."""
+    src = (_STORAGE.sub(" ", head).strip() + ";").encode("utf-8", "surrogateescape")
+    tree = _PARSER.parse(src)
+    fd = _first(tree.root_node, "function_declarator")
+    params = fd.child_by_field_name("parameters") if fd is not None else None
+    if fd is None or params is None:
+        return _canonical(head)
+    parts = []
+    for p in params.named_children:
+        if p.type == "comment":
+            continue
+        pieces, last = [], p.start_byte
+        for ident in _all(p, "identifier"):  # declarator names; type names are type_identifier
+            pieces.append(src[last:ident.start_byte])
+            last = ident.end_byte
+        pieces.append(src[last:p.end_byte])
+        parts.append(_canonical(b"".join(pieces).decode("utf-8", "surrogateescape")))
+    ret = src[:fd.start_byte].decode("utf-8", "surrogateescape")
+    name_end = fd.child_by_field_name("declarator")
+    pointer = ""
+    if name_end is not None:  # a function returning a pointer: int *f(void)
+        pointer = src[fd.start_byte:name_end.start_byte].decode("utf-8", "surrogateescape")
+    return _canonical(ret + pointer) + "(" + ",".join(parts) + ")"
 
 
-def _shadow_kind(u: ShadowUse) -> tuple:
-    if u.type:
-        return (u.type, u.layout)
-    return (None, u.size)
+def _first(node, kind: str):
+    if node.type == kind:
+        return node
+    for c in node.children:
+        found = _first(c, kind)
+        if found is not None:
+            return found
+    return None
 
 
-def _show_kind(k: tuple) -> str:
-    if k[0] is not None:
-        return f"`{k[0]}`"
-    return f"data of size `{k[1]}`"
+def _all(node, kind: str):
+    if node.type == kind:
+        yield node
+        return
+    for c in node.children:
+        yield from _all(c, kind)
+
+
+def _type_clash(uses: list[ShadowUse]) -> tuple[ShadowUse, ShadowUse, str] | None:
+    """Two uses of one shadow id that disagree on the data's type, and how:
+    ``exact`` (the compiler's layouts differ), ``definition`` (one type name, two
+    definitions) or ``type`` (two types, or two sizes). Unknowns agree with anything."""
+    if len(uses) > 1 and all(u.exact for u in uses):
+        first = uses[0]
+        other = next((u for u in uses if u.exact != first.exact), None)
+        return (first, other, "exact") if other is not None else None
+    typed = [u for u in uses if u.type]
+    for u in typed[1:]:
+        if u.type != typed[0].type:
+            return typed[0], u, "type"
+    with_layout = [u for u in typed if u.layout is not None]
+    for u in with_layout[1:]:
+        if u.layout != with_layout[0].layout:
+            return with_layout[0], u, "definition"
+    sized = [u for u in uses if not u.type and u.size]
+    for u in sized[1:]:
+        if u.size != sized[0].size:
+            return sized[0], u, "type"
+    return None
+
+
+def _show_use(u: ShadowUse) -> str:
+    return f"`{u.type}`" if u.type else f"data of size `{u.size}`"
