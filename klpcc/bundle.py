@@ -178,7 +178,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     except FileNotFoundError:
         raise KlpccError(f"cannot write {path}: its directory does not exist") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)

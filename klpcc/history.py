@@ -151,7 +151,9 @@ class Replay:
     files_touched: dict[int, list[str]]  # release -> paths its patch changed
     base_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> lines in base
     sources: dict[str, CSource] = field(default_factory=dict)  # C files as the last release has them
-    line_changes: dict[tuple[int, str], LineChanges] = field(default_factory=dict)  # (release, path)
+    # (release, path) -> what the release's patch did to the file's lines, in the order
+    # it did it (a patch may change one file in several sections)
+    line_changes: dict[tuple[int, str], list[LineChanges]] = field(default_factory=dict)
 
     @property
     def releases(self) -> list[str]:
@@ -180,7 +182,7 @@ class _Replayer:
         self._dirty: dict[int, Track] = {}
         self.base_spans: dict[str, tuple[int, int]] = {}
         self._origin: dict[str, tuple[str, int | None]] = {}
-        self.line_changes: dict[tuple[int, str], LineChanges] = {}
+        self.line_changes: dict[tuple[int, str], list[LineChanges]] = {}
 
     # -- files ----------------------------------------------------------------
 
@@ -285,9 +287,9 @@ class _Replayer:
 
     def _record_lines(self, path: str, old_path: str | None, patch: Patch, change: FileChange,
                       applied: Applied) -> None:
-        self.line_changes[(self._index, path)] = LineChanges(
+        self.line_changes.setdefault((self._index, path), []).append(LineChanges(
             patch.path, old_path, tuple(applied.edits), applied.added, applied.removed,
-            change.patch_line)
+            change.patch_line))
 
     def _release(self, index: int, patch: Patch) -> None:
         self._index = index

@@ -210,3 +210,21 @@ void klp_shadow_free(void *obj, unsigned long id, void (*dtor)(void *obj, void *
     doc = _facts_of(tmp_path, [{"lp/glue.c": "int glue_ready;\n" + header}])
     assert doc["facts"]["0001-release-1"]["shadow"] == []
     assert doc["findings"] == []
+
+
+def test_a_patch_that_changes_one_file_in_two_sections(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "f.c").write_text("".join(f"base {i}\n" for i in range(1, 21)))
+    patch = tmp_path / "0001-two-sections.patch"
+    patch.write_text(
+        "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,4 @@\n+first\n base 1\n base 2\n base 3\n"
+        "--- a/f.c\n+++ b/f.c\n@@ -15,4 +15,5 @@\n base 14\n base 15\n+second\n base 16\n base 17\n")
+    series, tree = load([str(patch)], None, str(base))
+    rep = replay(series, tree, keep=range(2))
+    lines = rep.snapshots.read("f.c", 1).decode().splitlines()
+    text = patch.read_text().splitlines()
+    for wanted in ("first", "second"):
+        got = added_by(rep, 1, "f.c", lines.index(wanted) + 1)
+        assert got is not None and text[got[1] - 1] == "+" + wanted, (wanted, got)
+    assert added_by(rep, 1, "f.c", lines.index("base 16") + 1) is None

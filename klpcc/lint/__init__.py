@@ -26,6 +26,7 @@ class LintResult:
     facts: dict[str, ReleaseFacts] = field(default_factory=dict)
     names: tuple[str, ...] = ()  # every release of the series, in order
     layout_notes: list[str] = field(default_factory=list)  # where exact layouts fell back to text
+    notes: list[str] = field(default_factory=list)  # what could not be judged, and why
 
     def name_of(self, release: int) -> str:
         return self.names[release - 1] if 0 < release <= len(self.names) else str(release)
@@ -85,4 +86,5 @@ def _check(rep: Replay, release: int, installed: int | None, config: Config | No
     names = rep.releases
     return LintResult(names[release - 1], tuple(names[k - 1] for k in against if k != release),
                       findings, {names[r - 1]: rf for r, rf in facts.items()}, tuple(names),
-                      list(layouts.failures) if layouts is not None else [])
+                      list(layouts.failures) if layouts is not None else [],
+                      list(dict.fromkeys(checker.notes)))

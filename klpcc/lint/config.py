@@ -101,7 +101,7 @@ def load_config(path: Path, series: Series) -> Config:
     tables: dict[int, dict[str, Any]] = {}
     for name, table in releases.items():
         try:
-            index = series.index(name if not name.isdigit() else int(name), "release")
+            index = series.index(int(name) if name.isascii() and name.isdigit() else name, "release")
         except KlpccError:
             raise bad(f"[releases.{name!r}] names no release of the series "
                       f"(releases: {', '.join(series.names)})", name) from None
@@ -120,11 +120,14 @@ def _check_table(name: str, table: dict[str, Any], bad) -> dict[str, Any]:
     if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
         raise bad(f"releases.{name}.states must be a list of {{ id = N, version = V }}", "states")
     for s in states:
-        ok = isinstance(s.get("id"), int) and isinstance(s.get("version"), int)
+        ok = all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("id", "version"))
         if not ok or set(s) - {"id", "version"}:
             raise bad(f"releases.{name}.states: each state needs an integer id and version", "states")
     callbacks = table.get("callbacks", {})
     if isinstance(callbacks, list):
+        if not all(isinstance(k, str) for k in callbacks):
+            raise bad(f"releases.{name}.callbacks must list callback kinds ({', '.join(CALLBACK_KINDS)})",
+                      "callbacks")
         callbacks = {k: "(klpcc.toml)" for k in callbacks}
     if not isinstance(callbacks, dict) or not all(
             k in CALLBACK_KINDS and isinstance(v, str) for k, v in callbacks.items()):
@@ -134,7 +137,7 @@ def _check_table(name: str, table: dict[str, Any], bad) -> dict[str, Any]:
     if not isinstance(shadow, list) or not all(isinstance(s, dict) for s in shadow):
         raise bad(f"releases.{name}.shadow must be a list of tables", "shadow")
     for s in shadow:
-        if not isinstance(s.get("id"), (int, str)):
+        if not isinstance(s.get("id"), (int, str)) or isinstance(s.get("id"), bool):
             raise bad(f"releases.{name}.shadow: each shadow variable needs an id", "shadow")
         ops = s.get("ops", ["alloc", "get", "free"])
         if not isinstance(ops, list) or any(op not in _OPS for op in ops):

@@ -783,7 +783,8 @@ def _collect_types(items: list[Item], data: bytes, types: dict[str, str], consta
     for it in items:
         body = data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape")
         if it.kind == "type":
-            types.setdefault(it.name, layout_key(body, constants))
+            if "{" in body:  # not a forward declaration
+                types.setdefault(it.name, layout_key(body, constants))
         elif it.kind == "typedef":
             key = layout_key(body, constants)
             for name in it.name.split(", "):

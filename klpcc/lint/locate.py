@@ -29,14 +29,15 @@ def added_by(rep: Replay, release: int, path: str, line: int) -> tuple[str, int]
     r = release
     cur: int | None = line
     while r >= 1 and cur is not None:
-        lc = rep.line_changes.get((r, path))
-        if lc is not None:
+        for lc in reversed(rep.line_changes.get((r, path), ())):
             if cur in lc.added:
                 return lc.patch, lc.added[cur]
             if lc.old_path is None:
                 return lc.patch, lc.patch_line
             cur = _across(lc, cur, forward=False)
             path = lc.old_path
+            if cur is None:
+                return None
         r -= 1
     return None
 
@@ -46,15 +47,17 @@ def removed_by(rep: Replay, release: int, upto: int, path: str, line: int) -> tu
     ``upto`` that removed line ``line`` of ``path`` as ``release`` has it."""
     cur: int | None = line
     for r in range(release + 1, upto + 1):
-        lc = rep.line_changes.get((r, path))
-        if lc is None or lc.old_path != path:
-            moved = [(p, c) for (rr, p), c in rep.line_changes.items() if rr == r and c.old_path == path]
+        changes = [c for c in rep.line_changes.get((r, path), ()) if c.old_path == path]
+        if not changes:  # renamed away in this release?
+            moved = [(p, cs) for (rr, p), cs in rep.line_changes.items()
+                     if rr == r and any(c.old_path == path for c in cs)]
             if not moved:
                 continue
-            path, lc = moved[0]
-        if cur in lc.removed:
-            return lc.patch, lc.removed[cur]
-        cur = _across(lc, cur, forward=True)
-        if cur is None:
-            return lc.patch, lc.patch_line
+            path, changes = moved[0][0], [c for c in moved[0][1] if c.old_path is not None]
+        for lc in changes:
+            if cur in lc.removed:
+                return lc.patch, lc.removed[cur]
+            cur = _across(lc, cur, forward=True)
+            if cur is None:
+                return lc.patch, lc.patch_line
     return None

@@ -30,12 +30,29 @@ def lint_text(res: LintResult) -> str:
         lines.append(f"    hint: {f.hint}")
     for note in res.layout_notes:
         lines.append(f"note: layout compared as text: {note}")
+    for note in res.notes:
+        lines.append(f"note: {note}")
     lines.append(f"{res.count('error')} error(s), {res.count('warning')} warning(s), "
                  f"{res.count('note')} note(s)")
     return "\n".join(lines) + "\n"
 
 
+def _clean(value):
+    """Strings as valid Unicode: bytes that were not UTF-8 in a source become U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
 def lint_json(res: LintResult) -> dict:
+    return _clean(_lint_json(res))
+
+
+def _lint_json(res: LintResult) -> dict:
     return {
         "schema": LINT_SCHEMA,
         "release": res.release,
@@ -57,6 +74,7 @@ def lint_json(res: LintResult) -> dict:
         } for f in res.findings],
         "facts": {name: rf.to_json() for name, rf in res.facts.items()},
         "layout_notes": list(res.layout_notes),
+        "notes": list(res.notes),
     }
 
 
@@ -75,6 +93,10 @@ def _uri(path: str) -> str:
 
 
 def lint_sarif(res: LintResult) -> dict:
+    return _clean(_lint_sarif(res))
+
+
+def _lint_sarif(res: LintResult) -> dict:
     index = {r.id: i for i, r in enumerate(RULES)}
     rules = [{
         "id": r.id,

@@ -143,6 +143,7 @@ class Checker:
         self.findings: list[Finding] = []
         self._seen: dict[tuple, int] = {}
         self._layout_detail: dict[str, str] = {}
+        self.notes: list[str] = []
 
     @property
     def rname(self) -> str:
@@ -176,6 +177,11 @@ class Checker:
         fk, fr = self.facts[k], self.facts[self.release]
         for st in fk.states:
             mine = fr.state(st.id)
+            if mine is None and (isinstance(st.id, str) or any(isinstance(x.id, str) for x in fr.states)):
+                # an id that could not be computed may be any of the others: no verdict
+                self.notes.append(f"system state {st.shown} of release {fk.name} and the states of "
+                                  f"release {self.rname} could not all be computed; not compared")
+                continue
             if mine is None:
                 patch = removed_by(self.rep, k, self.release, st.site.file, st.site.line) \
                     if k < self.release and st.origin == "code" else None
