@@ -58,7 +58,9 @@ class Config:
         if not table:
             return
         shown = str(self.path)
-        site = Site(rf.release, shown, _line_of(self.text, rf.name) or 1, None)
+        key = table.get("_key", rf.name)
+        site = Site(rf.release, shown, _line_of(self.text, f'"{key}"') or _line_of(self.text, key) or 1,
+                    None, in_tree=False)
         for st in table.get("states", []):
             rf.states.append(StateDecl(st["id"], st["version"], site, "klpcc.toml"))
         for kind, fn in table.get("callbacks", {}).items():
@@ -108,6 +110,7 @@ def load_config(path: Path, series: Series) -> Config:
         if not isinstance(table, dict):
             raise bad(f"releases.{name} must be a table", name)
         tables[index] = _check_table(name, table, bad)
+        tables[index]["_key"] = name
     return Config(path, tables, text)
 
 

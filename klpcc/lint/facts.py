@@ -54,6 +54,7 @@ class Site:
     file: str
     line: int
     function: str | None = None
+    in_tree: bool = True  # a file of the source tree (not klpcc.toml)
 
 
 @dataclass(frozen=True, slots=True)

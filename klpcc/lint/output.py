@@ -114,9 +114,10 @@ def _lint_sarif(res: LintResult) -> dict:
         if f.patch is not None:
             locations.append(_location(_uri(f.patch[0]), f.patch[1], "the offending hunk line"))
         if f.site is not None:
-            locations.append(_location(_uri(f.site.file), f.site.line,
-                                       f"{f.site.file} in release {res.name_of(f.site.release)}",
-                                       "SRCROOT"))
+            what = f"in release {res.name_of(f.site.release)}" if f.site.in_tree else \
+                f"(what release {res.name_of(f.site.release)} declares there)"
+            locations.append(_location(_uri(f.site.file), f.site.line, f"{f.site.file} {what}",
+                                       "SRCROOT" if f.site.in_tree else None))
         result = {
             "ruleId": f.rule.id,
             "ruleIndex": index[f.rule.id],
