@@ -228,3 +228,23 @@ def test_a_patch_that_changes_one_file_in_two_sections(tmp_path):
         got = added_by(rep, 1, "f.c", lines.index(wanted) + 1)
         assert got is not None and text[got[1] - 1] == "+" + wanted, (wanted, got)
     assert added_by(rep, 1, "f.c", lines.index("base 16") + 1) is None
+
+
+def test_a_typedef_and_its_struct_are_one_shadow_type(tmp_path):
+    glue = """typedef struct tally { long n; } tally_t;
+
+int bump(void *obj)
+{
+\ttally_t *t = klp_shadow_get(obj, 12);
+\treturn t ? 1 : 0;
+}
+
+int make(void *obj)
+{
+\treturn klp_shadow_alloc(obj, 12, sizeof(struct tally), 0, NULL, NULL) != NULL;
+}
+"""
+    doc = _facts_of(tmp_path, [{"lp/glue.c": glue}])
+    uses = doc["facts"]["0001-release-1"]["shadow"]
+    assert {u["type"] for u in uses} == {"struct tally"}
+    assert doc["findings"] == []

@@ -508,14 +508,24 @@ class _FileView:
         return Constants([self.loc.masked, *(h.masked for h in self.headers)])
 
     @cached_property
-    def types(self) -> dict[str, str]:
-        """"struct foo" / typedef name -> layout key of its definition."""
+    def _types(self) -> tuple[dict[str, str], dict[str, str]]:
         types: dict[str, str] = {}
-        _collect_types(self.loc.items, self.loc.data, types, self.constants)
+        aliases: dict[str, str] = {}
+        _collect_types(self.loc.items, self.loc.data, types, self.constants, aliases)
         for h in self.headers:
             if is_c_file(h.path):
-                _collect_types(h.items, h.data, types, self.constants)
-        return types
+                _collect_types(h.items, h.data, types, self.constants, aliases)
+        return types, aliases
+
+    @property
+    def types(self) -> dict[str, str]:
+        """"struct foo" / typedef name -> layout key of its definition."""
+        return self._types[0]
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """typedef name -> the tagged type it stands for (``foo_t`` -> ``struct foo``)."""
+        return self._types[1]
 
 
 class Extractor:
@@ -757,6 +767,8 @@ class Extractor:
             typ = _sizeof_type(args[2], whole) or typ
             ctor_at = 4 if api == "klp" else 3
             ctor = _fn_arg(args[ctor_at]) if len(args) > ctor_at else None
+        if typ is not None:
+            typ = v.aliases.get(typ, typ)
         layout = v.types.get(typ) if typ else None
         exact = None
         if typ and self.layouts is not None and not typ.startswith(_SCALAR_START):
@@ -780,7 +792,8 @@ def layout_key(text: str, constants: Constants) -> str:
     return type_fingerprint(expanded)
 
 
-def _collect_types(items: list[Item], data: bytes, types: dict[str, str], constants: Constants) -> None:
+def _collect_types(items: list[Item], data: bytes, types: dict[str, str], constants: Constants,
+                   aliases: dict[str, str]) -> None:
     for it in items:
         body = data[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape")
         if it.kind == "type":
@@ -793,6 +806,12 @@ def _collect_types(items: list[Item], data: bytes, types: dict[str, str], consta
             m = re.match(r"\s*typedef\s+(struct|union|enum)\s+([A-Za-z_]\w*)\s*\{", body)
             if m:
                 types.setdefault(f"{m.group(1)} {m.group(2)}", key)
+            m = re.match(r"\s*typedef\s+(struct|union|enum)\s+([A-Za-z_]\w*)\b", mask(body))
+            if m:  # the typedef names stand for the tagged type
+                for name in it.name.split(", "):
+                    if re.fullmatch(r"[A-Za-z_]\w*", name) and not re.search(
+                            r"\*\s*" + re.escape(name) + r"\b", body):
+                        aliases.setdefault(name, f"{m.group(1)} {m.group(2)}")
 
 
 def _fn_arg(text: str) -> str | None:
