@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bundle as _bundle
+from .compdb import CompileCommands
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
 from .lint.config import Config, find_config, load_config
-from .lint.layout import CompileCommands
 from .series import Series, load
 from .trees import BaseTree, DirectoryTree
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..compdb import CompileCommands
 from ..history import Replay, analyse
 from .config import Config
 from .facts import Extractor, ReleaseFacts
-from .layout import CompileCommands, Layouts
+from .layout import Layouts
 from .rules import RULES, SEVERITIES, Checker, Finding, Rule
 
 __all__ = ["RULES", "Finding", "LintResult", "ReleaseFacts", "Rule", "check"]

@@ -13,16 +13,13 @@ the type's definition text.
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import KlpccError
+from ..compdb import Command, CompileCommands, Overlay
 from ..history import Replay
 
 # the preprocessing pycparser reads: GNU syntax masked out (the layout itself comes
@@ -30,9 +27,6 @@ from ..history import Replay
 _PYCPARSER_DEFINES = ("-U__GNUC__", "-D__attribute__(x)=", "-D__extension__=", "-D__restrict=",
                       "-D__inline=inline", "-D__asm__(x)=", "-D__builtin_va_list=int",
                       "-D__THROW=", "-D__wur=")
-_DROP_WITH_ARG = {"-o", "-MF", "-MT", "-MQ", "-include-pch"}
-_INCLUDE_FLAGS = ("-iquote", "-isystem", "-idirafter", "-I")
-_DROP = ("-c", "-M", "-MM", "-MD", "-MMD", "-MP", "-Werror", "-pipe", "-S", "-E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,97 +57,18 @@ class Layout:
         return f"alignment {self.align} -> {other.align}"
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    directory: str
-    args: tuple[str, ...]
-    file: str  # as the entry names it
-
-
-class CompileCommands:
-    """A ``compile_commands.json``: each translation unit's compile command."""
-
-    def __init__(self, path: str | Path, root: Path | None):
-        self.path = Path(path)
-        shown = str(path)
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise KlpccError(f"cannot read it: {exc.strerror}", patch=shown) from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            line = getattr(exc, "lineno", None)
-            raise KlpccError(f"is not a JSON compilation database: {exc}", patch=shown,
-                             line=line) from None
-        if not isinstance(doc, list):
-            raise KlpccError("is not a JSON compilation database (expected a list of entries)",
-                             patch=shown)
-        self.root = root.resolve() if root is not None else None
-        self.entries: dict[str, Command] = {}
-        for i, entry in enumerate(doc, 1):
-            if not isinstance(entry, dict) or not isinstance(entry.get("directory"), str) \
-                    or not isinstance(entry.get("file"), str):
-                raise KlpccError(f"entry {i} needs 'directory' and 'file' strings", patch=shown)
-            if isinstance(entry.get("arguments"), list):
-                args = tuple(str(a) for a in entry["arguments"])
-            elif isinstance(entry.get("command"), str):
-                try:
-                    args = tuple(shlex.split(entry["command"]))
-                except ValueError as exc:
-                    raise KlpccError(f"entry {i}: cannot split its command: {exc}", patch=shown) from None
-            else:
-                raise KlpccError(f"entry {i} needs 'arguments' or 'command'", patch=shown)
-            full = Path(entry["directory"], entry["file"])
-            rel = self._relative(full)
-            if rel is not None:
-                self.entries.setdefault(rel, Command(entry["directory"], args, entry["file"]))
-
-    def _relative(self, full: Path) -> str | None:
-        if self.root is None:
-            return None
-        try:
-            return full.resolve().relative_to(self.root).as_posix()
-        except (OSError, ValueError):
-            return None
-
-    def get(self, path: str) -> Command | None:
-        return self.entries.get(path)
-
-
 class Layouts:
     """Layouts of types as each release has them, computed on demand and cached."""
 
     def __init__(self, rep: Replay, commands: CompileCommands):
         self.rep = rep
         self.commands = commands
-        self._tmp: Path | None = None
-        self._overlays: dict[int, Path] = {}
+        self.overlay = Overlay(rep, commands)
         self._cache: dict[tuple, Layout | None] = {}
         self.failures: list[str] = []
 
     def close(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def _overlay(self, release: int) -> Path:
-        """The files the series touches, as ``release`` has them."""
-        if release not in self._overlays:
-            if self._tmp is None:
-                self._tmp = Path(tempfile.mkdtemp(prefix="klpcc-layout-"))
-            root = self._tmp / f"r{release}"
-            for path in self.rep.snapshots.paths():
-                try:
-                    data = self.rep.snapshots.read(path, release)
-                except KeyError:
-                    continue
-                if data is None:
-                    continue
-                target = root / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            root.mkdir(parents=True, exist_ok=True)
-            self._overlays[release] = root
-        return self._overlays[release]
+        self.overlay.close()
 
     def layout(self, release: int, path: str, type_name: str, key: tuple = ()) -> Layout | None:
         """The layout of ``type_name`` as translation unit ``path`` sees it in
@@ -173,51 +88,10 @@ class Layouts:
         self._cache[cache_key] = result
         return result
 
-    def _argv(self, release: int, path: str, cmd: Command) -> tuple[list[str], Path]:
-        root = self.commands.root
-        assert root is not None
-        overlay = self._overlay(release)
-        src = overlay / path
-        if not src.exists():  # a unit the series does not touch: compiled beside the release's files
-            data = self.rep.base.read(path)
-            if data is None:
-                raise _Failed("the file does not exist in this release")
-            src.parent.mkdir(parents=True, exist_ok=True)
-            src.write_bytes(data)
-        args = list(cmd.args)
-        compiler = args[0] if args else "cc"
-        out: list[str] = []
-        source_abs = str(Path(cmd.directory, cmd.file).resolve())
-        rest = args[1:]
-        i = 0
-        while i < len(rest):
-            a = rest[i]
-            i += 1
-            if a in _DROP_WITH_ARG:
-                i += 1
-                continue
-            if a in _DROP or a.startswith(("-Werror", "-o")) or (
-                    not a.startswith("-") and str(Path(cmd.directory, a).resolve()) == source_abs):
-                continue
-            flag = next((f for f in _INCLUDE_FLAGS if a.startswith(f)), None)
-            if flag is not None:
-                value = a[len(flag):]
-                if not value and i < len(rest):  # -I dir, in two arguments
-                    value = rest[i]
-                    i += 1
-                inc = Path(cmd.directory, value).resolve()
-                if inc == root or root in inc.parents:
-                    out.append(f"{flag}{overlay / os.path.relpath(inc, root)}")
-                out.append(f"{flag}{value}")
-                continue
-            out.append(a)
-        out.append(f"-iquote{Path(source_abs).parent}")
-        return [compiler, *out], src
-
     def _compute(self, release: int, path: str, type_name: str, cmd: Command) -> Layout:
-        argv, src = self._argv(release, path, cmd)
+        argv, src = self.overlay.argv(release, path, cmd)
         members = self._members(argv, src, type_name, cmd.directory)
-        work = Path(tempfile.mkdtemp(prefix="probe-", dir=self._tmp))
+        work = Path(tempfile.mkdtemp(prefix="probe-", dir=self.overlay.scratch))
         probe = work / "probe.c"
         exprs = [f"sizeof({type_name})", f"_Alignof({type_name})"]
         for name, is_bits in members:
