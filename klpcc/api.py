@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import bundle as _bundle
+from . import objects as _objects
 from .compdb import CompileCommands
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
 from .lint.config import Config, find_config, load_config
+from .objects import ObjectReport
 from .series import Series, load
 from .trees import BaseTree, DirectoryTree
 
@@ -55,11 +57,51 @@ def _config(opts: AnalyzeOptions, series: Series, config: str | Path | None) -> 
     return load_config(found, series) if found is not None else None
 
 
+@dataclass(frozen=True)
+class ObjectOptions:
+    """The object-level check: the base tree's compilation database, parallel jobs
+    (default: the number of cores), the object cache (default: ~/.cache/klpcc/objects;
+    None with ``no_cache``), and whether functions whose code did not change stay in
+    the patch."""
+
+    commands: str
+    jobs: int | None = None
+    cache: str | None = None
+    no_cache: bool = False
+    keep_source_only: bool = False
+    progress: Callable[[int, int], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise KlpccError(f"jobs must be a positive number, not {self.jobs!r}")
+
+    @property
+    def cache_dir(self) -> Path | None:
+        if self.no_cache:
+            return None
+        return Path(self.cache) if self.cache else _objects.default_cache()
+
+
+def analyze_objects(opts: AnalyzeOptions, objects: ObjectOptions) -> tuple[Analysis, ObjectReport]:
+    """:func:`analyze`, and what the compiled code of the release says changed."""
+    series, base = load(opts.series, opts.git, opts.source)
+    commands = _commands(objects.commands, base)
+    assert commands is not None
+    release = series.index(opts.release, "release")
+    installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
+    keep = {release} | ({installed} if installed else set())
+    rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
+    analysis = analyse(rep, release, installed)
+    report = _objects.check(analysis, commands, jobs=objects.jobs, cache=objects.cache_dir,
+                            progress=objects.progress)
+    return analysis, report
+
+
 def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None:
     if path is None:
         return None
     if not isinstance(base, DirectoryTree):
-        raise KlpccError("--compile-commands needs the base as a directory (--source BASE): "
+        raise KlpccError("a compilation database needs the base as a directory (--source BASE): "
                          "its compile commands name files on disk")
     return CompileCommands(path, base.root)
 
@@ -81,8 +123,8 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
 
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,
-                   config: str | Path | None = None, compile_commands: str | Path | None = None
-                   ) -> tuple[Analysis, LintResult]:
+                   config: str | Path | None = None, compile_commands: str | Path | None = None,
+                   objects: ObjectOptions | None = None) -> tuple[Analysis, LintResult]:
     """Write the cumulative patch bundle of the selected release to ``outdir``: the
     manifest carries the release's states, callbacks and shadow variables and the
     lint findings against every earlier release."""
@@ -94,5 +136,12 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, release + 1))
     analysis = analyse(rep, release)
     findings = check(rep, release, None, cfg, commands)
-    _bundle.write(analysis, Path(outdir), force=force, lint=findings)
+    report = None
+    if objects is not None:
+        build = _commands(objects.commands, base)
+        assert build is not None
+        report = _objects.check(analysis, build, jobs=objects.jobs, cache=objects.cache_dir,
+                                progress=objects.progress)
+    _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
+                  keep_source_only=bool(objects and objects.keep_source_only))
     return analysis, findings

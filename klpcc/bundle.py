@@ -22,6 +22,7 @@ from .history import Analysis
 
 if TYPE_CHECKING:
     from .lint import LintResult
+    from .objects import ObjectReport
 from .report import analysis_json, dump_json
 from .trees import blob_id
 
@@ -90,7 +91,8 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(head + body)
 
 
-def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = None) -> dict:
+def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = None,
+             objects: ObjectReport | None = None, keep_source_only: bool = False) -> dict:
     doc = analysis_json(analysis)
     rep = analysis.replay
     base = dict(rep.base.identity())
@@ -111,7 +113,28 @@ def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = No
         "dependencies": doc["dependencies"],
         "warnings": doc["warnings"],
         **(_lint_sections(lint) if lint is not None else {}),
+        **(_object_sections(doc, objects, keep_source_only) if objects is not None else {}),
     }
+
+
+def _object_sections(doc: dict, report: ObjectReport, keep_source_only: bool) -> dict:
+    """With the object-level check: functions whose code changed though their source
+    did not join the patch (with the reason); functions whose code did not change
+    leave it unless asked to stay."""
+    from . import objects as _objects
+
+    functions = list(doc["functions"])
+    source_only = {(f.function, f.file) for f in report.by("source-only")}
+    if not keep_source_only:
+        functions = [f for f in functions if (f["name"], f["file"]) not in source_only]
+    listed = {(f["name"], f["file"]) for f in functions}
+    for f in report.by("code-only"):
+        if (f.function, f.file) in listed:
+            continue
+        listed.add((f.function, f.file))
+        functions.append({"name": f.function, "file": f.file, "change": "modified",
+                          "origin": "objects", "reason": f.reason, "symbols": list(f.symbols)})
+    return {"functions": functions, "objects": _objects.to_json(report)}
 
 
 def _lint_sections(res: LintResult) -> dict:
@@ -129,10 +152,11 @@ def _lint_sections(res: LintResult) -> dict:
 
 
 def write(analysis: Analysis, outdir: Path, *, force: bool = False,
-          lint: LintResult | None = None) -> None:
+          lint: LintResult | None = None, objects: ObjectReport | None = None,
+          keep_source_only: bool = False) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
-    doc = manifest(analysis, files, lint)
+    doc = manifest(analysis, files, lint, objects, keep_source_only)
     outdir = _absolute(outdir)
     parent = outdir.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]

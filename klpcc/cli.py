@@ -11,9 +11,11 @@ from typing import Any
 import click
 
 from . import __version__
-from .api import AnalyzeOptions, analyze, compile_bundle, lint
+from .api import AnalyzeOptions, ObjectOptions, analyze, analyze_objects, compile_bundle, lint
 from .bundle import write_atomic
 from .errors import KlpccError
+from .objects import text as objects_text
+from .objects import to_json as objects_json
 from .report import analysis_json, analysis_text, dump_json
 
 EXIT_BAD_INPUT = 2
@@ -66,22 +68,81 @@ def main() -> None:
     """klpcc compiles a series of C source patches into one cumulative live patch."""
 
 
+def _object_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--objects", "objects", metavar="JSON", type=click.Path(),
+                      help="compile_commands.json of the base tree: compile the units R touches "
+                           "and compare their code.")(fn)
+    fn = click.option("--jobs", "-j", type=click.IntRange(1, None), default=None,
+                      help="Units compiled at once (default: the number of cores).")(fn)
+    fn = click.option("--cache", "cache", metavar="DIR", type=click.Path(),
+                      help="Object cache (default: ~/.cache/klpcc/objects).")(fn)
+    fn = click.option("--no-cache", is_flag=True, help="Compile everything afresh.")(fn)
+    return fn
+
+
+class _Progress:
+    """A progress bar on a terminal; nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="compiling", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _objects(objects: str | None, jobs: int | None, cache: str | None, no_cache: bool,
+             keep_source_only: bool = False) -> ObjectOptions | None:
+    if objects is None:
+        for name, value in (("--jobs", jobs), ("--cache", cache), ("--no-cache", no_cache or None),
+                            ("--keep-source-only", keep_source_only or None)):
+            if value is not None:
+                raise KlpccError(f"{name} goes with --objects")
+        return None
+    return ObjectOptions(objects, jobs, cache, no_cache, keep_source_only, _Progress())
+
+
 @main.command("analyze")
 @_series_options
 @click.option("--from", "installed", metavar="K",
               help="Installed release: show the transition from it to R.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
+@_object_options
 @_guard
 def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
-                release: str | None, fuzz: int, installed: str | None, fmt: str) -> None:
+                release: str | None, fuzz: int, installed: str | None, fmt: str, objects: str | None,
+                jobs: int | None, cache: str | None, no_cache: bool) -> None:
     """Per-function net change of release R against the base: modified, added,
-    removed, and nops (earlier fixes R reverts)."""
-    a = analyze(AnalyzeOptions(series, source, git, release, installed, fuzz))
+    removed, and nops (earlier fixes R reverts); with --objects, what the compiled
+    code says changed."""
+    opts = AnalyzeOptions(series, source, git, release, installed, fuzz)
+    obj = _objects(objects, jobs, cache, no_cache)
+    report = None
+    if obj is not None:
+        a, report = analyze_objects(opts, obj)
+    else:
+        a = analyze(opts)
     if fmt == "json":
-        click.echo(dump_json(analysis_json(a)))
+        doc = analysis_json(a)
+        if report is not None:
+            doc["objects"] = objects_json(report)
+        click.echo(dump_json(doc))
     else:
         click.echo(analysis_text(a), nl=False)
+        if report is not None:
+            click.echo(objects_text(report), nl=False)
     for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
 
@@ -95,13 +156,18 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
               help="klpcc.toml with states, callbacks and shadow variables (default: beside the series).")
 @click.option("--compile-commands", "commands", metavar="JSON", type=click.Path(),
               help="compile_commands.json of the base tree: compare struct layouts as compiled.")
+@_object_options
+@click.option("--keep-source-only", is_flag=True,
+              help="With --objects: keep functions whose source changed but whose code did not.")
 @_guard
 def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
                 release: str | None, fuzz: int, outdir: str, force: bool, config: str | None,
-                commands: str | None) -> None:
+                commands: str | None, objects: str | None, jobs: int | None, cache: str | None,
+                no_cache: bool, keep_source_only: bool) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
     a, res = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
-                            force=force, config=config, compile_commands=commands)
+                            force=force, config=config, compile_commands=commands,
+                            objects=_objects(objects, jobs, cache, no_cache, keep_source_only))
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:

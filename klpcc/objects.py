@@ -1,0 +1,524 @@
+"""Stage 6 (optional): what the compiled code says changed, explained.
+
+With a ``compile_commands.json``, every translation unit a release touches -- its
+own file, or a header it includes -- is compiled for the base and for the release
+with its own flags plus ``-ffunction-sections -fdata-sections -fdump-ipa-clones``,
+and the code of every function is compared section by section with pyelftools,
+after normalising relocations to what they name (a symbol, a string's text) rather
+than to offsets.  gcc's own record of inlining and cloning (``ipa-clones``) and the
+source-level answer explain each difference:
+
+* code that changed though its source did not: an inlined function changed, a macro
+  it expands changed, a header it includes changed, data it reads changed;
+* source that changed though its code did not (comments, formatting, a dead branch);
+* compiler clones (``.isra``, ``.constprop``, ``.part``, ``.cold``) mapped to their
+  function; changed data (``.data``, ``.rodata``, static locals) reported, never
+  patched.
+
+Objects are cached by the hash of the preprocessed unit and its flags, so a longer
+series compiles only what its new release touched; units compile in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .compdb import Command, CompileCommands, Overlay
+from .history import ADDED, MODIFIED, REMOVED, Analysis, Replay
+
+OBJECTS_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fdump-ipa-clones")
+_CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv|localalias)(?:\.\d+)?")
+_LOCAL_SUFFIX = re.compile(r"\.\d+$")
+_LINE_MARKER = re.compile(rb'^# \d+ "([^"]+)"', re.M)
+# relocation types whose field is 8 bytes; others patch 4 (x86-64 and AArch64 cover what is used)
+_WIDE = {"R_X86_64_64", "R_AARCH64_ABS64", "R_X86_64_PC64"}
+_PC_RELATIVE = re.compile(r"R_X86_64_(PC32|PLT32|GOTPCREL|GOTPCRELX|REX_GOTPCRELX)$")
+
+
+def source_name(symbol: str) -> str:
+    """The source function or variable a symbol comes from: ``foo.isra.0`` and
+    ``foo.cold`` are ``foo``; a static local ``count.3`` is ``count``."""
+    return symbol.split(".")[0] if "." in symbol else symbol
+
+
+def _normal(symbol: str) -> str:
+    """A symbol name without the numbers gcc appends (``x.constprop.0`` ->
+    ``x.constprop``, ``count.3`` -> ``count``)."""
+    return _LOCAL_SUFFIX.sub("", _CLONE.sub(lambda m: "." + m.group(1), symbol))
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """One function's or data object's contents, normalised."""
+
+    symbol: str
+    kind: str  # "function" or "data"
+    section: str
+    digest: str
+    refs: tuple[str, ...]  # what its relocations name, in order
+
+
+@dataclass
+class UnitObject:
+    """One compiled unit: its functions and data, and gcc's inlining record."""
+
+    code: dict[str, Code] = field(default_factory=dict)  # normalised symbol -> code
+    inlined: dict[str, set[str]] = field(default_factory=dict)  # caller -> callees inlined into it
+    clones: dict[str, str] = field(default_factory=dict)  # clone symbol -> function
+    files: set[str] = field(default_factory=set)  # every file the unit reads (root-relative)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionFinding:
+    function: str
+    unit: str  # the unit compiled
+    file: str  # the file that defines the function (the unit, or a header)
+    what: str  # "code-only", "source-only", "both"
+    reason: str
+    symbols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DataFinding:
+    symbol: str
+    unit: str
+    change: str  # "changed", "added", "removed"
+    section: str
+    static_local: bool
+
+
+@dataclass
+class ObjectReport:
+    release: str
+    units: list[dict] = field(default_factory=list)  # path, compiled, cached, seconds
+    functions: list[FunctionFinding] = field(default_factory=list)
+    data: list[DataFinding] = field(default_factory=list)
+    clones: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def by(self, what: str) -> list[FunctionFinding]:
+        return [f for f in self.functions if f.what == what]
+
+    @property
+    def compiled(self) -> int:
+        return sum(u["compiled"] for u in self.units)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(u["cached"] for u in self.units)
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "klpcc", "objects")
+
+
+class Compiler:
+    """Compiles units of the base or of a release, once per preprocessed content."""
+
+    def __init__(self, overlay: Overlay, cache: Path | None):
+        self.overlay = overlay
+        self.cache = cache
+
+    def _run(self, argv: list[str], cwd: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
+        except (OSError, ValueError) as exc:
+            raise _Failed(f"cannot run {argv[0]}: {exc}") from None
+
+    def compile(self, release: int, path: str, cmd: Command) -> tuple[Path, bytes, bool, set[str]]:
+        """(object file, ipa-clones text, from the cache, files the unit reads)."""
+        argv, src = self.overlay.argv(release, path, cmd)
+        overlay_dir = str(self.overlay.directory(release))
+        prefix_map = f"-ffile-prefix-map={overlay_dir}={self.overlay.root}"
+        pre = self._run([*argv, prefix_map, "-E", str(src)], cmd.directory)
+        if pre.returncode != 0:
+            raise _Failed(f"cannot preprocess: {_first_error(pre.stderr)}")
+        text = pre.stdout.replace(overlay_dir.encode(), str(self.overlay.root).encode())
+        files = set()
+        for m in _LINE_MARKER.finditer(text):
+            name = m.group(1).decode("utf-8", "surrogateescape")
+            try:
+                files.add(Path(name).resolve().relative_to(self.overlay.root).as_posix())
+            except (ValueError, OSError):
+                continue
+        flags = [a for a in argv if not a.startswith(overlay_dir)]
+        key = hashlib.sha256("\0".join([*flags, *OBJECTS_FLAGS]).encode() + b"\0" + text).hexdigest()
+        if self.cache is not None:
+            obj, ipa = self.cache / f"{key}.o", self.cache / f"{key}.ipa-clones"
+            if obj.exists() and ipa.exists():
+                return obj, ipa.read_bytes(), True, files
+        work = Path(tempfile.mkdtemp(prefix="unit-", dir=self.overlay.scratch))
+        out = work / "unit.o"
+        proc = self._run([*argv, prefix_map, *OBJECTS_FLAGS, "-c", str(src), "-o", str(out)], cmd.directory)
+        if proc.returncode != 0:
+            raise _Failed(f"does not compile: {_first_error(proc.stderr)}")
+        dumps = list(work.glob("*.ipa-clones"))
+        ipa_text = dumps[0].read_bytes() if dumps else b""
+        if self.cache is None:
+            return out, ipa_text, False, files
+        self.cache.mkdir(parents=True, exist_ok=True)
+        for data, target in ((ipa_text, self.cache / f"{key}.ipa-clones"),
+                             (out.read_bytes(), self.cache / f"{key}.o")):
+            fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        return self.cache / f"{key}.o", ipa_text, False, files
+
+
+class _Failed(Exception):
+    pass
+
+
+def _first_error(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace")
+    for line in text.splitlines():
+        if "error" in line:
+            return line.strip()[:200]
+    return (text.strip().splitlines() or ["(no message)"])[0][:200]
+
+
+# --------------------------------------------------------------------------- read objects
+
+
+def read_object(obj: Path, ipa_clones: bytes) -> UnitObject:
+    """Functions and data of an object, normalised; inlining and clones from the
+    ipa-clones dump."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+    from elftools.elf.sections import SymbolTableSection
+
+    unit = UnitObject()
+    with open(obj, "rb") as fh:
+        elf = ELFFile(fh)
+        symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
+        if symtab is None:
+            return unit
+        symbols = list(symtab.iter_symbols())
+        sections = list(elf.iter_sections())
+        by_section: dict[int, list] = {}
+        for sym in symbols:
+            if sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT") and isinstance(sym["st_shndx"], int):
+                by_section.setdefault(sym["st_shndx"], []).append(sym)
+        relocs: dict[int, list] = {}
+        for sec in sections:
+            if isinstance(sec, RelocationSection) and sec["sh_info"] in by_section:
+                relocs[sec["sh_info"]] = list(sec.iter_relocations())
+        data_cache: dict[int, bytes] = {}
+
+        def data_of(index: int) -> bytes:
+            if index not in data_cache:
+                sec = sections[index]
+                data_cache[index] = b"" if sec["sh_type"] == "SHT_NOBITS" else sec.data()
+            return data_cache[index]
+
+        def describe(rel) -> str:
+            sym = symbols[rel["r_info_sym"]]
+            addend = rel["r_addend"] if "r_addend" in rel.entry else 0
+            rtype = _reloc_name(elf, rel["r_info_type"])
+            if sym["st_info"]["type"] != "STT_SECTION":
+                return f"{_normal(sym.name)}{addend:+d}"
+            index = sym["st_shndx"]
+            sec = sections[index]
+            at = addend + (4 if _PC_RELATIVE.match(rtype) else 0)
+            for other in by_section.get(index, ()):
+                if other["st_value"] == at:
+                    return _normal(other.name)
+            if sec.name.startswith(".rodata.str"):
+                data = data_of(index)
+                end = data.find(b"\0", max(at, 0))
+                return "str:" + data[max(at, 0):end if end >= 0 else len(data)].decode("utf-8", "replace")
+            if sec.name.startswith(".rodata.cst"):
+                width = int(re.sub(r"\D", "", sec.name.split(".")[-1]) or "8")
+                return "cst:" + data_of(index)[max(at, 0):max(at, 0) + width].hex()
+            return f"{sec.name}{addend:+d}"
+
+        for index, syms in by_section.items():
+            sec = sections[index]
+            data = data_of(index)
+            for sym in syms:
+                start, size = sym["st_value"], sym["st_size"]
+                body = bytearray(data[start:start + size])
+                refs = []
+                for rel in sorted(relocs.get(index, ()), key=lambda r: r["r_offset"]):
+                    off = rel["r_offset"] - start
+                    if not 0 <= off < max(size, 1):
+                        continue
+                    width = 8 if _reloc_name(elf, rel["r_info_type"]) in _WIDE else 4
+                    body[off:off + width] = bytes(min(width, len(body) - off))
+                    refs.append(f"{off}:{describe(rel)}")
+                kind = "function" if sym["st_info"]["type"] == "STT_FUNC" else "data"
+                digest = hashlib.blake2b(bytes(body) + "\n".join(refs).encode() + str(size).encode(),
+                                         digest_size=12).hexdigest()
+                name = _normal(sym.name)
+                unit.code[name] = Code(sym.name, kind, sec.name, digest,
+                                       tuple(r.split(":", 1)[1] for r in refs))
+    for line in ipa_clones.decode("utf-8", "replace").splitlines():
+        parts = line.split(";")
+        if len(parts) >= 12 and parts[0] == "Callgraph clone":
+            callee, clone, reason = parts[1], parts[6], parts[11]
+            if reason.startswith("inlining to"):
+                unit.inlined.setdefault(source_name(clone), set()).add(source_name(callee))
+            else:
+                unit.clones[clone] = callee
+    return unit
+
+
+def _reloc_name(elf, rtype: int) -> str:
+    from elftools.elf.descriptions import describe_reloc_type
+
+    return describe_reloc_type(rtype, elf)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _units_touched(rep: Replay, release: int, commands: CompileCommands) -> tuple[list[str], set[str]]:
+    changed = set(rep.snapshots.changed_paths(release))
+    units = sorted(p for p in commands.entries if p in changed)
+    return units, changed
+
+
+def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = None,
+          cache: Path | None = None, progress: Callable[[int, int], None] | None = None) -> ObjectReport:
+    """Compile the units release R touches, for the base and for R, and compare."""
+    rep = analysis.replay
+    release = analysis.release
+    report = ObjectReport(analysis.release_name)
+    overlay = Overlay(rep, commands)
+    compiler = Compiler(overlay, cache)
+    try:
+        units, changed = _units_touched(rep, release, commands)
+        headers = sorted(p for p in changed if p not in commands.entries)
+        others = [p for p in commands.entries if p not in units] if headers else []
+        jobs = max(1, jobs or os.cpu_count() or 1)
+        tasks = [(r, p) for p in units for r in (0, release)] + [(0, p) for p in others]
+        results: dict[tuple[int, str], tuple[Path, bytes, bool, set[str]] | str] = {}
+        done = 0
+
+        def run(task: tuple[int, str]):
+            r, p = task
+            try:
+                return task, compiler.compile(r, p, commands.entries[p])
+            except (_Failed, OSError, ValueError) as exc:
+                return task, f"{p}: {exc}"
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pending = list(pool.map(run, tasks[:len(units) * 2]))
+            for task, res in pending:
+                results[task] = res
+                done += 1
+                if progress:
+                    progress(done, len(tasks))
+            # units reading a touched header: found from the base's preprocessing
+            extra = []
+            for task, res in pool.map(run, tasks[len(units) * 2:]):
+                done += 1
+                if progress:
+                    progress(done, len(tasks))
+                if isinstance(res, tuple) and res[3] & set(headers):
+                    extra.append(task[1])
+                    results[task] = res
+            for task, res in pool.map(run, [(release, p) for p in extra]):
+                results[task] = res
+                if progress:
+                    progress(done, len(tasks))
+        for p in sorted([*units, *extra]):
+            base, new = results.get((0, p)), results.get((release, p))
+            if isinstance(base, str) or isinstance(new, str) or base is None or new is None:
+                report.notes.append(next(x for x in (base, new) if isinstance(x, str)) if
+                                    isinstance(base, str) or isinstance(new, str) else f"{p}: not compiled")
+                continue
+            report.units.append({"path": p, "compiled": int(not base[2]) + int(not new[2]),
+                                 "cached": int(base[2]) + int(new[2]),
+                                 "headers": sorted(new[3] & changed - {p})})
+            _compare(p, read_object(base[0], base[1]), read_object(new[0], new[1]), new[3] & changed,
+                     analysis, report)
+    finally:
+        overlay.close()
+    report.functions.sort(key=lambda f: (f.unit, f.function))
+    return report
+
+
+def _source_changes(analysis: Analysis) -> dict[str, str]:
+    """Function name -> its source change in the release (modified, added, removed)."""
+    out: dict[str, str] = {}
+    for e in analysis.functions:
+        if e.change in (MODIFIED, ADDED, REMOVED):
+            out[e.name] = e.change
+    return out
+
+
+def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], analysis: Analysis,
+             report: ObjectReport) -> None:
+    sources = _source_changes(analysis)
+    macros = {e.name for e in analysis.outside
+              if e.kind == "macro" and e.change in (MODIFIED, ADDED, REMOVED)}
+    changed_data = set()
+    for name in sorted(set(base.code) | set(new.code)):
+        a, b = base.code.get(name), new.code.get(name)
+        kind = (a or b).kind
+        if kind != "data":
+            continue
+        if a is None or b is None or a.digest != b.digest:
+            changed_data.add(name)
+            report.data.append(DataFinding(name, path, "added" if a is None else "removed" if b is None
+                                           else "changed", (b or a).section,
+                                           _LOCAL_SUFFIX.search((b or a).symbol) is not None))
+    # functions, grouped by source function (a function and its clones)
+    groups: dict[str, set[str]] = {}
+    for name in set(base.code) | set(new.code):
+        if (base.code.get(name) or new.code.get(name)).kind == "function":
+            groups.setdefault(source_name(name), set()).add(name)
+    for clone, origin in {**base.clones, **new.clones}.items():
+        report.clones[clone] = origin
+    code_changed = {fn for fn, names in groups.items()
+                    if any(_digest(base, n) != _digest(new, n) for n in names)}
+    texts: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for f in sorted(headers) + [path]:  # the unit's functions win over a header's of the same name
+        for name, body in _function_texts(analysis, f).items():
+            texts[name], where[name] = body, f
+    for fn in sorted(code_changed | {f for f in sources if f in texts or f in groups}):
+        in_code = fn in code_changed
+        in_source = fn in sources
+        symbols = tuple(sorted(groups.get(fn, ())))
+        file = where.get(fn, path)
+        if in_code and in_source:
+            report.functions.append(FunctionFinding(fn, path, file, "both", f"source {sources[fn]}", symbols))
+        elif in_code:
+            why = _clone_reason(fn, groups.get(fn, set()), base, new) or \
+                _why(fn, base, new, sources, macros, headers, changed_data, texts)
+            report.functions.append(FunctionFinding(fn, path, file, "code-only", why, symbols))
+        elif in_source and fn in texts:
+            statics = sorted(d for d in changed_data if re.search(
+                r"\bstatic\b[^;]*\b" + re.escape(source_name(d)) + r"\b", texts[fn]))
+            if fn in groups and statics:
+                why = ("its code did not change; its static local " + ", ".join(
+                    f"`{source_name(d)}`" for d in statics) + " did (data: a live patch cannot change it)")
+            elif fn in groups:
+                why = "its source changed but its code did not (comments, formatting or equivalent code)"
+            elif sources[fn] == REMOVED:
+                continue
+            else:
+                why = "no code of its own in this unit (inlined everywhere, or not compiled in)"
+            report.functions.append(FunctionFinding(fn, path, file, "source-only", why, symbols))
+
+
+def _digest(unit: UnitObject, name: str) -> str | None:
+    code = unit.code.get(name)
+    return code.digest if code is not None else None
+
+
+def _function_texts(analysis: Analysis, path: str) -> dict[str, str]:
+    """Source text of every function of file ``path`` as the release has it."""
+    from .functions import CSource, split_lines
+
+    data = None
+    try:
+        data = analysis.replay.snapshots.read(path, analysis.release)
+    except KeyError:
+        data = analysis.replay.base.read(path)
+    if data is None:
+        return {}
+    out = {}
+    for it in CSource(path, split_lines(data)).items():
+        if it.kind == "function":
+            out[it.name] = data[it.start_byte:it.end_byte].decode("utf-8", "replace")
+    return out
+
+
+def _ref_target(ref: str) -> str:
+    """The symbol a normalised relocation names, without its addend."""
+    return re.sub(r"[+-]\d+$", "", ref)
+
+
+def _clone_reason(fn: str, names: set[str], base: UnitObject, new: UnitObject) -> str | None:
+    """When only compiler clones of ``fn`` changed: which, and for which callers."""
+    changed = sorted(n for n in names if _digest(base, n) != _digest(new, n))
+    if not changed or any(n == fn for n in changed):
+        return None
+    callers = sorted({source_name(c.symbol) for c in new.code.values()
+                      if c.kind == "function" and any(_ref_target(r) in changed for r in c.refs)
+                      and source_name(c.symbol) != fn})
+    who = f" (specialised for its callers: {', '.join(callers)})" if callers else ""
+    return "its compiler clone " + ", ".join(f"`{n}`" for n in changed) + f" changed{who}"
+
+
+def _why(fn: str, base: UnitObject, new: UnitObject, sources: dict[str, str], macros: set[str],
+         headers: set[str], changed_data: set[str], texts: dict[str, str]) -> str:
+    inlined = sorted((new.inlined.get(fn, set()) | base.inlined.get(fn, set())) & set(sources))
+    if inlined:
+        return "inlined " + ", ".join(f"`{g}`" for g in inlined) + " changed"
+    text = texts.get(fn, "")
+    used = sorted(m for m in macros if re.search(r"\b" + re.escape(m) + r"\b", text))
+    if used:
+        return "macro " + ", ".join(f"`{m}`" for m in used) + " changed"
+    code = new.code.get(fn) or base.code.get(fn)
+    reads = sorted({_ref_target(r) for r in (code.refs if code else ())} & changed_data)
+    if reads:
+        return "data " + ", ".join(f"`{d}`" for d in reads) + " changed"
+    calls = sorted(g for g in sources if g != fn and re.search(r"\b" + re.escape(g) + r"\s*\(", text))
+    if calls:
+        return "calls " + ", ".join(f"`{g}`" for g in calls) + ", whose code changed"
+    if headers:
+        return "header " + ", ".join(f"`{h}`" for h in sorted(headers)) + " changed"
+    return "its code changed with no source change found (compiler decision)"
+
+
+def summary(report: ObjectReport) -> dict:
+    return {
+        "both": len(report.by("both")),
+        "code_only": len(report.by("code-only")),
+        "source_only": len(report.by("source-only")),
+        "units": len(report.units),
+        "compiled": report.compiled,
+        "cache_hits": report.cache_hits,
+    }
+
+
+def to_json(report: ObjectReport) -> dict:
+    return {
+        "release": report.release,
+        "summary": summary(report),
+        "units": report.units,
+        "functions": [{"function": f.function, "file": f.file, "unit": f.unit, "what": f.what,
+                       "reason": f.reason, "symbols": list(f.symbols)} for f in report.functions],
+        "data": [{"symbol": d.symbol, "unit": d.unit, "change": d.change, "section": d.section,
+                  "static_local": d.static_local} for d in report.data],
+        "clones": dict(sorted(report.clones.items())),
+        "notes": report.notes,
+    }
+
+
+def text(report: ObjectReport) -> str:
+    s = summary(report)
+    lines = [f"object-level check of release {report.release}: {s['units']} unit(s), "
+             f"{s['compiled']} compiled, {s['cache_hits']} from the cache"]
+    for what, title in (("code-only", "code changed, source did not (joins the patch)"),
+                        ("source-only", "source changed, code did not (dropped from the patch)"),
+                        ("both", "source and code changed")):
+        found = report.by(what)
+        if found:
+            lines.append(f"  {title}:")
+            lines += [f"    {f.function} ({f.file}{'' if f.file == f.unit else ', in ' + f.unit}): {f.reason}"
+                      for f in found]
+    if report.data:
+        lines.append("  data changed (not patched; for the lint to judge):")
+        lines += [f"    {d.symbol} ({d.unit}, {d.section}): {d.change}"
+                  + (" [static local]" if d.static_local else "") for d in report.data]
+    lines += [f"  note: {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
