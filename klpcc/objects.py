@@ -405,7 +405,14 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
         elif in_source and fn in texts:
             statics = sorted(d for d in changed_data if re.search(
                 r"\bstatic\b[^;]*\b" + re.escape(source_name(d)) + r"\b", texts[fn]))
-            if fn in groups and statics:
+            code = new.code.get(fn)
+            clones = sorted({_ref_target(r) for r in (code.refs if code else ())
+                             if _CLONE.search(_ref_target(r)) and _ref_target(r) in new.code
+                             and _digest(base, _ref_target(r)) != _digest(new, _ref_target(r))})
+            if fn in groups and clones:
+                why = ("its own code did not change: the change went into the compiler clone "
+                       + ", ".join(f"`{c}`" for c in clones) + " it calls, which changed")
+            elif fn in groups and statics:
                 why = ("its code did not change; its static local " + ", ".join(
                     f"`{source_name(d)}`" for d in statics) + " did (data: a live patch cannot change it)")
             elif fn in groups:

@@ -35,6 +35,19 @@ if [ ! -x .venv/bin/python ]; then
 		fi
 	fi
 fi
+# the object-level test compiles a real C extension: it needs the Python headers
+inc=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+if [ ! -f "$inc/Python.h" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "bootstrap: installing python3-dev with apt-get"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev >/dev/null
+	else
+		echo "bootstrap: note: $inc/Python.h is missing (apt-get install python3-dev);" \
+			"the object-level test on a real C extension needs it" >&2
+	fi
+fi
+
 stamp=.venv/.klpcc-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

@@ -1,0 +1,215 @@
+"""The object-level check on fixtures written for each case it must explain: an
+inlined static helper, a macro, a header's static inline function, a comment-only
+edit, a constant-propagation clone, a changed static local -- compiled for real with
+gcc and compared with pyelftools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from klpcc import objects
+from klpcc.api import AnalyzeOptions, ObjectOptions, analyze_objects
+
+from .helpers import klpcc, make_series
+
+HEADER = """#ifndef UTIL_H
+#define UTIL_H
+#define SCALE 3
+static inline int clamp(int v) { return v > 100 ? 100 : v; }
+#endif
+"""
+
+UNIT = """#include "util.h"
+
+static int helper(int x)
+{
+\treturn x * 2 + 1;
+}
+
+static int __attribute__((noinline)) mul(int x, int k)
+{
+\treturn x * k + (x >> 3);
+}
+
+int use_helper(int y)
+{
+\treturn helper(y) + 7;
+}
+
+int use_macro(int y)
+{
+\treturn y * SCALE;
+}
+
+int use_clamp(int y)
+{
+\treturn clamp(y) - 1;
+}
+
+/* a comment */
+int commented(int y)
+{
+\treturn y - 2;
+}
+
+int counter(void)
+{
+\tstatic int calls = 5;
+\treturn calls++;
+}
+
+int use_mul(int y)
+{
+\treturn mul(y, 4);
+}
+
+int plain(int y)
+{
+\treturn y ^ 0x55;
+}
+"""
+
+
+def _project(tmp: Path, releases: list[dict[str, str]]) -> tuple[Path, Path, Path]:
+    patches, base = make_series(tmp, {"src/util.h": HEADER, "src/a.c": UNIT}, releases)
+    db = tmp / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"),
+                               "arguments": ["gcc", "-O2", "-c", "a.c", "-o", "a.o"], "file": "a.c"}]))
+    return patches, base, db
+
+
+def _check(patches: Path, base: Path, db: Path, tmp: Path, **kw) -> objects.ObjectReport:
+    _, report = analyze_objects(AnalyzeOptions(series=[str(patches)], source=str(base)),
+                                ObjectOptions(str(db), cache=str(tmp / "cache"), **kw))
+    return report
+
+
+def _findings(report: objects.ObjectReport) -> dict[str, tuple[str, str]]:
+    return {f.function: (f.what, f.reason) for f in report.functions}
+
+
+def test_inlined_static_helper_changes_its_callers(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    got = _findings(_check(patches, base, db, tmp_path))
+    assert got["use_helper"] == ("code-only", "inlined `helper` changed")
+    assert got["helper"][0] == "source-only" and "no code of its own" in got["helper"][1]
+    assert set(got) == {"use_helper", "helper"}
+
+
+def test_changed_macro(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/util.h": HEADER.replace("SCALE 3", "SCALE 5")}])
+    got = _findings(_check(patches, base, db, tmp_path))
+    assert got == {"use_macro": ("code-only", "macro `SCALE` changed")}
+
+
+def test_header_static_inline(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/util.h": HEADER.replace("v > 100 ? 100", "v > 99 ? 99")}])
+    report = _check(patches, base, db, tmp_path)
+    got = _findings(report)
+    assert got["use_clamp"] == ("code-only", "inlined `clamp` changed")
+    clamp = next(f for f in report.functions if f.function == "clamp")
+    assert clamp.what == "source-only" and clamp.file == "src/util.h" and clamp.unit == "src/a.c"
+    assert report.units[0]["headers"] == ["src/util.h"]
+
+
+def test_comment_only_edit_changes_nothing(tmp_path):
+    edited = UNIT.replace("/* a comment */", "/* a much longer comment,\n * on two lines */").replace(
+        "\treturn y - 2;", "\treturn  y - 2;  // same code")
+    patches, base, db = _project(tmp_path, [{"src/a.c": edited}])
+    report = _check(patches, base, db, tmp_path)
+    assert report.functions == [] and report.data == [] and report.notes == []
+    assert report.units[0]["path"] == "src/a.c"
+
+
+def test_constant_propagation_clone(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("mul(y, 4)", "mul(y, 6)")}])
+    report = _check(patches, base, db, tmp_path)
+    got = _findings(report)
+    # the constant went into the clone: use_mul's own code is the same, the clone's is not
+    assert got["use_mul"][0] == "source-only"
+    assert "compiler clone `mul.constprop` it calls" in got["use_mul"][1]
+    assert got["mul"][0] == "code-only"
+    assert "clone `mul.constprop` changed" in got["mul"][1] and "use_mul" in got["mul"][1]
+    assert report.clones.get("mul.constprop.0") == "mul"
+
+
+def test_changed_static_local(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("calls = 5", "calls = 6")}])
+    report = _check(patches, base, db, tmp_path)
+    got = _findings(report)
+    assert got["counter"][0] == "source-only" and "static local `calls`" in got["counter"][1]
+    assert [(d.symbol, d.change, d.static_local) for d in report.data] == [("calls", "changed", True)]
+
+
+def test_cache_and_jobs(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    first = _check(patches, base, db, tmp_path, jobs=1)
+    second = _check(patches, base, db, tmp_path, jobs=2)
+    assert (first.compiled, first.cache_hits) == (2, 0)
+    assert (second.compiled, second.cache_hits) == (0, 2)
+    assert _findings(first) == _findings(second)
+    fresh = _check(patches, base, db, tmp_path, no_cache=True)
+    assert fresh.compiled == 2 and _findings(fresh) == _findings(first)
+
+
+def test_a_longer_series_compiles_only_what_its_new_release_touched(tmp_path):
+    releases = [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")},
+                {"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3").replace("y ^ 0x55", "y ^ 0x56")}]
+    patches, base, db = _project(tmp_path, releases)
+    opts = ObjectOptions(str(db), cache=str(tmp_path / "cache"))
+    _, r1 = analyze_objects(AnalyzeOptions(series=[str(patches)], source=str(base), release=1), opts)
+    _, r2 = analyze_objects(AnalyzeOptions(series=[str(patches)], source=str(base), release=2), opts)
+    assert (r1.compiled, r1.cache_hits) == (2, 0)
+    assert (r2.compiled, r2.cache_hits) == (1, 1)  # the base unit is the one cached
+    assert _findings(r2)["plain"][0] == "both"
+
+
+def test_manifest_takes_code_only_functions_and_drops_source_only(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    out = tmp_path / "bundle"
+    r = klpcc("compile", str(patches), "--source", str(base), "--objects", str(db), "--cache",
+              str(tmp_path / "cache"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    names = {f["name"]: f for f in m["functions"]}
+    assert names["use_helper"]["origin"] == "objects"
+    assert names["use_helper"]["reason"] == "inlined `helper` changed"
+    assert "helper" not in names  # no code of its own: dropped
+    assert m["objects"]["summary"]["code_only"] == 1
+    r = klpcc("compile", str(patches), "--source", str(base), "--objects", str(db), "--cache",
+              str(tmp_path / "cache"), "--keep-source-only", "-o", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    names = {f["name"] for f in json.loads((out / "manifest.json").read_text())["functions"]}
+    assert {"helper", "use_helper"} <= names
+
+
+def test_cli_text_and_json(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/util.h": HEADER.replace("SCALE 3", "SCALE 5")}])
+    r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--no-cache")
+    assert r.returncode == 0, r.stderr
+    assert "use_macro (src/a.c): macro `SCALE` changed" in r.stdout
+    r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--no-cache",
+              "--format", "json")
+    doc = json.loads(r.stdout)
+    assert doc["objects"]["summary"]["code_only"] == 1
+    assert doc["objects"]["functions"][0]["function"] == "use_macro"
+
+
+def test_a_unit_that_does_not_compile_is_a_note(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("return y ^ 0x55;", "return y ^;")}])
+    report = _check(patches, base, db, tmp_path)
+    assert report.units == [] and len(report.notes) == 1
+    assert "src/a.c" in report.notes[0] and "does not compile" in report.notes[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "2"], "--jobs goes with --objects"),
+    (["--objects", "missing.json"], "missing.json: cannot read it"),
+])
+def test_bad_object_options(tmp_path, args, message):
+    patches, base, _ = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    r = klpcc("analyze", str(patches), "--source", str(base), *args)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
