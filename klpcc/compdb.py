@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +90,14 @@ class Overlay:
         self.root: Path = commands.root
         self._tmp: Path | None = None
         self._dirs: dict[int, Path] = {}
+        self._lock = threading.RLock()  # units are compiled from several threads
 
     @property
     def scratch(self) -> Path:
-        if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="klpcc-overlay-"))
-        return self._tmp
+        with self._lock:
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="klpcc-overlay-"))
+            return self._tmp
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -103,6 +106,10 @@ class Overlay:
 
     def directory(self, release: int) -> Path:
         """The files the series touches, as ``release`` has them."""
+        with self._lock:
+            return self._directory(release)
+
+    def _directory(self, release: int) -> Path:
         if release not in self._dirs:
             root = self.scratch / f"r{release}"
             for path in self.rep.snapshots.paths():
@@ -125,12 +132,15 @@ class Overlay:
         root = self.root
         overlay = self.directory(release)
         src = overlay / path
-        if not src.exists():  # a unit the series does not touch: compiled beside the release's files
-            data = self.rep.base.read(path)
-            if data is None:
-                raise FileNotFoundError(f"{path} does not exist in release {release}")
-            src.parent.mkdir(parents=True, exist_ok=True)
-            src.write_bytes(data)
+        with self._lock:
+            if not src.exists():  # a unit the series does not touch: compiled beside the release's files
+                data = self.rep.base.read(path)
+                if data is None:
+                    raise FileNotFoundError(f"{path} does not exist in release {release}")
+                src.parent.mkdir(parents=True, exist_ok=True)
+                tmp = src.with_name(src.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, src)
         args = list(cmd.args)
         compiler = args[0] if args else "cc"
         out: list[str] = []

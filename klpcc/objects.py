@@ -137,8 +137,10 @@ class Compiler:
         except (OSError, ValueError) as exc:
             raise _Failed(f"cannot run {argv[0]}: {exc}") from None
 
-    def compile(self, release: int, path: str, cmd: Command) -> tuple[Path, bytes, bool, set[str]]:
-        """(object file, ipa-clones text, from the cache, files the unit reads)."""
+    def compile(self, release: int, path: str, cmd: Command, deps_only: bool = False
+                ) -> tuple[Path | None, bytes, bool, set[str]]:
+        """(object file, ipa-clones text, from the cache, files the unit reads); with
+        ``deps_only``, only the files (the unit is preprocessed, not compiled)."""
         argv, src = self.overlay.argv(release, path, cmd)
         overlay_dir = str(self.overlay.directory(release))
         prefix_map = f"-ffile-prefix-map={overlay_dir}={self.overlay.root}"
@@ -150,9 +152,11 @@ class Compiler:
         for m in _LINE_MARKER.finditer(text):
             name = m.group(1).decode("utf-8", "surrogateescape")
             try:
-                files.add(Path(name).resolve().relative_to(self.overlay.root).as_posix())
+                files.add(Path(cmd.directory, name).resolve().relative_to(self.overlay.root).as_posix())
             except (ValueError, OSError):
                 continue
+        if deps_only:
+            return None, b"", False, files
         flags = [a for a in argv if not a.startswith(overlay_dir)]
         key = hashlib.sha256("\0".join([*flags, *OBJECTS_FLAGS]).encode() + b"\0" + text).hexdigest()
         if self.cache is not None:
@@ -308,10 +312,10 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
         results: dict[tuple[int, str], tuple[Path, bytes, bool, set[str]] | str] = {}
         done = 0
 
-        def run(task: tuple[int, str]):
+        def run(task: tuple[int, str], deps_only: bool = False):
             r, p = task
             try:
-                return task, compiler.compile(r, p, commands.entries[p])
+                return task, compiler.compile(r, p, commands.entries[p], deps_only)
             except (_Failed, OSError, ValueError) as exc:
                 return task, f"{p}: {exc}"
 
@@ -324,17 +328,14 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
                     progress(done, len(tasks))
             # units reading a touched header: found from the base's preprocessing
             extra = []
-            for task, res in pool.map(run, tasks[len(units) * 2:]):
+            for task, res in pool.map(lambda t: run(t, True), tasks[len(units) * 2:]):
                 done += 1
                 if progress:
                     progress(done, len(tasks))
                 if isinstance(res, tuple) and res[3] & set(headers):
                     extra.append(task[1])
-                    results[task] = res
-            for task, res in pool.map(run, [(release, p) for p in extra]):
+            for task, res in pool.map(run, [(r, p) for p in extra for r in (0, release)]):
                 results[task] = res
-                if progress:
-                    progress(done, len(tasks))
         for p in sorted([*units, *extra]):
             base, new = results.get((0, p)), results.get((release, p))
             if isinstance(base, str) or isinstance(new, str) or base is None or new is None:
@@ -344,6 +345,7 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
             report.units.append({"path": p, "compiled": int(not base[2]) + int(not new[2]),
                                  "cached": int(base[2]) + int(new[2]),
                                  "headers": sorted(new[3] & changed - {p})})
+            assert base[0] is not None and new[0] is not None
             _compare(p, read_object(base[0], base[1]), read_object(new[0], new[1]), new[3] & changed,
                      analysis, report)
     finally:

@@ -213,3 +213,19 @@ def test_bad_object_options(tmp_path, args, message):
     patches, base, _ = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
     r = klpcc("analyze", str(patches), "--source", str(base), *args)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_only_units_that_read_a_changed_header_are_compiled(tmp_path):
+    files = {"src/util.h": HEADER, "src/a.c": UNIT,
+             "src/b.c": '#include "util.h"\n\nint b_scale(int y)\n{\n\treturn y * SCALE + 1;\n}\n',
+             "src/c.c": "int c_plain(int y)\n{\n\treturn y + 1;\n}\n"}
+    patches, base = make_series(tmp_path, files, [{"src/util.h": HEADER.replace("SCALE 3", "SCALE 5")}])
+    db = tmp_path / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"), "arguments": ["gcc", "-O2", "-c", f],
+                               "file": f} for f in ("a.c", "b.c", "c.c")]))
+    report = _check(patches, base, db, tmp_path)
+    assert [u["path"] for u in report.units] == ["src/a.c", "src/b.c"]
+    assert all(u["headers"] == ["src/util.h"] for u in report.units)
+    assert _findings(report) == {"use_macro": ("code-only", "macro `SCALE` changed"),
+                                 "b_scale": ("code-only", "macro `SCALE` changed")}
+    assert report.compiled == 4  # c.c was only preprocessed
