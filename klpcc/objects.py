@@ -64,6 +64,7 @@ class Code:
     section: str
     digest: str
     refs: tuple[str, ...]  # what its relocations name, in order
+    body: bytes = b""  # the bytes, relocated fields zeroed
 
 
 @dataclass
@@ -81,7 +82,7 @@ class FunctionFinding:
     function: str
     unit: str  # the unit compiled
     file: str  # the file that defines the function (the unit, or a header)
-    what: str  # "code-only", "source-only", "both"
+    what: str  # "code-only", "source-only", "line-only", "both"
     reason: str
     symbols: tuple[str, ...] = ()
 
@@ -93,6 +94,7 @@ class DataFinding:
     change: str  # "changed", "added", "removed"
     section: str
     static_local: bool
+    function: str | None = None  # the function a static local belongs to
 
 
 @dataclass
@@ -228,27 +230,32 @@ def read_object(obj: Path, ipa_clones: bytes) -> UnitObject:
                 data_cache[index] = b"" if sec["sh_type"] == "SHT_NOBITS" else sec.data()
             return data_cache[index]
 
-        def describe(rel) -> str:
+        def describe(rel) -> tuple[str, str, int]:
+            """("sym", raw symbol name, addend) or ("text", what the bytes hold, 0)."""
             sym = symbols[rel["r_info_sym"]]
             addend = rel["r_addend"] if "r_addend" in rel.entry else 0
             rtype = _reloc_name(elf, rel["r_info_type"])
-            if sym["st_info"]["type"] != "STT_SECTION":
-                return f"{_normal(sym.name)}{addend:+d}"
+            stype = sym["st_info"]["type"]
+            label = stype == "STT_NOTYPE" and sym.name.startswith(".L") and isinstance(sym["st_shndx"], int)
+            if stype != "STT_SECTION" and not label:
+                return ("sym", sym.name, addend)
             index = sym["st_shndx"]
             sec = sections[index]
-            at = addend + (4 if _PC_RELATIVE.match(rtype) else 0)
+            at = addend + (4 if _PC_RELATIVE.match(rtype) else 0) + (sym["st_value"] if label else 0)
             for other in by_section.get(index, ()):
                 if other["st_value"] == at:
-                    return _normal(other.name)
-            if sec.name.startswith(".rodata.str"):
+                    return ("sym", other.name, 0)
+            if ".str" in sec.name:  # .rodata.str1.1, .rodata.<fn>.str1.8: a string, by its text
                 data = data_of(index)
                 end = data.find(b"\0", max(at, 0))
-                return "str:" + data[max(at, 0):end if end >= 0 else len(data)].decode("utf-8", "replace")
-            if sec.name.startswith(".rodata.cst"):
+                return ("text", "str:" + data[max(at, 0):end if end >= 0 else len(data)]
+                        .decode("utf-8", "replace"), 0)
+            if ".cst" in sec.name:
                 width = int(re.sub(r"\D", "", sec.name.split(".")[-1]) or "8")
-                return "cst:" + data_of(index)[max(at, 0):max(at, 0) + width].hex()
-            return f"{sec.name}{addend:+d}"
+                return ("text", "cst:" + data_of(index)[max(at, 0):max(at, 0) + width].hex(), 0)
+            return ("text", f"{_LOCAL_SUFFIX.sub('', sec.name)}{addend:+d}", 0)
 
+        raw = []
         for index, syms in by_section.items():
             sec = sections[index]
             data = data_of(index)
@@ -262,13 +269,28 @@ def read_object(obj: Path, ipa_clones: bytes) -> UnitObject:
                         continue
                     width = 8 if _reloc_name(elf, rel["r_info_type"]) in _WIDE else 4
                     body[off:off + width] = bytes(min(width, len(body) - off))
-                    refs.append(f"{off}:{describe(rel)}")
+                    refs.append((off, describe(rel)))
                 kind = "function" if sym["st_info"]["type"] == "STT_FUNC" else "data"
-                digest = hashlib.blake2b(bytes(body) + "\n".join(refs).encode() + str(size).encode(),
-                                         digest_size=12).hexdigest()
-                name = _normal(sym.name)
-                unit.code[name] = Code(sym.name, kind, sec.name, digest,
-                                       tuple(r.split(":", 1)[1] for r in refs))
+                raw.append((sym.name, kind, sec.name, bytes(body), refs))
+        # a static local (``kwlist.3``) is known by the function that uses it: the
+        # numbers gcc gives change as soon as another one is added
+        owners: dict[str, set[str]] = {}
+        for name, kind, _, _, refs in raw:
+            if kind == "function":
+                for _, (what, target, _) in refs:
+                    if what == "sym" and _LOCAL_SUFFIX.search(target) and not _CLONE.search(target):
+                        owners.setdefault(target, set()).add(source_name(name))
+
+        def key(name: str) -> str:
+            if name in owners:
+                return f"{_LOCAL_SUFFIX.sub('', name)}@{sorted(owners[name])[0]}"
+            return _normal(name)
+
+        for name, kind, secname, body, refs in raw:
+            shown = tuple(f"{key(t)}{a:+d}" if what == "sym" else t for _, (what, t, a) in refs)
+            digest = hashlib.blake2b(body + "\n".join(f"{o}:{r}" for (o, _), r in zip(refs, shown)).encode()
+                                     + str(len(body)).encode(), digest_size=12).hexdigest()
+            unit.code[key(name)] = Code(name, kind, secname, digest, shown, body)
     for line in ipa_clones.decode("utf-8", "replace").splitlines():
         parts = line.split(";")
         if len(parts) >= 12 and parts[0] == "Callgraph clone":
@@ -346,7 +368,7 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
                                  "cached": int(base[2]) + int(new[2]),
                                  "headers": sorted(new[3] & changed - {p})})
             assert base[0] is not None and new[0] is not None
-            _compare(p, read_object(base[0], base[1]), read_object(new[0], new[1]), new[3] & changed,
+            _compare(p, read_object(base[0], base[1]), read_object(new[0], new[1]), new[3] & changed - {p},
                      analysis, report)
     finally:
         overlay.close()
@@ -376,9 +398,9 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
             continue
         if a is None or b is None or a.digest != b.digest:
             changed_data.add(name)
-            report.data.append(DataFinding(name, path, "added" if a is None else "removed" if b is None
-                                           else "changed", (b or a).section,
-                                           _LOCAL_SUFFIX.search((b or a).symbol) is not None))
+            symbol, _, owner = name.partition("@")
+            report.data.append(DataFinding(symbol, path, "added" if a is None else "removed" if b is None
+                                           else "changed", (b or a).section, bool(owner), owner or None))
     # functions, grouped by source function (a function and its clones)
     groups: dict[str, set[str]] = {}
     for name in set(base.code) | set(new.code):
@@ -390,9 +412,18 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
                     if any(_digest(base, n) != _digest(new, n) for n in names)}
     texts: dict[str, str] = {}
     where: dict[str, str] = {}
+    moved: dict[str, tuple[int, int]] = {}  # function -> (line in the base, line in the release)
     for f in sorted(headers) + [path]:  # the unit's functions win over a header's of the same name
-        for name, body in _function_texts(analysis, f).items():
+        now = _function_texts(analysis, f, analysis.release)
+        before = _function_texts(analysis, f, 0)
+        for name, (line, body) in now.items():
             texts[name], where[name] = body, f
+            if name in before and before[name][0] != line:
+                moved[name] = (before[name][0], line)
+    inlined_into: dict[str, set[str]] = {}
+    for caller, callees in new.inlined.items():
+        for callee in callees:
+            inlined_into.setdefault(callee, set()).add(caller)
     for fn in sorted(code_changed | {f for f in sources if f in texts or f in groups}):
         in_code = fn in code_changed
         in_source = fn in sources
@@ -401,12 +432,20 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
         if in_code and in_source:
             report.functions.append(FunctionFinding(fn, path, file, "both", f"source {sources[fn]}", symbols))
         elif in_code:
-            why = _clone_reason(fn, groups.get(fn, set()), base, new) or \
-                _why(fn, base, new, sources, macros, headers, changed_data, texts)
+            why = _why(fn, base, new, sources, macros, changed_data, texts)
+            names = groups.get(fn, set())
+            if why is None and fn in moved and _only_constants(names, base, new):
+                report.functions.append(FunctionFinding(
+                    fn, path, file, "line-only",
+                    f"only constants in its code differ and it moved from line {moved[fn][0]} to "
+                    f"{moved[fn][1]}: `__LINE__` values (asserts, warnings); no behaviour change", symbols))
+                continue
+            why = why or _clone_reason(fn, names, base, new) or (
+                "header " + ", ".join(f"`{h}`" for h in sorted(headers)) + " changed" if headers
+                else "its code changed with no source change found (a compiler decision)")
             report.functions.append(FunctionFinding(fn, path, file, "code-only", why, symbols))
         elif in_source and fn in texts:
-            statics = sorted(d for d in changed_data if re.search(
-                r"\bstatic\b[^;]*\b" + re.escape(source_name(d)) + r"\b", texts[fn]))
+            statics = sorted(d for d in changed_data if d.endswith("@" + fn))
             code = new.code.get(fn)
             clones = sorted({_ref_target(r) for r in (code.refs if code else ())
                              if _CLONE.search(_ref_target(r)) and _ref_target(r) in new.code
@@ -416,13 +455,16 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
                        + ", ".join(f"`{c}`" for c in clones) + " it calls, which changed")
             elif fn in groups and statics:
                 why = ("its code did not change; its static local " + ", ".join(
-                    f"`{source_name(d)}`" for d in statics) + " did (data: a live patch cannot change it)")
+                    f"`{d.split('@')[0]}`" for d in statics) + " did (data: a live patch cannot change it)")
             elif fn in groups:
                 why = "its source changed but its code did not (comments, formatting or equivalent code)"
             elif sources[fn] == REMOVED:
                 continue
+            elif fn in inlined_into:
+                why = ("no code of its own: inlined into " + ", ".join(sorted(inlined_into[fn]))
+                       + " (its code is theirs)")
             else:
-                why = "no code of its own in this unit (inlined everywhere, or not compiled in)"
+                why = "not compiled in this configuration (preprocessed away, or unused)"
             report.functions.append(FunctionFinding(fn, path, file, "source-only", why, symbols))
 
 
@@ -431,13 +473,12 @@ def _digest(unit: UnitObject, name: str) -> str | None:
     return code.digest if code is not None else None
 
 
-def _function_texts(analysis: Analysis, path: str) -> dict[str, str]:
-    """Source text of every function of file ``path`` as the release has it."""
+def _function_texts(analysis: Analysis, path: str, release: int) -> dict[str, tuple[int, str]]:
+    """(first line, source text) of every function of file ``path`` in ``release``."""
     from .functions import CSource, split_lines
 
-    data = None
     try:
-        data = analysis.replay.snapshots.read(path, analysis.release)
+        data = analysis.replay.snapshots.read(path, release)
     except KeyError:
         data = analysis.replay.base.read(path)
     if data is None:
@@ -445,7 +486,7 @@ def _function_texts(analysis: Analysis, path: str) -> dict[str, str]:
     out = {}
     for it in CSource(path, split_lines(data)).items():
         if it.kind == "function":
-            out[it.name] = data[it.start_byte:it.end_byte].decode("utf-8", "replace")
+            out[it.name] = (it.start_line, data[it.start_byte:it.end_byte].decode("utf-8", "replace"))
     return out
 
 
@@ -467,7 +508,9 @@ def _clone_reason(fn: str, names: set[str], base: UnitObject, new: UnitObject) -
 
 
 def _why(fn: str, base: UnitObject, new: UnitObject, sources: dict[str, str], macros: set[str],
-         headers: set[str], changed_data: set[str], texts: dict[str, str]) -> str:
+         changed_data: set[str], texts: dict[str, str]) -> str | None:
+    """Why the code of ``fn`` changed though its source did not, where the evidence
+    says: an inlined function, a macro it expands, data it reads."""
     inlined = sorted((new.inlined.get(fn, set()) | base.inlined.get(fn, set())) & set(sources))
     if inlined:
         return "inlined " + ", ".join(f"`{g}`" for g in inlined) + " changed"
@@ -478,13 +521,19 @@ def _why(fn: str, base: UnitObject, new: UnitObject, sources: dict[str, str], ma
     code = new.code.get(fn) or base.code.get(fn)
     reads = sorted({_ref_target(r) for r in (code.refs if code else ())} & changed_data)
     if reads:
-        return "data " + ", ".join(f"`{d}`" for d in reads) + " changed"
-    calls = sorted(g for g in sources if g != fn and re.search(r"\b" + re.escape(g) + r"\s*\(", text))
-    if calls:
-        return "calls " + ", ".join(f"`{g}`" for g in calls) + ", whose code changed"
-    if headers:
-        return "header " + ", ".join(f"`{h}`" for h in sorted(headers)) + " changed"
-    return "its code changed with no source change found (compiler decision)"
+        return "data " + ", ".join(f"`{d.split('@')[0]}`" for d in reads) + " changed"
+    return None
+
+
+def _only_constants(names: set[str], base: UnitObject, new: UnitObject) -> bool:
+    """Do the changed symbols differ only in bytes of their instructions' constants:
+    the same size and the same relocation targets in the same order?"""
+    changed = [n for n in names if _digest(base, n) != _digest(new, n)]
+    for n in changed:
+        a, b = base.code.get(n), new.code.get(n)
+        if a is None or b is None or len(a.body) != len(b.body) or a.refs != b.refs:
+            return False
+    return bool(changed)
 
 
 def summary(report: ObjectReport) -> dict:
@@ -492,6 +541,7 @@ def summary(report: ObjectReport) -> dict:
         "both": len(report.by("both")),
         "code_only": len(report.by("code-only")),
         "source_only": len(report.by("source-only")),
+        "line_only": len(report.by("line-only")),
         "units": len(report.units),
         "compiled": report.compiled,
         "cache_hits": report.cache_hits,
@@ -506,7 +556,7 @@ def to_json(report: ObjectReport) -> dict:
         "functions": [{"function": f.function, "file": f.file, "unit": f.unit, "what": f.what,
                        "reason": f.reason, "symbols": list(f.symbols)} for f in report.functions],
         "data": [{"symbol": d.symbol, "unit": d.unit, "change": d.change, "section": d.section,
-                  "static_local": d.static_local} for d in report.data],
+                  "static_local": d.static_local, "function": d.function} for d in report.data],
         "clones": dict(sorted(report.clones.items())),
         "notes": report.notes,
     }
@@ -518,6 +568,7 @@ def text(report: ObjectReport) -> str:
              f"{s['compiled']} compiled, {s['cache_hits']} from the cache"]
     for what, title in (("code-only", "code changed, source did not (joins the patch)"),
                         ("source-only", "source changed, code did not (dropped from the patch)"),
+                        ("line-only", "only line numbers in the code changed (not patched)"),
                         ("both", "source and code changed")):
         found = report.by(what)
         if found:
@@ -527,7 +578,7 @@ def text(report: ObjectReport) -> str:
     if report.data:
         lines.append("  data changed (not patched; for the lint to judge):")
         lines += [f"    {d.symbol} ({d.unit}, {d.section}): {d.change}"
-                  + (" [static local]" if d.static_local else "") for d in report.data]
+                  + (f" [static local of {d.function}]" if d.static_local else "") for d in report.data]
     lines += [f"  note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

@@ -229,3 +229,20 @@ def test_only_units_that_read_a_changed_header_are_compiled(tmp_path):
     assert _findings(report) == {"use_macro": ("code-only", "macro `SCALE` changed"),
                                  "b_scale": ("code-only", "macro `SCALE` changed")}
     assert report.compiled == 4  # c.c was only preprocessed
+
+
+def test_moved_code_whose_line_numbers_changed_is_not_a_change(tmp_path):
+    unit = '#include <assert.h>\n\nint first(int y)\n{\n\treturn y + 1;\n}\n\n' \
+           'int checked(int y)\n{\n\tassert(y > 0);\n\treturn y * 3;\n}\n'
+    grown = unit.replace("\treturn y + 1;\n", "\tint z = y + 1;\n\n\treturn z * 2;\n")
+    patches, base = make_series(tmp_path, {"src/a.c": unit}, [{"src/a.c": grown}])
+    db = tmp_path / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"), "arguments": ["gcc", "-O2", "-c", "a.c"],
+                               "file": "a.c"}]))
+    report = _check(patches, base, db, tmp_path)
+    got = _findings(report)
+    assert got["first"][0] == "both"
+    assert got["checked"][0] == "line-only" and "moved from line 8 to 10" in got["checked"][1]
+    # NDEBUG: no assert, no line number: nothing to say about checked
+    db.write_text(db.read_text().replace('"-O2"', '"-O2", "-DNDEBUG"'))
+    assert "checked" not in _findings(_check(patches, base, db, tmp_path))
