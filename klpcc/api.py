@@ -70,6 +70,7 @@ class ObjectOptions:
     no_cache: bool = False
     keep_source_only: bool = False
     progress: Callable[[int, int], None] | None = None
+    binary: str | None = None  # the running program built with -g: cross-check its DWARF inlining
 
     def __post_init__(self) -> None:
         if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
@@ -93,7 +94,7 @@ def analyze_objects(opts: AnalyzeOptions, objects: ObjectOptions) -> tuple[Analy
     rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
     analysis = analyse(rep, release, installed)
     report = _objects.check(analysis, commands, jobs=objects.jobs, cache=objects.cache_dir,
-                            progress=objects.progress)
+                            progress=objects.progress, binary=objects.binary)
     return analysis, report
 
 
@@ -141,7 +142,7 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
         build = _commands(objects.commands, base)
         assert build is not None
         report = _objects.check(analysis, build, jobs=objects.jobs, cache=objects.cache_dir,
-                                progress=objects.progress)
+                                progress=objects.progress, binary=objects.binary)
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
                   keep_source_only=bool(objects and objects.keep_source_only))
     return analysis, findings

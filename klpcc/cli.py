@@ -77,6 +77,9 @@ def _object_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--cache", "cache", metavar="DIR", type=click.Path(),
                       help="Object cache (default: ~/.cache/klpcc/objects).")(fn)
     fn = click.option("--no-cache", is_flag=True, help="Compile everything afresh.")(fn)
+    fn = click.option("--binary", "binary", metavar="FILE", type=click.Path(),
+                      help="With --objects: the running program (built with -g); cross-check the "
+                           "inlining its DWARF records.")(fn)
     return fn
 
 
@@ -103,14 +106,14 @@ class _Progress:
 
 
 def _objects(objects: str | None, jobs: int | None, cache: str | None, no_cache: bool,
-             keep_source_only: bool = False) -> ObjectOptions | None:
+             binary: str | None, keep_source_only: bool = False) -> ObjectOptions | None:
     if objects is None:
         for name, value in (("--jobs", jobs), ("--cache", cache), ("--no-cache", no_cache or None),
-                            ("--keep-source-only", keep_source_only or None)):
+                            ("--binary", binary), ("--keep-source-only", keep_source_only or None)):
             if value is not None:
                 raise KlpccError(f"{name} goes with --objects")
         return None
-    return ObjectOptions(objects, jobs, cache, no_cache, keep_source_only, _Progress())
+    return ObjectOptions(objects, jobs, cache, no_cache, keep_source_only, _Progress(), binary)
 
 
 @main.command("analyze")
@@ -123,12 +126,12 @@ def _objects(objects: str | None, jobs: int | None, cache: str | None, no_cache:
 @_guard
 def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
                 release: str | None, fuzz: int, installed: str | None, fmt: str, objects: str | None,
-                jobs: int | None, cache: str | None, no_cache: bool) -> None:
+                jobs: int | None, cache: str | None, no_cache: bool, binary: str | None) -> None:
     """Per-function net change of release R against the base: modified, added,
     removed, and nops (earlier fixes R reverts); with --objects, what the compiled
     code says changed."""
     opts = AnalyzeOptions(series, source, git, release, installed, fuzz)
-    obj = _objects(objects, jobs, cache, no_cache)
+    obj = _objects(objects, jobs, cache, no_cache, binary)
     report = None
     if obj is not None:
         a, report = analyze_objects(opts, obj)
@@ -163,11 +166,11 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
 def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
                 release: str | None, fuzz: int, outdir: str, force: bool, config: str | None,
                 commands: str | None, objects: str | None, jobs: int | None, cache: str | None,
-                no_cache: bool, keep_source_only: bool) -> None:
+                no_cache: bool, binary: str | None, keep_source_only: bool) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
     a, res = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
                             force=force, config=config, compile_commands=commands,
-                            objects=_objects(objects, jobs, cache, no_cache, keep_source_only))
+                            objects=_objects(objects, jobs, cache, no_cache, binary, keep_source_only))
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:

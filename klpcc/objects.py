@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compdb import Command, CompileCommands, Overlay
+from .errors import KlpccError
 from .history import ADDED, MODIFIED, REMOVED, Analysis, Replay
 
 OBJECTS_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fdump-ipa-clones")
@@ -105,6 +106,7 @@ class ObjectReport:
     data: list[DataFinding] = field(default_factory=list)
     clones: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    dwarf: list[dict] = field(default_factory=list)  # changed functions the running binary inlines
 
     def by(self, what: str) -> list[FunctionFinding]:
         return [f for f in self.functions if f.what == what]
@@ -318,11 +320,15 @@ def _units_touched(rep: Replay, release: int, commands: CompileCommands) -> tupl
 
 
 def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = None,
-          cache: Path | None = None, progress: Callable[[int, int], None] | None = None) -> ObjectReport:
-    """Compile the units release R touches, for the base and for R, and compare."""
+          cache: Path | None = None, progress: Callable[[int, int], None] | None = None,
+          binary: str | Path | None = None) -> ObjectReport:
+    """Compile the units release R touches, for the base and for R, and compare;
+    with ``binary`` (the running program, built with ``-g``), cross-check with the
+    inlining its DWARF records."""
     rep = analysis.replay
     release = analysis.release
     report = ObjectReport(analysis.release_name)
+    dwarf = read_dwarf(binary) if binary is not None else None  # a bad binary fails before compiling
     overlay = Overlay(rep, commands)
     compiler = Compiler(overlay, cache)
     try:
@@ -373,6 +379,8 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     finally:
         overlay.close()
     report.functions.sort(key=lambda f: (f.unit, f.function))
+    if dwarf is not None:
+        _cross_check(report, analysis, commands, dwarf)
     return report
 
 
@@ -536,6 +544,109 @@ def _only_constants(names: set[str], base: UnitObject, new: UnitObject) -> bool:
     return bool(changed)
 
 
+@dataclass
+class Dwarf:
+    """What a binary's DWARF says: the functions inlined into each function, and the
+    options each unit was compiled with."""
+
+    inlined: dict[str, set[str]] = field(default_factory=dict)  # caller -> callees inlined into it
+    producers: dict[str, str] = field(default_factory=dict)  # unit name -> DW_AT_producer
+
+
+def read_dwarf(path: str | Path) -> Dwarf:
+    """Inlining records (``DW_TAG_inlined_subroutine`` and its abstract origin) and
+    producers of a binary built with ``-g``."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    shown = str(path)
+    out = Dwarf()
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors are ours)
+    except OSError as exc:
+        raise KlpccError(f"cannot read the binary: {exc.strerror}", patch=shown) from None
+    with fh:
+        try:
+            elf = ELFFile(fh)
+        except ELFError as exc:
+            raise KlpccError(f"is not an ELF binary: {exc}", patch=shown) from None
+        if elf.get_section_by_name(".debug_info") is None and elf.get_section_by_name(".zdebug_info") is None:
+            raise KlpccError("has no DWARF: build it with -g to cross-check inlining", patch=shown)
+        dwarf = elf.get_dwarf_info()
+
+        def name_of(die) -> str | None:
+            for _ in range(4):
+                if "DW_AT_name" in die.attributes:
+                    return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
+                for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
+                    if ref in die.attributes:
+                        die = die.get_DIE_from_attribute(ref)
+                        break
+                else:
+                    return None
+            return None
+
+        def inlined_in(die, into: set[str]) -> None:
+            for child in die.iter_children():
+                if child.tag == "DW_TAG_inlined_subroutine":
+                    callee = name_of(child)
+                    if callee:
+                        into.add(callee)
+                if child.has_children:
+                    inlined_in(child, into)
+
+        for cu in dwarf.iter_CUs():
+            top = cu.get_top_DIE()
+            unit = top.attributes.get("DW_AT_name")
+            producer = top.attributes.get("DW_AT_producer")
+            if unit is not None and producer is not None:
+                out.producers[unit.value.decode("utf-8", "replace")] = \
+                    producer.value.decode("utf-8", "replace")
+            for die in top.iter_children():
+                if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
+                    continue
+                caller = name_of(die)
+                if not caller:
+                    continue
+                callees: set[str] = set()
+                inlined_in(die, callees)
+                if callees:
+                    out.inlined.setdefault(caller, set()).update(callees)
+    return out
+
+
+_OPT = re.compile(r"(?:^|\s)(-O[0-3sgz]?|-flive-patching=\S+)")
+
+
+def _cross_check(report: ObjectReport, analysis: Analysis, commands: CompileCommands, dwarf: Dwarf) -> None:
+    """Every changed function the binary inlines somewhere: are its callers in the
+    patch?  And were the units built with the options the compile commands give?"""
+    changed = _source_changes(analysis)
+    carried = {f.function for f in report.functions if f.what in ("both", "code-only")}
+    for callee in sorted(changed):
+        callers = sorted(c for c, inl in dwarf.inlined.items() if callee in inl and c != callee)
+        if not callers:
+            continue
+        missing = [c for c in callers if c not in carried]
+        report.dwarf.append({"function": callee, "inlined_into": callers, "not_in_patch": missing})
+        if missing:
+            report.notes.append(
+                f"the binary inlines `{callee}` (changed) into {', '.join(missing)}, which the object "
+                "comparison did not find changed: are the compile commands those the binary was built with?")
+    for unit in report.units:
+        cmd = commands.entries.get(unit["path"])
+        producer = next((p for n, p in dwarf.producers.items()
+                         if n == unit["path"] or n.endswith("/" + unit["path"]) or
+                         os.path.basename(n) == os.path.basename(unit["path"])), None)
+        if cmd is None or producer is None:
+            continue
+        built = _OPT.findall(producer)
+        given = _OPT.findall(" ".join(cmd.args))
+        if built and given and built[-1:] != given[-1:]:
+            report.notes.append(f"{unit['path']}: the binary was built with {' '.join(built)}, the compile "
+                                f"command says {' '.join(given)}: object-level answers may differ from it")
+
+
 def summary(report: ObjectReport) -> dict:
     return {
         "both": len(report.by("both")),
@@ -558,6 +669,7 @@ def to_json(report: ObjectReport) -> dict:
         "data": [{"symbol": d.symbol, "unit": d.unit, "change": d.change, "section": d.section,
                   "static_local": d.static_local, "function": d.function} for d in report.data],
         "clones": dict(sorted(report.clones.items())),
+        "dwarf": report.dwarf,
         "notes": report.notes,
     }
 
@@ -579,6 +691,9 @@ def text(report: ObjectReport) -> str:
         lines.append("  data changed (not patched; for the lint to judge):")
         lines += [f"    {d.symbol} ({d.unit}, {d.section}): {d.change}"
                   + (f" [static local of {d.function}]" if d.static_local else "") for d in report.data]
+    for d in report.dwarf:
+        missing = f" (not in the patch: {', '.join(d['not_in_patch'])})" if d["not_in_patch"] else ""
+        lines.append(f"  the binary inlines `{d['function']}` into {', '.join(d['inlined_into'])}{missing}")
     lines += [f"  note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

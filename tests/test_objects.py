@@ -246,3 +246,41 @@ def test_moved_code_whose_line_numbers_changed_is_not_a_change(tmp_path):
     # NDEBUG: no assert, no line number: nothing to say about checked
     db.write_text(db.read_text().replace('"-O2"', '"-O2", "-DNDEBUG"'))
     assert "checked" not in _findings(_check(patches, base, db, tmp_path))
+
+
+def _binary(tmp: Path, base: Path, flags: list[str]) -> Path:
+    """The running program: the base unit built with -g and a main."""
+    main = tmp / "main.c"
+    main.write_text("int use_helper(int);\nint main(void) { return use_helper(3) & 1; }\n")
+    prog = tmp / "prog"
+    import subprocess
+
+    subprocess.run(["gcc", *flags, "-g", str(base / "src" / "a.c"), str(main), "-o", str(prog)], check=True)
+    return prog
+
+
+def test_the_binary_dwarf_confirms_the_inlining(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    prog = _binary(tmp_path, base, ["-O2"])
+    report = _check(patches, base, db, tmp_path, binary=str(prog))
+    assert {"function": "helper", "inlined_into": ["use_helper"], "not_in_patch": []} in report.dwarf
+    assert report.notes == []
+
+
+def test_the_binary_built_otherwise_is_said(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    prog = _binary(tmp_path, base, ["-O2"])
+    db.write_text(db.read_text().replace('"-O2"', '"-O0"'))  # the commands are not the binary's
+    report = _check(patches, base, db, tmp_path, binary=str(prog))
+    assert any("inlines `helper` (changed) into use_helper" in n for n in report.notes), report.notes
+    assert any("built with -O2" in n and "says -O0" in n for n in report.notes), report.notes
+
+
+def test_a_binary_without_dwarf_is_refused(tmp_path):
+    patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
+    prog = _binary(tmp_path, base, ["-O2"])
+    import subprocess
+
+    subprocess.run(["strip", "--strip-debug", str(prog)], check=True)
+    r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--binary", str(prog))
+    assert r.returncode == 2 and "has no DWARF" in r.stderr and str(prog) in r.stderr
