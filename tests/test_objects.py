@@ -6,6 +6,7 @@ gcc and compared with pyelftools."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -253,8 +254,6 @@ def _binary(tmp: Path, base: Path, flags: list[str]) -> Path:
     main = tmp / "main.c"
     main.write_text("int use_helper(int);\nint main(void) { return use_helper(3) & 1; }\n")
     prog = tmp / "prog"
-    import subprocess
-
     subprocess.run(["gcc", *flags, "-g", str(base / "src" / "a.c"), str(main), "-o", str(prog)], check=True)
     return prog
 
@@ -279,8 +278,6 @@ def test_the_binary_built_otherwise_is_said(tmp_path):
 def test_a_binary_without_dwarf_is_refused(tmp_path):
     patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("x * 2 + 1", "x * 2 + 3")}])
     prog = _binary(tmp_path, base, ["-O2"])
-    import subprocess
-
     subprocess.run(["strip", "--strip-debug", str(prog)], check=True)
     r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--binary", str(prog))
     assert r.returncode == 2 and "has no DWARF" in r.stderr and str(prog) in r.stderr
