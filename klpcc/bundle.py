@@ -124,7 +124,9 @@ def _object_sections(doc: dict, report: ObjectReport, keep_source_only: bool) ->
     from . import objects as _objects
 
     functions = list(doc["functions"])
-    source_only = {(f.function, f.file) for f in report.by("source-only")}
+    carried = {(f.function, f.file) for f in report.functions if f.what in ("both", "code-only")}
+    # a header's function one unit inlined away may still have code in another unit
+    source_only = {(f.function, f.file) for f in report.by("source-only")} - carried
     if not keep_source_only:
         functions = [f for f in functions if (f["name"], f["file"]) not in source_only]
     listed = {(f["name"], f["file"]) for f in functions}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -220,8 +221,13 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     sys.exit(EXIT_FINDINGS if res.fails(error_on) else 0)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)  # unwinds, so scratch directories are removed
+
+
 def run() -> None:
     """Entry point: like :func:`main`, with usage errors on one line too."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
 import shutil
 import tempfile
@@ -20,6 +21,9 @@ from .history import Replay
 _DROP_WITH_ARG = {"-o", "-MF", "-MT", "-MQ", "-include-pch", "-dumpdir", "-dumpbase"}
 _INCLUDE_FLAGS = ("-iquote", "-isystem", "-idirafter", "-I")
 _DROP = ("-c", "-M", "-MM", "-MD", "-MMD", "-MP", "-Werror", "-pipe", "-S", "-E")
+_DROP_PREFIXES = ("-Werror", "-o", "-Wp,-M", "-flto")
+_FILE_FLAGS = ("-include", "-imacros")  # a file argument that may be one the series touches
+_SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".C", ".i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +65,15 @@ class CompileCommands:
                     raise KlpccError(f"entry {i}: cannot split its command: {exc}", patch=shown) from None
             else:
                 raise KlpccError(f"entry {i} needs 'arguments' or 'command'", patch=shown)
-            full = Path(entry["directory"], entry["file"])
+            directory = entry["directory"]
+            if not os.path.isabs(directory):  # relative to the database's own directory
+                directory = str((self.path.parent / directory).resolve())
+            if not entry["file"].endswith(_SOURCE_SUFFIXES):
+                continue  # a header (a precompiled one) is no translation unit
+            full = Path(directory, entry["file"])
             rel = self._relative(full)
             if rel is not None:
-                self.entries.setdefault(rel, Command(entry["directory"], args, entry["file"]))
+                self.entries.setdefault(rel, Command(directory, args, entry["file"]))
 
     def _relative(self, full: Path) -> str | None:
         if self.root is None:
@@ -122,9 +131,35 @@ class Overlay:
                 target = root / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
+            self._siblings(root)
             root.mkdir(parents=True, exist_ok=True)
             self._dirs[release] = root
         return self._dirs[release]
+
+    def _siblings(self, root: Path) -> None:
+        """Copy the untouched headers beside each touched one: a header that includes
+        a touched neighbour with quotes finds it in its own directory first, so it must
+        be read from the overlay too."""
+        touched = set(self.rep.snapshots.paths())
+        dirs = {posixpath.dirname(p) for p in touched if not p.endswith(_SOURCE_SUFFIXES)}
+        for d in sorted(dirs):
+            src_dir = self.root / d
+            try:
+                names = sorted(os.listdir(src_dir))
+            except OSError:
+                continue
+            for name in names[:5000]:
+                if not name.endswith((".h", ".hh", ".hpp", ".inc", ".def")):
+                    continue
+                target = root / d / name
+                if posixpath.join(d, name) in touched or target.exists():
+                    continue  # the release's own version (or its absence) stands
+                try:
+                    data = (src_dir / name).read_bytes()
+                except OSError:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
 
     def argv(self, release: int, path: str, cmd: Command) -> tuple[list[str], Path]:
         """The compile command of unit ``path`` for ``release``, without its output,
@@ -153,8 +188,16 @@ class Overlay:
             if a in _DROP_WITH_ARG:
                 i += 1
                 continue
-            if a in _DROP or a.startswith(("-Werror", "-o")) or (
+            if a in _DROP or a.startswith(_DROP_PREFIXES) or (
                     not a.startswith("-") and str(Path(cmd.directory, a).resolve()) == source_abs):
+                continue
+            if a in _FILE_FLAGS and i < len(rest):  # -include config.h: the release's copy
+                target = Path(cmd.directory, rest[i]).resolve()
+                i += 1
+                inside = target == root or root in target.parents
+                if inside and (overlay / target.relative_to(root)).exists():
+                    target = overlay / target.relative_to(root)
+                out += [a, str(target)]
                 continue
             flag = next((f for f in _INCLUDE_FLAGS if a.startswith(f)), None)
             if flag is not None:
@@ -169,5 +212,6 @@ class Overlay:
                 continue
             out.append(a)
         out.append(f"-iquote{Path(source_abs).parent}")
+        out.append("-fno-lto")  # objects with code in them, not LTO bytecode
         return [compiler, *out], src
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -134,6 +135,16 @@ class Compiler:
     def __init__(self, overlay: Overlay, cache: Path | None):
         self.overlay = overlay
         self.cache = cache
+        self._identities: dict[tuple[str, str], str] = {}
+
+    def identity(self, compiler: str, cwd: str) -> str:
+        """The compiler as the cache knows it: its path, version and target."""
+        key = (compiler, cwd)
+        if key not in self._identities:
+            path = shutil.which(compiler, path=os.environ.get("PATH")) or compiler
+            proc = self._run([compiler, "-dumpfullversion", "-dumpmachine"], cwd)
+            self._identities[key] = f"{os.path.realpath(path)} {proc.stdout.decode(errors='replace').split()}"
+        return self._identities[key]
 
     def _run(self, argv: list[str], cwd: str) -> subprocess.CompletedProcess:
         try:
@@ -161,12 +172,15 @@ class Compiler:
                 continue
         if deps_only:
             return None, b"", False, files
-        flags = [a for a in argv if not a.startswith(overlay_dir)]
-        key = hashlib.sha256("\0".join([*flags, *OBJECTS_FLAGS]).encode() + b"\0" + text).hexdigest()
+        flags = [a.replace(overlay_dir, "<overlay>") for a in argv]
+        key = hashlib.sha256("\0".join([self.identity(argv[0], cmd.directory), *flags, *OBJECTS_FLAGS])
+                             .encode() + b"\0" + text).hexdigest()
         if self.cache is not None:
             obj, ipa = self.cache / f"{key}.o", self.cache / f"{key}.ipa-clones"
             if obj.exists() and ipa.exists():
-                return obj, ipa.read_bytes(), True, files
+                if _readable(obj):
+                    return obj, ipa.read_bytes(), True, files
+                obj.unlink(missing_ok=True)  # a damaged entry: compile again
         work = Path(tempfile.mkdtemp(prefix="unit-", dir=self.overlay.scratch))
         out = work / "unit.o"
         proc = self._run([*argv, prefix_map, *OBJECTS_FLAGS, "-c", str(src), "-o", str(out)], cmd.directory)
@@ -188,6 +202,32 @@ class Compiler:
 
 class _Failed(Exception):
     pass
+
+
+def _readable(obj: Path) -> bool:
+    """Is ``obj`` a whole ELF object (every section's data within the file)?"""
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(obj, "rb") as fh:
+            elf = ELFFile(fh)
+            for sec in elf.iter_sections():
+                if sec["sh_type"] != "SHT_NOBITS":
+                    sec.data()
+        return True
+    except Exception:  # pyelftools raises several kinds on a damaged file
+        return False
+
+
+def _check_cache(cache: Path) -> None:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=cache, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise KlpccError(f"cannot use the object cache {cache}: {exc.strerror or exc} "
+                         "(give another --cache, or --no-cache)") from None
 
 
 def _first_error(stderr: bytes) -> str:
@@ -283,10 +323,21 @@ def read_object(obj: Path, ipa_clones: bytes) -> UnitObject:
                     if what == "sym" and _LOCAL_SUFFIX.search(target) and not _CLONE.search(target):
                         owners.setdefault(target, set()).add(source_name(name))
 
+        keys: dict[str, str] = {}
+        taken: set[str] = set()
+        for name, *_ in raw:  # symbol-table order: declaration order within a function
+            plain = _LOCAL_SUFFIX.sub("", name)
+            owner = sorted(owners[name])[0] if name in owners else None
+            k = f"{plain}@{owner}" if owner else _normal(name)
+            n = 1
+            while k in taken and owner:  # two `static int n` in one function
+                n += 1
+                k = f"{plain}#{n}@{owner}"
+            taken.add(k)
+            keys[name] = k
+
         def key(name: str) -> str:
-            if name in owners:
-                return f"{_LOCAL_SUFFIX.sub('', name)}@{sorted(owners[name])[0]}"
-            return _normal(name)
+            return keys.get(name) or _normal(name)
 
         for name, kind, secname, body, refs in raw:
             shown = tuple(f"{key(t)}{a:+d}" if what == "sym" else t for _, (what, t, a) in refs)
@@ -313,9 +364,22 @@ def _reloc_name(elf, rtype: int) -> str:
 # --------------------------------------------------------------------------- compare
 
 
-def _units_touched(rep: Replay, release: int, commands: CompileCommands) -> tuple[list[str], set[str]]:
+def _units_touched(rep: Replay, release: int, commands: CompileCommands,
+                   report: ObjectReport) -> tuple[list[str], set[str]]:
     changed = set(rep.snapshots.changed_paths(release))
-    units = sorted(p for p in commands.entries if p in changed)
+    units = []
+    for p in sorted(changed):
+        if not p.endswith((".c", ".cc", ".cpp", ".cxx")):
+            continue
+        if p not in commands.entries:
+            report.notes.append(f"{p}: the release changes it but the compilation database has no "
+                                "entry for it: not compared")
+        elif rep.snapshots.read(p, release) is None:
+            report.notes.append(f"{p}: deleted by the release: its functions are removed, nothing to compile")
+        elif rep.snapshots.read(p, 0) is None:
+            report.notes.append(f"{p}: added by the release: all its functions are new")
+        else:
+            units.append(p)
     return units, changed
 
 
@@ -329,10 +393,12 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     release = analysis.release
     report = ObjectReport(analysis.release_name)
     dwarf = read_dwarf(binary) if binary is not None else None  # a bad binary fails before compiling
+    if cache is not None:
+        _check_cache(cache)
     overlay = Overlay(rep, commands)
     compiler = Compiler(overlay, cache)
     try:
-        units, changed = _units_touched(rep, release, commands)
+        units, changed = _units_touched(rep, release, commands, report)
         headers = sorted(p for p in changed if p not in commands.entries)
         others = [p for p in commands.entries if p not in units] if headers else []
         jobs = max(1, jobs or os.cpu_count() or 1)
@@ -374,8 +440,12 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
                                  "cached": int(base[2]) + int(new[2]),
                                  "headers": sorted(new[3] & changed - {p})})
             assert base[0] is not None and new[0] is not None
-            _compare(p, read_object(base[0], base[1]), read_object(new[0], new[1]), new[3] & changed - {p},
-                     analysis, report)
+            try:
+                before, after = read_object(base[0], base[1]), read_object(new[0], new[1])
+            except Exception as exc:  # pyelftools' own errors on a damaged object
+                report.notes.append(f"{p}: cannot read its object: {type(exc).__name__}: {exc}")
+                continue
+            _compare(p, before, after, new[3] & changed - {p}, analysis, report, reads=new[3])
     finally:
         overlay.close()
     report.functions.sort(key=lambda f: (f.unit, f.function))
@@ -384,18 +454,23 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     return report
 
 
-def _source_changes(analysis: Analysis) -> dict[str, str]:
-    """Function name -> its source change in the release (modified, added, removed)."""
+def _source_changes(analysis: Analysis, files: set[str] | None = None) -> dict[str, str]:
+    """Function name -> its source change in the release (modified, added, removed);
+    with ``files``, only the functions a unit reading those files can define (a
+    ``static`` function belongs to its file)."""
     out: dict[str, str] = {}
     for e in analysis.functions:
-        if e.change in (MODIFIED, ADDED, REMOVED):
-            out[e.name] = e.change
+        if e.change not in (MODIFIED, ADDED, REMOVED):
+            continue
+        if files is not None and e.static and not (set(e.files) & files or e.file in files):
+            continue
+        out[e.name] = e.change
     return out
 
 
 def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], analysis: Analysis,
-             report: ObjectReport) -> None:
-    sources = _source_changes(analysis)
+             report: ObjectReport, reads: set[str] | None = None) -> None:
+    sources = _source_changes(analysis, {path} | set(reads or ()))
     macros = {e.name for e in analysis.outside
               if e.kind == "macro" and e.change in (MODIFIED, ADDED, REMOVED)}
     changed_data = set()
@@ -418,6 +493,17 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
         report.clones[clone] = origin
     code_changed = {fn for fn, names in groups.items()
                     if any(_digest(base, n) != _digest(new, n) for n in names)}
+    # read-only data (a const table, a switch's lookup table) travels with the code that
+    # reads it: a function whose read-only data changed is changed
+    readonly = {d for d in changed_data if _readonly((new.code.get(d) or base.code.get(d)).section)}
+    reads_readonly: dict[str, list[str]] = {}
+    for fn, names in groups.items():
+        targets = {_ref_target(r) for n in names for c in (base.code.get(n), new.code.get(n)) if c
+                   for r in c.refs}
+        hit = sorted(targets & readonly)
+        if hit:
+            reads_readonly[fn] = hit
+            code_changed.add(fn)
     texts: dict[str, str] = {}
     where: dict[str, str] = {}
     moved: dict[str, tuple[int, int]] = {}  # function -> (line in the base, line in the release)
@@ -439,10 +525,16 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
         file = where.get(fn, path)
         if in_code and in_source:
             report.functions.append(FunctionFinding(fn, path, file, "both", f"source {sources[fn]}", symbols))
+        elif in_code and fn in reads_readonly and all(_digest(base, n) == _digest(new, n)
+                                                      for n in groups.get(fn, ())):
+            report.functions.append(FunctionFinding(
+                fn, path, file, "code-only" if not in_source else "both",
+                "its read-only data " + ", ".join(f"`{d.split('@')[0]}`" for d in reads_readonly[fn])
+                + " changed (it travels with the patched function)", symbols))
         elif in_code:
             why = _why(fn, base, new, sources, macros, changed_data, texts)
             names = groups.get(fn, set())
-            if why is None and fn in moved and _only_constants(names, base, new):
+            if why is None and fn in moved and _only_constants(names, base, new, moved[fn][1] - moved[fn][0]):
                 report.functions.append(FunctionFinding(
                     fn, path, file, "line-only",
                     f"only constants in its code differ and it moved from line {moved[fn][0]} to "
@@ -533,15 +625,41 @@ def _why(fn: str, base: UnitObject, new: UnitObject, sources: dict[str, str], ma
     return None
 
 
-def _only_constants(names: set[str], base: UnitObject, new: UnitObject) -> bool:
-    """Do the changed symbols differ only in bytes of their instructions' constants:
-    the same size and the same relocation targets in the same order?"""
+def _readonly(section: str) -> bool:
+    return section.startswith((".rodata", ".data.rel.ro"))
+
+
+def _only_constants(names: set[str], base: UnitObject, new: UnitObject, delta: int) -> bool:
+    """Do the changed symbols differ only in constants that grew by ``delta`` -- the
+    lines the function moved (``__LINE__``) -- with the same size and relocations?"""
     changed = [n for n in names if _digest(base, n) != _digest(new, n)]
     for n in changed:
         a, b = base.code.get(n), new.code.get(n)
         if a is None or b is None or len(a.body) != len(b.body) or a.refs != b.refs:
             return False
+        if not _differs_by(a.body, b.body, delta):
+            return False
     return bool(changed)
+
+
+def _differs_by(old: bytes, new: bytes, delta: int) -> bool:
+    """Is every difference between ``old`` and ``new`` inside a little-endian 32-bit
+    field whose value grew by exactly ``delta``?"""
+    i, n = 0, len(old)
+    while i < n:
+        if old[i] == new[i]:
+            i += 1
+            continue
+        for start in range(max(0, i - 3), i + 1):
+            if start + 4 <= n:
+                a = int.from_bytes(old[start:start + 4], "little")
+                b = int.from_bytes(new[start:start + 4], "little")
+                if (b - a) & 0xFFFFFFFF == delta & 0xFFFFFFFF:
+                    i = start + 4
+                    break
+        else:
+            return False
+    return True
 
 
 @dataclass
@@ -556,11 +674,10 @@ class Dwarf:
 def read_dwarf(path: str | Path) -> Dwarf:
     """Inlining records (``DW_TAG_inlined_subroutine`` and its abstract origin) and
     producers of a binary built with ``-g``."""
-    from elftools.common.exceptions import ELFError
+    from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
     from elftools.elf.elffile import ELFFile
 
     shown = str(path)
-    out = Dwarf()
     try:
         fh = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors are ours)
     except OSError as exc:
@@ -570,48 +687,56 @@ def read_dwarf(path: str | Path) -> Dwarf:
             elf = ELFFile(fh)
         except ELFError as exc:
             raise KlpccError(f"is not an ELF binary: {exc}", patch=shown) from None
-        if elf.get_section_by_name(".debug_info") is None and elf.get_section_by_name(".zdebug_info") is None:
-            raise KlpccError("has no DWARF: build it with -g to cross-check inlining", patch=shown)
-        dwarf = elf.get_dwarf_info()
+        try:
+            return _read_dwarf(elf, shown)
+        except (ELFError, ELFParseError, DWARFError, ValueError, KeyError, EOFError) as exc:
+            raise KlpccError(f"its DWARF cannot be read: {exc}", patch=shown) from None
 
-        def name_of(die) -> str | None:
-            for _ in range(4):
-                if "DW_AT_name" in die.attributes:
-                    return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
-                for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
-                    if ref in die.attributes:
-                        die = die.get_DIE_from_attribute(ref)
-                        break
-                else:
-                    return None
-            return None
 
-        def inlined_in(die, into: set[str]) -> None:
-            for child in die.iter_children():
-                if child.tag == "DW_TAG_inlined_subroutine":
-                    callee = name_of(child)
-                    if callee:
-                        into.add(callee)
-                if child.has_children:
-                    inlined_in(child, into)
+def _read_dwarf(elf, shown: str) -> Dwarf:
+    out = Dwarf()
+    if elf.get_section_by_name(".debug_info") is None and elf.get_section_by_name(".zdebug_info") is None:
+        raise KlpccError("has no DWARF: build it with -g to cross-check inlining", patch=shown)
+    dwarf = elf.get_dwarf_info()
 
-        for cu in dwarf.iter_CUs():
-            top = cu.get_top_DIE()
-            unit = top.attributes.get("DW_AT_name")
-            producer = top.attributes.get("DW_AT_producer")
-            if unit is not None and producer is not None:
-                out.producers[unit.value.decode("utf-8", "replace")] = \
-                    producer.value.decode("utf-8", "replace")
-            for die in top.iter_children():
-                if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
-                    continue
-                caller = name_of(die)
-                if not caller:
-                    continue
-                callees: set[str] = set()
-                inlined_in(die, callees)
-                if callees:
-                    out.inlined.setdefault(caller, set()).update(callees)
+    def name_of(die) -> str | None:
+        for _ in range(4):
+            if "DW_AT_name" in die.attributes:
+                return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
+            for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
+                if ref in die.attributes:
+                    die = die.get_DIE_from_attribute(ref)
+                    break
+            else:
+                return None
+        return None
+
+    def inlined_in(die, into: set[str]) -> None:
+        for child in die.iter_children():
+            if child.tag == "DW_TAG_inlined_subroutine":
+                callee = name_of(child)
+                if callee:
+                    into.add(callee)
+            if child.has_children:
+                inlined_in(child, into)
+
+    for cu in dwarf.iter_CUs():
+        top = cu.get_top_DIE()
+        unit = top.attributes.get("DW_AT_name")
+        producer = top.attributes.get("DW_AT_producer")
+        if unit is not None and producer is not None:
+            out.producers[unit.value.decode("utf-8", "replace")] = \
+                producer.value.decode("utf-8", "replace")
+        for die in top.iter_children():
+            if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
+                continue
+            caller = name_of(die)
+            if not caller:
+                continue
+            callees: set[str] = set()
+            inlined_in(die, callees)
+            if callees:
+                out.inlined.setdefault(caller, set()).update(callees)
     return out
 
 

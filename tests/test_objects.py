@@ -281,3 +281,98 @@ def test_a_binary_without_dwarf_is_refused(tmp_path):
     subprocess.run(["strip", "--strip-debug", str(prog)], check=True)
     r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--binary", str(prog))
     assert r.returncode == 2 and "has no DWARF" in r.stderr and str(prog) in r.stderr
+
+
+# --------------------------------------------------------------------------- review cases
+
+
+def _units(tmp: Path, base: dict[str, str], release: dict[str, str], args: list[str] | None = None,
+           units: tuple[str, ...] = ("a.c",)) -> tuple[Path, Path, Path]:
+    patches, root = make_series(tmp, base, [release])
+    db = tmp / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(root / "src"), "file": u,
+                               "arguments": ["gcc", "-O2", *(args or []), "-c", u]} for u in units]))
+    return patches, root, db
+
+
+def test_read_only_tables_travel_with_their_function(tmp_path):
+    unit = ('const char *level_name(int i)\n{\n\tstatic const char *const names[] = { "low", "high" };\n'
+            '\treturn names[i & 1];\n}\n\nint sw(int x)\n{\n\tswitch (x) {\n\tcase 0: return 11;\n'
+            '\tcase 1: return 22;\n\tcase 2: return 33;\n\tcase 3: return 44;\n'
+            '\tdefault: return 0;\n\t}\n}\n')
+    new = unit.replace('"high"', '"HIGH"').replace("return 33", "return 35")
+    patches, base, db = _units(tmp_path, {"src/a.c": unit}, {"src/a.c": new})
+    got = _findings(_check(patches, base, db, tmp_path))
+    assert got["level_name"][0] in ("both", "code-only") and got["sw"][0] in ("both", "code-only"), got
+
+
+def test_constants_that_are_not_line_numbers_are_a_change(tmp_path):
+    unit = "#include <assert.h>\n\nenum { LIMIT = 10 };\n\nint check_limit(int v)\n{\n" \
+           "\tassert(v >= 0);\n\treturn v > LIMIT ? LIMIT : v;\n}\n"
+    new = unit.replace("LIMIT = 10 };", "LIMIT = 20 };\n/* raised */")
+    patches, base, db = _units(tmp_path, {"src/a.c": unit}, {"src/a.c": new})
+    got = _findings(_check(patches, base, db, tmp_path))
+    assert got["check_limit"][0] == "code-only", got
+
+
+def test_headers_reached_through_an_untouched_header_and_include_flags(tmp_path):
+    files = {"src/val.h": "#define VAL 3\n", "src/wrap.h": '#include "val.h"\n#define WRAP(x) ((x) + VAL)\n',
+             "src/config.h": "#define FACTOR 3\n",
+             "src/a.c": '#include "wrap.h"\n\nint use_wrap(int x)\n{\n\treturn WRAP(x);\n}\n\n'
+                        "int scale(int x)\n{\n\treturn x * FACTOR;\n}\n"}
+    patches, base, db = _units(tmp_path, files, {"src/val.h": "#define VAL 7\n",
+                                                 "src/config.h": "#define FACTOR 5\n"},
+                               ["-include", "config.h", "-flto", "-Wp,-MMD,.a.o.d"])
+    report = _check(patches, base, db, tmp_path)
+    got = _findings(report)
+    assert got["use_wrap"][0] == "code-only" and got["scale"] == ("code-only", "macro `FACTOR` changed")
+    assert not (base / "src" / ".a.o.d").exists()  # nothing written into the tree
+
+
+def test_same_static_name_in_two_units_and_a_header_inline_kept_by_one(tmp_path):
+    header = "static inline int clamp(int v) { return v > 100 ? 100 : v; }\n#define SCALE 3\n"
+    a = '#include "util.h"\nstatic int helper(int x)\n{\n\treturn x + 1;\n}\n' \
+        "int use_a(int x)\n{\n\treturn helper(x) + clamp(x);\n}\n"
+    b = '#include "util.h"\nstatic int __attribute__((noinline)) helper(int x)\n{\n\treturn x * SCALE;\n}\n' \
+        "int (*keep)(int) = clamp;\nint use_b(int x)\n{\n\treturn helper(x);\n}\n"
+    patches, base, db = _units(tmp_path, {"src/util.h": header, "src/a.c": a, "src/b.c": b},
+                               {"src/a.c": a.replace("x + 1", "x + 2"),
+                                "src/util.h": header.replace("SCALE 3", "SCALE 4").replace("100", "99")},
+                               units=("a.c", "b.c"))
+    report = _check(patches, base, db, tmp_path)
+    by_unit = {(f.function, f.unit): f for f in report.functions}
+    assert by_unit[("helper", "src/b.c")].what == "code-only"  # its macro changed, not a.c's helper
+    assert by_unit[("helper", "src/b.c")].reason == "macro `SCALE` changed"
+    out = tmp_path / "bundle"
+    r = klpcc("compile", str(patches), "--source", str(base), "--objects", str(db), "--no-cache",
+              "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    names = {(f["name"], f["file"]) for f in json.loads((out / "manifest.json").read_text())["functions"]}
+    assert ("clamp", "src/util.h") in names  # b.c keeps an out-of-line copy that changed
+
+
+def test_cache_problems(tmp_path):
+    files = {"src/inc/x.h": "#define X 1\n", "src/a.c": '#include "x.h"\nint f(void)\n{\n\treturn X;\n}\n'}
+    patches, base, db = _units(tmp_path, files, {"src/inc/x.h": "#define X 2\n"}, ["-Iinc"])
+    first, second = _check(patches, base, db, tmp_path), _check(patches, base, db, tmp_path)
+    assert (first.compiled, second.compiled, second.cache_hits) == (2, 0, 2)  # -I into the tree hits
+    for obj in (tmp_path / "cache").glob("*.o"):
+        obj.write_bytes(obj.read_bytes()[:10])  # damaged entries are compiled again
+    third = _check(patches, base, db, tmp_path)
+    assert third.compiled == 2 and _findings(third) == _findings(first)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = klpcc("analyze", str(patches), "--source", str(base), "--objects", str(db), "--cache", str(blocker))
+    assert r.returncode == 2 and "cannot use the object cache" in r.stderr
+
+
+def test_entries_the_check_cannot_use_are_said(tmp_path):
+    files = {"src/a.c": "int f(void)\n{\n\treturn 1;\n}\n", "src/b.c": "int g(void)\n{\n\treturn 1;\n}\n",
+             "src/u.h": "#define U 1\n"}
+    release = {"src/a.c": None, "src/b.c": files["src/b.c"].replace("1", "2"), "src/u.h": "#define U 2\n"}
+    patches, base, db = _units(tmp_path, files, release, units=("a.c", "u.h"))
+    report = _check(patches, base, db, tmp_path)
+    assert report.units == []
+    assert any("src/a.c: deleted by the release" in n for n in report.notes), report.notes
+    assert any("src/b.c: the release changes it but the compilation database has no entry" in n
+               for n in report.notes), report.notes
