@@ -534,7 +534,8 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
         elif in_code:
             why = _why(fn, base, new, sources, macros, changed_data, texts)
             names = groups.get(fn, set())
-            if why is None and fn in moved and _only_constants(names, base, new, moved[fn][1] - moved[fn][0]):
+            deltas = {b - a for a, b in moved.values()}  # inlined functions carry their own lines
+            if why is None and fn in moved and _only_constants(names, base, new, deltas):
                 report.functions.append(FunctionFinding(
                     fn, path, file, "line-only",
                     f"only constants in its code differ and it moved from line {moved[fn][0]} to "
@@ -629,22 +630,24 @@ def _readonly(section: str) -> bool:
     return section.startswith((".rodata", ".data.rel.ro"))
 
 
-def _only_constants(names: set[str], base: UnitObject, new: UnitObject, delta: int) -> bool:
-    """Do the changed symbols differ only in constants that grew by ``delta`` -- the
-    lines the function moved (``__LINE__``) -- with the same size and relocations?"""
+def _only_constants(names: set[str], base: UnitObject, new: UnitObject, deltas: set[int]) -> bool:
+    """Do the changed symbols differ only in constants that grew by one of ``deltas``
+    -- the lines the unit's functions moved (``__LINE__``) -- with the same size and
+    relocations?"""
     changed = [n for n in names if _digest(base, n) != _digest(new, n)]
     for n in changed:
         a, b = base.code.get(n), new.code.get(n)
         if a is None or b is None or len(a.body) != len(b.body) or a.refs != b.refs:
             return False
-        if not _differs_by(a.body, b.body, delta):
+        if not _differs_by(a.body, b.body, deltas):
             return False
     return bool(changed)
 
 
-def _differs_by(old: bytes, new: bytes, delta: int) -> bool:
+def _differs_by(old: bytes, new: bytes, deltas: set[int]) -> bool:
     """Is every difference between ``old`` and ``new`` inside a little-endian 32-bit
-    field whose value grew by exactly ``delta``?"""
+    field whose value grew by one of ``deltas``?"""
+    wanted = {d & 0xFFFFFFFF for d in deltas}
     i, n = 0, len(old)
     while i < n:
         if old[i] == new[i]:
@@ -654,7 +657,7 @@ def _differs_by(old: bytes, new: bytes, delta: int) -> bool:
             if start + 4 <= n:
                 a = int.from_bytes(old[start:start + 4], "little")
                 b = int.from_bytes(new[start:start + 4], "little")
-                if (b - a) & 0xFFFFFFFF == delta & 0xFFFFFFFF:
+                if (b - a) & 0xFFFFFFFF in wanted:
                     i = start + 4
                     break
         else:
