@@ -108,19 +108,25 @@ def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None
 
 
 def lint(opts: AnalyzeOptions, config: str | Path | None = None,
-         compile_commands: str | Path | None = None) -> LintResult:
+         compile_commands: str | Path | None = None, objects: ObjectOptions | None = None) -> LintResult:
     """Check that release R can replace every earlier release (or ``--from`` K) by
     the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
     beside the series is used when there is one.  With ``compile_commands`` (a
-    ``compile_commands.json`` for the base tree), struct layouts are the compiler's."""
+    ``compile_commands.json`` for the base tree), struct layouts are the compiler's;
+    with ``objects``, the object-level check finds data the compiled release changes."""
     series, base = load(opts.series, opts.git, opts.source)
     release = series.index(opts.release, "release")
     installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
+    build = _commands(objects.commands, base) if objects is not None else None
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
-    return check(rep, release, installed, cfg, commands)
+    report = None
+    if objects is not None and build is not None:
+        report = _objects.check(analyse(rep, release), build, jobs=objects.jobs, cache=objects.cache_dir,
+                                progress=objects.progress, binary=objects.binary)
+    return check(rep, release, installed, cfg, commands, report)
 
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,

@@ -199,15 +199,18 @@ EXIT_FINDINGS = 1
               help="compile_commands.json of the base tree: compare struct layouts as compiled.")
 @click.option("-o", "--output", "output", metavar="FILE", type=click.Path(),
               help="Write the report to FILE instead of standard output.")
+@_object_options
 @_guard
 def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
              release: str | None, fuzz: int, installed: str | None, fmt: str, error_on: str,
-             config: str | None, commands: str | None, output: str | None) -> None:
+             config: str | None, commands: str | None, output: str | None, objects: str | None,
+             jobs: int | None, cache: str | None, no_cache: bool, binary: str | None) -> None:
     """Check that release R can safely replace every earlier release (or K): system
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
-    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands)
+    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
+               _objects(objects, jobs, cache, no_cache, binary))
     if fmt == "json":
         text = dump_json(lint_json(res)) + "\n"
     elif fmt == "sarif":

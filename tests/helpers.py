@@ -92,4 +92,5 @@ LINT_RULES = {
     "U004": ("unpatchable-function", "error"),
     "U005": ("header-inline-changed", "error"),
     "U006": ("inline-function-changed", "warning"),
+    "U007": ("data-changed", "error"),
 }

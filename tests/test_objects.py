@@ -376,3 +376,21 @@ def test_entries_the_check_cannot_use_are_said(tmp_path):
     assert any("src/a.c: deleted by the release" in n for n in report.notes), report.notes
     assert any("src/b.c: the release changes it but the compilation database has no entry" in n
                for n in report.notes), report.notes
+
+
+def test_lint_judges_the_data_the_objects_find(tmp_path):
+    unit = UNIT + "\nint limit = 5;\n\nint get_limit(void)\n{\n\treturn limit;\n}\n"
+    release = unit.replace("calls = 5", "calls = 6").replace("limit = 5;", "limit = 7;")
+    patches, base = make_series(tmp_path, {"src/util.h": HEADER, "src/a.c": unit}, [{"src/a.c": release}])
+    db = tmp_path / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"), "arguments": ["gcc", "-O2", "-c", "a.c"],
+                               "file": "a.c"}]))
+    r = klpcc("lint", str(patches), "--source", str(base), "--objects", str(db), "--no-cache",
+              "--format", "json")
+    assert r.returncode == 1, r.stderr
+    found = [(f["rule"], f["message"]) for f in json.loads(r.stdout)["findings"]]
+    u007 = [m for rule, m in found if rule == "U007"]
+    assert len(u007) == 1 and "static local `calls` of counter()" in u007[0], found
+    assert [rule for rule, m in found if "limit" in m] == ["U002"]  # said once, by the source rule
+    plain = klpcc("lint", str(patches), "--source", str(base), "--format", "json")
+    assert "U007" not in {f["rule"] for f in json.loads(plain.stdout)["findings"]}

@@ -55,20 +55,21 @@ def release_facts(rep: Replay, upto: int, config: Config | None = None,
 
 
 def check(rep: Replay, release: int, installed: int | None = None,
-          config: Config | None = None, commands: CompileCommands | None = None) -> LintResult:
+          config: Config | None = None, commands: CompileCommands | None = None,
+          objects=None) -> LintResult:
     """Lint ``release`` against ``installed`` or, without it, every earlier release.
     Every release up to the later of the two must have been kept in the replay.
     With ``commands`` (a compilation database), struct layouts are the compiler's."""
     layouts = Layouts(rep, commands) if commands is not None else None
     try:
-        return _check(rep, release, installed, config, layouts)
+        return _check(rep, release, installed, config, layouts, objects)
     finally:
         if layouts is not None:
             layouts.close()
 
 
 def _check(rep: Replay, release: int, installed: int | None, config: Config | None,
-           layouts: Layouts | None) -> LintResult:
+           layouts: Layouts | None, objects=None) -> LintResult:
     against = [installed] if installed is not None else list(range(1, release))
     x = Extractor(rep, layouts)
     facts = release_facts(rep, max(release, installed or 0), config, x)
@@ -81,6 +82,8 @@ def _check(rep: Replay, release: int, installed: int | None, config: Config | No
     checker.queries()
     checker.shadows([k for k in against if k != release])
     checker.unsupported()
+    if objects is not None:  # an ObjectReport: what the compiled release changes in data
+        checker.data(objects)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings = sorted(checker.findings, key=lambda f: (
         order[f.severity], f.rule.id, f.site.file if f.site else "", f.site.line if f.site else 0))

@@ -95,6 +95,12 @@ RULES: tuple[Rule, ...] = (
          "A live patch replaces functions, not data: the running program keeps the old value.",
          "Set the new value in a post_patch callback (and restore it in post_unpatch), or "
          "use a new variable."),
+    Rule("U007", "data-changed", ERROR,
+         "The compiled release changes data the running program already holds.",
+         "A live patch replaces functions, not data: a changed static local or global keeps "
+         "its old value in the running program (found by the object-level check).",
+         "Set the new value in a post_patch callback, or keep the data and add a new variable "
+         "or a shadow variable."),
     Rule("U003", "signature-changed", ERROR,
          "A patched function's signature changed while some of its callers are not patched.",
          "Unpatched callers keep calling the new code with the old arguments.",
@@ -384,6 +390,29 @@ class Checker:
                          f"({e.file}); callers that may hold an inlined copy and are not patched: "
                          f"{who}", site, key=(e.key,))
         return
+
+    def data(self, report) -> None:
+        """Writable data the compiled release changes (``--objects``)."""
+        said = {f.message.split(" global ")[1].split(" ")[0] for f in self.findings
+                if f.rule.id == "U002" and " global " in f.message}
+        for d in report.data:
+            if d.change != "changed" or d.section.startswith((".rodata", ".data.rel.ro")) or d.symbol in said:
+                continue
+            owner = f"static local `{d.symbol}` of {d.function}()" if d.function else f"global `{d.symbol}`"
+            self.add("U007", f"release {self.rname} changes the initial value of {owner} ({d.unit}, "
+                     f"{d.section}): the running program keeps the old one", self._data_site(d),
+                     key=(d.symbol, d.unit, d.function))
+        self.notes.extend(report.notes)
+
+    def _data_site(self, d) -> Site | None:
+        v = self.x.view(d.unit, self.release)
+        if v is None:
+            return None
+        want = d.function or d.symbol
+        for it in v.items:
+            if it.name == want or (d.function is None and d.symbol in it.name.split(", ")):
+                return Site(self.release, d.unit, it.start_line, d.function)
+        return None
 
     # -- helpers ----------------------------------------------------------------
 
