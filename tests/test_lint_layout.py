@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from .helpers import klpcc, make_series
-
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")  # bootstrap installs it
 
 API = """#ifndef SHADOW_API_H
 #define SHADOW_API_H

@@ -580,7 +580,7 @@ def test_state_ids_from_header_macros_and_enums(tmp_path, first, second, value):
 def test_state_id_from_other_enum_constant_is_dropped(tmp_path):
     s = _state_series(tmp_path, "designated", [("FOO_STATE_WAKE", 1)], [("FOO_STATE_QUEUE", 1)])
     lint = s.lint()
-    assert lint.one("S001")
+    assert lint.one("S001")["severity"] == RULES["S001"][1]
     assert [st["id"] for st in lint.facts(2)["states"]] == [20]
 
 
@@ -589,7 +589,7 @@ def test_state_version_from_macro_is_lowered(tmp_path):
     s = Series(tmp_path, KBASE, [kfile(count=MARK, glue=first),
                                  kfile(count=MARK, glue=states("designated", (7, 2)))])
     lint = s.lint()
-    assert lint.one("S002")
+    assert lint.one("S002")["severity"] == RULES["S002"][1]
     assert [(st["id"], st["version"]) for st in lint.facts(1)["states"]] == [(7, 3)]
 
 
@@ -828,7 +828,7 @@ def test_c003_post_patch_effects_lost(tmp_path, form, effect):
 def test_c003_userspace(tmp_path):
     glue = callbacks("klpcc", {"post_patch": ("lp_one_post_patch", "\tmax_sessions = 128;\n")})
     s = Series(tmp_path, UBASE, [ufile(recv=UMARK, glue=glue), ufile(recv=UMARK)])
-    assert s.lint().one("C003")
+    assert s.lint().one("C003")["severity"] == RULES["C003"][1]
 
 
 def test_c003_not_when_post_patch_only_logs(tmp_path):
@@ -1295,7 +1295,7 @@ def _dropped_state(tmp_path: Path) -> Series:
 @pytest.mark.parametrize("key", ["2", rel(2)])
 def test_toml_state_counts(tmp_path, key):
     s = _dropped_state(tmp_path)
-    assert s.lint().one("S001")
+    assert s.lint().one("S001")["severity"] == RULES["S001"][1]
     (s.patches / "klpcc.toml").write_text(f'[releases."{key}"]\nstates = [{{ id = 1, version = 1 }}]\n')
     lint = s.lint()
     assert "S001" not in lint.rules, lint.summary()
@@ -1308,7 +1308,7 @@ def test_toml_state_version_lowered(tmp_path):
     s = _dropped_state(tmp_path)
     (s.patches / "klpcc.toml").write_text('[releases."2"]\nstates = [{ id = 1, version = 0 }]\n')
     lint = s.lint()
-    assert lint.one("S002")
+    assert lint.one("S002")["severity"] == RULES["S002"][1]
     assert "S001" not in lint.rules
 
 
@@ -1322,7 +1322,7 @@ def test_toml_given_with_config(tmp_path):
 
 def test_toml_callbacks_count(tmp_path):
     s = Series(tmp_path, KBASE, [KERNEL.release(KERNEL.cbs(pre_unpatch="lp_one")), KERNEL.release()])
-    assert s.lint().one("C001")
+    assert s.lint().one("C001")["severity"] == RULES["C001"][1]
     (s.patches / "klpcc.toml").write_text('[releases."2"]\ncallbacks = { pre_unpatch = "foo_lp_undo" }\n')
     lint = s.lint()
     assert not lint.rules & {"C001", "C002"}, lint.summary()
@@ -1333,7 +1333,7 @@ def test_toml_callbacks_count(tmp_path):
 def test_toml_shadow_allocation_counts(tmp_path):
     s = Series(tmp_path, KBASE, [kfile(count=MARK),
                                  kfile(types=EXT, release_decl=RELEASE_DECL_GET, release=RELEASE_USE)])
-    assert s.lint().one("H002")
+    assert s.lint().one("H002")["severity"] == RULES["H002"][1]
     (s.patches / "klpcc.toml").write_text(
         '[releases."1"]\nshadow = [{ id = 3, type = "struct foo_ext", ops = ["alloc", "get", "free"] }]\n')
     lint = s.lint()
