@@ -36,12 +36,22 @@ class AnalyzeOptions:
             raise KlpccError(f"fuzz must be 0 to 3, not {self.fuzz!r}")
 
 
-def analyze(opts: AnalyzeOptions) -> Analysis:
-    """Net change of the selected release against the base (and the transition from
-    an installed release)."""
+def _load(opts: AnalyzeOptions) -> tuple[Series, BaseTree, int, int | None]:
+    """The series, its base, and the positions of the release and of ``--from``."""
     series, base = load(opts.series, opts.git, opts.source)
     release = series.index(opts.release, "release")
     installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
+    return series, base, release, installed
+
+
+def analyze(opts: AnalyzeOptions) -> Analysis:
+    """Net change of the selected release against the base (and the transition from
+    an installed release)."""
+    return _analysis(opts, *_load(opts))
+
+
+def _analysis(opts: AnalyzeOptions, series: Series, base: BaseTree, release: int,
+              installed: int | None) -> Analysis:
     keep = {release} | ({installed} if installed else set())
     rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
     return analyse(rep, release, installed)
@@ -76,6 +86,14 @@ class ObjectOptions:
         if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
             raise KlpccError(f"jobs must be a positive number, not {self.jobs!r}")
 
+    def runner(self, base: BaseTree) -> Callable[[Analysis], ObjectReport]:
+        """The check with these options, for a base tree (its database read now, so a
+        bad one fails before any replay)."""
+        commands = _commands(self.commands, base)
+        assert commands is not None
+        return lambda analysis: _objects.check(analysis, commands, jobs=self.jobs, cache=self.cache_dir,
+                                               progress=self.progress, binary=self.binary)
+
     @property
     def cache_dir(self) -> Path | None:
         if self.no_cache:
@@ -85,17 +103,10 @@ class ObjectOptions:
 
 def analyze_objects(opts: AnalyzeOptions, objects: ObjectOptions) -> tuple[Analysis, ObjectReport]:
     """:func:`analyze`, and what the compiled code of the release says changed."""
-    series, base = load(opts.series, opts.git, opts.source)
-    commands = _commands(objects.commands, base)
-    assert commands is not None
-    release = series.index(opts.release, "release")
-    installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
-    keep = {release} | ({installed} if installed else set())
-    rep = replay(series, base, fuzz=opts.fuzz, keep=keep)
-    analysis = analyse(rep, release, installed)
-    report = _objects.check(analysis, commands, jobs=objects.jobs, cache=objects.cache_dir,
-                            progress=objects.progress, binary=objects.binary)
-    return analysis, report
+    series, base, release, installed = _load(opts)
+    run = objects.runner(base)
+    analysis = _analysis(opts, series, base, release, installed)
+    return analysis, run(analysis)
 
 
 def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None:
@@ -114,18 +125,13 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
     beside the series is used when there is one.  With ``compile_commands`` (a
     ``compile_commands.json`` for the base tree), struct layouts are the compiler's;
     with ``objects``, the object-level check finds data the compiled release changes."""
-    series, base = load(opts.series, opts.git, opts.source)
-    release = series.index(opts.release, "release")
-    installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
+    series, base, release, installed = _load(opts)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
-    build = _commands(objects.commands, base) if objects is not None else None
+    run = objects.runner(base) if objects is not None else None
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
-    report = None
-    if objects is not None and build is not None:
-        report = _objects.check(analyse(rep, release), build, jobs=objects.jobs, cache=objects.cache_dir,
-                                progress=objects.progress, binary=objects.binary)
+    report = run(analyse(rep, release)) if run is not None else None
     return check(rep, release, installed, cfg, commands, report)
 
 
@@ -136,19 +142,14 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     manifest carries the release's states, callbacks and shadow variables and the
     lint findings against every earlier release."""
     _bundle.check_target(Path(outdir), force)
-    series, base = load(opts.series, opts.git, opts.source)
-    release = series.index(opts.release, "release")
+    series, base, release, _ = _load(opts)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
+    run = objects.runner(base) if objects is not None else None
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, release + 1))
     analysis = analyse(rep, release)
     findings = check(rep, release, None, cfg, commands)
-    report = None
-    if objects is not None:
-        build = _commands(objects.commands, base)
-        assert build is not None
-        report = _objects.check(analysis, build, jobs=objects.jobs, cache=objects.cache_dir,
-                                progress=objects.progress, binary=objects.binary)
+    report = run(analysis) if run is not None else None
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
                   keep_source_only=bool(objects and objects.keep_source_only))
     return analysis, findings

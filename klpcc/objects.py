@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compdb import Command, CompileCommands, Overlay
+from .compdb import BuildFailed, Command, CompileCommands, Overlay, first_error
 from .errors import KlpccError
 from .history import ADDED, MODIFIED, REMOVED, Analysis, Replay
 
@@ -150,7 +150,7 @@ class Compiler:
         try:
             return subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
         except (OSError, ValueError) as exc:
-            raise _Failed(f"cannot run {argv[0]}: {exc}") from None
+            raise BuildFailed(f"cannot run {argv[0]}: {exc}") from None
 
     def compile(self, release: int, path: str, cmd: Command, deps_only: bool = False
                 ) -> tuple[Path | None, bytes, bool, set[str]]:
@@ -161,7 +161,7 @@ class Compiler:
         prefix_map = f"-ffile-prefix-map={overlay_dir}={self.overlay.root}"
         pre = self._run([*argv, prefix_map, "-E", str(src)], cmd.directory)
         if pre.returncode != 0:
-            raise _Failed(f"cannot preprocess: {_first_error(pre.stderr)}")
+            raise BuildFailed(f"cannot preprocess: {first_error(pre.stderr)}")
         text = pre.stdout.replace(overlay_dir.encode(), str(self.overlay.root).encode())
         files = set()
         for m in _LINE_MARKER.finditer(text):
@@ -185,7 +185,7 @@ class Compiler:
         out = work / "unit.o"
         proc = self._run([*argv, prefix_map, *OBJECTS_FLAGS, "-c", str(src), "-o", str(out)], cmd.directory)
         if proc.returncode != 0:
-            raise _Failed(f"does not compile: {_first_error(proc.stderr)}")
+            raise BuildFailed(f"does not compile: {first_error(proc.stderr)}")
         dumps = list(work.glob("*.ipa-clones"))
         ipa_text = dumps[0].read_bytes() if dumps else b""
         if self.cache is None:
@@ -198,10 +198,6 @@ class Compiler:
                 fh.write(data)
             os.replace(tmp, target)
         return self.cache / f"{key}.o", ipa_text, False, files
-
-
-class _Failed(Exception):
-    pass
 
 
 def _readable(obj: Path) -> bool:
@@ -228,14 +224,6 @@ def _check_cache(cache: Path) -> None:
     except OSError as exc:
         raise KlpccError(f"cannot use the object cache {cache}: {exc.strerror or exc} "
                          "(give another --cache, or --no-cache)") from None
-
-
-def _first_error(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace")
-    for line in text.splitlines():
-        if "error" in line:
-            return line.strip()[:200]
-    return (text.strip().splitlines() or ["(no message)"])[0][:200]
 
 
 # --------------------------------------------------------------------------- read objects
@@ -410,7 +398,7 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
             r, p = task
             try:
                 return task, compiler.compile(r, p, commands.entries[p], deps_only)
-            except (_Failed, OSError, ValueError) as exc:
+            except (BuildFailed, OSError, ValueError) as exc:
                 return task, f"{p}: {exc}"
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -495,7 +483,7 @@ def _compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], an
                     if any(_digest(base, n) != _digest(new, n) for n in names)}
     # read-only data (a const table, a switch's lookup table) travels with the code that
     # reads it: a function whose read-only data changed is changed
-    readonly = {d for d in changed_data if _readonly((new.code.get(d) or base.code.get(d)).section)}
+    readonly = {d for d in changed_data if is_readonly((new.code.get(d) or base.code.get(d)).section)}
     reads_readonly: dict[str, list[str]] = {}
     for fn, names in groups.items():
         targets = {_ref_target(r) for n in names for c in (base.code.get(n), new.code.get(n)) if c
@@ -626,7 +614,8 @@ def _why(fn: str, base: UnitObject, new: UnitObject, sources: dict[str, str], ma
     return None
 
 
-def _readonly(section: str) -> bool:
+def is_readonly(section: str) -> bool:
+    """Is this a section of read-only data (which travels with the code that reads it)?"""
     return section.startswith((".rodata", ".data.rel.ro"))
 
 

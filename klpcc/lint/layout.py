@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compdb import Command, CompileCommands, Overlay
+from ..compdb import BuildFailed, Command, CompileCommands, Overlay, first_error
 from ..history import Replay
 
 # the preprocessing pycparser reads: GNU syntax masked out (the layout itself comes
@@ -81,7 +81,7 @@ class Layouts:
         if cmd is not None and self.commands.root is not None:
             try:
                 result = self._compute(release, path, type_name, cmd)
-            except _Failed as exc:
+            except BuildFailed as exc:
                 self.failures.append(f"{path}: {type_name}: {exc}")
             except (OSError, ValueError, subprocess.SubprocessError) as exc:  # no compiler, bad entry
                 self.failures.append(f"{path}: {type_name}: cannot run the compile command: {exc}")
@@ -105,7 +105,7 @@ class Layouts:
         proc = subprocess.run([*argv, "-w", "-c", str(probe), "-o", str(obj)], cwd=cmd.directory,
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise _Failed(f"the probe does not compile: {_first_error(proc.stderr)}")
+            raise BuildFailed(f"the probe does not compile: {first_error(proc.stderr)}")
         values = _read_probe(obj, len(exprs))
         shutil.rmtree(work, ignore_errors=True)
         out: list[tuple[str, int | None, int | None]] = []
@@ -125,26 +125,15 @@ class Layouts:
         proc = subprocess.run([*argv, "-E", *_PYCPARSER_DEFINES, str(src)], cwd=cwd,
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise _Failed(f"cannot preprocess: {_first_error(proc.stderr)}")
+            raise BuildFailed(f"cannot preprocess: {first_error(proc.stderr)}")
         try:
             ast = pycparser.CParser().parse(proc.stdout, str(src))
         except Exception as exc:  # pycparser raises its own ParseError and others
-            raise _Failed(f"pycparser cannot read it: {str(exc).splitlines()[0][:120]}") from None
+            raise BuildFailed(f"pycparser cannot read it: {str(exc).splitlines()[0][:120]}") from None
         struct = _find_struct(ast, type_name, c_ast)
         if struct is None:
-            raise _Failed("no definition of the type")
+            raise BuildFailed("no definition of the type")
         return list(_member_names(struct, c_ast, ast))
-
-
-class _Failed(Exception):
-    pass
-
-
-def _first_error(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if "error" in line:
-            return line.strip()[:160]
-    return (stderr.strip().splitlines() or ["(no message)"])[0][:160]
 
 
 def _find_struct(ast, type_name: str, c_ast):
@@ -211,14 +200,14 @@ def _read_probe(obj: Path, count: int) -> list[int]:
         elf = ELFFile(fh)
         symtab = elf.get_section_by_name(".symtab")
         if symtab is None:
-            raise _Failed("the probe object has no symbol table")
+            raise BuildFailed("the probe object has no symbol table")
         syms = symtab.get_symbol_by_name("klpcc_layout_probe")
         if not syms:
-            raise _Failed("the probe object lacks its table")
+            raise BuildFailed("the probe object lacks its table")
         sym = syms[0]
         section = elf.get_section(sym["st_shndx"])
         data = section.data()[sym["st_value"]:sym["st_value"] + 8 * count]
         order = "little" if elf.little_endian else "big"
         if len(data) != 8 * count:
-            raise _Failed("the probe table is short")
+            raise BuildFailed("the probe table is short")
         return [int.from_bytes(data[i:i + 8], order) for i in range(0, len(data), 8)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..functions import _PARSER, Item, is_c_file
 from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
+from ..objects import is_readonly
 from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask
 from .locate import added_by, removed_by
 
@@ -150,6 +151,7 @@ class Checker:
         self._seen: dict[tuple, int] = {}
         self._layout_detail: dict[str, str] = {}
         self.notes: list[str] = []
+        self._globals_said: set[str] = set()  # globals U002 names
 
     @property
     def rname(self) -> str:
@@ -321,6 +323,7 @@ class Checker:
             if struct or (e.kind == "typedef" and self._defines_struct(e)):
                 pending.append(("U001", e, [_type_needle(n) for n in e.name.split(", ")]))
             elif e.kind == "variable":
+                self._globals_said.update(e.name.split(", "))
                 self.add("U002", f"release {self.rname} changes the initialiser or type of global "
                          f"{e.name} ({e.file}); the running program keeps its old value", self._site(e),
                          key=(e.key,))
@@ -393,10 +396,9 @@ class Checker:
 
     def data(self, report) -> None:
         """Writable data the compiled release changes (``--objects``)."""
-        said = {f.message.split(" global ")[1].split(" ")[0] for f in self.findings
-                if f.rule.id == "U002" and " global " in f.message}
         for d in report.data:
-            if d.change != "changed" or d.section.startswith((".rodata", ".data.rel.ro")) or d.symbol in said:
+            if d.change != "changed" or is_readonly(d.section) or \
+                    (d.function is None and d.symbol in self._globals_said):
                 continue
             owner = f"static local `{d.symbol}` of {d.function}()" if d.function else f"global `{d.symbol}`"
             self.add("U007", f"release {self.rname} changes the initial value of {owner} ({d.unit}, "
