@@ -1,8 +1,10 @@
 """Stage 7: the cumulative patch bundle of a release.
 
-``manifest.json`` (schema ``klpcc.manifest/2``) and ``cumulative.diff`` (base to
-the release, for every file the series touched), written atomically: everything
-goes to a temporary directory next to the target, which is renamed into place.
+``manifest.json`` (schema ``klpcc.manifest/2``), ``cumulative.diff`` (base to
+the release, for every file the series touched) and ``sources/`` (the release's
+version of every changed C file and of the local headers it includes: what a target
+builds the patch from), written atomically: everything goes to a temporary directory
+next to the target, which is renamed into place.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import posixpath
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import KlpccError
-from .functions import split_lines
+from .functions import is_c_file, split_lines
 from .history import Analysis
 
 if TYPE_CHECKING:
@@ -91,9 +95,46 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(head + body)
 
 
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
+
+
+def release_sources(analysis: Analysis) -> dict[str, bytes]:
+    """The release's version of every changed C file, and the headers those include
+    with ``#include "..."`` from their own directory (transitively): with the kernel
+    or program headers, what the patch's code is compiled from."""
+    rep = analysis.replay
+    snaps = rep.snapshots
+
+    def read(path: str) -> bytes | None:
+        try:
+            return snaps.read(path, analysis.release)
+        except KeyError:
+            return rep.base.read(path)
+
+    out: dict[str, bytes] = {}
+    todo = [p for p in snaps.changed_paths(analysis.release) if is_c_file(p)]
+    while todo:
+        path = todo.pop()
+        if path in out:
+            continue
+        data = read(path)
+        if data is None:
+            continue
+        out[path] = data
+        for m in _LOCAL_INCLUDE.finditer(data):
+            name = m.group(1).decode("utf-8", "surrogateescape")
+            cand = posixpath.normpath(posixpath.join(posixpath.dirname(path), name))
+            if not cand.startswith("../") and cand not in out:
+                todo.append(cand)
+    return dict(sorted(out.items()))
+
+
 def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = None,
-             objects: ObjectReport | None = None, keep_source_only: bool = False) -> dict:
+             objects: ObjectReport | None = None, keep_source_only: bool = False,
+             sources: dict[str, bytes] | None = None) -> dict:
     doc = analysis_json(analysis)
+    if sources is None:
+        sources = release_sources(analysis)
     rep = analysis.replay
     base = dict(rep.base.identity())
     base["files"] = [
@@ -110,6 +151,7 @@ def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = No
         "outside": doc["outside"],
         "files": files,
         "diff": "cumulative.diff",
+        "sources": [{"path": p, "sha256": blob_id(d)} for p, d in sources.items()],
         "dependencies": doc["dependencies"],
         "warnings": doc["warnings"],
         **(_lint_sections(lint) if lint is not None else {}),
@@ -158,7 +200,8 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
           keep_source_only: bool = False) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
-    doc = manifest(analysis, files, lint, objects, keep_source_only)
+    sources = release_sources(analysis)
+    doc = manifest(analysis, files, lint, objects, keep_source_only, sources)
     outdir = _absolute(outdir)
     parent = outdir.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
@@ -174,6 +217,10 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
     try:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
+        for path, data in sources.items():
+            dest = tmp / "sources" / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
         os.chmod(tmp, 0o755)
         if os.path.lexists(outdir):
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))

@@ -156,7 +156,8 @@ def test_analyze_json_in_a_subprocess(series):
 def compile_to(out: Path, *args: str | Path) -> dict:
     r = invoke("compile", *args, "-o", out)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["cumulative.diff", "manifest.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names in (["cumulative.diff", "manifest.json"], ["cumulative.diff", "manifest.json", "sources"])
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -207,6 +208,33 @@ def test_cumulative_diff_takes_the_base_to_the_release(series, tmp_path, release
     compile_to(out, patches, "--source", base, "--release", str(release))
     work = git_apply(base, out / "cumulative.diff", tmp_path / "work")
     assert files_of(work) == tree_at(release)
+
+
+@pytest.mark.parametrize("release", [1, 2, 3])
+def test_bundle_sources_are_the_release_versions_of_changed_c_files(series, tmp_path, release):
+    patches, base = series
+    out = tmp_path / "out"
+    m = compile_to(out, patches, "--source", base, "--release", str(release))
+    tree = tree_at(release)
+    changed = {f["path"] for f in m["files"] if f["status"] != "deleted"}
+    assert files_of(out / "sources") == {p: tree[p] for p in changed}
+    assert [s["path"] for s in m["sources"]] == sorted(changed)
+
+
+def test_bundle_sources_carry_local_headers_transitively(tmp_path):
+    a = '#include <linux/fs.h>\n#include "internal.h"\nint f(void)\n{\n\treturn 1;\n}\n'
+    base = {
+        "fs/proc/a.c": a,
+        "fs/proc/internal.h": '#include "../mount.h"\n#include "missing.h"\nstruct pi { int x; };\n',
+        "fs/mount.h": "struct mnt { int y; };\n",
+        "fs/proc/other.h": "int unrelated;\n",
+    }
+    patches, src = make_series(tmp_path, base, [{"fs/proc/a.c": a.replace("1;", "2;")}])
+    out = tmp_path / "out"
+    m = compile_to(out, patches, "--source", src)
+    assert sorted(files_of(out / "sources")) == ["fs/mount.h", "fs/proc/a.c", "fs/proc/internal.h"]
+    assert "return 2;" in (out / "sources/fs/proc/a.c").read_text()
+    assert [s["path"] for s in m["sources"]] == ["fs/mount.h", "fs/proc/a.c", "fs/proc/internal.h"]
 
 
 def test_cumulative_diff_of_renames_line_ends_and_final_newlines(tmp_path):
