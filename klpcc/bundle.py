@@ -16,6 +16,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,19 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
     diff, files = cumulative_diff(analysis)
     sources = release_sources(analysis)
     doc = manifest(analysis, files, lint, objects, keep_source_only, sources)
+    with staged(outdir) as tmp:
+        (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
+        (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
+        for path, data in sources.items():
+            dest = tmp / "sources" / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+
+
+@contextlib.contextmanager
+def staged(outdir: Path) -> Iterator[Path]:
+    """A temporary directory next to ``outdir`` that replaces it when the block ends
+    without an error, and is removed when it does not (with the directories it made)."""
     outdir = _absolute(outdir)
     parent = outdir.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
@@ -215,12 +229,7 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
         _remove_created(created)
         raise
     try:
-        (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
-        (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
-        for path, data in sources.items():
-            dest = tmp / "sources" / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+        yield tmp
         os.chmod(tmp, 0o755)
         if os.path.lexists(outdir):
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))

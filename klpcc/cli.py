@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import click
 from . import __version__
 from .api import AnalyzeOptions, ObjectOptions, analyze, analyze_objects, compile_bundle, lint
 from .bundle import write_atomic
+from .emit.kmod import KernelOptions, build_kernel
 from .errors import KlpccError
 from .objects import text as objects_text
 from .objects import to_json as objects_json
@@ -222,6 +224,77 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     else:
         click.echo(text, nl=False)
     sys.exit(EXIT_FINDINGS if res.fails(error_on) else 0)
+
+
+def _object_map(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for v in values:
+        path, sep, mod = v.partition("=")
+        if not sep or not path or not re.fullmatch(r"[A-Za-z0-9_-]+", mod):
+            raise KlpccError(f"--object {v!r}: expected PATH=MODNAME (a source directory and the module "
+                             "it is built into)")
+        out.append((path.strip("/"), mod.replace("-", "_")))
+    return tuple(out)
+
+
+def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
+    out = []
+    for v in values:
+        m = re.fullmatch(r"([^:=]+):(\w+)=(\d+)", v)
+        if not m:
+            raise KlpccError(f"--sympos {v!r}: expected FILE:NAME=N (N: 1-based position in kallsyms)")
+        out.append((m[1], m[2], int(m[3])))
+    return tuple(out)
+
+
+@main.command("build")
+@click.argument("bundle", type=click.Path())
+@click.option("--kernel", "kdir", metavar="KDIR", type=click.Path(),
+              help="Kernel build directory to build the livepatch module against "
+                   "(e.g. /lib/modules/$(uname -r)/build).")
+@click.option("--object", "objects", metavar="PATH=MODNAME", multiple=True,
+              help="Source files under PATH belong to module MODNAME (default: vmlinux). Repeatable.")
+@click.option("--no-replace", is_flag=True, help="Build a patch that stacks instead of replacing (replace=false).")
+@click.option("--source-only", is_flag=True, help="Write the module source and Kbuild, do not build.")
+@click.option("--name", metavar="NAME", help="Module and patch name (default: klpcc_<release>).")
+@click.option("--kallsyms", metavar="FILE", type=click.Path(),
+              help="The target's /proc/kallsyms (or System.map): symbol positions and inlined functions.")
+@click.option("--sympos", metavar="FILE:NAME=N", multiple=True,
+              help="Position of a static symbol whose name the kernel has several times. Repeatable.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(), help="Directory to write.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel make jobs (default: cores).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replace: bool, source_only: bool,
+              name: str | None, kallsyms: str | None, sympos: tuple[str, ...], outdir: str, force: bool,
+              jobs: int | None, fmt: str) -> None:
+    """Build the live patch of a bundle: a kernel livepatch module (--kernel)."""
+    if not kdir and not source_only:
+        raise KlpccError("say which kernel to build for: --kernel KDIR (or --source-only)")
+    res = build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace, source_only,
+                                     name, kallsyms, _sympos(sympos), force, jobs))
+    if fmt == "json":
+        click.echo(dump_json({**res.to_json(), "replace": not no_replace}))
+        return
+    what = res.module if res.module is not None else f"{res.outdir} (source only)"
+    click.echo(f"{what}: livepatch {res.name}, release {res.release}, "
+               f"{'replace' if not no_replace else 'no replace'}")
+    for u in res.units:
+        for old, _, pos in u.patched:
+            click.echo(f"  patch  {u.object}:{old}" + (f",{pos}" if pos else "") + f"  ({u.path})")
+        for kind, fn in u.callbacks.items():
+            click.echo(f"  callback  {kind} = {fn}  ({u.path})")
+        for c in u.copied:
+            click.echo(f"  copied  {c}")
+    for i, v in res.states:
+        click.echo(f"  state  id {i} version {v}")
+    if res.nops:
+        click.echo("  the kernel reverts (nop): " + ", ".join(res.nops))
+    for old, new in sorted(res.symbols.items()):
+        click.echo(f"  livepatch symbol  {new}" + ("" if old.startswith("__klpcc_sym_") else f"  (for {old})"))
+    if res.module is not None:
+        click.echo(f"  built in {res.build_seconds:.1f} s")
 
 
 def _terminated(signum: int, frame: object) -> None:

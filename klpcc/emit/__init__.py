@@ -1,0 +1,1 @@
+"""Targets: what a bundle is built into (the kernel livepatch module)."""
