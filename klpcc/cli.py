@@ -254,7 +254,8 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
                    "(e.g. /lib/modules/$(uname -r)/build).")
 @click.option("--object", "objects", metavar="PATH=MODNAME", multiple=True,
               help="Source files under PATH belong to module MODNAME (default: vmlinux). Repeatable.")
-@click.option("--no-replace", is_flag=True, help="Build a patch that stacks instead of replacing (replace=false).")
+@click.option("--no-replace", is_flag=True,
+              help="Build a patch that stacks instead of replacing (replace=false).")
 @click.option("--source-only", is_flag=True, help="Write the module source and Kbuild, do not build.")
 @click.option("--name", metavar="NAME", help="Module and patch name (default: klpcc_<release>).")
 @click.option("--kallsyms", metavar="FILE", type=click.Path(),
@@ -292,7 +293,8 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
     if res.nops:
         click.echo("  the kernel reverts (nop): " + ", ".join(res.nops))
     for old, new in sorted(res.symbols.items()):
-        click.echo(f"  livepatch symbol  {new}" + ("" if old.startswith("__klpcc_sym_") else f"  (for {old})"))
+        note = "" if old.startswith("__klpcc_sym_") else f"  (for {old})"
+        click.echo(f"  livepatch symbol  {new}{note}")
     if res.module is not None:
         click.echo(f"  built in {res.build_seconds:.1f} s")
 

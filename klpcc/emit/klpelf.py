@@ -124,14 +124,16 @@ def convert(data: bytes, resolve: Callable[[str], Target | None]) -> tuple[bytes
         if not move:
             continue
         target_name = names[h[7]]
-        used = sorted({klp[_RELA.unpack_from(move, o)[1] >> 32].name for o in range(0, len(move), _RELA.size)})
+        used = sorted({klp[_RELA.unpack_from(move, o)[1] >> 32].name
+                       for o in range(0, len(move), _RELA.size)})
         if name.startswith(_EARLY) or not heads[h[7]][2] & SHF_ALLOC:
             raise KlpccError(f"the patch refers to {', '.join(used)} from {target_name}, which the kernel "
                              "reads when the module loads, before livepatch can relocate it (a static key, "
                              "static call or exception table entry on a symbol the module cannot link)")
         modules = objects - {"vmlinux"}
         if len(modules) > 1:
-            raise KlpccError(f"{target_name} refers to symbols of several modules ({', '.join(sorted(modules))})")
+            raise KlpccError(f"{target_name} refers to symbols of several modules "
+                             f"({', '.join(sorted(modules))})")
         obj = next(iter(modules)) if modules else "vmlinux"
         klp_name = f".klp.rela.{obj}.{target_name}"
         bodies[idx] = bytes(keep)

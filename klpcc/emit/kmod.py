@@ -39,7 +39,8 @@ def runtime_dir() -> Path:
     """``runtime/kernel`` of this klpcc (beside the package)."""
     here = Path(__file__).resolve().parents[2] / "runtime" / "kernel"
     if not (here / HEADER).is_file():
-        raise KlpccError(f"klpcc's kernel runtime is missing ({here / HEADER}); reinstall klpcc from its sources")
+        raise KlpccError(f"klpcc's kernel runtime is missing ({here / HEADER}); "
+                         "reinstall klpcc from its sources")
     return here
 
 
@@ -126,7 +127,8 @@ def _refuse(doc: dict) -> None:
     for f in doc.get("lint", {}).get("findings", []):
         why = _REFUSED_RULES.get(f.get("rule"))
         if why and f.get("severity") == "error":
-            raise KlpccError(f"{f['file']}:{f['line']}: refusing to build: {why} ({f['rule']}: {f['message']})")
+            raise KlpccError(f"{f['file']}:{f['line']}: refusing to build: {why} "
+                             f"({f['rule']}: {f['message']})")
 
 
 def _read_source(bundle: Path, path: str) -> bytes:
@@ -153,7 +155,8 @@ def _units(doc: dict, bundle: Path, opts: KernelOptions, resolver: Resolver) -> 
                                  "every file that includes it; move the change to a .c file", file=path)
             continue  # a static inline of a header: its callers carry it (compile --objects finds them)
         by_file.setdefault(path, {})[f["name"]] = change
-    callback_files = {c["file"] for c in doc.get("callbacks", [])} | {s["file"] for s in doc.get("states", [])}
+    callback_files = ({c["file"] for c in doc.get("callbacks", [])}
+                      | {s["file"] for s in doc.get("states", [])})
     for path in sorted(callback_files):
         if path.endswith(".c"):
             by_file.setdefault(path, {})
@@ -337,7 +340,8 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
             result.build_seconds = time.perf_counter() - start
             result.symbols, result.klp_sections = conv.symbols, conv.sections
             result.module = result.outdir / ko.name
-        (tmp / "build.json").write_text(json.dumps({**result.to_json(), "replace": opts.replace}, indent=2) + "\n")
+        doc_out = {**result.to_json(), "replace": opts.replace}
+        (tmp / "build.json").write_text(json.dumps(doc_out, indent=2) + "\n")
     return result
 
 
@@ -348,7 +352,8 @@ def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, s
     def resolve(name: str) -> klpelf.Target | None:
         ref = labels.get(name)
         if ref is not None:
-            return klpelf.Target(ref.object, ref.name, resolver.position(ref.object, ref.name, ref.path, ref.what))
+            pos = resolver.position(ref.object, ref.name, ref.path, ref.what)
+            return klpelf.Target(ref.object, ref.name, pos)
         if name in exports:
             return None
         if name.startswith(("__klpcc_sym_", "klpcc_")):

@@ -52,8 +52,8 @@ _VAR_ATTRS = re.compile(r"\b(__read_mostly|__ro_after_init|__initdata|__initcons
                         r"__maybe_unused|__used|__cacheline_aligned\w*|__page_aligned_\w+|"
                         r"__percpu|__always_unused)\b")
 _PAREN_ATTR = re.compile(r"\b(__attribute__|__aligned|__section|__designated_init)\s*\(")
-_CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)"
-                             r"_CALLBACK)\s*\(\s*(\w+)\s*\)")
+_CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
+                             r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,27 @@ class UnitWriter:
         self.text = data.decode("utf-8", "surrogateescape")
         self.items = CSource(unit.path, split_lines(data)).items()
         self.ascii = data.isascii()
+        self.new_code: list[str] = []  # the patch's own functions
+        self.copies: dict[str, tuple[str, str]] = {}  # name -> (why, text) of kernel code copied
+
+    def _copy(self, name: str, text: str, why: str) -> None:
+        if re.search(r"\{[^}]*\n\s+static\b", text, re.S):
+            why += " (with static locals: the copy's are not the kernel's)"
+        self.copies[name] = (why, text)
+
+    def _used_copies(self) -> list[str]:
+        """The copies the patch's code uses, directly or through another copy (the
+        compiler drops the others)."""
+        words = set(re.findall(r"\w+", "\n".join(self.new_code)))
+        used: list[str] = []
+        todo = [n for n in self.copies if n in words]
+        while todo:
+            name = todo.pop()
+            if name in used:
+                continue
+            used.append(name)
+            todo += [n for n in self.copies if n not in used and re.search(rf"\b{n}\b", self.copies[name][1])]
+        return [self.copies[n][0] for n in self.copies if n in used]
 
     def label(self, name: str, what: str) -> str:
         label = f"__klpcc_sym_{self.unit.index}_{name}"
@@ -234,6 +255,7 @@ class UnitWriter:
             pos = end + len(tail)
         chunks.append(self.text[pos:])
         u.text = "\n".join(head) + "".join(chunks)
+        u.copied += self._used_copies()
         for m in _CALLBACK_MACRO.finditer(u.text):
             kind = f"{(m.group(1) or m.group(3)).lower()}_{(m.group(2) or m.group(4)).lower()}"
             if kind in u.callbacks and u.callbacks[kind] != m.group(5):
@@ -281,8 +303,10 @@ class UnitWriter:
         except ValueError:
             return None
         if change == "added":
+            self.new_code.append(text)
             return None
         if change == "modified":
+            self.new_code.append(text)
             if m := _UNPATCHABLE.search(header):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is {m.group(1)}, "
                                  "which the kernel cannot live patch", file=u.path)
@@ -308,8 +332,8 @@ class UnitWriter:
             return None  # an inline helper: no symbol to refer to, the module compiles its own
         if it.static:
             if self.resolver.present(u.object, it.name) is False:
-                u.copied.append(f"{it.name} (line {it.start_line}): the running {u.object} has no such "
-                                "symbol (inlined), so the module has its own copy")
+                self._copy(it.name, text, f"{it.name} (line {it.start_line}): the running {u.object} has no "
+                           "such symbol (inlined), so the module has its own copy")
                 return None
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
@@ -320,6 +344,8 @@ class UnitWriter:
             if it.macro and it.name not in self.added:
                 u.copied.append(f"{_one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
                                 "cannot turn into a reference; the module has its own copy")
+            if it.name in self.added:
+                self.new_code.append(text)
             return None
         if re.match(r"\s*extern\b", text) or re.search(r"\b(__initdata|__initconst|__exitdata)\b", text):
             return None if re.match(r"\s*extern\b", text) else f"/* klpcc: {it.name} is init data */"
@@ -332,8 +358,8 @@ class UnitWriter:
         if it.static:
             if self.resolver.present(u.object, it.name) is False:
                 if re.search(r"\bconst\b", decl.split(it.name)[0]):
-                    u.copied.append(f"{it.name} (line {it.start_line}): constant data the running "
-                                    f"{u.object} has no symbol for; the module has its own copy")
+                    self._copy(it.name, text, f"{it.name} (line {it.start_line}): constant data the running "
+                               f"{u.object} has no symbol for; the module has its own copy")
                     return None
                 raise KlpccError(f"static variable {it.name} (line {it.start_line}) is not in the symbol "
                                  f"table of the running {u.object}", file=u.path)

@@ -19,7 +19,8 @@ def exported(kdir: Path) -> set[str]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise KlpccError(f"cannot read {path}: {exc.strerror} (is {kdir} a kernel build directory?)") from None
+        raise KlpccError(f"cannot read {path}: {exc.strerror} "
+                         f"(is {kdir} a kernel build directory?)") from None
     names: set[str] = set()
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split("\t")
