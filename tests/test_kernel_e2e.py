@@ -123,7 +123,8 @@ def e2e(tmp_path_factory) -> E2E:
         files[f"/lib/klpcc/{name}.ko"] = work / name / f"{name}.ko"
     _build(e, work / "bundle2", "klpcc_proc_r2nk", work / "r2nk")
     files["/lib/klpcc/klpcc_proc_r2nk.ko"] = work / "r2nk" / "klpcc_proc_r2nk.ko"
-    lint = klpcc("lint", str(SERIES), "--source", str(src), "--release", "2", "--from", "3", "--format", "json")
+    lint = klpcc("lint", str(SERIES), "--source", str(src), "--release", "2", "--from", "3",
+                 "--format", "json")
     e.lint_rc, e.lint_downgrade = lint.returncode, json.loads(lint.stdout)
     e.guest = run_guest(files, SCRIPT, timeout=600, append=f"{SECRET} foo=bar")
     assert e.guest.status == 0, e.guest.tail()
@@ -234,6 +235,7 @@ def test_figures(e2e, capsys):
     with capsys.disabled():
         for r in (1, 2, 3):
             name = f"klpcc_proc_r{r}"
-            print(f"\n{name}: build {e2e.build_seconds[name]:.1f} s (make {e2e.builds[name]['build_seconds']:.1f} s), "
+            make = e2e.builds[name]["build_seconds"]
+            print(f"\n{name}: build {e2e.build_seconds[name]:.1f} s (make {make:.1f} s), "
                   f"insmod to enabled {times[f'r{r}'][0]:.2f} s, transition {times[f'r{r}'][1]:.2f} s")
         print(f"guest boots: kallsyms {e2e.kallsyms_boot.seconds:.1f} s, scenario {e2e.guest.seconds:.1f} s")
