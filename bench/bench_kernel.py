@@ -56,7 +56,8 @@ def main() -> None:
         (plain / "plain.c").write_text(PLAIN)
         (plain / "Kbuild").write_text("obj-m := plain.o\n")
         start = time.perf_counter()
-        subprocess.run(["make", "-C", str(kernel.kdir), f"M={plain}", "modules"], check=True, capture_output=True)
+        subprocess.run(["make", "-C", str(kernel.kdir), f"M={plain}", "modules"], check=True,
+                       capture_output=True)
         base_build = time.perf_counter() - start
 
         run = run_guest({}, "echo KSBEGIN; gzip -c /proc/kallsyms | base64; echo KSEND", timeout=600)
@@ -82,14 +83,17 @@ def main() -> None:
         script = ("t0=$(cut -d' ' -f1 /proc/uptime); insmod /lib/klpcc/plain.ko; "
                   "t1=$(cut -d' ' -f1 /proc/uptime); echo \"PLAIN $t0 $t1\"; rmmod plain\n"
                   f"for i in $(seq {args.cycles}); do\n"
-                  "  for r in 1 2 3; do /bin/klpcc-load /lib/klpcc/klpcc_proc_r$r.ko | sed \"s/^/LOAD r$r /\"; done\n"
+                  "  for r in 1 2 3; do\n"
+                  "    /bin/klpcc-load /lib/klpcc/klpcc_proc_r$r.ko | sed \"s/^/LOAD r$r /\"\n"
+                  "  done\n"
                   "  /bin/klpcc-load --disable klpcc_proc_r3 >/dev/null\n"
                   "done\n")
         guest = run_guest(files, script, timeout=900)
         t0, t1 = map(float, guest.lines("PLAIN ")[0].split())
         plain_load = max(t1 - t0, 0.01)  # /proc/uptime counts in 10 ms steps
         print(f"\ninsmod of the plain module: {plain_load * 1000:.0f} ms (resolution 10 ms)")
-        print("release  insmod->transition complete (median / worst)  transition alone  ratio to plain insmod")
+        print("release  insmod->transition complete (median / worst)  transition alone  "
+              "ratio to plain insmod")
         for r in (1, 2, 3):
             runs = [re.search(r"enabled in ([\d.]+) s \(transition ([\d.]+) s\)", line)
                     for line in guest.lines(f"LOAD r{r} ")]
