@@ -203,27 +203,63 @@ class UnitWriter:
         self.text = data.decode("utf-8", "surrogateescape")
         self.items = CSource(unit.path, split_lines(data)).items()
         self.ascii = data.isascii()
-        self.new_code: list[str] = []  # the patch's own functions
-        self.copies: dict[str, tuple[str, str]] = {}  # name -> (why, text) of kernel code copied
+        self.copied: dict[str, str] = {}  # name -> why, of kernel code the module copies
+        self.new_words, self.needed = self._needs()
 
-    def _copy(self, name: str, text: str, why: str) -> None:
-        if re.search(r"\{[^}]*\n\s+static\b", text, re.S):
-            why += " (with static locals: the copy's are not the kernel's)"
-        self.copies[name] = (why, text)
+    def _item_text(self, it: Item) -> str:
+        return self.text[self._char(it.start_byte):self._char(it.end_byte)]
 
-    def _used_copies(self) -> list[str]:
-        """The copies the patch's code uses, directly or through another copy (the
-        compiler drops the others)."""
-        words = set(re.findall(r"\w+", "\n".join(self.new_code)))
-        used: list[str] = []
-        todo = [n for n in self.copies if n in words]
+    def _is_new(self, it: Item) -> bool:
+        return (it.kind == "function" and it.name in self.patched) or it.name in self.added
+
+    def _copyable(self, it: Item, text: str) -> bool:
+        """Kernel code or data the module may need a copy of: a static function the
+        running kernel has no symbol for (inlined), constant data it has no symbol for,
+        a constant array sized by its initializer (a declaration would have no size)."""
+        if not it.static or self._is_new(it) or it.macro:
+            return False
+        if it.kind == "function":
+            try:
+                header = function_header(text)
+            except ValueError:
+                return False
+            return (not _INLINE.search(header) and not re.search(r"\b(__init|__exit)\b", header)
+                    and self.resolver.present(self.unit.object, it.name) is False)
+        if it.kind == "variable":
+            eq = _scan(text, "=;")
+            decl = text[:eq] if eq >= 0 else text
+            if not re.search(r"\bconst\b", decl.split(it.name)[0]):
+                return False
+            unsized = eq >= 0 and text[eq] == "=" and bool(re.search(r"\[\s*\]", decl))
+            return unsized or self.resolver.present(self.unit.object, it.name) is False
+        return False
+
+    def _needs(self) -> tuple[set[str], set[str]]:
+        """The words of the patch's own code, and the copyable items it uses, directly or
+        through another one (only those are copied; the others stay declarations)."""
+        roots: list[str] = []
+        copyable: dict[str, str] = {}
+        for it in self.items:
+            text = self._item_text(it)
+            if self._is_new(it):
+                roots.append(text)
+            elif self._copyable(it, text):
+                copyable[it.name] = text
+        words = set(re.findall(r"\w+", "\n".join(roots)))
+        needed: set[str] = set()
+        todo = [n for n in copyable if n in words]
         while todo:
             name = todo.pop()
-            if name in used:
-                continue
-            used.append(name)
-            todo += [n for n in self.copies if n not in used and re.search(rf"\b{n}\b", self.copies[name][1])]
-        return [self.copies[n][0] for n in self.copies if n in used]
+            if name not in needed:
+                needed.add(name)
+                used = set(re.findall(r"\w+", copyable[name]))
+                todo += [n for n in copyable if n in used and n not in needed]
+        return words, needed
+
+    def _copy(self, it: Item, text: str, why: str) -> None:
+        if it.kind == "function" and re.search(r"\{[^}]*\n\s+static\b", text, re.S):
+            why += " (with static locals: the copy's are not the kernel's)"
+        self.copied[it.name] = f"{it.name} (line {it.start_line}): {why}"
 
     def label(self, name: str, what: str) -> str:
         label = f"__klpcc_sym_{self.unit.index}_{name}"
@@ -255,7 +291,7 @@ class UnitWriter:
             pos = end + len(tail)
         chunks.append(self.text[pos:])
         u.text = "\n".join(head) + "".join(chunks)
-        u.copied += self._used_copies()
+        u.copied += list(self.copied.values())
         for m in _CALLBACK_MACRO.finditer(u.text):
             kind = f"{(m.group(1) or m.group(3)).lower()}_{(m.group(2) or m.group(4)).lower()}"
             if kind in u.callbacks and u.callbacks[kind] != m.group(5):
@@ -303,10 +339,11 @@ class UnitWriter:
         except ValueError:
             return None
         if change == "added":
-            self.new_code.append(text)
             return None
         if change == "modified":
-            self.new_code.append(text)
+            if it.macro:
+                raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with "
+                                 f"the macro {it.macro}, whose symbol klpcc cannot name", file=u.path)
             if m := _UNPATCHABLE.search(header):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is {m.group(1)}, "
                                  "which the kernel cannot live patch", file=u.path)
@@ -332,8 +369,10 @@ class UnitWriter:
             return None  # an inline helper: no symbol to refer to, the module compiles its own
         if it.static:
             if self.resolver.present(u.object, it.name) is False:
-                self._copy(it.name, text, f"{it.name} (line {it.start_line}): the running {u.object} has no "
-                           "such symbol (inlined), so the module has its own copy")
+                if it.name not in self.needed:  # unused: a declaration keeps other code compiling
+                    return f"static {_declaration(header, None)[len('extern '):]}"
+                self._copy(it, text, f"the running {u.object} has no such symbol (inlined), so the module "
+                           "has its own copy")
                 return None
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
@@ -344,8 +383,6 @@ class UnitWriter:
             if it.macro and it.name not in self.added:
                 u.copied.append(f"{_one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
                                 "cannot turn into a reference; the module has its own copy")
-            if it.name in self.added:
-                self.new_code.append(text)
             return None
         if re.match(r"\s*extern\b", text) or re.search(r"\b(__initdata|__initconst|__exitdata)\b", text):
             return None if re.match(r"\s*extern\b", text) else f"/* klpcc: {it.name} is init data */"
@@ -355,12 +392,14 @@ class UnitWriter:
             raise KlpccError(f"line {it.start_line}: several variables in one declaration "
                              f"({_one_line(decl)[:60]}); the patch needs each of them on its own",
                              file=u.path)
+        if it.name in self.needed:
+            unsized = self.resolver.present(u.object, it.name) is not False
+            self._copy(it, text, "a constant array sized by its initializer (a declaration would have no "
+                       "size); read-only data, the module has its own copy" if unsized else
+                       f"constant data the running {u.object} has no symbol for; the module has its own copy")
+            return None
         if it.static:
-            if self.resolver.present(u.object, it.name) is False:
-                if re.search(r"\bconst\b", decl.split(it.name)[0]):
-                    self._copy(it.name, text, f"{it.name} (line {it.start_line}): constant data the running "
-                               f"{u.object} has no symbol for; the module has its own copy")
-                    return None
+            if self.resolver.present(u.object, it.name) is False and it.name in self.new_words:
                 raise KlpccError(f"static variable {it.name} (line {it.start_line}) is not in the symbol "
                                  f"table of the running {u.object}", file=u.path)
             return _declaration(decl, self.label(it.name, "static variable"))
