@@ -9,6 +9,7 @@ from pathlib import Path
 from . import bundle as _bundle
 from . import objects as _objects
 from .compdb import CompileCommands
+from .emit.kmod import KernelBuild, KernelOptions, build_kernel
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
@@ -153,3 +154,7 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
                   keep_source_only=bool(objects and objects.keep_source_only))
     return analysis, findings
+
+
+__all__ = ["AnalyzeOptions", "KernelBuild", "KernelOptions", "ObjectOptions", "analyze", "analyze_objects",
+           "build_kernel", "compile_bundle", "lint"]

@@ -13,9 +13,17 @@ from typing import Any
 import click
 
 from . import __version__
-from .api import AnalyzeOptions, ObjectOptions, analyze, analyze_objects, compile_bundle, lint
+from .api import (
+    AnalyzeOptions,
+    KernelOptions,
+    ObjectOptions,
+    analyze,
+    analyze_objects,
+    build_kernel,
+    compile_bundle,
+    lint,
+)
 from .bundle import write_atomic
-from .emit.kmod import KernelOptions, build_kernel
 from .errors import KlpccError
 from .objects import text as objects_text
 from .objects import to_json as objects_json
