@@ -35,6 +35,7 @@ BUSYBOX = Path("/bin/busybox")
 START_MARKER = "KLPCC-GUEST-START"
 EXIT_MARKER = "KLPCC-GUEST-EXIT"
 _EXIT_RE = re.compile(re.escape(EXIT_MARKER) + r" (\d+)")
+_ANSI_RE = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|c)")  # the firmware's terminal resets
 
 
 @dataclass(frozen=True)
@@ -301,10 +302,10 @@ def run_guest(files: Mapping[str, Path | bytes], script: str, *, timeout: float 
         except subprocess.TimeoutExpired:
             proc.kill()
             raw, _ = proc.communicate()
-            console = raw.decode(errors="replace").replace("\r", "")
+            console = _ANSI_RE.sub("", raw.decode(errors="replace").replace("\r", ""))
             tail = "\n".join(console.splitlines()[-60:])
             pytest.fail(f"qemu did not finish within {timeout:.0f} s; console tail:\n{tail}")
         seconds = time.monotonic() - started
-    console = raw.decode(errors="replace").replace("\r", "")
+    console = _ANSI_RE.sub("", raw.decode(errors="replace").replace("\r", ""))
     output, status = _between_markers(console)
     return GuestRun(output=output, status=status, seconds=seconds, console=console)
