@@ -31,6 +31,13 @@ SERIES = ROOT / "fixtures" / "kernel-livepatch" / "patches"
 LOADER = ROOT / "runtime" / "kernel" / "klpcc-load"
 SECRET = "klpcc.secret=hunter2"
 STATE = 0x4B50
+# the files the series touches and the local headers they include: all the test
+# extracts from linux-source
+SOURCES = ("fs/proc/cmdline.c", "fs/proc/base.c", "fs/proc/internal.h", "fs/proc/fd.h", "lib/kstrtox.h",
+           "fs/binfmt_misc.c", "fs/internal.h")
+# fs/binfmt_misc.c is built into a module: patched when the module loads
+OBJECT = "fs/binfmt_misc.c=binfmt_misc"
+BINFMT = "/proc/sys/fs/binfmt_misc"
 
 
 @dataclass
@@ -66,6 +73,7 @@ def _show(step: str) -> str:
     return (f'echo "SHOW {step} cmdline $(cat /proc/cmdline)"; '
             f'echo "SHOW {step} limits $(head -n 1 /proc/self/limits)"; '
             f'echo "SHOW {step} personality $(cat /proc/self/personality)"; '
+            f'echo "SHOW {step} binfmt $(cat {BINFMT}/status 2>/dev/null || echo absent)"; '
             f'echo "SHOW {step} patches $(ls /sys/kernel/livepatch | tr "\\n" " ")"; '
             f'echo "SHOW {step} modules $(cut -d" " -f1 /proc/modules | tr "\\n" " ")"\n')
 
@@ -81,6 +89,10 @@ SCRIPT = "".join([
     _load("nokallsyms", "/lib/klpcc/klpcc_proc_r2nk.ko"), _show("nokallsyms"),
     _load("r1", "/lib/klpcc/klpcc_proc_r1.ko"), _show("r1"),
     _load("r2", "/lib/klpcc/klpcc_proc_r2.ko"), _show("r2"),
+    # the module release 2 patches loads now: the livepatch core patches it as it comes
+    f"insmod /lib/klpcc/binfmt_misc.ko && mount -t binfmt_misc none {BINFMT} && "
+    f"echo ':klpcc:E::klpccx::/bin/sh:' > {BINFMT}/register; echo \"RC binfmt $?\"\n",
+    _show("binfmt"),
     _load("r3", "/lib/klpcc/klpcc_proc_r3.ko"), _show("r3"),
     _load("downgrade", "/lib/klpcc/klpcc_proc_r2.ko"), _show("downgrade"),
     _load("status", "--status"),
@@ -110,18 +122,21 @@ def _build(e: E2E, bundle: Path, name: str, out: Path, *extra: str) -> None:
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory) -> E2E:
     e = E2E(ensure_kernel_packages())
-    src = fetch_kernel(e.kernel.source_version)
+    src = fetch_kernel(e.kernel.source_version, SOURCES)
     work = tmp_path_factory.mktemp("kernel-e2e")
     kallsyms, e.kallsyms_boot = _kallsyms(work)
-    files: dict[str, Path | bytes] = {"/bin/klpcc-load": LOADER}
+    files: dict[str, Path | bytes] = {
+        "/bin/klpcc-load": LOADER,
+        "/lib/klpcc/binfmt_misc.ko": Path(f"/lib/modules/{e.kernel.release}/kernel/fs/binfmt_misc.ko"),
+    }
     for r in (1, 2, 3):
         bundle = work / f"bundle{r}"
         res = klpcc("compile", str(SERIES), "--source", str(src), "--release", str(r), "-o", str(bundle))
         assert res.returncode == 0, res.stderr
         name = f"klpcc_proc_r{r}"
-        _build(e, bundle, name, work / name, "--kallsyms", str(kallsyms))
+        _build(e, bundle, name, work / name, "--kallsyms", str(kallsyms), "--object", OBJECT)
         files[f"/lib/klpcc/{name}.ko"] = work / name / f"{name}.ko"
-    _build(e, work / "bundle2", "klpcc_proc_r2nk", work / "r2nk")
+    _build(e, work / "bundle2", "klpcc_proc_r2nk", work / "r2nk", "--object", OBJECT)
     files["/lib/klpcc/klpcc_proc_r2nk.ko"] = work / "r2nk" / "klpcc_proc_r2nk.ko"
     lint = klpcc("lint", str(SERIES), "--source", str(src), "--release", "2", "--from", "3",
                  "--format", "json")
@@ -134,7 +149,9 @@ def e2e(tmp_path_factory) -> E2E:
 def test_modules_carry_the_releases_functions_nops_states_and_callbacks(e2e):
     r1, r2, r3 = (e2e.builds[f"klpcc_proc_r{r}"] for r in (1, 2, 3))
     assert [f["name"] for f in r1["functions"]] == ["cmdline_proc_show"]
-    assert sorted(f["name"] for f in r3["functions"]) == ["proc_pid_limits", "proc_pid_personality"]
+    assert sorted((f["object"], f["name"]) for f in r3["functions"]) == [
+        ("binfmt_misc", "bm_status_read"), ("vmlinux", "proc_pid_limits"),
+        ("vmlinux", "proc_pid_personality")]
     assert r3["nops"] == ["fs/proc/cmdline.c:cmdline_proc_show"]
     assert r2["states"] == [{"id": STATE, "version": 1}] and r3["states"] == [{"id": STATE, "version": 2}]
     assert {c["kind"] for c in r3["callbacks"]} == {"pre_patch", "post_patch", "pre_unpatch", "post_unpatch"}
@@ -142,6 +159,12 @@ def test_modules_carry_the_releases_functions_nops_states_and_callbacks(e2e):
     # statics and unexported globals go through livepatch relocations
     assert ".klp.sym.vmlinux.saved_command_line,0" in r1["livepatch_symbols"].values()
     assert ".klp.sym.vmlinux.lnames,0" in r3["livepatch_symbols"].values()
+    # the module's statics, its list and lock included, are the module's own
+    assert {".klp.sym.binfmt_misc.entries,0", ".klp.sym.binfmt_misc.entries_lock,0",
+            ".klp.sym.binfmt_misc.enabled,0"} <= set(r3["livepatch_symbols"].values())
+    assert {s["section"] for s in r3["livepatch_relocations"]} >= {
+        ".klp.rela.binfmt_misc..text.klpcc_new_1_bm_status_read",
+        ".klp.rela.vmlinux..text.klpcc_new_2_proc_pid_limits"}
     # lock_trace is inlined in the running kernel: with its kallsyms, the module has a copy
     assert any("lock_trace" in c["what"] for c in r3["copied"])
     assert ".klp.sym.vmlinux.lock_trace,0" in e2e.builds["klpcc_proc_r2nk"]["livepatch_symbols"].values()
@@ -152,7 +175,7 @@ def test_original_output_before_any_patch(e2e):
     assert SECRET in base["cmdline"]
     assert base["limits"].startswith("Limit ")
     assert base["personality"] == "00000000"
-    assert base["patches"] == "" and base["modules"] == ""
+    assert base["patches"] == "" and base["modules"] == "" and base["binfmt"] == "absent"
 
 
 def test_unresolvable_static_is_refused_by_the_kernel_and_nothing_changes(e2e):
@@ -183,6 +206,13 @@ def test_release_2_replaces_release_1_and_keeps_its_fix(e2e):
     assert "klpcc_proc_r1" not in shown["modules"]  # replaced, and its module removed
 
 
+def test_a_module_loaded_after_the_patch_is_patched_as_it_loads(e2e):
+    rc, _ = e2e.load("binfmt")
+    assert rc == 0, e2e.guest.tail()
+    # the patched function counts the module's own list: one format registered
+    assert e2e.out("binfmt")["binfmt"] == "enabled, 1 registered"
+
+
 def test_release_3_reverts_release_1_fix_and_replaces_release_2(e2e):
     rc, out = e2e.load("r3")
     assert rc == 0, out
@@ -190,7 +220,8 @@ def test_release_3_reverts_release_1_fix_and_replaces_release_2(e2e):
     assert shown["cmdline"] == e2e.out("r0")["cmdline"]  # the nop: original output back
     assert shown["limits"].startswith("Resource ") and shown["personality"] == "0x00000000"
     assert shown["patches"] == "klpcc_proc_r3"
-    assert shown["modules"] == "klpcc_proc_r3"
+    assert shown["modules"].split() == ["klpcc_proc_r3", "binfmt_misc"]
+    assert shown["binfmt"] == "enabled, 1 registered"
 
 
 def test_only_the_new_patch_callbacks_run(e2e):
@@ -221,7 +252,11 @@ def test_status_and_disable(e2e):
     rc, out = e2e.load("disable")
     assert rc == 0, out
     shown = e2e.out("disabled")
-    assert shown == {**e2e.out("r0")}
+    base = e2e.out("r0")
+    assert {k: v for k, v in shown.items() if k not in ("binfmt", "modules")} == {
+        k: v for k, v in base.items() if k not in ("binfmt", "modules")}
+    assert shown["binfmt"] == "enabled"  # binfmt_misc's original status
+    assert shown["modules"] == "binfmt_misc"
 
 
 def test_figures(e2e, capsys):

@@ -149,10 +149,14 @@ def kernel_versions() -> tuple[str, ...]:
     return tuple(picked)
 
 
-def fetch_kernel(version: str) -> Path:
-    """The root of the extracted subset of ``linux-source-6.1`` at ``version``."""
-    dest = CACHE / KERNEL_PACKAGE / version
-    stamp = json.dumps(KERNEL_SUBSET)
+def fetch_kernel(version: str, subset: Sequence[str] = KERNEL_SUBSET) -> Path:
+    """The root of the extracted ``subset`` (directories, or ``.c``/``.h`` files) of
+    ``linux-source-6.1`` at ``version``."""
+    subset = tuple(subset)
+    digest = hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:12]
+    tag = "" if subset == KERNEL_SUBSET else f"-{digest}"
+    dest = CACHE / KERNEL_PACKAGE / f"{version}{tag}"
+    stamp = json.dumps(subset)
 
     def build(tmp: Path) -> None:
         cmd = ["apt-get", "download", f"{KERNEL_PACKAGE}={version}"]
@@ -164,7 +168,7 @@ def fetch_kernel(version: str) -> Path:
         debs = list(tmp.glob("*.deb"))
         if len(debs) != 1:
             pytest.fail(f"apt-get download {KERNEL_PACKAGE}={version} left {debs} in {tmp}", pytrace=False)
-        patterns = [f"linux-source-*/{p}" + ("" if p.endswith(".c") else "/*") for p in KERNEL_SUBSET]
+        patterns = [f"linux-source-*/{p}" + ("" if p.endswith((".c", ".h")) else "/*") for p in subset]
         # dpkg-deb | tar (the .tar.xz member) | tar -xJ (only the subset): the 140 MB
         # tarball is never written out
         script = (
@@ -173,7 +177,7 @@ def fetch_kernel(version: str) -> Path:
             '| tar -xJ -C "$2" --wildcards "${@:3}"'
         )
         _run(["bash", "-c", script, "extract", str(debs[0]), str(tmp), *patterns],
-             f"extracting {', '.join(KERNEL_SUBSET)} from {debs[0].name}")
+             f"extracting {', '.join(subset)} from {debs[0].name}")
         debs[0].unlink()
         (top,) = [p for p in tmp.iterdir() if p.is_dir()]
         top.rename(tmp / "src")

@@ -110,40 +110,37 @@ def convert(data: bytes, resolve: Callable[[str], Target | None]) -> tuple[bytes
     for idx, (h, name) in enumerate(zip(heads, names)):
         if h[1] != SHT_RELA or h[6] != symtab_index:
             continue
-        keep, move = bytearray(), bytearray()
-        objects: set[str] = set()
+        keep = bytearray()
+        moved: dict[str, bytearray] = {}  # object -> its relocations
         for off in range(0, len(bodies[idx]), _RELA.size):
             entry = bodies[idx][off:off + _RELA.size]
-            _, rinfo, _ = _RELA.unpack(entry)
-            sym = rinfo >> 32
+            sym = _RELA.unpack(entry)[1] >> 32
             if sym in klp:
-                move += entry
-                objects.add(klp[sym].object)
+                moved.setdefault(klp[sym].object, bytearray()).extend(entry)
             else:
                 keep += entry
-        if not move:
+        if not moved:
             continue
         target_name = names[h[7]]
-        used = sorted({klp[_RELA.unpack_from(move, o)[1] >> 32].name
-                       for o in range(0, len(move), _RELA.size)})
         if name.startswith(_EARLY) or not heads[h[7]][2] & SHF_ALLOC:
+            used = sorted({klp[_RELA.unpack_from(rel, o)[1] >> 32].name
+                           for rel in moved.values() for o in range(0, len(rel), _RELA.size)})
             raise KlpccError(f"the patch refers to {', '.join(used)} from {target_name}, which the kernel "
                              "reads when the module loads, before livepatch can relocate it (a static key, "
                              "static call or exception table entry on a symbol the module cannot link)")
-        modules = objects - {"vmlinux"}
-        if len(modules) > 1:
-            raise KlpccError(f"{target_name} refers to symbols of several modules "
-                             f"({', '.join(sorted(modules))})")
-        obj = next(iter(modules)) if modules else "vmlinux"
-        klp_name = f".klp.rela.{obj}.{target_name}"
         bodies[idx] = bytes(keep)
         heads[idx][5] = len(keep)
-        at = len(shstrtab)
-        shstrtab += klp_name.encode() + b"\0"
-        added_heads.append([at, SHT_RELA, SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, 0, 0, len(move),
-                            symtab_index, h[7], 8, _RELA.size])
-        added_bodies.append(bytes(move))
-        made.append((klp_name, len(move) // _RELA.size))
+        # one section per object the symbols belong to: the kernel applies vmlinux's
+        # when the patch is enabled and a module's when that module is loaded, and
+        # refuses vmlinux symbols in a module's section
+        for obj, rel in sorted(moved.items()):
+            klp_name = f".klp.rela.{obj}.{target_name}"
+            at = len(shstrtab)
+            shstrtab += klp_name.encode() + b"\0"
+            added_heads.append([at, SHT_RELA, SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, 0, 0, len(rel),
+                                symtab_index, h[7], 8, _RELA.size])
+            added_bodies.append(bytes(rel))
+            made.append((klp_name, len(rel) // _RELA.size))
     bodies[shstrndx] = bytes(shstrtab)
     heads += added_heads
     bodies += added_bodies

@@ -347,7 +347,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
 
 def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, syms: Kallsyms | None):
     labels = {label: ref for u in units for label, ref in u.labels.items()}
-    defined_objects = {u.object for u in units}
+    defined_objects = {u.object for u in units} - {VMLINUX}
 
     def resolve(name: str) -> klpelf.Target | None:
         ref = labels.get(name)
@@ -359,9 +359,12 @@ def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, s
         if name.startswith(("__klpcc_sym_", "klpcc_")):
             raise KlpccError(f"the module refers to {name}, which no unit defines")
         owners = sorted(syms.owner.get(name, ())) if syms is not None else []
+        unseen = sorted(o for o in defined_objects if syms is not None and not syms.has_object(o))
         if syms is not None and not owners:
-            raise KlpccError(f"the patch uses {name}, which the kernel neither exports nor has in its "
-                             f"symbol table ({syms.source})")
+            if len(unseen) != 1:  # a module the kallsyms was taken without: its own symbol
+                raise KlpccError(f"the patch uses {name}, which the kernel neither exports nor has in its "
+                                 f"symbol table ({syms.source})")
+            owners = unseen
         obj = VMLINUX if not owners or VMLINUX in owners else next(
             (o for o in owners if o in defined_objects), owners[0])
         return klpelf.Target(obj, name, resolver.position(obj, name, "(global)", "global"))

@@ -319,11 +319,8 @@ class UnitWriter:
         if it.kind == "statement":
             if _DROPPED.match(text):
                 return f"/* klpcc: {_one_line(text)[:60]} is the kernel's, not the module's */"
-            m = _DEFINE_CALL.match(text)
-            if m and it.name not in self.added:
-                label = self.label(m.group(3), "static variable") if m.group(1) else None
-                return f"extern {_DEFINE_TYPES[m.group(2)]} {m.group(3)}" + (
-                    f' __asm__("{label}");' if label else ";")
+            if (defined := self._defined_variable(it, text)) is not None:
+                return defined
             if it.name not in self.added and re.match(r"\s*(static\s+)?[A-Z_][A-Z0-9_]*\s*\(", text):
                 # a macro that defines functions or data of the kernel (LSM_DIR_OPS(x),
                 # DEFINE_SHOW_ATTRIBUTE(x), ...): the module must not have copies
@@ -377,8 +374,19 @@ class UnitWriter:
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
 
+    def _defined_variable(self, it: Item, text: str) -> str | None:
+        """``static DEFINE_MUTEX(x);`` and the like: a declaration of the kernel's ``x``."""
+        m = _DEFINE_CALL.match(text)
+        if m is None or it.name in self.added:
+            return None
+        label = self.label(m.group(3), "static variable") if m.group(1) else None
+        asm = f' __asm__("{label}")' if label else ""
+        return f"extern {_DEFINE_TYPES[m.group(2)]} {m.group(3)}{asm};"
+
     def _variable(self, it: Item, text: str) -> str | None:
         u = self.unit
+        if (defined := self._defined_variable(it, text)) is not None:
+            return defined
         if it.name in self.added or it.macro:
             if it.macro and it.name not in self.added:
                 u.copied.append(f"{_one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
