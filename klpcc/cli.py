@@ -284,7 +284,7 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
     res = build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace, source_only,
                                      name, kallsyms, _sympos(sympos), force, jobs))
     if fmt == "json":
-        click.echo(dump_json({**res.to_json(), "replace": not no_replace}))
+        click.echo(dump_json(res.to_json()))
         return
     what = res.module if res.module is not None else f"{res.outdir} (source only)"
     click.echo(f"{what}: livepatch {res.name}, release {res.release}, "

@@ -73,6 +73,7 @@ class KernelBuild:
     units: list[Unit]
     nops: list[str]
     states: list[tuple[int, int]]
+    replace: bool = True
     symbols: dict[str, str] = field(default_factory=dict)  # undefined name -> livepatch symbol
     klp_sections: list[tuple[str, int]] = field(default_factory=list)
     build_seconds: float = 0.0
@@ -83,7 +84,7 @@ class KernelBuild:
             "name": self.name,
             "release": self.release,
             "module": None if self.module is None else str(self.module),
-            "replace": None,
+            "replace": self.replace,
             "objects": sorted({u.object for u in self.units}),
             "functions": [{"object": u.object, "file": u.path, "name": old, "new": new, "sympos": pos}
                           for u in self.units for old, new, pos in u.patched],
@@ -317,7 +318,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
     units = _units(doc, bundle, opts, resolver)
     states = _states(doc)
     result = KernelBuild(name, release, Path(os.path.abspath(opts.outdir)), None, units,
-                         list(doc.get("nops", [])), states)
+                         list(doc.get("nops", [])), states, opts.replace)
     with _bundle.staged(Path(opts.outdir)) as tmp:
         shutil.copy(runtime_dir() / HEADER, tmp / HEADER)
         (tmp / "Kbuild").write_text(kbuild(name, units))
@@ -340,8 +341,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
             result.build_seconds = time.perf_counter() - start
             result.symbols, result.klp_sections = conv.symbols, conv.sections
             result.module = result.outdir / ko.name
-        doc_out = {**result.to_json(), "replace": opts.replace}
-        (tmp / "build.json").write_text(json.dumps(doc_out, indent=2) + "\n")
+        (tmp / "build.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
