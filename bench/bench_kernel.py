@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.qemu_guest import ensure_kernel_packages, run_guest  # noqa: E402
+from tests.test_kernel_e2e import SOURCES  # noqa: E402
 from tests.test_real_sources import fetch_kernel  # noqa: E402
 
 SERIES = ROOT / "fixtures" / "kernel-livepatch" / "patches"
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=5)
     args = ap.parse_args()
     kernel = ensure_kernel_packages()
-    src = fetch_kernel(kernel.source_version)
+    src = fetch_kernel(kernel.source_version, SOURCES)
     with tempfile.TemporaryDirectory(prefix="klpcc-bench-kernel-") as tmp:
         work = Path(tmp)
         plain = work / "plain"
@@ -75,6 +76,7 @@ def main() -> None:
             compiled = time.perf_counter() - start
             start = time.perf_counter()
             klpcc("build", str(work / f"b{r}"), "--kernel", str(kernel.kdir), "--kallsyms", str(kallsyms),
+                  "--object", "fs/binfmt_misc.c=binfmt_misc",
                   "--name", f"klpcc_proc_r{r}", "-o", str(work / f"m{r}"))
             built = time.perf_counter() - start
             files[f"/lib/klpcc/klpcc_proc_r{r}.ko"] = work / f"m{r}" / f"klpcc_proc_r{r}.ko"
