@@ -24,6 +24,8 @@ from .api import (
     lint,
 )
 from .bundle import write_atomic
+from .emit import uclient
+from .emit.umod import ProgramOptions, build_program_patch
 from .errors import KlpccError
 from .objects import text as objects_text
 from .objects import to_json as objects_json
@@ -268,19 +270,53 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
 @click.option("--name", metavar="NAME", help="Module and patch name (default: klpcc_<release>).")
 @click.option("--kallsyms", metavar="FILE", type=click.Path(),
               help="The target's /proc/kallsyms (or System.map): symbol positions and inlined functions.")
+@click.option("--binary", "binary", metavar="PROG", type=click.Path(),
+              help="Build a userspace patch object for this exact program (its build-id, symbols, DWARF).")
+@click.option("--cflags", "extra_cflags", metavar="FLAGS", default="",
+              help="--binary: options the program's sources need beyond what its DWARF records (-I, -D).")
+@click.option("--cc", "cc", metavar="CC", default="cc", show_default=True, help="--binary: the C compiler.")
 @click.option("--sympos", metavar="FILE:NAME=N", multiple=True,
-              help="Position of a static symbol whose name the kernel has several times. Repeatable.")
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(), help="Directory to write.")
-@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+              help="Position of a static symbol whose name is defined several times. Repeatable.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(),
+              help="Directory to write (--kernel), or the patch object (--binary).")
+@click.option("--force", is_flag=True, help="Replace the output if it exists.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel make jobs (default: cores).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_guard
 def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replace: bool, source_only: bool,
-              name: str | None, kallsyms: str | None, sympos: tuple[str, ...], outdir: str, force: bool,
-              jobs: int | None, fmt: str) -> None:
-    """Build the live patch of a bundle: a kernel livepatch module (--kernel)."""
+              name: str | None, kallsyms: str | None, binary: str | None, extra_cflags: str, cc: str,
+              sympos: tuple[str, ...], outdir: str, force: bool, jobs: int | None, fmt: str) -> None:
+    """Build the live patch of a bundle: a kernel livepatch module (--kernel) or a
+    patch object for a running program (--binary)."""
+    if binary:
+        if kdir or source_only or objects or kallsyms or no_replace:
+            raise KlpccError("--binary builds a userspace patch object: --kernel, --object, --kallsyms, "
+                             "--source-only and --no-replace are for the kernel")
+        built = build_program_patch(ProgramOptions(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
+                                                   force))
+        if fmt == "json":
+            click.echo(dump_json(built.to_json()))
+            return
+        click.echo(f"{outdir}: patch object for {binary} (build-id {built.build_id[:12]}), "
+                   f"release {built.release}")
+        for f in built.functions:
+            flag = ", immediate" if f.immediate else ""
+            click.echo(f"  patch  {f.name}  ({f.file}; {f.why}{flag})")
+        for r in built.refs:
+            click.echo(f"  uses the program's  {r['name']}  ({r['file']})")
+        for c in built.copied:
+            click.echo(f"  copied  {c['what']}")
+        for i, v in built.states:
+            click.echo(f"  state  id {i} version {v}")
+        for c in built.callbacks:
+            click.echo(f"  callback  {c['kind']} = {c['callback']}  ({c['file']})")
+        if built.nops:
+            click.echo("  reverted by the runtime (nop): " + ", ".join(built.nops))
+        for n in built.notes:
+            click.echo(f"klpcc: note: {n}", err=True)
+        return
     if not kdir and not source_only:
-        raise KlpccError("say which kernel to build for: --kernel KDIR (or --source-only)")
+        raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG")
     res = build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace, source_only,
                                      name, kallsyms, _sympos(sympos), force, jobs))
     if fmt == "json":
@@ -305,6 +341,100 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
         click.echo(f"  livepatch symbol  {new}{note}")
     if res.module is not None:
         click.echo(f"  built in {res.build_seconds:.1f} s")
+
+
+@main.command("config")
+@click.option("--cflags", "want_cflags", is_flag=True, help="Compiler options a patchable program needs.")
+@click.option("--libs", "want_libs", is_flag=True,
+              help="Linker options: the klpcc runtime (built on demand).")
+@click.option("--preload", is_flag=True, help="The runtime library's path, for LD_PRELOAD.")
+@click.option("--cc", "cc", metavar="CC", default="cc", show_default=True, help="The C compiler.")
+@_guard
+def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, cc: str) -> None:
+    """Like pkg-config: how to build a program the userspace runtime can patch."""
+    if not (want_cflags or want_libs or preload):
+        raise KlpccError("say what to print: --cflags, --libs or --preload")
+    parts = []
+    if want_cflags:
+        parts.append(uclient.cflags())
+    if want_libs:
+        parts.append(uclient.libs(cc))
+    if preload:
+        parts.append(str(uclient.runtime_library(cc)))
+    click.echo(" ".join(parts))
+
+
+def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--socket", "sock", metavar="PATH", type=click.Path(),
+                      help="The runtime's socket (default: $KLPCC_SOCKET_DIR or /tmp/.klpcc-UID, "
+                           "then /PID.sock).")(fn)
+    return click.option("--pid", "pid", required=True, type=click.IntRange(min=1),
+                        help="The process to talk to.")(fn)
+
+
+def _answer(doc: dict, fmt: str, what: str) -> None:
+    if fmt == "json":
+        click.echo(dump_json(doc))
+    elif doc.get("ok"):
+        extra = []
+        if doc.get("replaced"):
+            extra.append("replaced " + ", ".join(doc["replaced"]))
+        if doc.get("nops"):
+            extra.append("reverted " + ", ".join(doc["nops"]))
+        if doc.get("unloaded"):
+            extra.append("unloaded " + ", ".join(doc["unloaded"]))
+        timing = f" in {doc['total_us'] / 1000:.1f} ms" if "total_us" in doc else ""
+        click.echo(f"{what} {doc.get('patch', '')}{timing}" + (f" ({'; '.join(extra)})" if extra else ""))
+    if not doc.get("ok"):
+        if fmt != "json":
+            step, error = doc.get("step", "?"), doc.get("error", "?")
+            click.echo(f"klpcc: error: {what} failed at {step}: {error}", err=True)
+        sys.exit(EXIT_FINDINGS)
+
+
+@main.command("apply")
+@click.argument("patch", type=click.Path())
+@_pid_options
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Seconds to wait for the threads to leave the functions being switched.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def apply_cmd(patch: str, pid: int, sock: str | None, timeout: float, fmt: str) -> None:
+    """Install PATCH in process PID: an atomic replace of whatever is installed."""
+    _answer(uclient.apply(pid, patch, timeout, sock), fmt, "applied")
+
+
+@main.command("disable")
+@_pid_options
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def disable_cmd(pid: int, sock: str | None, timeout: float, fmt: str) -> None:
+    """Back to the original code everywhere in process PID."""
+    _answer(uclient.disable(pid, timeout, sock), fmt, "disabled")
+
+
+@main.command("status")
+@_pid_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def status_cmd(pid: int, sock: str | None, fmt: str) -> None:
+    """The patches installed in process PID, their functions and states."""
+    doc = uclient.status(pid, sock)
+    if fmt == "json" or not doc.get("ok"):
+        _answer(doc, fmt, "status")
+        return
+    click.echo(f"process {doc.get('pid')} (build-id {str(doc.get('build_id'))[:12]}): "
+               f"{doc.get('applies', 0)} applies")
+    if not doc.get("patches"):
+        click.echo("  no patch installed")
+    for p in doc.get("patches", []):
+        click.echo(f"  {p['name']}  {p['state']}  {p.get('path', '')}")
+        for f in p.get("functions", []):
+            flag = ", immediate" if f.get("immediate") else ""
+            click.echo(f"    {f['name']}  ({f.get('why', '')}{flag})")
+        for st in p.get("states", []):
+            click.echo(f"    state {st['id']} version {st['version']}")
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -261,7 +261,11 @@ class UnitWriter:
             why += " (with static locals: the copy's are not the kernel's)"
         self.copied[it.name] = f"{it.name} (line {it.start_line}): {why}"
 
-    def label(self, name: str, what: str) -> str:
+    def rewrite(self, text: str) -> str:
+        """Code the unit keeps, as the target needs it (the kernel: as written)."""
+        return text
+
+    def label(self, name: str, what: str) -> str | None:
         label = f"__klpcc_sym_{self.unit.index}_{name}"
         self.unit.labels.setdefault(label, Reference(self.unit.object, name, self.unit.path, what))
         return label
@@ -276,7 +280,10 @@ class UnitWriter:
             start, end = self._char(it.start_byte), self._char(it.end_byte)
             if start < pos:
                 continue  # nested in an item already replaced
-            replacement = self.replace(it, self.text[start:end])
+            text = self.text[start:end]
+            replacement = self.replace(it, text)
+            if replacement is None and it.kind == "function" and (kept := self.rewrite(text)) != text:
+                replacement = kept  # code the unit keeps, its references to the program rewritten
             if replacement is None:
                 continue
             nl = self.text.find("\n", end)
@@ -358,7 +365,7 @@ class UnitWriter:
             decl = _declaration(header, label)
             body_at = len(header)
             return (f"{decl}\n#line {it.start_line} \"{u.path}\"\n"
-                    + _rename(header, it.name, new) + text[body_at:])
+                    + self.rewrite(_rename(header, it.name, new) + text[body_at:]))
         # a function of the kernel the patch does not change
         if re.search(r"\b(__init|__exit)\b", header):
             return f"/* klpcc: {it.name} is init or exit code of the kernel */"

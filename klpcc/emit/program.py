@@ -1,0 +1,157 @@
+"""The running program a userspace patch is built for, as its ELF file says: its
+build-id, its functions and data (statics told apart by the file that defines them,
+as the symbol table's ``STT_FILE`` entries group them, with symbol positions for
+names defined twice), and which functions gcc inlined where (DWARF)."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KlpccError
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    offset: int  # st_value
+    size: int
+    function: bool
+    file: str | None  # the STT_FILE a local belongs to; None for globals
+
+
+@dataclass
+class Program:
+    path: str
+    build_id: str
+    pie: bool
+    locals: dict[tuple[str, str], list[Symbol]] = field(default_factory=dict)  # (file basename, name)
+    globals: dict[str, Symbol] = field(default_factory=dict)
+    inlined: dict[str, set[str]] = field(default_factory=dict)  # function -> functions inlined into it
+    units: dict[str, set[str]] = field(default_factory=dict)  # function -> compile units defining it
+    producers: dict[str, str] = field(default_factory=dict)  # compile unit -> DW_AT_producer
+
+    def find(self, path: str, name: str, sympos: int = 0) -> Symbol | None:
+        """The program's symbol for ``name`` as the source file ``path`` sees it: its
+        own static, else a global."""
+        found = self.locals.get((posixpath.basename(path), name), [])
+        if len(found) > 1 and not sympos:
+            raise KlpccError(f"the program defines the static {name} {len(found)} times in files named "
+                             f"{posixpath.basename(path)}; say which with --sympos {path}:{name}=N",
+                             file=path)
+        if found:
+            if sympos > len(found):
+                raise KlpccError(f"--sympos {path}:{name}={sympos}: the program has {len(found)}", file=path)
+            return found[sympos - 1 if sympos else 0]
+        return self.globals.get(name)
+
+    def inlined_into(self, name: str) -> set[str]:
+        """The functions with an inlined copy of ``name``, directly or through another
+        inlined function."""
+        callers = {c for c, callees in self.inlined.items() if name in callees}
+        out: set[str] = set()
+        while callers:
+            c = callers.pop()
+            if c not in out:
+                out.add(c)
+                callers |= {d for d, callees in self.inlined.items() if c in callees} - out
+        return out
+
+
+def read_program(path: str | Path) -> Program:
+    from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
+    from elftools.elf.elffile import ELFFile
+
+    shown = str(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise KlpccError(f"cannot read the program: {exc.strerror}", patch=shown) from None
+    with fh:
+        try:
+            elf = ELFFile(fh)
+            prog = Program(shown, _build_id(elf, shown), elf["e_type"] == "ET_DYN")
+            _symbols(elf, prog, shown)
+            _dwarf(elf, prog)
+        except (ELFError, ELFParseError, DWARFError, ValueError, KeyError, EOFError) as exc:
+            raise KlpccError(f"is not an ELF program klpcc can read: {exc}", patch=shown) from None
+    return prog
+
+
+def _build_id(elf, shown: str) -> str:
+    for sec in elf.iter_sections():
+        if sec["sh_type"] != "SHT_NOTE":
+            continue
+        for note in sec.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID":
+                return note["n_desc"]
+    raise KlpccError("has no GNU build-id: link it with -Wl,--build-id (klpcc config --libs does)",
+                     patch=shown)
+
+
+def _symbols(elf, prog: Program, shown: str) -> None:
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        raise KlpccError("has no symbol table (stripped?): klpcc needs the program's symbols", patch=shown)
+    current: str | None = None
+    for sym in symtab.iter_symbols():
+        kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+        if kind == "STT_FILE":
+            current = sym.name
+            continue
+        if kind not in ("STT_FUNC", "STT_OBJECT") or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+            continue
+        name = sym.name
+        entry = Symbol(sym.name, sym["st_value"], sym["st_size"], kind == "STT_FUNC",
+                       current if bind == "STB_LOCAL" else None)
+        if bind == "STB_LOCAL":
+            if current is None:
+                continue
+            prog.locals.setdefault((current, name), []).append(entry)
+        else:
+            prog.globals[sym.name] = entry
+
+
+def _dwarf(elf, prog: Program) -> None:
+    if elf.get_section_by_name(".debug_info") is None:
+        return  # no -g: inlined copies cannot be found (said in the build's notes)
+    dwarf = elf.get_dwarf_info()
+
+    def name_of(die) -> str | None:
+        for _ in range(4):
+            if "DW_AT_name" in die.attributes:
+                return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
+            for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
+                if ref in die.attributes:
+                    die = die.get_DIE_from_attribute(ref)
+                    break
+            else:
+                return None
+        return None
+
+    def walk(die, into: set[str]) -> None:
+        for child in die.iter_children():
+            if child.tag == "DW_TAG_inlined_subroutine" and (callee := name_of(child)):
+                into.add(callee)
+            if child.has_children:
+                walk(child, into)
+
+    for cu in dwarf.iter_CUs():
+        top = cu.get_top_DIE()
+        unit = top.attributes.get("DW_AT_name")
+        unit_name = unit.value.decode("utf-8", "replace") if unit is not None else "?"
+        producer = top.attributes.get("DW_AT_producer")
+        if producer is not None:
+            prog.producers[unit_name] = producer.value.decode("utf-8", "replace")
+        for die in top.iter_children():
+            if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
+                continue
+            caller = name_of(die)
+            if not caller:
+                continue
+            prog.units.setdefault(caller, set()).add(unit_name)
+            callees: set[str] = set()
+            walk(die, callees)
+            if callees:
+                prog.inlined.setdefault(caller, set()).update(callees)

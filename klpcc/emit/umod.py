@@ -1,0 +1,349 @@
+"""Userspace target: a bundle becomes a patch object (a shared object) for one exact
+program, which the runtime in that program (``runtime/userspace``) installs with an
+atomic replace.
+
+1. the program's ELF: build-id, symbols (statics per file), DWARF inlining;
+2. the functions to patch: the release's modified functions, and every function of
+   the program into which one of them was inlined (it carries the old code);
+3. :mod:`.usource` writes the units; this module writes the descriptor unit
+   (``klpcc_patch_descriptor``: functions with the program's offsets, references,
+   states, callbacks, the manifest) and compiles everything with the program's own
+   options (from its DWARF ``DW_AT_producer``) into a shared object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KlpccError
+from .kmod import _c_string, _manifest, _read_source, _states, compile_error
+from .ksource import CALLBACK_KINDS, Unit
+from .program import Program, read_program
+from .usource import ProgramResolver, ProgramUnitWriter
+
+HEADER = "klpcc.h"
+_IMMEDIATE = re.compile(r"\bKLPCC_IMMEDIATE\s*\(\s*(\w+)\s*\)")
+# options of the program's units that the patch object is compiled with too
+_KEPT = re.compile(r"^-(O[0-3sgz]?|m\S+|std=\S+|f(?!PIE|pie|PIC|pic|patchable-function-entry)\S+|g\S*)$")
+
+
+def userspace_runtime_dir() -> Path:
+    here = Path(__file__).resolve().parents[2] / "runtime" / "userspace"
+    if not (here / HEADER).is_file():
+        raise KlpccError(f"klpcc's userspace runtime is missing ({here}); reinstall klpcc from its sources")
+    return here
+
+
+@dataclass(frozen=True)
+class ProgramOptions:
+    """``klpcc build --binary``: the bundle, the program it is for, the patch object to
+    write; extra compiler options (``-I``, ``-D`` the program was built with), the
+    compiler, and ``(file, name, pos)`` positions of statics defined twice."""
+
+    bundle: str
+    binary: str
+    output: str
+    cflags: str = ""
+    cc: str = "cc"
+    sympos: tuple[tuple[str, str, int], ...] = ()
+    force: bool = False
+
+
+@dataclass
+class PatchFunction:
+    name: str
+    file: str
+    offset: int
+    size: int
+    new: str
+    why: str
+    immediate: bool = False
+
+
+@dataclass
+class ProgramBuild:
+    release: str
+    output: Path
+    build_id: str
+    functions: list[PatchFunction] = field(default_factory=list)
+    inlining: list[dict] = field(default_factory=list)  # functions added because of inlining
+    refs: list[dict] = field(default_factory=list)
+    nops: list[str] = field(default_factory=list)
+    states: list[tuple[int, int]] = field(default_factory=list)
+    callbacks: list[dict] = field(default_factory=list)
+    copied: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "schema": "klpcc.patch-object/1",
+            "release": self.release,
+            "output": str(self.output),
+            "binary_build_id": self.build_id,
+            "functions": [{"name": f.name, "file": f.file, "offset": f.offset, "size": f.size, "new": f.new,
+                           "why": f.why, "immediate": f.immediate} for f in self.functions],
+            "added_by_inlining": self.inlining,
+            "refs": self.refs,
+            "nops": self.nops,
+            "states": [{"id": i, "version": v} for i, v in self.states],
+            "callbacks": self.callbacks,
+            "copied": self.copied,
+            "notes": self.notes,
+        }
+
+
+def _file_flags(prog: Program, path: str) -> list[str]:
+    """The options the program's unit for ``path`` was compiled with (DW_AT_producer)."""
+    base = os.path.basename(path)
+    producer = next((p for u, p in prog.producers.items() if os.path.basename(u) == base), None)
+    if producer is None:
+        return []
+    return [t for t in producer.split() if _KEPT.match(t)]
+
+
+Plan = tuple[dict[str, dict[str, str]], dict[str, set[str]], dict[tuple[str, str], str], list[str]]
+
+
+def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
+    """Per file: functions to compile (name -> modified/added), added non-function items,
+    why each function is in the patch, and notes."""
+    by_file: dict[str, dict[str, str]] = {}
+    added: dict[str, set[str]] = {}
+    why: dict[tuple[str, str], str] = {}
+    notes: list[str] = []
+    sources = {s["path"] for s in doc["sources"]}
+    sympos = {(f, n): p for f, n, p in opts.sympos}
+    for f in [*doc["functions"], *doc.get("outside", [])]:
+        kind, change, path = f.get("kind", "function"), f["change"], f["file"]
+        if change not in ("modified", "added"):
+            continue
+        if kind != "function":
+            if change == "added":
+                added.setdefault(path, set()).add(f["name"])
+            continue
+        if not path.endswith(".c"):
+            if change == "modified" and not f.get("static"):
+                raise KlpccError(f"cannot patch {f['name']}: a function defined in a header is compiled into "
+                                 "every file that includes it; move the change to a .c file", file=path)
+            continue
+        by_file.setdefault(path, {})[f["name"]] = change
+        why[(path, f["name"])] = f.get("reason") or change
+    # a changed function inlined into others: they carry its old code and are patched too
+    for path, fns in list(by_file.items()):
+        for name, change in list(fns.items()):
+            if change != "modified":
+                continue
+            for caller in sorted(prog.inlined_into(name)):
+                units = prog.units.get(caller, set())
+                home = next((p for p in sources if p.endswith(".c")
+                             and any(os.path.basename(u) == os.path.basename(p) for u in units)), None)
+                if home is None:
+                    where = ", ".join(sorted(units)) or "?"
+                    raise KlpccError(f"{name} is inlined into {caller} ({where}), whose source the bundle "
+                                     "does not carry; compile the bundle with --objects", file=path)
+                if by_file.setdefault(home, {}).get(caller) is None:
+                    by_file[home][caller] = "modified"
+                    why[(home, caller)] = f"inlined {name}"
+            if prog.find(path, name, sympos.get((path, name), 0)) is None:
+                # no copy of its own in the program: only its callers carry it
+                fns[name] = "added"
+                notes.append(f"{name} ({path}) has no symbol in the program (inlined everywhere): "
+                             "its callers are patched instead")
+    if not prog.producers:
+        notes.append("the program has no DWARF (-g): functions a changed function was inlined into "
+                     "cannot be found; build it with klpcc config --cflags")
+    for c in doc.get("callbacks", []) + doc.get("states", []):
+        if c["file"].endswith(".c"):
+            by_file.setdefault(c["file"], {})
+    return by_file, added, why, notes
+
+
+def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> str:
+    out = ["/* generated by klpcc build: the patch object's descriptor */", f'#include "{HEADER}"', ""]
+    for f in build.functions:
+        out.append(f"extern void {f.new}(void);")
+    for r in build.refs:
+        out.append(f"extern void *{r['slot']};")
+    for u in units:
+        for kind in u.callbacks:
+            ret = "int" if kind == "pre_patch" else "void"
+            out.append(f"extern {ret} (*const klpcc_cb_{kind}_{u.index})(void);")
+    out += ["", "static const struct klpcc_func klpcc_funcs[] = {"]
+    for f in build.functions:
+        out.append(f'\t{{ "{f.name}", {f.offset:#x}UL, {f.size}UL, (void *){f.new}, {int(f.immediate)}, '
+                   f'"{_c_string(f.why)}" }},')
+    out += ["\t{ 0 }", "};", "", "static const struct klpcc_ref klpcc_refs[] = {"]
+    for r in build.refs:
+        out.append(f'\t{{ "{r["name"]}", {r["offset"]:#x}UL, &{r["slot"]} }},')
+    out += ["\t{ 0 }", "};", "", "static const struct klpcc_state_decl klpcc_states[] = {"]
+    out += [f"\t{{ {i}UL, {v} }}," for i, v in build.states]
+    out += ["\t{ 0 }", "};"]
+    hooks = {}
+    for kind in CALLBACK_KINDS:
+        having = [u for u in units if kind in u.callbacks]
+        if not having:
+            hooks[kind] = "0"
+            continue
+        fn = f"klpcc_{kind}"
+        hooks[kind] = fn
+        if kind == "pre_patch":
+            out += ["", f"static int {fn}(void)", "{", "\tint ret;", ""]
+            for u in having:
+                out += [f"\tret = klpcc_cb_pre_patch_{u.index}();", "\tif (ret)", "\t\treturn ret;"]
+            out += ["\treturn 0;", "}"]
+        else:
+            out += ["", f"static void {fn}(void)", "{"] + [f"\tklpcc_cb_{kind}_{u.index}();" for u in having]
+            out += ["}"]
+    out += ["", '__attribute__((visibility("default")))',
+            "const struct klpcc_patch klpcc_patch_descriptor = {",
+            "\t.abi = KLPCC_ABI,", f'\t.name = "{_c_string(build.release)}",',
+            f'\t.build_id = "{build.build_id}",',
+            f"\t.funcs = klpcc_funcs, .nfuncs = {len(build.functions)},",
+            f"\t.refs = klpcc_refs, .nrefs = {len(build.refs)},",
+            f"\t.states = klpcc_states, .nstates = {len(build.states)},",
+            *[f"\t.{k} = {v}," for k, v in hooks.items()],
+            "\t.manifest = " + _c_literal(manifest) + ",", "};", ""]
+    return "\n".join(out)
+
+
+def _c_literal(text: str) -> str:
+    chunks = []
+    for i in range(0, len(text), 100):
+        part = text[i:i + 100]
+        part = part.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        chunks.append(f'"{part}"')
+    return "\n\t\t".join(chunks) or '""'
+
+
+def _run(cmd: list[str], paths: set[str], what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
+    except FileNotFoundError:
+        raise KlpccError(f"{cmd[0]} is not installed") from None
+    if proc.returncode != 0:
+        text = proc.stdout + proc.stderr
+        where = compile_error(text, paths)
+        if where:
+            raise KlpccError(f"the patch does not compile: {where}")
+        line = next((ln for ln in text.splitlines() if "rror" in ln), text.strip()[-300:])
+        raise KlpccError(f"{what} failed: {line.strip()[:300]}")
+
+
+def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
+    """Write the patch object of a bundle for the program ``opts.binary``."""
+    bundle = Path(opts.bundle)
+    doc = _manifest(bundle)
+    out = Path(opts.output)
+    if out.exists() and not opts.force:
+        raise KlpccError(f"{out} exists; use --force to replace it")
+    if out.is_dir():
+        raise KlpccError(f"{out} is a directory")
+    prog = read_program(opts.binary)
+    sympos = {(f, n): p for f, n, p in opts.sympos}
+    by_file, added, why, notes = _plan(doc, prog, opts)
+    build = ProgramBuild(doc["release"]["name"], Path(os.path.abspath(out)), prog.build_id,
+                         nops=list(doc.get("nops", [])), states=_states(doc), notes=notes)
+    units: list[Unit] = []
+    refs: dict[str, dict] = {}
+    for i, path in enumerate(sorted(by_file), 1):
+        unit = Unit(i, path, "program")
+        writer = ProgramUnitWriter(unit, _read_source(bundle, path), by_file[path], added.get(path, set()),
+                                   ProgramResolver(prog, sympos, path))
+        writer.write()
+        units.append(unit)
+        immediate = set(_IMMEDIATE.findall(unit.text))
+        for old, new, _ in unit.patched:
+            sym = prog.find(path, old, sympos.get((path, old), 0))
+            if sym is None or not sym.function:
+                raise KlpccError(f"the program has no function {old}", file=path)
+            reason = why.get((path, old), "modified")
+            build.functions.append(PatchFunction(old, path, sym.offset, sym.size, new, reason,
+                                                 old in immediate))
+            if reason.startswith("inlined "):
+                build.inlining.append({"function": old, "file": path, "why": reason})
+        for slot, sym in writer.refs.items():
+            refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path}
+        build.copied += [{"file": path, "what": c} for c in unit.copied]
+        build.callbacks += [{"file": path, "kind": k, "callback": fn} for k, fn in unit.callbacks.items()]
+    declared = {(c["file"], c["kind"]) for c in doc.get("callbacks", [])}
+    for path, kind in sorted(declared - {(c["file"], c["kind"]) for c in build.callbacks}):
+        raise KlpccError(f"the {kind} callback must be declared with KLPCC_{kind.upper()}(fn)", file=path)
+    if not build.functions and not build.nops:
+        raise KlpccError(f"release {build.release} changes no function: there is nothing to patch")
+    build.refs = sorted(refs.values(), key=lambda r: r["slot"])
+    manifest = dict(doc)
+    manifest["patch_object"] = build.to_json()
+    runtime = userspace_runtime_dir()
+    scratch = out.parent if out.parent.exists() else None
+    with tempfile.TemporaryDirectory(prefix=".klpcc-build-", dir=scratch) as t:
+        tmp = Path(t)
+        for s in doc["sources"]:
+            dest = tmp / "src" / s["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(_read_source(bundle, s["path"]))
+        objects = []
+        paths = {s["path"] for s in doc["sources"]} | {"klpcc_patch.c"}
+        extra = shlex.split(opts.cflags)
+        for u in units:
+            src = tmp / "src" / u.path
+            src.write_text(u.text, encoding="utf-8", errors="surrogateescape")
+            obj = tmp / f"unit{u.index}.o"
+            _run([opts.cc, *_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
+                  "-Wno-unused-function", "-Wno-unused-variable", f"-I{runtime}", f"-I{src.parent}",
+                  "-c", str(src), "-o", str(obj)], paths, "compiling the patch")
+            objects.append(str(obj))
+        (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(manifest)))
+        _run([opts.cc, "-fPIC", f"-I{runtime}", "-c", str(tmp / "klpcc_patch.c"), "-o", str(tmp / "desc.o")],
+             paths, "compiling the descriptor")
+        so = tmp / "patch.so"
+        _run([opts.cc, "-shared", "-Wl,-Bsymbolic-functions", "-Wl,--build-id", "-o", str(so),
+              str(tmp / "desc.o"), *objects], paths, "linking the patch object")
+        _check_object(so, prog, units)
+        data = so.read_bytes()
+    _write_binary(out, data)
+    return build
+
+
+def _check_object(so: Path, prog: Program, units: list[Unit]) -> None:
+    """The patch object must not carry its own copy of program data it should share."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(so, "rb") as fh:
+        elf = ELFFile(fh)
+        symtab = elf.get_section_by_name(".symtab")
+        for sym in symtab.iter_symbols() if symtab else ():
+            if sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] == "SHN_UNDEF":
+                continue
+            for u in units:
+                own = prog.locals.get((os.path.basename(u.path), sym.name))
+                if own and not own[0].function and sym.name not in _added_names(u):
+                    raise KlpccError(f"the patch object has its own copy of the program's static {sym.name} "
+                                     "(used through a macro?); the patched code must use the program's",
+                                     file=u.path)
+
+
+def _added_names(u: Unit) -> set[str]:
+    return {old for old, _, _ in u.patched}
+
+
+def _write_binary(out: Path, data: bytes) -> None:
+    out = Path(os.path.abspath(out))
+    if not out.parent.is_dir():
+        raise KlpccError(f"cannot write {out}: its directory does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
