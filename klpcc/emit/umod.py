@@ -151,6 +151,8 @@ def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
                 if by_file.setdefault(home, {}).get(caller) is None:
                     by_file[home][caller] = "modified"
                     why[(home, caller)] = f"inlined {name}"
+                elif by_file[home][caller] == "modified":
+                    why[(home, caller)] += f"; inlined {name}"
             if prog.find(path, name, sympos.get((path, name), 0)) is None:
                 # no copy of its own in the program: only its callers carry it
                 fns[name] = "added"
@@ -222,9 +224,9 @@ def _c_literal(text: str) -> str:
     return "\n\t\t".join(chunks) or '""'
 
 
-def _run(cmd: list[str], paths: set[str], what: str) -> None:
+def _run(cmd: list[str], paths: set[str], what: str, cwd: Path | None = None) -> None:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False, cwd=cwd)
     except FileNotFoundError:
         raise KlpccError(f"{cmd[0]} is not installed") from None
     if proc.returncode != 0:
@@ -266,7 +268,7 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
             reason = why.get((path, old), "modified")
             build.functions.append(PatchFunction(old, path, sym.offset, sym.size, new, reason,
                                                  old in immediate))
-            if reason.startswith("inlined "):
+            if "inlined " in reason:
                 build.inlining.append({"function": old, "file": path, "why": reason})
         for slot, sym in writer.refs.items():
             refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path}
@@ -297,7 +299,7 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
             obj = tmp / f"unit{u.index}.o"
             _run([opts.cc, *_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
                   "-Wno-unused-function", "-Wno-unused-variable", f"-I{runtime}", f"-I{src.parent}",
-                  "-c", str(src), "-o", str(obj)], paths, "compiling the patch")
+                  "-c", u.path, "-o", str(obj)], paths, "compiling the patch", cwd=tmp / "src")
             objects.append(str(obj))
         (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(manifest)))
         _run([opts.cc, "-fPIC", f"-I{runtime}", "-c", str(tmp / "klpcc_patch.c"), "-o", str(tmp / "desc.o")],

@@ -85,6 +85,7 @@ class ProgramUnitWriter(UnitWriter):
     """A unit of a userspace patch object."""
 
     resolver: ProgramResolver
+    header = "klpcc.h"
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
                  resolver: ProgramResolver):
