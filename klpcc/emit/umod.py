@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KlpccError
+from ..functions import CSource, split_lines
 from .kmod import _c_string, _manifest, _read_source, _states, compile_error
 from .ksource import CALLBACK_KINDS, Unit
 from .program import Program, read_program
@@ -135,11 +136,20 @@ def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
             continue
         by_file.setdefault(path, {})[f["name"]] = change
         why[(path, f["name"])] = f.get("reason") or change
-    # a changed function inlined into others: they carry its old code and are patched too
+    # a changed function inlined into others: they carry its old code and are patched too.
+    # DWARF records the inlined copies that left code behind; a copy the optimiser
+    # folded away leaves no record, so every caller in the same file counts too
+    bundle = Path(opts.bundle)
     for path, fns in list(by_file.items()):
+        callers_in_file = _callers(_read_source(bundle, path), path)
         for name, change in list(fns.items()):
             if change != "modified":
                 continue
+            for caller in sorted(callers_in_file.get(name, set()) - prog.inlined_into(name)):
+                has_symbol = caller in prog.globals or prog.find(path, caller) is not None
+                if has_symbol and fns.get(caller) is None:
+                    fns[caller] = "modified"
+                    why[(path, caller)] = f"calls {name} (may have inlined it)"
             for caller in sorted(prog.inlined_into(name)):
                 units = prog.units.get(caller, set())
                 home = next((p for p in sources if p.endswith(".c")
@@ -165,6 +175,28 @@ def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
         if c["file"].endswith(".c"):
             by_file.setdefault(c["file"], {})
     return by_file, added, why, notes
+
+
+def _callers(data: bytes, path: str) -> dict[str, set[str]]:
+    """callee -> the functions of the file that call it, directly or through another
+    function of the file."""
+    src = CSource(path, split_lines(data))
+    bodies = {it.name: data[it.start_byte:it.end_byte].decode("utf-8", "replace")
+              for it in src.items() if it.kind == "function"}
+    direct = {callee: {caller for caller, body in bodies.items() if caller != callee
+                       and re.search(rf"\b{re.escape(callee)}\s*\(", body.split("{", 1)[-1])}
+              for callee in bodies}
+    out: dict[str, set[str]] = {}
+    for callee in bodies:
+        seen: set[str] = set()
+        todo = list(direct[callee])
+        while todo:
+            c = todo.pop()
+            if c not in seen:
+                seen.add(c)
+                todo += list(direct.get(c, ()))
+        out[callee] = seen
+    return out
 
 
 def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> str:
@@ -268,7 +300,7 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
             reason = why.get((path, old), "modified")
             build.functions.append(PatchFunction(old, path, sym.offset, sym.size, new, reason,
                                                  old in immediate))
-            if "inlined " in reason:
+            if "inlined " in reason or "may have inlined" in reason:
                 build.inlining.append({"function": old, "file": path, "why": reason})
         for slot, sym in writer.refs.items():
             refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path}
