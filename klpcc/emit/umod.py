@@ -339,13 +339,13 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
         so = tmp / "patch.so"
         _run([opts.cc, "-shared", "-Wl,-Bsymbolic-functions", "-Wl,--build-id", "-o", str(so),
               str(tmp / "desc.o"), *objects], paths, "linking the patch object")
-        _check_object(so, prog, units)
+        _check_object(so, prog, units, added)
         data = so.read_bytes()
     _write_binary(out, data)
     return build
 
 
-def _check_object(so: Path, prog: Program, units: list[Unit]) -> None:
+def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, set[str]]) -> None:
     """The patch object must not carry its own copy of program data it should share."""
     from elftools.elf.elffile import ELFFile
 
@@ -357,14 +357,10 @@ def _check_object(so: Path, prog: Program, units: list[Unit]) -> None:
                 continue
             for u in units:
                 own = prog.locals.get((os.path.basename(u.path), sym.name))
-                if own and not own[0].function and sym.name not in _added_names(u):
+                if own and not own[0].function and sym.name not in added.get(u.path, set()):
                     raise KlpccError(f"the patch object has its own copy of the program's static {sym.name} "
                                      "(used through a macro?); the patched code must use the program's",
                                      file=u.path)
-
-
-def _added_names(u: Unit) -> set[str]:
-    return {old for old, _, _ in u.patched}
 
 
 def _write_binary(out: Path, data: bytes) -> None:
