@@ -191,3 +191,20 @@ def test_config_flags():
     assert r.returncode == 0 and r.stdout.split() == CFLAGS
     r = klpcc("config")
     assert r.returncode == 2
+
+
+def test_refuses_a_static_used_through_a_macro(tmp_path):
+    macro = "static long hits;\n#define BUMP() (hits++)\n"
+    r0 = dict(BASE)
+    r0["calc.c"] = BASE["calc.c"].replace("static long hits;\n", macro)
+    r1 = dict(r0)
+    r1["calc.c"] = r0["calc.c"].replace("\thits++;\n\treturn helper(x) * 2;",
+                                        "\tBUMP();\n\treturn helper(x) * 3;")
+    patches, src = make_series(tmp_path, r0, [r1])
+    prog = _program(src, tmp_path / "prog")
+    bundle = tmp_path / "bundle"
+    assert klpcc("compile", str(patches), "--source", str(src), "-o", str(bundle)).returncode == 0
+    r = klpcc("build", str(bundle), "--binary", str(prog), "-o", str(tmp_path / "x.so"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "hits directly (through a macro?)" in r.stderr and "calc.c" in r.stderr
+    assert not (tmp_path / "x.so").exists()

@@ -351,6 +351,15 @@ def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, s
 
     with open(so, "rb") as fh:
         elf = ELFFile(fh)
+        dynsym = elf.get_section_by_name(".dynsym")
+        for sym in dynsym.iter_symbols() if dynsym else ():
+            if sym["st_shndx"] != "SHN_UNDEF" or not sym.name:
+                continue
+            mine = next((u.path for u in units if (os.path.basename(u.path), sym.name) in prog.locals), None)
+            if mine is not None or sym.name in prog.globals:
+                raise KlpccError(f"the patch refers to the program's {sym.name} directly (through a macro?), "
+                                 "which a patch object cannot link against; use it in the function's code",
+                                 file=mine)
         symtab = elf.get_section_by_name(".symtab")
         for sym in symtab.iter_symbols() if symtab else ():
             if sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] == "SHN_UNDEF":
