@@ -28,7 +28,11 @@ echo "service $PID running with 4 workers"
 now "original "
 for r in 1 2 3 4; do
 	"$KLPCC" compile "$SERIES" --source "$SRC" --release "$r" -o "$OUT/bundle$r" --force >/dev/null
-	"$KLPCC" build "$OUT/bundle$r" --binary "$OUT/service" -o "$OUT/release$r.so" --force >/dev/null
+	if ! "$KLPCC" build "$OUT/bundle$r" --binary "$OUT/service" -o "$OUT/release$r.so" --force \
+		>"$OUT/build$r.txt" 2>&1; then
+		cat "$OUT/build$r.txt" >&2
+		exit 1
+	fi
 	"$KLPCC" apply --pid "$PID" "$OUT/release$r.so" | sed 's/^/  /'
 	now "release $r"
 done

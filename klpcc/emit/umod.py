@@ -315,7 +315,7 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
     manifest = dict(doc)
     manifest["patch_object"] = build.to_json()
     runtime = userspace_runtime_dir()
-    scratch = out.parent if out.parent.exists() else None
+    scratch = out.resolve().parent if out.resolve().parent.exists() else None
     with tempfile.TemporaryDirectory(prefix=".klpcc-build-", dir=scratch) as t:
         tmp = Path(t)
         for s in doc["sources"]:
