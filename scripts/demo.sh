@@ -10,3 +10,5 @@ set -x
 .venv/bin/klpcc analyze fixtures/demo/patches --source fixtures/demo/src --from 2 --release 4
 .venv/bin/klpcc lint fixtures/demo/patches --source fixtures/demo/src
 .venv/bin/klpcc compile fixtures/demo/patches --source fixtures/demo/src -o out/demo --force
+set +x
+./scripts/demo-live.sh

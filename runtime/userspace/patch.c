@@ -1,0 +1,717 @@
+// SPDX-License-Identifier: MIT
+/*
+ * patch.c - the apply and disable transactions, with the kernel's atomic-replace
+ * semantics, and the patches loaded.
+ *
+ * apply: load the object, check its descriptor, the build-id, every original's entry
+ * and every ref; store the refs; check the states against the installed patch; run
+ * pre_patch; then one switch moves every function of the new patch to its replacement
+ * and gives every function the installed patch redirected, and the new one does not
+ * carry, its NOPs back.  post_patch runs after the switch; the replaced patch is
+ * unloaded unless a thread may still run its code (an immediate function, or a frame
+ * inside it at the final stop).  Until the switch nothing the program can see changes;
+ * after a failure before it, the new object is unloaded and the installed patch stays.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct pfunc {
+	const struct klpcc_func *f;
+	struct klp_site *site;
+	uintptr_t copy_lo, copy_hi;	/* the replacement's code */
+};
+
+struct patch {
+	struct patch *next;		/* loaded patches, newest first */
+	void *handle;
+	char *path;
+	struct stat st;
+	const struct klpcc_patch *desc;
+	struct klp_object_map map;
+	struct pfunc *funcs;
+	unsigned nfuncs;
+	struct klp_states *states;
+	int has_immediate;
+};
+
+static struct patch *loaded;
+static struct patch *installed;
+static unsigned long applies;
+
+/* Record why the request failed; returns -1. */
+static int fail(struct klp_outcome *out, const char *step, const char *fmt, ...)
+	KLP_PRINTF(3, 4);
+
+static int fail(struct klp_outcome *out, const char *step, const char *fmt, ...)
+{
+	va_list ap;
+
+	out->step = step;
+	va_start(ap, fmt);
+	vsnprintf(out->error, sizeof(out->error), fmt, ap);
+	va_end(ap);
+	for (char *p = out->error; *p; p++) /* one line */
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	return -1;
+}
+
+static void list_add(struct klp_json *list, const char *s)
+{
+	if (list->len)
+		klp_json_raw(list, ",");
+	klp_json_str(list, s);
+}
+
+void klp_outcome_free(struct klp_outcome *out)
+{
+	free(out->patch);
+	klp_json_free(&out->replaced);
+	klp_json_free(&out->unloaded);
+	klp_json_free(&out->nops);
+}
+
+/* ---- loading and checking -------------------------------------------------------------- */
+
+static void free_patch(struct patch *p)
+{
+	if (p->handle)
+		dlclose(p->handle);
+	if (p->states)
+		klp_states_retire(p->states);
+	free(p->funcs);
+	free(p->path);
+	free(p);
+}
+
+static int holds_code(const struct patch *p, const void *fn)
+{
+	return klp_object_holds(&p->map, (uintptr_t)fn, (uintptr_t)fn + 1, PROT_EXEC);
+}
+
+static int check_descriptor(struct patch *p, struct klp_outcome *out)
+{
+	const struct klpcc_patch *d = p->desc;
+	const char *m;
+
+	if (d->abi != KLPCC_ABI)
+		return fail(out, "descriptor", "descriptor abi %u, the runtime reads abi %d", d->abi,
+			    KLPCC_ABI);
+	if (!d->name || !*d->name)
+		return fail(out, "descriptor", "the patch has no name");
+	for (m = d->manifest; m && isspace((unsigned char)*m); m++)
+		;
+	if (!m || *m != '{')
+		return fail(out, "descriptor", "%s: the manifest is %s", d->name,
+			    !m || !*m ? "missing" : "not a JSON object");
+	if (!d->build_id)
+		return fail(out, "descriptor", "%s: no build-id", d->name);
+	if ((d->nfuncs && !d->funcs) || (d->nrefs && !d->refs) || (d->nstates && !d->states))
+		return fail(out, "descriptor", "%s: a table is missing", d->name);
+	for (unsigned i = 0; i < d->nfuncs; i++) {
+		const struct klpcc_func *f = &d->funcs[i];
+
+		if (!f->name || !*f->name)
+			return fail(out, "descriptor", "%s: function %u has no name", d->name, i);
+		if (!f->new_func || !holds_code(p, f->new_func))
+			return fail(out, "descriptor",
+				    "%s: the replacement of %s is not code of the patch object",
+				    d->name, f->name);
+	}
+	for (unsigned i = 0; i < d->nrefs; i++) {
+		const struct klpcc_ref *r = &d->refs[i];
+
+		if (!r->name || !r->slot ||
+		    !klp_object_holds(&p->map, (uintptr_t)r->slot, (uintptr_t)(r->slot + 1),
+				      PROT_WRITE))
+			return fail(out, "descriptor", "%s: ref %s has no writable slot in the object",
+				    d->name, r->name ? r->name : "(unnamed)");
+	}
+	for (unsigned i = 0; i < d->nstates; i++)
+		for (unsigned k = 0; k < i; k++)
+			if (d->states[k].id == d->states[i].id)
+				return fail(out, "descriptor", "%s: state %lu declared twice", d->name,
+					    d->states[i].id);
+	if ((d->pre_patch && !holds_code(p, (const void *)d->pre_patch)) ||
+	    (d->post_patch && !holds_code(p, (const void *)d->post_patch)) ||
+	    (d->pre_unpatch && !holds_code(p, (const void *)d->pre_unpatch)) ||
+	    (d->post_unpatch && !holds_code(p, (const void *)d->post_unpatch)))
+		return fail(out, "descriptor", "%s: a callback is not code of the patch object",
+			    d->name);
+	return 0;
+}
+
+/* Whether the file holds what its ELF headers say it does: dlopen's messages about a
+ * truncated object are vague, and mapping one may fault later. */
+static int check_file(const char *path, off_t size, struct klp_outcome *out)
+{
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	uint64_t need;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -1;
+
+	if (fd < 0) {
+		fail(out, "read", "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG)) {
+		fail(out, "read", "%s: not an ELF file", path);
+		goto out;
+	}
+	if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_type != ET_DYN || eh.e_machine != EM_X86_64 ||
+	    eh.e_phentsize != sizeof(ph)) {
+		fail(out, "read", "%s: not an x86-64 ELF shared object", path);
+		goto out;
+	}
+	need = eh.e_phoff + (uint64_t)eh.e_phnum * sizeof(ph);
+	if (eh.e_shnum && eh.e_shoff + (uint64_t)eh.e_shnum * eh.e_shentsize > need)
+		need = eh.e_shoff + (uint64_t)eh.e_shnum * eh.e_shentsize;
+	for (unsigned i = 0; i < eh.e_phnum && need <= (uint64_t)size; i++) {
+		if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) != (ssize_t)sizeof(ph))
+			break;
+		if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > need)
+			need = ph.p_offset + ph.p_filesz;
+	}
+	if (need > (uint64_t)size) {
+		fail(out, "read", "%s: truncated (%lld bytes, its headers describe %llu)", path,
+		     (long long)size, (unsigned long long)need);
+		goto out;
+	}
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+static struct patch *load(const char *path, struct klp_outcome *out)
+{
+	struct patch *p;
+	struct link_map *lm;
+	const char *err;
+
+	p = calloc(1, sizeof(*p));
+	if (!p || !(p->path = strdup(path))) {
+		free(p);
+		fail(out, "internal", "out of memory");
+		return NULL;
+	}
+	if (stat(path, &p->st)) {
+		fail(out, "read", "%s: %s", path, strerror(errno));
+		goto drop;
+	}
+	if (!S_ISREG(p->st.st_mode)) {
+		fail(out, "read", "%s: not a regular file", path);
+		goto drop;
+	}
+	if (check_file(path, p->st.st_size, out))
+		goto drop;
+	for (struct patch *q = loaded; q; q = q->next)
+		if (!strcmp(q->path, path) &&
+		    (q->st.st_dev != p->st.st_dev || q->st.st_ino != p->st.st_ino ||
+		     q->st.st_size != p->st.st_size ||
+		     q->st.st_mtim.tv_sec != p->st.st_mtim.tv_sec ||
+		     q->st.st_mtim.tv_nsec != p->st.st_mtim.tv_nsec)) {
+			fail(out, "read",
+			     "%s changed since it was loaded as %s, which is still loaded: "
+			     "apply the new object from another path",
+			     path, q->desc->name);
+			goto drop;
+		}
+	dlerror();
+	p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!p->handle) {
+		err = dlerror();
+		fail(out, "read", "%s", err ? err : "dlopen failed");
+		goto drop;
+	}
+	if (dlinfo(p->handle, RTLD_DI_LINKMAP, &lm) ||
+	    klp_object_map(lm->l_addr, lm->l_name, &p->map)) {
+		fail(out, "internal", "%s: cannot find the loaded object", path);
+		goto drop;
+	}
+	p->desc = dlsym(p->handle, KLPCC_DESCRIPTOR);
+	if (!p->desc || !klp_object_holds(&p->map, (uintptr_t)p->desc,
+					  (uintptr_t)(p->desc + 1), PROT_READ)) {
+		fail(out, "descriptor", "%s: no %s in the object", path, KLPCC_DESCRIPTOR);
+		goto drop;
+	}
+	if (check_descriptor(p, out))
+		goto drop;
+	return p;
+drop:
+	free_patch(p);
+	return NULL;
+}
+
+/* The code of a replacement: its symbol's st_size, or the whole segment holding it. */
+static void copy_range(const struct patch *p, struct pfunc *pf)
+{
+	const ElfW(Sym) *sym = NULL;
+	uintptr_t fn = (uintptr_t)pf->f->new_func;
+	Dl_info info;
+
+	if (dladdr1(pf->f->new_func, &info, (void **)&sym, RTLD_DL_SYMENT) && sym &&
+	    (uintptr_t)info.dli_saddr == fn && sym->st_size) {
+		pf->copy_lo = fn;
+		pf->copy_hi = fn + sym->st_size;
+		return;
+	}
+	for (int i = 0; i < p->map.nseg; i++)
+		if (fn >= p->map.seg[i].lo && fn < p->map.seg[i].hi) {
+			pf->copy_lo = p->map.seg[i].lo;
+			pf->copy_hi = p->map.seg[i].hi;
+		}
+}
+
+static int resolve(struct patch *p, struct klp_outcome *out)
+{
+	const struct klpcc_patch *d = p->desc;
+	char err[256];
+
+	if (!klp_prog.build_id[0])
+		return fail(out, "build-id", "the program has no GNU build-id");
+	if (strcasecmp(d->build_id, klp_prog.build_id))
+		return fail(out, "build-id", "%s was built for build-id %s, this program is %s",
+			    d->name, d->build_id, klp_prog.build_id);
+	p->funcs = calloc(d->nfuncs ? d->nfuncs : 1, sizeof(*p->funcs));
+	if (!p->funcs)
+		return fail(out, "internal", "out of memory");
+	p->nfuncs = d->nfuncs;
+	for (unsigned i = 0; i < d->nfuncs; i++) {
+		const struct klpcc_func *f = &d->funcs[i];
+		struct pfunc *pf = &p->funcs[i];
+		uintptr_t entry = klp_prog.bias + f->offset;
+
+		if (f->size < KLPCC_ENTRY_BYTES || entry < klp_prog.bias ||
+		    klp_text_segment(entry, entry + f->size) < 0)
+			return fail(out, "symbol",
+				    "%s: offset %#lx size %lu is outside the program's text", f->name,
+				    f->offset, f->size);
+		for (unsigned k = 0; k < i; k++)
+			if (p->funcs[k].f->offset == f->offset)
+				return fail(out, "symbol", "%s: listed twice (as %s)", f->name,
+					    p->funcs[k].f->name);
+		pf->f = f;
+		pf->site = klp_site_lookup(entry, f->size, f->name, err, sizeof(err));
+		if (!pf->site)
+			return fail(out, "symbol", "%s", err);
+		copy_range(p, pf);
+		p->has_immediate |= !!f->immediate;
+	}
+	for (unsigned i = 0; i < d->nrefs; i++) {
+		uintptr_t addr = klp_prog.bias + d->refs[i].offset;
+
+		if (addr < klp_prog.bias || !klp_in_program(addr, addr + 1))
+			return fail(out, "symbol", "ref %s: offset %#lx is outside the program",
+				    d->refs[i].name, d->refs[i].offset);
+	}
+	return 0;
+}
+
+static void store_refs(const struct patch *p)
+{
+	for (unsigned i = 0; i < p->desc->nrefs; i++)
+		*p->desc->refs[i].slot = (void *)(klp_prog.bias + p->desc->refs[i].offset);
+}
+
+/* The new patch must keep every state of the installed one at the same version or later;
+ * a state kept carries its data over. */
+static int take_states(struct patch *p, const struct patch *prev, struct klp_outcome *out)
+{
+	const struct klpcc_patch *d = p->desc;
+
+	if (prev) {
+		for (unsigned i = 0; i < prev->states->n; i++) {
+			const struct klpcc_state *old = &prev->states->v[i];
+			unsigned k;
+
+			for (k = 0; k < d->nstates && d->states[k].id != old->id; k++)
+				;
+			if (k == d->nstates)
+				return fail(out, "state", "%s drops state %lu (version %u) of %s",
+					    d->name, old->id, old->version, prev->desc->name);
+			if (d->states[k].version < old->version)
+				return fail(out, "state",
+					    "%s has state %lu at version %u, %s installed version %u",
+					    d->name, old->id, d->states[k].version, prev->desc->name,
+					    old->version);
+		}
+	}
+	p->states = calloc(1, sizeof(*p->states));
+	if (!p->states || !(p->states->v = calloc(d->nstates ? d->nstates : 1, sizeof(*p->states->v))))
+		return fail(out, "internal", "out of memory");
+	p->states->n = d->nstates;
+	for (unsigned i = 0; i < d->nstates; i++) {
+		struct klpcc_state *old = prev ? klp_states_find(prev->states, d->states[i].id) : NULL;
+
+		p->states->v[i] = (struct klpcc_state){ d->states[i].id, d->states[i].version,
+							old ? old->data : NULL };
+	}
+	return 0;
+}
+
+/* ---- the switch ---------------------------------------------------------------------------- */
+
+struct plan {
+	struct klp_write *writes;
+	size_t nwrites;
+	struct klp_busy_range *busy;
+	size_t nbusy;
+	uintptr_t *entries;
+	/* objects that may be unloaded after the switch */
+	struct patch **watched;
+	size_t nwatched;
+	struct klp_range *watch;
+	int *watch_group;
+	size_t nwatch;
+	unsigned char *hit;
+};
+
+static void plan_free(struct plan *pl)
+{
+	free(pl->writes);
+	free(pl->busy);
+	free(pl->entries);
+	free(pl->watched);
+	free(pl->watch);
+	free(pl->watch_group);
+	free(pl->hit);
+}
+
+static void add_busy(struct plan *pl, uintptr_t lo, uintptr_t hi, const char *name, const char *what)
+{
+	if (lo < hi)
+		pl->busy[pl->nbusy++] = (struct klp_busy_range){ lo, hi, name, what };
+}
+
+static const struct pfunc *func_at(const struct patch *p, const struct klp_site *site)
+{
+	for (unsigned i = 0; p && i < p->nfuncs; i++)
+		if (p->funcs[i].site == site)
+			return &p->funcs[i];
+	return NULL;
+}
+
+static int cmp_uintptr(const void *a, const void *b)
+{
+	uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Writes for `next` (NULL: back to the originals) replacing `prev`. */
+static int plan_switch(struct plan *pl, const struct patch *next, const struct patch *prev,
+		       struct klp_json *nops, struct klp_outcome *out)
+{
+	size_t max = (next ? next->nfuncs : 0) + (prev ? prev->nfuncs : 0) + 1;
+	char err[256];
+
+	pl->writes = calloc(max, sizeof(*pl->writes));
+	pl->busy = calloc(3 * max, sizeof(*pl->busy));
+	pl->entries = calloc(max, sizeof(*pl->entries));
+	if (!pl->writes || !pl->busy || !pl->entries)
+		return fail(out, "internal", "out of memory");
+	for (unsigned i = 0; next && i < next->nfuncs; i++) {
+		const struct pfunc *pf = &next->funcs[i], *old = func_at(prev, pf->site);
+		struct klp_write *w = &pl->writes[pl->nwrites++];
+
+		if (klp_write_prepare(w, pf->site, (uintptr_t)pf->f->new_func, err, sizeof(err)))
+			return fail(out, "internal", "%s", err);
+		w->owner = next;
+		w->owner_name = next->desc->name;
+		if (pf->f->immediate)
+			continue;
+		add_busy(pl, pf->site->entry, pf->site->entry + pf->site->size, pf->f->name,
+			 "the original");
+		if (old)
+			add_busy(pl, old->copy_lo, old->copy_hi, pf->f->name, "the installed copy");
+		add_busy(pl, pf->copy_lo, pf->copy_hi, pf->f->name, "the new copy");
+	}
+	for (unsigned i = 0; prev && i < prev->nfuncs; i++) {
+		const struct pfunc *old = &prev->funcs[i];
+		struct klp_write *w;
+
+		if (func_at(next, old->site))
+			continue;
+		w = &pl->writes[pl->nwrites++];
+		if (klp_write_prepare(w, old->site, 0, err, sizeof(err)))
+			return fail(out, "internal", "%s", err);
+		list_add(nops, old->site->name);
+		if (old->f->immediate)
+			continue;
+		add_busy(pl, old->site->entry, old->site->entry + old->site->size, old->f->name,
+			 "the original");
+		add_busy(pl, old->copy_lo, old->copy_hi, old->f->name, "the installed copy");
+	}
+	for (size_t i = 0; i < pl->nwrites; i++)
+		pl->entries[i] = pl->writes[i].site->entry;
+	qsort(pl->entries, pl->nwrites, sizeof(*pl->entries), cmp_uintptr);
+	return 0;
+}
+
+/* Every loaded patch but `keep` may be unloaded if no frame lies in it at the final stop. */
+static int plan_watch(struct plan *pl, const struct patch *keep, struct klp_outcome *out)
+{
+	size_t np = 0, nr = 0;
+
+	for (struct patch *p = loaded; p; p = p->next)
+		if (p != keep) {
+			np++;
+			nr += p->map.nseg;
+		}
+	pl->watched = calloc(np + 1, sizeof(*pl->watched));
+	pl->watch = calloc(nr + 1, sizeof(*pl->watch));
+	pl->watch_group = calloc(nr + 1, sizeof(*pl->watch_group));
+	pl->hit = calloc(np + 1, 1);
+	if (!pl->watched || !pl->watch || !pl->watch_group || !pl->hit)
+		return fail(out, "internal", "out of memory");
+	for (struct patch *p = loaded; p; p = p->next) {
+		if (p == keep)
+			continue;
+		for (int s = 0; s < p->map.nseg; s++) {
+			pl->watch[pl->nwatch] = p->map.seg[s];
+			pl->watch_group[pl->nwatch++] = (int)pl->nwatched;
+		}
+		pl->watched[pl->nwatched++] = p;
+	}
+	return 0;
+}
+
+struct commit_arg {
+	struct klp_write *writes;
+	size_t n;
+};
+
+static void commit(void *arg)
+{
+	struct commit_arg *c = arg;
+
+	klp_writes_commit(c->writes, c->n);
+}
+
+static int switch_functions(struct plan *pl, unsigned long timeout_ms, struct klp_outcome *out)
+{
+	struct commit_arg c = { pl->writes, pl->nwrites };
+	struct klp_transition t = {
+		.busy = pl->busy, .nbusy = pl->nbusy,
+		.entries = pl->entries, .nentries = pl->nwrites,
+		.watch = pl->watch, .watch_group = pl->watch_group, .nwatch = pl->nwatch,
+		.watch_hit = pl->hit,
+		.commit = commit, .commit_arg = &c,
+		.deadline_us = klp_now_us() + (uint64_t)timeout_ms * 1000,
+	};
+	char err[256];
+	int rc;
+
+	if (klp_writes_unprotect(pl->writes, pl->nwrites, err, sizeof(err)))
+		return fail(out, "internal", "%s", err);
+	rc = klp_transition_run(&t);
+	klp_writes_protect(pl->writes, pl->nwrites);
+	out->tries = t.tries;
+	out->parked = t.parked;
+	out->stopped_us = t.stopped_us;
+	if (rc)
+		return fail(out, rc == -1 ? "stack" : "internal", "%s", t.error);
+	return 0;
+}
+
+static void unlink_patch(struct patch *p)
+{
+	for (struct patch **q = &loaded; *q; q = &(*q)->next)
+		if (*q == p) {
+			*q = p->next;
+			return;
+		}
+}
+
+/* After a switch: unload the patches no thread can run any more.  The patch just
+ * replaced stays loaded if it has immediate functions (a thread may be inside one);
+ * one replaced earlier goes once a final stop finds no frame in it.  A record sharing
+ * the new patch's object (the same file applied again) only drops its reference. */
+static void unload_unused(struct plan *pl, const struct patch *kept, const struct patch *replaced,
+			  struct klp_outcome *out)
+{
+	for (size_t i = 0; i < pl->nwatched; i++) {
+		struct patch *p = pl->watched[i];
+		int same_object = kept && p->handle == kept->handle;
+
+		if (!same_object && (pl->hit[i] || (p == replaced && p->has_immediate)))
+			continue;
+		if (!same_object)
+			list_add(&out->unloaded, p->desc->name);
+		unlink_patch(p);
+		free_patch(p);
+	}
+}
+
+/* ---- apply, disable, status ------------------------------------------------------------------ */
+
+void klp_apply(const char *path, unsigned long timeout_ms, struct klp_outcome *out)
+{
+	uint64_t start = klp_now_us();
+	struct patch *p, *prev = installed;
+	struct plan pl = { 0 };
+	int rc;
+
+	p = load(path, out);
+	if (!p)
+		return;
+	if (resolve(p, out))
+		goto drop;
+	store_refs(p);
+	if (take_states(p, prev, out))
+		goto drop;
+	if (plan_switch(&pl, p, prev, &out->nops, out) || plan_watch(&pl, p, out))
+		goto drop;
+	klp_state_set_context(p->states, prev ? prev->states : NULL);
+	if (p->desc->pre_patch && (rc = p->desc->pre_patch())) {
+		klp_state_set_context(NULL, NULL);
+		fail(out, "pre_patch", "%s: pre_patch returned %d", p->desc->name, rc);
+		goto drop;
+	}
+	klp_state_set_context(NULL, NULL);
+	if (switch_functions(&pl, timeout_ms, out)) {
+		/* As the kernel does for a transition reversed: post_unpatch undoes pre_patch. */
+		klp_state_set_context(p->states, prev ? prev->states : NULL);
+		if (p->desc->post_unpatch)
+			p->desc->post_unpatch();
+		klp_state_set_context(NULL, NULL);
+		goto drop;
+	}
+	p->next = loaded;
+	loaded = p;
+	klp_state_set_context(p->states, prev ? prev->states : NULL);
+	if (p->desc->post_patch)
+		p->desc->post_patch();
+	installed = p;
+	klp_state_set_installed(p->states);
+	klp_state_set_context(NULL, NULL);
+	if (prev)
+		list_add(&out->replaced, prev->desc->name);
+	unload_unused(&pl, p, prev, out);
+	applies++;
+	out->patch = strdup(p->desc->name);
+	plan_free(&pl);
+	out->total_us = klp_now_us() - start;
+	return;
+drop:
+	plan_free(&pl);
+	free_patch(p);
+}
+
+void klp_disable(unsigned long timeout_ms, struct klp_outcome *out)
+{
+	uint64_t start = klp_now_us();
+	struct patch *p = installed;
+	struct plan pl = { 0 };
+
+	if (!p) {
+		fail(out, "request", "no patch is installed");
+		return;
+	}
+	if (plan_switch(&pl, NULL, p, &out->nops, out) || plan_watch(&pl, NULL, out))
+		goto out;
+	klp_state_set_context(p->states, NULL);
+	if (p->desc->pre_unpatch)
+		p->desc->pre_unpatch();
+	klp_state_set_context(NULL, NULL);
+	if (switch_functions(&pl, timeout_ms, out)) {
+		/* As the kernel does for a disable reversed: post_patch undoes pre_unpatch. */
+		klp_state_set_context(p->states, NULL);
+		if (p->desc->post_patch)
+			p->desc->post_patch();
+		klp_state_set_context(NULL, NULL);
+		goto out;
+	}
+	klp_state_set_context(p->states, NULL);
+	if (p->desc->post_unpatch)
+		p->desc->post_unpatch();
+	klp_state_set_context(NULL, NULL);
+	installed = NULL;
+	klp_state_set_installed(NULL);
+	out->patch = strdup(p->desc->name);
+	unload_unused(&pl, NULL, p, out);
+	out->total_us = klp_now_us() - start;
+out:
+	plan_free(&pl);
+}
+
+static void status_patch(struct klp_json *j, const struct patch *p)
+{
+	klp_json_raw(j, "{\"name\":");
+	klp_json_str(j, p->desc->name);
+	klp_json_raw(j, ",\"path\":");
+	klp_json_str(j, p->path);
+	klp_json_fmt(j, ",\"state\":\"%s\",\"functions\":[", p == installed ? "installed" : "replaced");
+	for (unsigned i = 0; i < p->nfuncs; i++) {
+		const struct klpcc_func *f = p->funcs[i].f;
+
+		klp_json_raw(j, i ? ",{\"name\":" : "{\"name\":");
+		klp_json_str(j, f->name);
+		klp_json_fmt(j, ",\"immediate\":%s,\"why\":", f->immediate ? "true" : "false");
+		klp_json_str(j, f->why);
+		klp_json_raw(j, "}");
+	}
+	klp_json_raw(j, "],\"states\":[");
+	for (unsigned i = 0; i < p->states->n; i++)
+		klp_json_fmt(j, "%s{\"id\":%lu,\"version\":%u}", i ? "," : "", p->states->v[i].id,
+			     p->states->v[i].version);
+	klp_json_raw(j, "]}");
+}
+
+struct status_sites {
+	struct klp_json *j;
+	int n;
+};
+
+static void status_site(const struct klp_site *site, void *arg)
+{
+	struct status_sites *st = arg;
+
+	if (!site->target)
+		return;
+	klp_json_raw(st->j, st->n++ ? ",{\"name\":" : "{\"name\":");
+	klp_json_str(st->j, site->name);
+	klp_json_raw(st->j, ",\"patch\":");
+	klp_json_str(st->j, site->owner_name);
+	klp_json_raw(st->j, "}");
+}
+
+void klp_status(struct klp_json *j)
+{
+	struct status_sites sites = { j, 0 };
+	int first = 1;
+
+	klp_json_fmt(j, "{\"ok\":true,\"pid\":%d,\"build_id\":", (int)klp_prog.pid);
+	klp_json_str(j, klp_prog.build_id);
+	klp_json_fmt(j, ",\"applies\":%lu,\"rewound\":%lu,\"patches\":[", applies,
+		     klp_transition_rewinds());
+	if (installed) {
+		status_patch(j, installed);
+		first = 0;
+	}
+	for (const struct patch *p = loaded; p; p = p->next) {
+		if (p == installed)
+			continue;
+		if (!first)
+			klp_json_raw(j, ",");
+		status_patch(j, p);
+		first = 0;
+	}
+	klp_json_raw(j, "],\"redirected\":[");
+	klp_sites_each(status_site, &sites);
+	klp_json_raw(j, "]}");
+}

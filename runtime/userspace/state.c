@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: MIT
+/*
+ * state.c - klpcc_get_state and klpcc_get_prev_state.  During the callbacks of a patch
+ * being applied (or disabled) the answers come from that patch and, for the previous
+ * state, from the patch it replaces; otherwise from the patch installed.
+ *
+ * Program threads may ask while the control thread switches patches, so an unloaded
+ * patch's states are only freed once no lookup is in progress (a reader count: a lookup
+ * that started before the switch is still counted).
+ */
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static const struct klp_states *_Atomic installed;
+static const struct klp_states *_Atomic context;
+static const struct klp_states *_Atomic previous;
+static _Atomic long readers;
+static struct klp_states **retired;
+static size_t nretired;
+
+struct klpcc_state *klp_states_find(const struct klp_states *s, unsigned long id)
+{
+	if (!s)
+		return NULL;
+	for (unsigned i = 0; i < s->n; i++)
+		if (s->v[i].id == id)
+			return &s->v[i];
+	return NULL;
+}
+
+static void reclaim(void)
+{
+	if (atomic_load(&readers))
+		return;
+	for (size_t i = 0; i < nretired; i++) {
+		free(retired[i]->v);
+		free(retired[i]);
+	}
+	nretired = 0;
+}
+
+/* Control thread only. */
+void klp_states_retire(struct klp_states *s)
+{
+	struct klp_states **v = realloc(retired, (nretired + 1) * sizeof(*v));
+
+	if (v) {
+		retired = v;
+		retired[nretired++] = s;
+	} /* else: keep it forever rather than free it under a reader */
+	reclaim();
+}
+
+void klp_state_set_installed(const struct klp_states *s)
+{
+	atomic_store(&installed, s);
+	reclaim();
+}
+
+void klp_state_set_context(const struct klp_states *cur, const struct klp_states *prev)
+{
+	atomic_store(&previous, prev);
+	atomic_store(&context, cur);
+}
+
+KLP_API struct klpcc_state *klpcc_get_state(unsigned long id)
+{
+	const struct klp_states *s;
+	struct klpcc_state *st;
+
+	atomic_fetch_add(&readers, 1);
+	s = atomic_load(&context);
+	st = klp_states_find(s ? s : atomic_load(&installed), id);
+	atomic_fetch_sub(&readers, 1);
+	return st;
+}
+
+KLP_API struct klpcc_state *klpcc_get_prev_state(unsigned long id)
+{
+	struct klpcc_state *st = NULL;
+
+	atomic_fetch_add(&readers, 1);
+	if (atomic_load(&context))
+		st = klp_states_find(atomic_load(&previous), id);
+	atomic_fetch_sub(&readers, 1);
+	return st;
+}
