@@ -388,7 +388,8 @@ def _answer(doc: dict, fmt: str, what: str) -> None:
     if not doc.get("ok"):
         if fmt != "json":
             step, error = doc.get("step", "?"), doc.get("error", "?")
-            click.echo(f"klpcc: error: {what} failed at {step}: {error}", err=True)
+            action = {"applied": "apply", "disabled": "disable"}.get(what, what)
+            click.echo(f"klpcc: error: {action} failed at {step}: {error}", err=True)
         sys.exit(EXIT_FINDINGS)
 
 
