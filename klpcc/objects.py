@@ -661,6 +661,7 @@ class Dwarf:
 
     inlined: dict[str, set[str]] = field(default_factory=dict)  # caller -> callees inlined into it
     producers: dict[str, str] = field(default_factory=dict)  # unit name -> DW_AT_producer
+    units: dict[str, set[str]] = field(default_factory=dict)  # function -> units defining it
 
 
 def read_dwarf(path: str | Path) -> Dwarf:
@@ -719,12 +720,14 @@ def _read_dwarf(elf, shown: str) -> Dwarf:
         if unit is not None and producer is not None:
             out.producers[unit.value.decode("utf-8", "replace")] = \
                 producer.value.decode("utf-8", "replace")
+        unit_name = unit.value.decode("utf-8", "replace") if unit is not None else "?"
         for die in top.iter_children():
             if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
                 continue
             caller = name_of(die)
             if not caller:
                 continue
+            out.units.setdefault(caller, set()).add(unit_name)
             callees: set[str] = set()
             inlined_in(die, callees)
             if callees:

@@ -139,7 +139,10 @@ def _read_source(bundle: Path, path: str) -> bytes:
         raise KlpccError(f"{bundle}/sources/{path}: {exc.strerror}") from None
 
 
-def _units(doc: dict, bundle: Path, opts: KernelOptions, resolver: Resolver) -> list[Unit]:
+def release_changes(doc: dict) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+    """What a bundle's release compiles, per C file: its functions (name -> modified or
+    added), and the other items it adds (kept as written).  Files that only declare
+    callbacks or states count too."""
     by_file: dict[str, dict[str, str]] = {}
     added: dict[str, set[str]] = {}
     for f in [*doc["functions"], *doc.get("outside", [])]:
@@ -156,11 +159,14 @@ def _units(doc: dict, bundle: Path, opts: KernelOptions, resolver: Resolver) -> 
                                  "every file that includes it; move the change to a .c file", file=path)
             continue  # a static inline of a header: its callers carry it (compile --objects finds them)
         by_file.setdefault(path, {})[f["name"]] = change
-    callback_files = ({c["file"] for c in doc.get("callbacks", [])}
-                      | {s["file"] for s in doc.get("states", [])})
-    for path in sorted(callback_files):
-        if path.endswith(".c"):
-            by_file.setdefault(path, {})
+    for c in [*doc.get("callbacks", []), *doc.get("states", [])]:
+        if c["file"].endswith(".c"):
+            by_file.setdefault(c["file"], {})
+    return by_file, added
+
+
+def _units(doc: dict, bundle: Path, opts: KernelOptions, resolver: Resolver) -> list[Unit]:
+    by_file, added = release_changes(doc)
     units: list[Unit] = []
     for i, path in enumerate(sorted(by_file), 1):
         unit = Unit(i, path, object_of(path, list(opts.objects)))

@@ -114,44 +114,9 @@ def _symbols(elf, prog: Program, shown: str) -> None:
 
 
 def _dwarf(elf, prog: Program) -> None:
+    from ..objects import _read_dwarf
+
     if elf.get_section_by_name(".debug_info") is None:
         return  # no -g: inlined copies cannot be found (said in the build's notes)
-    dwarf = elf.get_dwarf_info()
-
-    def name_of(die) -> str | None:
-        for _ in range(4):
-            if "DW_AT_name" in die.attributes:
-                return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
-            for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
-                if ref in die.attributes:
-                    die = die.get_DIE_from_attribute(ref)
-                    break
-            else:
-                return None
-        return None
-
-    def walk(die, into: set[str]) -> None:
-        for child in die.iter_children():
-            if child.tag == "DW_TAG_inlined_subroutine" and (callee := name_of(child)):
-                into.add(callee)
-            if child.has_children:
-                walk(child, into)
-
-    for cu in dwarf.iter_CUs():
-        top = cu.get_top_DIE()
-        unit = top.attributes.get("DW_AT_name")
-        unit_name = unit.value.decode("utf-8", "replace") if unit is not None else "?"
-        producer = top.attributes.get("DW_AT_producer")
-        if producer is not None:
-            prog.producers[unit_name] = producer.value.decode("utf-8", "replace")
-        for die in top.iter_children():
-            if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
-                continue
-            caller = name_of(die)
-            if not caller:
-                continue
-            prog.units.setdefault(caller, set()).add(unit_name)
-            callees: set[str] = set()
-            walk(die, callees)
-            if callees:
-                prog.inlined.setdefault(caller, set()).update(callees)
+    dwarf = _read_dwarf(elf, prog.path)
+    prog.inlined, prog.units, prog.producers = dwarf.inlined, dwarf.units, dwarf.producers

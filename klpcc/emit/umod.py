@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import KlpccError
 from ..functions import CSource, split_lines
-from .kmod import _c_string, _manifest, _read_source, _states, compile_error
+from .kmod import _c_string, _manifest, _read_source, _states, compile_error, release_changes
 from .ksource import CALLBACK_KINDS, Unit
 from .program import Program, read_program
 from .usource import ProgramResolver, ProgramUnitWriter
@@ -115,27 +115,12 @@ Plan = tuple[dict[str, dict[str, str]], dict[str, set[str]], dict[tuple[str, str
 def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
     """Per file: functions to compile (name -> modified/added), added non-function items,
     why each function is in the patch, and notes."""
-    by_file: dict[str, dict[str, str]] = {}
-    added: dict[str, set[str]] = {}
-    why: dict[tuple[str, str], str] = {}
+    by_file, added = release_changes(doc)
+    why = {(path, name): change for path, fns in by_file.items() for name, change in fns.items()}
+    why.update({(f["file"], f["name"]): f["reason"] for f in doc["functions"] if f.get("reason")})
     notes: list[str] = []
     sources = {s["path"] for s in doc["sources"]}
     sympos = {(f, n): p for f, n, p in opts.sympos}
-    for f in [*doc["functions"], *doc.get("outside", [])]:
-        kind, change, path = f.get("kind", "function"), f["change"], f["file"]
-        if change not in ("modified", "added"):
-            continue
-        if kind != "function":
-            if change == "added":
-                added.setdefault(path, set()).add(f["name"])
-            continue
-        if not path.endswith(".c"):
-            if change == "modified" and not f.get("static"):
-                raise KlpccError(f"cannot patch {f['name']}: a function defined in a header is compiled into "
-                                 "every file that includes it; move the change to a .c file", file=path)
-            continue
-        by_file.setdefault(path, {})[f["name"]] = change
-        why[(path, f["name"])] = f.get("reason") or change
     # a changed function inlined into others: they carry its old code and are patched too.
     # DWARF records the inlined copies that left code behind; a copy the optimiser
     # folded away leaves no record, so every caller in the same file counts too
@@ -171,9 +156,6 @@ def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
     if not prog.producers:
         notes.append("the program has no DWARF (-g): functions a changed function was inlined into "
                      "cannot be found; build it with klpcc config --cflags")
-    for c in doc.get("callbacks", []) + doc.get("states", []):
-        if c["file"].endswith(".c"):
-            by_file.setdefault(c["file"], {})
     return by_file, added, why, notes
 
 
