@@ -194,6 +194,17 @@ def _states(doc: dict) -> list[tuple[int, int]]:
     return sorted(out.items())
 
 
+def callback_trampoline(kind: str, fn: str, units: list[int], params: str, args: str) -> list[str]:
+    """C lines of ``fn``, the callback of ``kind`` that calls every unit's (a pre_patch
+    stops at the first error)."""
+    if kind == "pre_patch":
+        out = ["", f"static int {fn}({params})", "{", "\tint ret;", ""]
+        for i in units:
+            out += [f"\tret = klpcc_cb_pre_patch_{i}({args});", "\tif (ret)", "\t\treturn ret;"]
+        return out + ["\treturn 0;", "}"]
+    return ["", f"static void {fn}({params})", "{", *[f"\tklpcc_cb_{kind}_{i}({args});" for i in units], "}"]
+
+
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
                replace: bool) -> str:
     """The C unit holding the module's ``klp_patch``."""
@@ -221,15 +232,7 @@ def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[in
             if not having:
                 continue
             fn = f"klpcc_{kind}_{n}"
-            if kind == "pre_patch":
-                out += ["", f"static int {fn}(struct klp_object *obj)", "{", "\tint ret;", ""]
-                for u in having:
-                    out += [f"\tret = klpcc_cb_pre_patch_{u.index}(obj);", "\tif (ret)", "\t\treturn ret;"]
-                out += ["\treturn 0;", "}"]
-            else:
-                out += ["", f"static void {fn}(struct klp_object *obj)", "{"]
-                out += [f"\tklpcc_cb_{kind}_{u.index}(obj);" for u in having]
-                out += ["}"]
+            out += callback_trampoline(kind, fn, [u.index for u in having], "struct klp_object *obj", "obj")
             cbs.append(f".{kind} = {fn}")
         label = "NULL" if obj == VMLINUX else f'"{obj}"'
         callbacks = f", .callbacks = {{ {', '.join(cbs)} }}" if cbs else ""

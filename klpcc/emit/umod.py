@@ -24,7 +24,15 @@ from pathlib import Path
 
 from ..errors import KlpccError
 from ..functions import CSource, split_lines
-from .kmod import _c_string, _manifest, _read_source, _states, compile_error, release_changes
+from .kmod import (
+    _c_string,
+    _manifest,
+    _read_source,
+    _states,
+    callback_trampoline,
+    compile_error,
+    release_changes,
+)
 from .ksource import CALLBACK_KINDS, Unit
 from .program import Program, read_program
 from .usource import ProgramResolver, ProgramUnitWriter
@@ -209,14 +217,7 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
             continue
         fn = f"klpcc_{kind}"
         hooks[kind] = fn
-        if kind == "pre_patch":
-            out += ["", f"static int {fn}(void)", "{", "\tint ret;", ""]
-            for u in having:
-                out += [f"\tret = klpcc_cb_pre_patch_{u.index}();", "\tif (ret)", "\t\treturn ret;"]
-            out += ["\treturn 0;", "}"]
-        else:
-            out += ["", f"static void {fn}(void)", "{"] + [f"\tklpcc_cb_{kind}_{u.index}();" for u in having]
-            out += ["}"]
+        out += callback_trampoline(kind, fn, [u.index for u in having], "void", "")
     out += ["", '__attribute__((visibility("default")))',
             "const struct klpcc_patch klpcc_patch_descriptor = {",
             "\t.abi = KLPCC_ABI,", f'\t.name = "{_c_string(build.release)}",',
