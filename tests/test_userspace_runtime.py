@@ -423,9 +423,12 @@ def test_busy_threads_are_parked(env, prog):
     b1 = env.patches.build(simple("b1", {"slow": 1}))
     b2 = env.patches.build(simple("b2", {"slow": 2, "value": 2}))
     prog.cmd("busy 16 20000")
-    time.sleep(0.2)
     parked = []
     for i in range(12):
+        # The threads parked by the previous apply are back inside slow() first.
+        calls = prog.stats()["calls"]
+        while prog.stats()["calls"] < calls + 64:
+            time.sleep(0.001)
         r = prog.apply(b1 if i % 2 == 0 else b2, timeout_ms=20000)
         assert r["ok"], (i, r)
         assert r["parked"] > 0, (i, r)
@@ -503,17 +506,19 @@ class Stepper:
             raise OSError(ctypes.get_errno(), f"ptrace({req})")
 
     def stop_at(self, address: int) -> None:
-        """Single-step the thread until it is about to execute `address`."""
+        """Single-step the thread until it is about to execute `address`.  It always
+        takes one step at least: detaching can inject a signal only from the stop a
+        step ends in (a signal-delivery-stop), not from the interrupt's."""
         regs = (ctypes.c_ulong * 27)()
         self.ptrace(PTRACE_SEIZE)
         self.ptrace(PTRACE_INTERRUPT)
         os.waitpid(self.tid, WALL)
         for _ in range(100000):
+            self.ptrace(PTRACE_SINGLESTEP)
+            os.waitpid(self.tid, WALL)
             self.ptrace(PTRACE_GETREGS, ctypes.addressof(regs))
             if regs[RIP] == address:
                 return
-            self.ptrace(PTRACE_SINGLESTEP)
-            os.waitpid(self.tid, WALL)
         raise AssertionError(f"never reached {address:#x}")
 
     def detach(self, sig: int = 0) -> None:
@@ -574,7 +579,7 @@ def test_entry_window_under_a_signal_handler(env, prog):
     stepper = Stepper(tid)
     stepper.stop_at(entry + 2)
     stepper.detach(signal.SIGUSR1)  # the handler runs (and blocks) over tiny+2
-    time.sleep(0.1)
+    wait_sleeping(prog, tid)
     result = {}
     worker = threading.Thread(target=lambda: result.update(prog.apply(t1, timeout_ms=20000)))
     worker.start()

@@ -313,15 +313,16 @@ static void *churn_thread(void *arg)
 
 static int sigblock_pipe[2] = { -1, -1 };
 static pthread_t sigblocked;
+static _Atomic int sigblocked_ready;
 
+/* Created with every signal blocked (the creator's mask at pthread_create). */
 static void *sigblocked_thread(void *arg)
 {
 	sigset_t all;
 	char c;
 
 	(void)arg;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, NULL);
+	atomic_store(&sigblocked_ready, 1);
 	while (read(sigblock_pipe[0], &c, 1) < 0 && errno == EINTR)
 		;
 	sigemptyset(&all);
@@ -331,7 +332,7 @@ static void *sigblocked_thread(void *arg)
 
 /* ---- code without unwind information ------------------------------------------------------------- */
 
-__attribute__((used)) volatile int nocfi_run;
+__attribute__((used)) volatile int nocfi_run, nocfi_inside;
 void nocfi_spin(void);
 __asm__(".text\n"
 	".globl nocfi_spin\n"
@@ -339,6 +340,7 @@ __asm__(".text\n"
 	"nocfi_spin:\n"
 	"	push %rbp\n"
 	"	mov %rsp, %rbp\n"
+	"	movl $1, nocfi_inside(%rip)\n"
 	"1:	pause\n"
 	"	cmpl $0, nocfi_run(%rip)\n"
 	"	jne 1b\n"
@@ -478,8 +480,15 @@ static void command(char *line)
 	} else if (!strcmp(line, "spawned")) {
 		printf("%ld\n", atomic_load(&spawned));
 	} else if (!strcmp(line, "sigblocked")) {
+		sigset_t all, old;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
 		if (pipe(sigblock_pipe) || pthread_create(&sigblocked, NULL, sigblocked_thread, NULL))
 			abort();
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		while (!atomic_load(&sigblocked_ready))
+			usleep(100);
 		printf("ok\n");
 	} else if (!strcmp(line, "sigunblock")) {
 		if (write(sigblock_pipe[1], "x", 1) != 1)
@@ -489,6 +498,8 @@ static void command(char *line)
 	} else if (!strcmp(line, "nocfi")) {
 		nocfi_run = 1;
 		pthread_create(&nocfi, NULL, nocfi_thread, NULL);
+		while (!nocfi_inside)
+			usleep(100);
 		printf("ok\n");
 	} else if (!strcmp(line, "nocfi_stop")) {
 		nocfi_run = 0;
