@@ -440,6 +440,19 @@ def test_busy_threads_are_parked(env, prog):
     print(f"\nbusy applies: parked per apply {parked}")
 
 
+def test_new_jump_slots_beside_busy_ones(env, prog):
+    """Slots are added to the page whose slot the threads are jumping through."""
+    first = env.patches.build(simple("slot1", {"fn_0": 1}))
+    more = env.patches.build(simple("slot99", {f"fn_{i}": 2 for i in range(100)}))
+    assert prog.apply(first)["ok"]
+    prog.cmd("fnbusy 2 1")  # fn_0 without pause, through its jump slot
+    time.sleep(0.05)
+    r = prog.apply(more)
+    assert r["ok"], r
+    prog.cmd("stop")
+    assert prog.version("fn_99") == 2 and prog.version("fn_0") == 2
+
+
 PAIR = "struct pair { long a, b; };"
 
 

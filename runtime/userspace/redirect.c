@@ -187,7 +187,9 @@ static int new_slot(struct klp_site *site, char *err, size_t errlen)
 		}
 		pg = &slot_pages[nslot_pages++];
 		*pg = (struct slot_page){ base, 0 };
-	} else if (mprotect((void *)pg->base, page_size(), PROT_READ | PROT_WRITE)) {
+	} else if (mprotect((void *)pg->base, page_size(), PROT_READ | PROT_WRITE | PROT_EXEC)) {
+		/* Threads may be jumping through the page's other slots right now: it stays
+		 * executable while the new slot is written. */
 		snprintf(err, errlen, "mprotect: %s", strerror(errno));
 		return -1;
 	}
