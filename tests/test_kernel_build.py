@@ -39,6 +39,7 @@ from klpcc.emit.klpelf import Target, convert
 from klpcc.errors import KlpccError
 
 from .helpers import klpcc, make_series
+from .qemu_guest import ensure_kernel_packages
 
 DEMO = "fs/demo/demo.c"
 UTIL = "fs/demo/util.c"
@@ -265,11 +266,9 @@ def code_of(text: str) -> str:
 
 
 def kernel_dir() -> Path:
-    found = sorted(Path("/lib/modules").glob("*/build/Makefile"))
-    if not found:
-        pytest.fail("no kernel build directory (/lib/modules/*/build/Makefile): install the kernel "
-                    "headers (linux-headers-<version>), as the test suite's bootstrap does")
-    return found[-1].parent
+    """The build directory of the kernel the qemu tests boot (its packages installed
+    when missing, whichever test asks first)."""
+    return ensure_kernel_packages().kdir
 
 
 # =========================================================================== source generation

@@ -379,7 +379,8 @@ def test_apply_waits_for_a_thread_to_leave(env, prog):
     worker.join(30)
     r = result
     assert r["ok"], r
-    assert time.monotonic() - t0 >= 0.5 and r["total_us"] >= 500000
+    # It waited for the thread (the runtime's clock starts when the request arrives).
+    assert time.monotonic() - t0 >= 0.5 and r["total_us"] >= 300000, r
     assert r["tries"] > 1 and r["parked"] >= 1, r
     # The thread finished the original's call and went back to its caller normally.
     assert prog.cmd("join blocker") == "1 7"
