@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
+from .c import LineEdit
 from .errors import KlpccError
-from .functions import LineEdit
 from .series import Patch
 
 DEV_NULL = "/dev/null"

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .c import CSource, Item, LineEdit, is_c_file, split_lines
 from .diffs import Applied, FileChange, apply_hunks, parse_patch
 from .errors import KlpccError
-from .functions import CSource, Item, LineEdit, is_c_file, split_lines
 from .series import Patch, Series
 from .trees import BaseTree, Snapshots
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from klpcc.functions import CSource, LineEdit, fingerprint, split_lines, tokens
+from klpcc.c import CSource, LineEdit, fingerprint, split_lines, tokens
 
 
 def items(src: str):

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from klpcc.api import AnalyzeOptions, analyze, compile_bundle
-from klpcc.functions import CSource
+from klpcc.c import CSource
 from klpcc.history import Analysis
 
 from .conftest import FIXTURES

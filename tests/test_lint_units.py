@@ -10,8 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from klpcc.c import mask
 from klpcc.history import replay
-from klpcc.lint.facts import Constants, layout_key, mask, split_args
+from klpcc.lint.facts import Constants, layout_key, split_args
 from klpcc.lint.locate import added_by, removed_by
 from klpcc.lint.rules import _signature
 from klpcc.series import load

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from klpcc import bundle, history
-from klpcc.functions import CSource, LineEdit, fingerprint
+from klpcc.c import CSource, LineEdit, fingerprint
 from klpcc.series import load
 
 from .helpers import make_series

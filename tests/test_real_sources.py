@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from klpcc.api import AnalyzeOptions, analyze
-from klpcc.functions import CSource, Item
+from klpcc.c import CSource, Item
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from klpcc.api import AnalyzeOptions, analyze, compile_bundle
+from klpcc.c import CSource, split_lines
 from klpcc.errors import KlpccError
-from klpcc.functions import CSource, split_lines
 from klpcc.history import dependencies, release_graph
 
 from .helpers import klpcc, make_series, write_tree

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from ..functions import CSource, Item, fingerprint, is_c_file, split_lines
+from ..c import CSource, Item, fingerprint, is_c_file, mask, split_lines
 from ..history import ADDED, MODIFIED, Replay, item_key
 from ..trees import blob_id
 
@@ -138,48 +138,6 @@ class ReleaseFacts:
 
 
 # --------------------------------------------------------------------------- text helpers
-
-_MASK_START = re.compile(r"/[*/]|[\"']")
-
-
-def mask(text: str) -> str:
-    """Comments and string/char literals blanked (same length, newlines kept), so that
-    pattern matches see only code.  One pass over the text."""
-    out: list[str] = []
-    pos = 0
-    n = len(text)
-    while True:
-        m = _MASK_START.search(text, pos)
-        if m is None:
-            out.append(text[pos:])
-            break
-        start = m.start()
-        out.append(text[pos:start])
-        tok = m.group(0)
-        if tok == "/*":
-            end = text.find("*/", start + 2)
-            end = n if end < 0 else end + 2
-            out.append(_blank(text[start:end]))
-        elif tok == "//":
-            end = text.find("\n", start)
-            end = n if end < 0 else end
-            out.append(_blank(text[start:end]))
-        else:
-            i = start + 1
-            while i < n and text[i] != tok and text[i] != "\n":
-                i += 2 if text[i] == "\\" else 1
-            if i < n and text[i] == tok:
-                out.append(tok + _blank(text[start + 1:i]) + tok)
-                end = i + 1
-            else:  # an unterminated literal: leave it as it is
-                out.append(tok)
-                end = start + 1
-        pos = end
-    return "".join(out)
-
-
-def _blank(s: str) -> str:
-    return re.sub(r"[^\n]", " ", s)
 
 
 def balanced(text: str, open_at: int) -> int:

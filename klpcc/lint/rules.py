@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..functions import _PARSER, Item, is_c_file
+from ..c import Item, is_c_file, mask, parser
 from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
 from ..objects import is_readonly
-from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span, mask
+from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span
 from .locate import added_by, removed_by
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
@@ -432,9 +432,12 @@ class Checker:
         data = self.x.read(e.file, release)
         if data is None:
             return None
-        for it in self.x.items(e.file, data):
+        items = self.x.items(e.file, data)
+        for it in items:
             if item_key(e.file, it) == e.key:
-                return data[_head_start(data, it.start_byte):it.end_byte].decode("utf-8", "replace"), it
+                after = max((o.end_byte for o in items if o.end_byte <= it.start_byte), default=0)
+                head_start = _head_start(data, it.start_byte, after)
+                return data[head_start:it.end_byte].decode("utf-8", "replace"), it
         return None
 
     def _head(self, e, release: int) -> str | None:
@@ -522,16 +525,18 @@ class Checker:
 _SCAN_LIMIT = 200  # untouched files read to name the users of a changed type or function
 
 
-def _head_start(data: bytes, start: int) -> int:
+def _head_start(data: bytes, start: int, after: int) -> int:
     """Where a definition's head really starts: annotations a parser leaves out
-    (``noinstr void f(...)``, ``__init`` on the line before) included."""
+    (``noinstr void f(...)``, ``__init`` on the line before) included.  ``after``:
+    where the code before the definition ends."""
     line_start = data.rfind(b"\n", 0, start) + 1
     prev_end = line_start - 1
     if prev_end > 0:
         prev_start = data.rfind(b"\n", 0, prev_end) + 1
-        prev = data[prev_start:prev_end].strip()
-        if prev and not prev.endswith((b";", b"}", b"{", b"*/", b"\\")) and not prev.startswith(
-                (b"#", b"//", b"/*", b"*")):
+        if prev_start < after:  # the line ends the code before
+            return line_start
+        prev = mask(data[after:prev_end])[prev_start - after:].strip()  # comments blanked
+        if prev and not prev.endswith((b";", b"}", b"{", b"\\")) and not prev.startswith(b"#"):
             return prev_start
     return line_start
 
@@ -617,7 +622,7 @@ def _signature(head: str) -> str:
     """A function's type from its head: return and parameter types, without names,
     storage classes and attributes (tree-sitter tells names from type names)."""
     src = (_STORAGE.sub(" ", head).strip() + ";").encode("utf-8", "surrogateescape")
-    tree = _PARSER.parse(src)
+    tree = parser().parse(src)
     fd = _first(tree.root_node, "function_declarator")
     params = fd.child_by_field_name("parameters") if fd is not None else None
     if fd is None or params is None:

@@ -1,0 +1,79 @@
+"""The C language of tree-sitter-c, its parser, and what is done to source before
+it is parsed without a preprocessor."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import tree_sitter_c
+from tree_sitter import Language, Parser, Tree
+
+C_LANGUAGE = Language(tree_sitter_c.language())
+
+#: File suffixes treated as C source.
+C_SUFFIXES = (".c", ".h")
+
+
+def is_c_file(path: str) -> bool:
+    return path.endswith(C_SUFFIXES)
+
+
+_local = threading.local()
+
+
+def parser() -> Parser:
+    """The C parser of the calling thread (one per thread, made on first use)."""
+    try:
+        return _local.parser
+    except AttributeError:
+        _local.parser = Parser(C_LANGUAGE)
+        return _local.parser
+
+
+def parse(data: bytes) -> Tree:
+    """The tree of C source ``data``, parsed with well-known annotations blanked (see
+    :func:`mask_annotations`)."""
+    return parser().parse(mask_annotations(data))
+
+
+# Annotations that sit between the specifiers and the declarator of real kernel and
+# userspace definitions (section placement, sparse and compiler attributes).  Without
+# a preprocessor tree-sitter cannot know they expand to nothing, and they derail its
+# parse of the definition around them; they are blanked out (same length, so every
+# byte offset stays valid) before parsing.  Fingerprints are taken from the original
+# bytes, so changing an annotation still changes the fingerprint.
+ANNOTATION_WORDS = (
+    "__init", "__exit", "__initdata", "__exitdata", "__initconst", "__ref", "__refdata",
+    "__meminit", "__meminitdata", "__init_or_module", "__initdata_or_module",
+    "__net_init", "__net_exit", "__net_initdata", "__cold", "__hot", "__weak", "__pure",
+    "__noreturn", "__always_inline", "noinline", "__noinline", "__maybe_unused",
+    "__always_unused", "__used", "__visible", "asmlinkage", "notrace", "noinstr",
+    "__sched", "__kprobes", "nokprobe_inline", "__latent_entropy", "__must_check",
+    "__user", "__kernel", "__iomem", "__rcu", "__percpu", "__force", "__bitwise",
+    "__read_mostly", "__ro_after_init", "__cacheline_aligned",
+    "__cacheline_aligned_in_smp", "____cacheline_aligned",
+    "____cacheline_aligned_in_smp", "__packed", "__naked", "__flatten", "__cpuidle",
+    "__irq_entry", "__softirq_entry", "__no_kcsan", "__no_sanitize_address", "__nocfi",
+    "__randomize_layout", "__nonstring", "__deprecated", "__gnu_inline", "__malloc",
+    "__attribute_const__", "__lockfunc", "__always_used", "__init_memblock",
+    "__initdata_memblock", "fastcall", "__safe", "__noclone", "__no_stack_protector",
+    "__noinstr_section", "__nostackprotector",
+)
+ANNOTATION_CALLS = (
+    "__printf", "__scanf", "__acquires", "__releases", "__must_hold", "__section",
+    "__aligned", "__alloc_size", "__cond_acquires", "__cond_releases",
+    "__assume_aligned", "__counted_by", "__nonnull", "__diag_ignore", "__free",
+    "__guarded_by", "__no_sanitize_or_inline", "__realloc_size", "TARGET_ATTRIBUTE",
+)
+
+_WORD_RE = "|".join(re.escape(w) for w in ANNOTATION_WORDS)
+_CALL_RE = "|".join(re.escape(w) for w in ANNOTATION_CALLS)
+_MASK = re.compile(
+    rf"\b(?:{_CALL_RE})[ \t]*\((?:[^()\n]|\([^()\n]*\))*\)|\b(?:{_WORD_RE})\b".encode()
+)
+
+
+def mask_annotations(data: bytes) -> bytes:
+    """Blank out well-known annotation macros, keeping every byte offset."""
+    return _MASK.sub(lambda m: b" " * len(m.group()), data)

@@ -1,0 +1,256 @@
+"""The incremental source: a C file parsed once and kept in step with line edits.
+
+A :class:`CSource` follows line edits through tree-sitter's incremental parser;
+:meth:`CSource.edit` returns only the items an edit can have changed, before and
+after, so the cost of following a series grows with the size of its diffs rather
+than with the size of the files.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+from tree_sitter import Tree
+
+from .items import Item, _collect, _first_child_ending_after
+from .language import mask_annotations, parser
+from .lexical import Lexed
+
+
+@dataclass(frozen=True, slots=True)
+class LineEdit:
+    """Lines ``old_start .. old_start+old_count`` replaced by ``new_count`` lines that
+    start at ``new_start`` (0-based line indexes in the old and in the new file)."""
+
+    old_start: int
+    old_count: int
+    new_start: int
+    new_count: int
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Lines of ``data``, each with its ``\n``; only ``\n`` ends a line (as in diffs)."""
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def line_offsets(lines: Sequence[bytes]) -> list[int]:
+    return list(accumulate(map(len, lines), initial=0))
+
+
+class CSource:
+    """A C file parsed once and kept in step with its edits."""
+
+    __slots__ = ("path", "data", "tree", "_offsets", "_masked", "_all", "_lexed")
+
+    def __init__(self, path: str, lines: Sequence[bytes]):
+        self.path = path
+        self.data = b"".join(lines)
+        masked = mask_annotations(self.data)
+        self.tree: Tree = parser().parse(masked)
+        self._offsets = line_offsets(lines)
+        # masking never crosses a line, so it can follow line edits line by line
+        self._masked: list[bytes] = split_lines(masked)
+        self._all: list[Item] | None = None  # every item, once computed
+        self._lexed = Lexed(self._offsets)
+
+    # -- queries ---------------------------------------------------------------
+
+    def items(self, ranges: Sequence[tuple[int, int]] | None = None) -> list[Item]:
+        """Items touching any of the byte ranges (inclusive ends), or all items."""
+        root = self.tree.root_node
+        out: list[Item] = []
+        if ranges is None:
+            if self._all is None:
+                _collect(root, self.data, 0, len(self.data), out, self._lexed)
+                self._all = out
+            return list(self._all)
+        seen: set[int] = set()
+        for lo, hi in _merge(ranges):
+            found: list[Item] = []
+            _collect(root, self.data, lo, hi, found, self._lexed)
+            for item in found:
+                if item.start_byte not in seen:
+                    seen.add(item.start_byte)
+                    out.append(item)
+        out.sort(key=lambda it: it.start_byte)
+        return out
+
+    def functions(self) -> list[Item]:
+        return [it for it in self.items() if it.kind == "function"]
+
+    # -- edits -----------------------------------------------------------------
+
+    def edit(self, new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> tuple[list[Item], list[Item]]:
+        """Move to ``new_lines``; return (items before, items after) of the region
+        the edits can have changed.  Items outside both lists are unchanged."""
+        old_data, old_offsets = self.data, self._offsets
+        new_data = b"".join(new_lines)
+        new_offsets = line_offsets(new_lines)
+        blocks = [
+            (
+                old_offsets[e.old_start],
+                old_offsets[e.old_start + e.old_count],
+                new_offsets[e.new_start],
+                new_offsets[e.new_start + e.new_count],
+            )
+            for e in edits
+        ]
+        old_tree = self.tree
+        edited = old_tree.copy()
+        for (o0, o1, n0, n1), e in zip(blocks, edits):
+            edited.edit(
+                start_byte=n0,
+                old_end_byte=n0 + (o1 - o0),
+                new_end_byte=n1,
+                start_point=(e.new_start, 0),
+                old_end_point=_point(old_data, old_offsets, e.old_start + e.old_count,
+                                     row_shift=e.new_start - e.old_start),
+                new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
+            )
+        masked = _follow(self._masked, new_lines, edits)
+        masked_data = b"".join(masked)
+        new_tree = parser().parse(masked_data, edited)
+        changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
+        new_edits = [(n0, n1) for _, _, n0, n1 in blocks] + changed
+
+        old_src = CSource.__new__(CSource)
+        old_src.path, old_src.data, old_src.tree = self.path, old_data, old_tree
+        old_src._offsets, old_src._masked = old_offsets, self._masked
+        old_src._all, old_src._lexed = self._all, self._lexed
+        self.data, self._offsets, self._masked = new_data, new_offsets, masked
+        self._all, self._lexed = None, Lexed(new_offsets)
+
+        if _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
+            # Error recovery is not the same in an incremental parse as in a fresh
+            # one.  Where the parser recovers from errors near an edit, parse afresh
+            # and compare every item, so that what is found never depends on the
+            # history of edits.
+            self.tree = parser().parse(masked_data)
+            return _difference(old_src.items(), self.items())
+
+        self.tree = new_tree
+        mapper = _Mapper(blocks)
+        old_ranges = old_edits + [mapper.to_old(a, b) for a, b in changed]
+        while True:
+            before = old_src.items(old_ranges)
+            widened_old = old_ranges + [(it.start_byte, it.end_byte) for it in before]
+            new_ranges = new_edits + [mapper.to_new(a, b) for a, b in widened_old]
+            after = self.items(new_ranges)
+            back = [mapper.to_old(it.start_byte, it.end_byte) for it in after]
+            if _covered(back, widened_old):
+                return before, after
+            old_ranges = widened_old + back
+
+
+def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Does any top-level node touching the ranges hold a parse error?"""
+    root = tree.root_node
+    if not root.has_error:
+        return False
+    for lo, hi in _merge(ranges):
+        node = _first_child_ending_after(root, lo - 1) if lo > 0 else root.child(0)
+        while node is not None and node.start_byte <= hi:
+            if node.has_error:
+                return True
+            node = node.next_sibling
+    return False
+
+
+def _difference(old: list[Item], new: list[Item]) -> tuple[list[Item], list[Item]]:
+    """The items of ``old`` and of ``new`` that the other has not (as multisets of
+    kind, name, storage and fingerprint)."""
+    return _missing_from(old, new), _missing_from(new, old)
+
+
+def _missing_from(items: list[Item], other: list[Item]) -> list[Item]:
+    def key(it: Item) -> tuple:
+        return (it.kind, it.name, it.static, it.fingerprint)
+
+    left = Counter(key(it) for it in other)
+    out = []
+    for it in items:
+        k = key(it)
+        if left[k]:
+            left[k] -= 1
+        else:
+            out.append(it)
+    return out
+
+
+def _follow(old_masked: list[bytes], new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> list[bytes]:
+    """The masked lines of the new text: unchanged lines keep their masked form, the
+    lines the edits bring in are masked afresh."""
+    out: list[bytes] = []
+    pos = 0
+    for e in edits:
+        out.extend(old_masked[pos:e.old_start])
+        out.extend(mask_annotations(ln) for ln in new_lines[e.new_start:e.new_start + e.new_count])
+        pos = e.old_start + e.old_count
+    out.extend(old_masked[pos:])
+    return out
+
+
+def _point(data: bytes, offsets: list[int], line: int, row_shift: int = 0) -> tuple[int, int]:
+    """(row, column) of the start of ``line``, or of the end of an unterminated last line."""
+    if line < len(offsets) - 1 or not data or data.endswith(b"\n"):
+        return (line + row_shift, 0)
+    # end of a last line with no newline
+    last_start = offsets[line - 1]
+    return (line - 1 + row_shift, len(data) - last_start)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _covered(ranges: Iterable[tuple[int, int]], by: Iterable[tuple[int, int]]) -> bool:
+    cover = _merge(by)
+    starts = [lo for lo, _ in cover]
+    for lo, hi in ranges:
+        i = bisect_right(starts, lo) - 1
+        if i < 0 or cover[i][1] < hi:
+            return False
+    return True
+
+
+class _Mapper:
+    """Maps byte positions between the old and the new text of a set of line edits."""
+
+    def __init__(self, blocks: Sequence[tuple[int, int, int, int]]):
+        self.blocks = list(blocks)
+        self.old_starts = [b[0] for b in self.blocks]
+        self.new_starts = [b[2] for b in self.blocks]
+
+    def _map(self, pos: int, starts: list[int], src: int, dst: int, end: bool) -> int:
+        i = bisect_right(starts, pos) - 1
+        if i < 0:
+            return pos
+        block = self.blocks[i]
+        s0, s1 = block[src], block[src + 1]
+        d0, d1 = block[dst], block[dst + 1]
+        if pos < s1 or (pos == s1 and not end and s0 == s1):
+            return d1 if end else d0
+        return pos - s1 + d1
+
+    def to_new(self, lo: int, hi: int) -> tuple[int, int]:
+        return self._map(lo, self.old_starts, 0, 2, False), self._map(hi, self.old_starts, 0, 2, True)
+
+    def to_old(self, lo: int, hi: int) -> tuple[int, int]:
+        return self._map(lo, self.new_starts, 2, 0, False), self._map(hi, self.new_starts, 2, 0, True)
+
