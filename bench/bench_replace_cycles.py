@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from klpcc.emit import uclient  # noqa: E402
+from klpcc import api  # noqa: E402
 
 SERIES = ROOT / "fixtures" / "demo" / "live" / "patches"
 SRC = ROOT / "fixtures" / "demo" / "live" / "src"
@@ -77,7 +77,7 @@ def main() -> None:
             for i in range(args.cycles):
                 obj = objs[order[i % len(order)]]
                 t0 = time.perf_counter()
-                doc = uclient.apply(proc.pid, obj, timeout=10)
+                doc = api.apply(proc.pid, obj, timeout=10).doc
                 total_ms.append((time.perf_counter() - t0) * 1000)
                 if not doc.get("ok"):
                     failures.append(doc)

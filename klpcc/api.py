@@ -1,4 +1,10 @@
-"""The library API a release pipeline imports; the CLI is a thin shell over it."""
+"""The library API a release pipeline imports; the CLI is a thin shell over it.
+
+Every command has its call here: :func:`analyze` (and :func:`analyze_objects`),
+:func:`compile_bundle`, :func:`lint`, :func:`build_kernel` and :func:`build_program`
+(the two targets), :func:`config`, and :func:`apply`, :func:`status`, :func:`disable`
+(a running program's runtime).  Errors are raised as :class:`klpcc.errors.KlpccError`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ from pathlib import Path
 
 from . import bundle as _bundle
 from . import objects as _objects
+from .atomic import check_target
 from .compdb import CompileCommands
-from .emit.kmod import KernelBuild, KernelOptions, build_kernel
+from .emit.kernel import KernelBuild, KernelOptions, build_kernel
+from .emit.userspace import Answer, ProgramBuild, ProgramOptions, build_program
+from .emit.userspace import client as _client
+from .emit.userspace import library as _library
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .lint import LintResult, check
@@ -142,7 +152,7 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     """Write the cumulative patch bundle of the selected release to ``outdir``: the
     manifest carries the release's states, callbacks and shadow variables and the
     lint findings against every earlier release."""
-    _bundle.check_target(Path(outdir), force)
+    check_target(outdir, force)
     series, base, release, _ = _load(opts)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
@@ -156,5 +166,39 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     return analysis, findings
 
 
-__all__ = ["AnalyzeOptions", "KernelBuild", "KernelOptions", "ObjectOptions", "analyze", "analyze_objects",
-           "build_kernel", "compile_bundle", "lint"]
+def config(*, cflags: bool = False, libs: bool = False, preload: bool = False, cc: str = "cc") -> str:
+    """Like pkg-config: the compiler options a patchable program needs (``cflags``),
+    the linker options of the runtime (``libs``, building it on demand), the runtime
+    library's path for ``LD_PRELOAD`` (``preload``); one line, in that order."""
+    if not (cflags or libs or preload):
+        raise KlpccError("say what to print: --cflags, --libs or --preload")
+    parts = []
+    if cflags:
+        parts.append(_library.cflags())
+    if libs:
+        parts.append(_library.libs(cc))
+    if preload:
+        parts.append(str(_library.runtime_library(cc)))
+    return " ".join(parts)
+
+
+def apply(pid: int, patch: str | Path, timeout: float = 10.0, socket: str | None = None) -> Answer:
+    """Install the patch object ``patch`` in process ``pid`` (an atomic replace of
+    whatever is installed), waiting up to ``timeout`` seconds for its threads to leave
+    the functions being switched.  A refusal is an answer with ``ok`` false."""
+    return _client.apply(pid, str(patch), timeout, socket)
+
+
+def status(pid: int, socket: str | None = None) -> Answer:
+    """The patches installed in process ``pid``, their functions and states."""
+    return _client.status(pid, socket)
+
+
+def disable(pid: int, timeout: float = 10.0, socket: str | None = None) -> Answer:
+    """Back to the original code everywhere in process ``pid``."""
+    return _client.disable(pid, timeout, socket)
+
+
+__all__ = ["AnalyzeOptions", "Answer", "KernelBuild", "KernelOptions", "ObjectOptions", "ProgramBuild",
+           "ProgramOptions", "analyze", "analyze_objects", "apply", "build_kernel", "build_program",
+           "compile_bundle", "config", "disable", "lint", "status"]

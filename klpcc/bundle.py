@@ -9,66 +9,38 @@ next to the target, which is renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import os
 import posixpath
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import KlpccError
-from .functions import is_c_file, split_lines
-from .history import Analysis
+from .atomic import check_target, staged
+from .c import is_c_file, split_lines
+from .history import MODIFIED, NOP, Analysis, dependencies
+from .manifest import OBJECTS_ORIGIN, Base, Change, FileChange, Manifest, SourceFile, lint_sections
 
 if TYPE_CHECKING:
     from .lint import LintResult
     from .objects import ObjectReport
-from .report import analysis_json, dump_json
+from .report import change_of, dump_json
 from .trees import blob_id
 
-MANIFEST_SCHEMA = "klpcc.manifest/2"
 
-
-def _absolute(outdir: Path) -> Path:
-    """OUTDIR made absolute without following links (a link is replaced, not its target)."""
-    return Path(os.path.abspath(outdir))
-
-
-def check_target(outdir: Path, force: bool) -> None:
-    target = _absolute(outdir)
-    if target == Path(os.getcwd()) or target in Path(os.getcwd()).parents or target.parent == target:
-        raise KlpccError(f"{outdir} holds the current directory; name a directory of its own")
-    if os.path.lexists(target) and not force:
-        raise KlpccError(f"{outdir} exists; use --force to replace it")
-    if os.path.lexists(target) and not target.is_dir():
-        raise KlpccError(f"{outdir} exists and is not a directory")
-    parent = target.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
-
-
-def cumulative_diff(analysis: Analysis) -> tuple[str, list[dict]]:
+def cumulative_diff(analysis: Analysis) -> tuple[str, list[FileChange]]:
     """Unified diff from the base to the release for every file that differs."""
     rep = analysis.replay
     snaps = rep.snapshots
     out: list[str] = []
-    files: list[dict] = []
+    files: list[FileChange] = []
     for path in snaps.changed_paths(analysis.release):
         old = snaps.read(path, 0)
         new = snaps.read(path, analysis.release)
         status = "added" if old is None else "deleted" if new is None else "modified"
-        files.append({
-            "path": path,
-            "status": status,
-            "base_sha256": None if old is None else blob_id(old),
-            "sha256": None if new is None else blob_id(new),
-        })
+        files.append(FileChange(path, status, None if old is None else blob_id(old),
+                                None if new is None else blob_id(new)))
         out.append(_file_diff(path, old, new))
     return "".join(out), files
 
@@ -130,70 +102,69 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
     return dict(sorted(out.items()))
 
 
-def manifest(analysis: Analysis, files: list[dict], lint: LintResult | None = None,
+def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | None = None,
              objects: ObjectReport | None = None, keep_source_only: bool = False,
-             sources: dict[str, bytes] | None = None) -> dict:
-    doc = analysis_json(analysis)
+             sources: dict[str, bytes] | None = None) -> Manifest:
+    """The manifest of the bundle of ``analysis``'s release."""
     if sources is None:
         sources = release_sources(analysis)
     rep = analysis.replay
-    base = dict(rep.base.identity())
-    base["files"] = [
-        {"path": p, "sha256": rep.snapshots.blob_at(p, 0)} for p in rep.snapshots.paths()
-    ]
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "generator": f"klpcc {__version__}",
-        "release": {"name": analysis.release_name, "index": analysis.release},
-        "releases": doc["releases"],
-        "base": base,
-        "functions": doc["functions"],
-        "nops": doc["nops"],
-        "outside": doc["outside"],
-        "files": files,
-        "diff": "cumulative.diff",
-        "sources": [{"path": p, "sha256": blob_id(d)} for p, d in sources.items()],
-        "dependencies": doc["dependencies"],
-        "warnings": doc["warnings"],
-        **(_lint_sections(lint) if lint is not None else {}),
-        **(_object_sections(doc, objects, keep_source_only) if objects is not None else {}),
-    }
+    names = rep.releases
+    functions = tuple(change_of(e, names) for e in analysis.functions)
+    m = Manifest(
+        generator=f"klpcc {__version__}",
+        release=analysis.release_name,
+        release_index=analysis.release,
+        releases=tuple(names),
+        base=Base(dict(rep.base.identity()),
+                  tuple((p, rep.snapshots.blob_at(p, 0)) for p in rep.snapshots.paths())),
+        functions=functions,
+        nops=tuple(e.key for e in analysis.functions if e.change == NOP),
+        outside=tuple(change_of(e, names) for e in analysis.outside),
+        files=tuple(files),
+        sources=tuple(SourceFile(p, blob_id(d)) for p, d in sources.items()),
+        dependencies=dependencies(rep, analysis.release),
+        warnings=tuple(analysis.warnings),
+    )
+    if lint is not None:
+        m = _with_lint(m, lint)
+    if objects is not None:
+        m = _with_objects(m, objects, keep_source_only)
+    return m
 
 
-def _object_sections(doc: dict, report: ObjectReport, keep_source_only: bool) -> dict:
+def _with_objects(m: Manifest, report: ObjectReport, keep_source_only: bool) -> Manifest:
     """With the object-level check: functions whose code changed though their source
     did not join the patch (with the reason); functions whose code did not change
     leave it unless asked to stay."""
     from . import objects as _objects
 
-    functions = list(doc["functions"])
+    functions = list(m.functions)
     carried = {(f.function, f.file) for f in report.functions if f.what in ("both", "code-only")}
     # a header's function one unit inlined away may still have code in another unit
     source_only = {(f.function, f.file) for f in report.by("source-only")} - carried
     if not keep_source_only:
-        functions = [f for f in functions if (f["name"], f["file"]) not in source_only]
-    listed = {(f["name"], f["file"]) for f in functions}
+        functions = [f for f in functions if (f.name, f.file) not in source_only]
+    listed = {(f.name, f.file) for f in functions}
     for f in report.by("code-only"):
         if (f.function, f.file) in listed:
             continue
         listed.add((f.function, f.file))
-        functions.append({"name": f.function, "file": f.file, "change": "modified",
-                          "origin": "objects", "reason": f.reason, "symbols": list(f.symbols)})
-    return {"functions": functions, "objects": _objects.to_json(report)}
+        functions.append(Change(f.function, f.file, MODIFIED, origin=OBJECTS_ORIGIN, reason=f.reason,
+                                symbols=tuple(f.symbols)))
+    return replace(m, functions=tuple(functions), objects=_objects.to_json(report))
 
 
-def _lint_sections(res: LintResult) -> dict:
+def _with_lint(m: Manifest, res: LintResult) -> Manifest:
+    """The release's states, callbacks and shadow variables, and the lint's findings."""
     from .lint.output import lint_json
 
     doc = lint_json(res)
     facts = doc["facts"].get(res.release, {"states": [], "callbacks": [], "shadow": []})
-    return {
-        "states": facts["states"],
-        "callbacks": facts["callbacks"],
-        "shadow": facts["shadow"],
-        "lint": {"schema": doc["schema"], "against": doc["against"], "summary": doc["summary"],
-                 "findings": doc["findings"]},
-    }
+    section = {"schema": doc["schema"], "against": doc["against"], "summary": doc["summary"],
+               "findings": doc["findings"], "states": facts["states"], "callbacks": facts["callbacks"],
+               "shadow": facts["shadow"]}
+    return replace(m, **lint_sections(section))
 
 
 def write(analysis: Analysis, outdir: Path, *, force: bool = False,
@@ -202,7 +173,7 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
     sources = release_sources(analysis)
-    doc = manifest(analysis, files, lint, objects, keep_source_only, sources)
+    doc = manifest(analysis, files, lint, objects, keep_source_only, sources).to_json()
     with staged(outdir) as tmp:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
@@ -210,70 +181,3 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
             dest = tmp / "sources" / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-
-
-@contextlib.contextmanager
-def staged(outdir: Path) -> Iterator[Path]:
-    """A temporary directory next to ``outdir`` that replaces it when the block ends
-    without an error, and is removed when it does not (with the directories it made)."""
-    outdir = _absolute(outdir)
-    parent = outdir.parent
-    created = [p for p in (parent, *parent.parents) if not p.exists()]
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KlpccError(f"cannot create {parent}: {exc.strerror}") from None
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
-    except OSError:
-        _remove_created(created)
-        raise
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if os.path.lexists(outdir):
-            old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
-            try:
-                os.rename(outdir, old / "x")
-                try:
-                    os.rename(tmp, outdir)
-                except OSError:
-                    os.rename(old / "x", outdir)
-                    raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, outdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
-        raise
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all."""
-    target = _absolute(Path(path))
-    if target.is_dir():
-        raise KlpccError(f"{path} is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    except FileNotFoundError:
-        raise KlpccError(f"cannot write {path}: its directory does not exist") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _remove_created(dirs: list[Path]) -> None:
-    """Remove the (empty) directories a failed write created, innermost first."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:
-            break

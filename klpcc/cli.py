@@ -12,20 +12,9 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .api import (
-    AnalyzeOptions,
-    KernelOptions,
-    ObjectOptions,
-    analyze,
-    analyze_objects,
-    build_kernel,
-    compile_bundle,
-    lint,
-)
-from .bundle import write_atomic
-from .emit import uclient
-from .emit.umod import ProgramOptions, build_program_patch
+from . import __version__, api
+from .api import AnalyzeOptions, Answer, KernelOptions, ObjectOptions, ProgramOptions
+from .atomic import write_atomic
 from .errors import KlpccError
 from .objects import text as objects_text
 from .objects import to_json as objects_json
@@ -147,9 +136,9 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     obj = _objects(objects, jobs, cache, no_cache, binary)
     report = None
     if obj is not None:
-        a, report = analyze_objects(opts, obj)
+        a, report = api.analyze_objects(opts, obj)
     else:
-        a = analyze(opts)
+        a = api.analyze(opts)
     if fmt == "json":
         doc = analysis_json(a)
         if report is not None:
@@ -181,7 +170,7 @@ def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
                 commands: str | None, objects: str | None, jobs: int | None, cache: str | None,
                 no_cache: bool, binary: str | None, keep_source_only: bool) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
-    a, res = compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
+    a, res = api.compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
                             force=force, config=config, compile_commands=commands,
                             objects=_objects(objects, jobs, cache, no_cache, binary, keep_source_only))
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
@@ -221,7 +210,7 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
-    res = lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
+    res = api.lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
                _objects(objects, jobs, cache, no_cache, binary))
     if fmt == "json":
         text = dump_json(lint_json(res)) + "\n"
@@ -292,55 +281,20 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
         if kdir or source_only or objects or kallsyms or no_replace:
             raise KlpccError("--binary builds a userspace patch object: --kernel, --object, --kallsyms, "
                              "--source-only and --no-replace are for the kernel")
-        built = build_program_patch(ProgramOptions(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
-                                                   force))
+        built = api.build_program(ProgramOptions(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
+                                                 force))
         if fmt == "json":
             click.echo(dump_json(built.to_json()))
             return
-        click.echo(f"{outdir}: patch object for {binary} (build-id {built.build_id[:12]}), "
-                   f"release {built.release}")
-        for f in built.functions:
-            flag = ", immediate" if f.immediate else ""
-            click.echo(f"  patch  {f.name}  ({f.file}; {f.why}{flag})")
-        for r in built.refs:
-            click.echo(f"  uses the program's  {r['name']}  ({r['file']})")
-        for c in built.copied:
-            click.echo(f"  copied  {c['what']}")
-        for i, v in built.states:
-            click.echo(f"  state  id {i} version {v}")
-        for c in built.callbacks:
-            click.echo(f"  callback  {c['kind']} = {c['callback']}  ({c['file']})")
-        if built.nops:
-            click.echo("  reverted by the runtime (nop): " + ", ".join(built.nops))
+        click.echo(built.text(binary), nl=False)
         for n in built.notes:
             click.echo(f"klpcc: note: {n}", err=True)
         return
     if not kdir and not source_only:
         raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG")
-    res = build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace, source_only,
-                                     name, kallsyms, _sympos(sympos), force, jobs))
-    if fmt == "json":
-        click.echo(dump_json(res.to_json()))
-        return
-    what = res.module if res.module is not None else f"{res.outdir} (source only)"
-    click.echo(f"{what}: livepatch {res.name}, release {res.release}, "
-               f"{'replace' if not no_replace else 'no replace'}")
-    for u in res.units:
-        for old, _, pos in u.patched:
-            click.echo(f"  patch  {u.object}:{old}" + (f",{pos}" if pos else "") + f"  ({u.path})")
-        for kind, fn in u.callbacks.items():
-            click.echo(f"  callback  {kind} = {fn}  ({u.path})")
-        for c in u.copied:
-            click.echo(f"  copied  {c}")
-    for i, v in res.states:
-        click.echo(f"  state  id {i} version {v}")
-    if res.nops:
-        click.echo("  the kernel reverts (nop): " + ", ".join(res.nops))
-    for old, new in sorted(res.symbols.items()):
-        note = "" if old.startswith("__klpcc_sym_") else f"  (for {old})"
-        click.echo(f"  livepatch symbol  {new}{note}")
-    if res.module is not None:
-        click.echo(f"  built in {res.build_seconds:.1f} s")
+    res = api.build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace,
+                                         source_only, name, kallsyms, _sympos(sympos), force, jobs))
+    click.echo(dump_json(res.to_json()) if fmt == "json" else res.text(), nl=fmt != "text")
 
 
 @main.command("config")
@@ -352,16 +306,7 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
 @_guard
 def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, cc: str) -> None:
     """Like pkg-config: how to build a program the userspace runtime can patch."""
-    if not (want_cflags or want_libs or preload):
-        raise KlpccError("say what to print: --cflags, --libs or --preload")
-    parts = []
-    if want_cflags:
-        parts.append(uclient.cflags())
-    if want_libs:
-        parts.append(uclient.libs(cc))
-    if preload:
-        parts.append(str(uclient.runtime_library(cc)))
-    click.echo(" ".join(parts))
+    click.echo(api.config(cflags=want_cflags, libs=want_libs, preload=preload, cc=cc))
 
 
 def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -372,24 +317,15 @@ def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="The process to talk to.")(fn)
 
 
-def _answer(doc: dict, fmt: str, what: str) -> None:
+def _answer(ans: Answer, fmt: str) -> None:
+    """Print the runtime's answer; a refusal exits 1 (in text, with the step that refused)."""
     if fmt == "json":
-        click.echo(dump_json(doc))
-    elif doc.get("ok"):
-        extra = []
-        if doc.get("replaced"):
-            extra.append("replaced " + ", ".join(doc["replaced"]))
-        if doc.get("nops"):
-            extra.append("reverted " + ", ".join(doc["nops"]))
-        if doc.get("unloaded"):
-            extra.append("unloaded " + ", ".join(doc["unloaded"]))
-        timing = f" in {doc['total_us'] / 1000:.1f} ms" if "total_us" in doc else ""
-        click.echo(f"{what} {doc.get('patch', '')}{timing}" + (f" ({'; '.join(extra)})" if extra else ""))
-    if not doc.get("ok"):
-        if fmt != "json":
-            step, error = doc.get("step", "?"), doc.get("error", "?")
-            action = {"applied": "apply", "disabled": "disable"}.get(what, what)
-            click.echo(f"klpcc: error: {action} failed at {step}: {error}", err=True)
+        click.echo(dump_json(ans.doc))
+    elif ans.ok:
+        click.echo(ans.text(), nl=False)
+    else:
+        click.echo(f"klpcc: error: {ans.failure}", err=True)
+    if not ans.ok:
         sys.exit(EXIT_FINDINGS)
 
 
@@ -402,7 +338,7 @@ def _answer(doc: dict, fmt: str, what: str) -> None:
 @_guard
 def apply_cmd(patch: str, pid: int, sock: str | None, timeout: float, fmt: str) -> None:
     """Install PATCH in process PID: an atomic replace of whatever is installed."""
-    _answer(uclient.apply(pid, patch, timeout, sock), fmt, "applied")
+    _answer(api.apply(pid, patch, timeout, sock), fmt)
 
 
 @main.command("disable")
@@ -412,7 +348,7 @@ def apply_cmd(patch: str, pid: int, sock: str | None, timeout: float, fmt: str) 
 @_guard
 def disable_cmd(pid: int, sock: str | None, timeout: float, fmt: str) -> None:
     """Back to the original code everywhere in process PID."""
-    _answer(uclient.disable(pid, timeout, sock), fmt, "disabled")
+    _answer(api.disable(pid, timeout, sock), fmt)
 
 
 @main.command("status")
@@ -421,21 +357,7 @@ def disable_cmd(pid: int, sock: str | None, timeout: float, fmt: str) -> None:
 @_guard
 def status_cmd(pid: int, sock: str | None, fmt: str) -> None:
     """The patches installed in process PID, their functions and states."""
-    doc = uclient.status(pid, sock)
-    if fmt == "json" or not doc.get("ok"):
-        _answer(doc, fmt, "status")
-        return
-    click.echo(f"process {doc.get('pid')} (build-id {str(doc.get('build_id'))[:12]}): "
-               f"{doc.get('applies', 0)} applies")
-    if not doc.get("patches"):
-        click.echo("  no patch installed")
-    for p in doc.get("patches", []):
-        click.echo(f"  {p['name']}  {p['state']}  {p.get('path', '')}")
-        for f in p.get("functions", []):
-            flag = ", immediate" if f.get("immediate") else ""
-            click.echo(f"    {f['name']}  ({f.get('why', '')}{flag})")
-        for st in p.get("states", []):
-            click.echo(f"    state {st['id']} version {st['version']}")
+    _answer(api.status(pid, sock), fmt)
 
 
 def _terminated(signum: int, frame: object) -> None:

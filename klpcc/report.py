@@ -17,6 +17,7 @@ from .history import (
     Entry,
     dependencies,
 )
+from .manifest import Change
 
 ANALYSIS_SCHEMA = "klpcc.analysis/1"
 MAX_COLUMNS = 20  # releases shown in the text matrix
@@ -25,31 +26,16 @@ _SYMBOL = {MODIFIED: "M", ADDED: "A", REMOVED: "R", NOP: "N", DROPPED: "D", UNCH
            "absent": " "}
 
 
-def _entry_json(e: Entry, with_transition: bool, names: list[str]) -> dict:
-    doc: dict = {
-        "name": e.name,
-        "key": e.key,
-        "file": e.file,
-        "static": e.static,
-        "change": e.change,
-    }
-    if e.kind != "function":
-        doc = {"kind": e.kind, **doc}
-        del doc["static"]
-    if len(e.files) > 1:
-        doc["files"] = list(e.files)
-    if e.macro:
-        doc["macro"] = e.macro
-    if with_transition:
-        doc["transition"] = e.transition
-    doc["lines"] = None if e.lines is None else {"start": e.lines[0], "end": e.lines[1]}
-    doc["base_fingerprint"] = e.base_fingerprint
-    doc["fingerprint"] = e.fingerprint
-    doc["patch"] = None if e.origin is None else {"file": e.origin[0], "line": e.origin[1]}
-    doc["history"] = list(e.history)
-    doc["touched"] = [names[r - 1] for r in e.touched]
-    doc["fingerprints"] = {names[r - 1]: fp for r, fp in e.fingerprints.items()}
-    return doc
+def change_of(e: Entry, names: list[str]) -> Change:
+    """An entry of the net change as the JSON outputs carry it (release names, not numbers)."""
+    return Change(
+        name=e.name, file=e.file, change=e.change, kind=e.kind, key=e.key,
+        static=e.static if e.kind == "function" else None,
+        files=tuple(e.files) if len(e.files) > 1 else (), macro=e.macro or None, lines=e.lines,
+        base_fingerprint=e.base_fingerprint, fingerprint=e.fingerprint,
+        patch=None if e.origin is None else (e.origin[0], e.origin[1]), history=tuple(e.history),
+        touched=tuple(names[r - 1] for r in e.touched),
+        fingerprints={names[r - 1]: fp for r, fp in e.fingerprints.items()}, transition=e.transition)
 
 
 def analysis_json(a: Analysis) -> dict:
@@ -65,9 +51,9 @@ def analysis_json(a: Analysis) -> dict:
         "release": a.release_name,
         "release_index": a.release,
         "from": a.installed_name,
-        "functions": [_entry_json(e, with_t, rep.releases) for e in a.functions],
+        "functions": [change_of(e, rep.releases).to_json(with_t) for e in a.functions],
         "nops": [e.key for e in a.functions if e.change == NOP],
-        "outside": [_entry_json(e, False, rep.releases) for e in a.outside],
+        "outside": [change_of(e, rep.releases).to_json() for e in a.outside],
         "summary": {k: counts.get(k, 0) for k in (MODIFIED, ADDED, REMOVED, NOP, DROPPED)},
         "dependencies": dependencies(rep, a.release),
         "warnings": a.warnings,

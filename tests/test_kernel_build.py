@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from klpcc.emit.klpelf import Target, convert
+from klpcc.emit.kernel.elf import Target, convert
 from klpcc.errors import KlpccError
 
 from .helpers import klpcc, make_series

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from elftools.elf.elffile import ELFFile
 
-from ..errors import KlpccError
+from ...errors import KlpccError
 
 SHN_UNDEF = 0
 SHN_LIVEPATCH = 0xFF20

@@ -1,7 +1,7 @@
 """Userspace target, step 1: the C source of a patch object for one running program.
 
-The units are written like the kernel's (:mod:`.ksource`): from the release's own
-file, modified functions renamed ``klpcc_new_<unit>_<name>``, the rest of the file's
+The units are written by the shared unit writer (:mod:`klpcc.emit.units`): from the
+release's own file, modified functions renamed ``klpcc_new_<unit>_<name>``, the rest of the file's
 functions and data reduced to declarations.  What differs is how patched code reaches
 the program's own functions and data (its statics above all): a patch object is a
 shared object loaded beside the program, which exports nothing.  Every reference the
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 from tree_sitter import Node
 
-from ..functions import C_LANGUAGE, mask_annotations
-from .ksource import Unit, UnitWriter
+from ...functions import C_LANGUAGE, mask_annotations
+from ..units import Unit, UnitWriter
 from .program import Program, Symbol
+
+HEADER = "klpcc.h"
 
 _DECLARATORS = ("init_declarator", "pointer_declarator", "array_declarator", "function_declarator",
                 "parenthesized_declarator", "attributed_declarator")
@@ -30,8 +32,8 @@ _DECLARATORS = ("init_declarator", "pointer_declarator", "array_declarator", "fu
 
 @dataclass(frozen=True)
 class ProgramResolver:
-    """The kernel resolver's questions about one file, answered from the program's
-    symbol table: does the program have this static (else the patch copies it)?"""
+    """The unit writer's questions about one file, answered from the program's symbol
+    table: does the program have this static (else the patch copies it)?"""
 
     program: Program
     sympos: dict[tuple[str, str], int]
@@ -85,7 +87,7 @@ class ProgramUnitWriter(UnitWriter):
     """A unit of a userspace patch object."""
 
     resolver: ProgramResolver
-    header = "klpcc.h"
+    header = HEADER
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
                  resolver: ProgramResolver):
@@ -135,11 +137,6 @@ class ProgramUnitWriter(UnitWriter):
         """Names the patch defines itself (added functions and data): used directly."""
         return {n for n, change in self.patched.items() if change == "added"} | self.added
 
-    def write(self) -> Unit:
-        unit = super().write()
-        if self.refs:
-            slots = "".join(f'void *{slot} __attribute__((visibility("hidden")));\n'
-                            for slot in sorted(self.refs))
-            marker = '#include "klpcc.h"\n'
-            unit.text = unit.text.replace(marker, marker + slots, 1)
-        return unit
+    def preamble(self) -> str:
+        """The slots the runtime fills with the program's addresses."""
+        return "".join(f'void *{slot} __attribute__((visibility("hidden")));\n' for slot in sorted(self.refs))

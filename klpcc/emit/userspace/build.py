@@ -5,7 +5,7 @@ atomic replace.
 1. the program's ELF: build-id, symbols (statics per file), DWARF inlining;
 2. the functions to patch: the release's modified functions, and every function of
    the program into which one of them was inlined (it carries the old code);
-3. :mod:`.usource` writes the units; this module writes the descriptor unit
+3. :mod:`.source` writes the units; this module writes the descriptor unit
    (``klpcc_patch_descriptor``: functions with the program's offsets, references,
    states, callbacks, the manifest) and compiles everything with the program's own
    options (from its DWARF ``DW_AT_producer``) into a shared object.
@@ -17,37 +17,22 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import KlpccError
-from ..functions import CSource, split_lines
-from .kmod import (
-    _c_string,
-    _manifest,
-    _read_source,
-    _states,
-    callback_trampoline,
-    compile_error,
-    release_changes,
-)
-from .ksource import CALLBACK_KINDS, Unit
+from ... import atomic, manifest, runtime, toolchain
+from ...errors import KlpccError
+from ...functions import CSource, split_lines
+from .. import policy
+from ..cgen import c_literal, c_string, callback_trampoline
+from ..units import CALLBACK_KINDS, Unit
 from .program import Program, read_program
-from .usource import ProgramResolver, ProgramUnitWriter
+from .source import HEADER, ProgramResolver, ProgramUnitWriter
 
-HEADER = "klpcc.h"
 _IMMEDIATE = re.compile(r"\bKLPCC_IMMEDIATE\s*\(\s*(\w+)\s*\)")
 # options of the program's units that the patch object is compiled with too
 _KEPT = re.compile(r"^-(O[0-3sgz]?|m\S+|std=\S+|f(?!PIE|pie|PIC|pic|patchable-function-entry)\S+|g\S*)$")
-
-
-def userspace_runtime_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "runtime" / "userspace"
-    if not (here / HEADER).is_file():
-        raise KlpccError(f"klpcc's userspace runtime is missing ({here}); reinstall klpcc from its sources")
-    return here
 
 
 @dataclass(frozen=True)
@@ -107,6 +92,25 @@ class ProgramBuild:
             "notes": self.notes,
         }
 
+    def text(self, binary: str) -> str:
+        """What ``klpcc build --binary`` prints (its notes go to standard error)."""
+        lines = [f"{self.output}: patch object for {binary} (build-id {self.build_id[:12]}), "
+                 f"release {self.release}"]
+        for f in self.functions:
+            flag = ", immediate" if f.immediate else ""
+            lines.append(f"  patch  {f.name}  ({f.file}; {f.why}{flag})")
+        for r in self.refs:
+            lines.append(f"  uses the program's  {r['name']}  ({r['file']})")
+        for c in self.copied:
+            lines.append(f"  copied  {c['what']}")
+        for i, v in self.states:
+            lines.append(f"  state  id {i} version {v}")
+        for c in self.callbacks:
+            lines.append(f"  callback  {c['kind']} = {c['callback']}  ({c['file']})")
+        if self.nops:
+            lines.append("  reverted by the runtime (nop): " + ", ".join(self.nops))
+        return "\n".join(lines) + "\n"
+
 
 def _file_flags(prog: Program, path: str) -> list[str]:
     """The options the program's unit for ``path`` was compiled with (DW_AT_producer)."""
@@ -117,45 +121,35 @@ def _file_flags(prog: Program, path: str) -> list[str]:
     return [t for t in producer.split() if _KEPT.match(t)]
 
 
-Plan = tuple[dict[str, dict[str, str]], dict[str, set[str]], dict[tuple[str, str], str], list[str]]
-
-
-def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
-    """Per file: functions to compile (name -> modified/added), added non-function items,
-    why each function is in the patch, and notes."""
-    by_file, added = release_changes(doc)
-    why = {(path, name): change for path, fns in by_file.items() for name, change in fns.items()}
-    why.update({(f["file"], f["name"]): f["reason"] for f in doc["functions"] if f.get("reason")})
+def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions) -> tuple[policy.Plan, list[str]]:
+    """The release's plan, with the functions a changed function was inlined into (they
+    carry its old code and are patched too), and notes."""
+    p = policy.plan(b.manifest)
     notes: list[str] = []
-    sources = {s["path"] for s in doc["sources"]}
-    sympos = {(f, n): p for f, n, p in opts.sympos}
-    # a changed function inlined into others: they carry its old code and are patched too.
+    sympos = {(f, n): pos for f, n, pos in opts.sympos}
     # DWARF records the inlined copies that left code behind; a copy the optimiser
     # folded away leaves no record, so every caller in the same file counts too
-    bundle = Path(opts.bundle)
-    for path, fns in list(by_file.items()):
-        callers_in_file = _callers(_read_source(bundle, path), path)
+    for path, fns in list(p.functions.items()):
+        callers_in_file = _callers(b.source(path), path)
         for name, change in list(fns.items()):
             if change != "modified":
                 continue
             for caller in sorted(callers_in_file.get(name, set()) - prog.inlined_into(name)):
                 has_symbol = caller in prog.globals or prog.find(path, caller) is not None
                 if has_symbol and fns.get(caller) is None:
-                    fns[caller] = "modified"
-                    why[(path, caller)] = f"calls {name} (may have inlined it)"
+                    p.add(path, caller, f"calls {name} (may have inlined it)")
             for caller in sorted(prog.inlined_into(name)):
                 units = prog.units.get(caller, set())
-                home = next((p for p in sources if p.endswith(".c")
-                             and any(os.path.basename(u) == os.path.basename(p) for u in units)), None)
+                home = next((s for s in b.source_paths if s.endswith(".c")
+                             and any(os.path.basename(u) == os.path.basename(s) for u in units)), None)
                 if home is None:
                     where = ", ".join(sorted(units)) or "?"
                     raise KlpccError(f"{name} is inlined into {caller} ({where}), whose source the bundle "
                                      "does not carry; compile the bundle with --objects", file=path)
-                if by_file.setdefault(home, {}).get(caller) is None:
-                    by_file[home][caller] = "modified"
-                    why[(home, caller)] = f"inlined {name}"
-                elif by_file[home][caller] == "modified":
-                    why[(home, caller)] += f"; inlined {name}"
+                if p.functions.setdefault(home, {}).get(caller) is None:
+                    p.add(home, caller, f"inlined {name}")
+                elif p.functions[home][caller] == "modified":
+                    p.why[(home, caller)] += f"; inlined {name}"
             if prog.find(path, name, sympos.get((path, name), 0)) is None:
                 # no copy of its own in the program: only its callers carry it
                 fns[name] = "added"
@@ -164,7 +158,7 @@ def _plan(doc: dict, prog: Program, opts: ProgramOptions) -> Plan:
     if not prog.producers:
         notes.append("the program has no DWARF (-g): functions a changed function was inlined into "
                      "cannot be found; build it with klpcc config --cflags")
-    return by_file, added, why, notes
+    return p, notes
 
 
 def _callers(data: bytes, path: str) -> dict[str, set[str]]:
@@ -202,7 +196,7 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
     out += ["", "static const struct klpcc_func klpcc_funcs[] = {"]
     for f in build.functions:
         out.append(f'\t{{ "{f.name}", {f.offset:#x}UL, {f.size}UL, (void *){f.new}, {int(f.immediate)}, '
-                   f'"{_c_string(f.why)}" }},')
+                   f'"{c_string(f.why)}" }},')
     out += ["\t{ 0 }", "};", "", "static const struct klpcc_ref klpcc_refs[] = {"]
     for r in build.refs:
         out.append(f'\t{{ "{r["name"]}", {r["offset"]:#x}UL, &{r["slot"]} }},')
@@ -220,58 +214,32 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
         out += callback_trampoline(kind, fn, [u.index for u in having], "void", "")
     out += ["", '__attribute__((visibility("default")))',
             "const struct klpcc_patch klpcc_patch_descriptor = {",
-            "\t.abi = KLPCC_ABI,", f'\t.name = "{_c_string(build.release)}",',
+            "\t.abi = KLPCC_ABI,", f'\t.name = "{c_string(build.release)}",',
             f'\t.build_id = "{build.build_id}",',
             f"\t.funcs = klpcc_funcs, .nfuncs = {len(build.functions)},",
             f"\t.refs = klpcc_refs, .nrefs = {len(build.refs)},",
             f"\t.states = klpcc_states, .nstates = {len(build.states)},",
             *[f"\t.{k} = {v}," for k, v in hooks.items()],
-            "\t.manifest = " + _c_literal(manifest) + ",", "};", ""]
+            "\t.manifest = " + c_literal(manifest) + ",", "};", ""]
     return "\n".join(out)
 
 
-def _c_literal(text: str) -> str:
-    chunks = []
-    for i in range(0, len(text), 100):
-        part = text[i:i + 100]
-        part = part.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        chunks.append(f'"{part}"')
-    return "\n\t\t".join(chunks) or '""'
-
-
-def _run(cmd: list[str], paths: set[str], what: str, cwd: Path | None = None) -> None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False, cwd=cwd)
-    except FileNotFoundError:
-        raise KlpccError(f"{cmd[0]} is not installed") from None
-    if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
-        where = compile_error(text, paths)
-        if where:
-            raise KlpccError(f"the patch does not compile: {where}")
-        line = next((ln for ln in text.splitlines() if "rror" in ln), text.strip()[-300:])
-        raise KlpccError(f"{what} failed: {line.strip()[:300]}")
-
-
-def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
+def build_program(opts: ProgramOptions) -> ProgramBuild:
     """Write the patch object of a bundle for the program ``opts.binary``."""
-    bundle = Path(opts.bundle)
-    doc = _manifest(bundle)
-    out = Path(opts.output)
-    if out.exists() and not opts.force:
-        raise KlpccError(f"{out} exists; use --force to replace it")
-    if out.is_dir():
-        raise KlpccError(f"{out} is a directory")
+    b = manifest.read(opts.bundle)
+    m = b.manifest
+    policy.refuse_lint(m)
+    atomic.check_file_target(opts.output, opts.force)
     prog = read_program(opts.binary)
     sympos = {(f, n): p for f, n, p in opts.sympos}
-    by_file, added, why, notes = _plan(doc, prog, opts)
-    build = ProgramBuild(doc["release"]["name"], Path(os.path.abspath(out)), prog.build_id,
-                         nops=list(doc.get("nops", [])), states=_states(doc), notes=notes)
+    p, notes = _plan(b, prog, opts)
+    build = ProgramBuild(m.release, atomic.absolute(opts.output), prog.build_id, nops=list(m.nops),
+                         states=policy.states(m), notes=notes)
     units: list[Unit] = []
     refs: dict[str, dict] = {}
-    for i, path in enumerate(sorted(by_file), 1):
+    for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, "program")
-        writer = ProgramUnitWriter(unit, _read_source(bundle, path), by_file[path], added.get(path, set()),
+        writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                    ProgramResolver(prog, sympos, path))
         writer.write()
         units.append(unit)
@@ -280,7 +248,7 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
             sym = prog.find(path, old, sympos.get((path, old), 0))
             if sym is None or not sym.function:
                 raise KlpccError(f"the program has no function {old}", file=path)
-            reason = why.get((path, old), "modified")
+            reason = p.why.get((path, old), "modified")
             build.functions.append(PatchFunction(old, path, sym.offset, sym.size, new, reason,
                                                  old in immediate))
             if "inlined " in reason or "may have inlined" in reason:
@@ -289,43 +257,50 @@ def build_program_patch(opts: ProgramOptions) -> ProgramBuild:
             refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path}
         build.copied += [{"file": path, "what": c} for c in unit.copied]
         build.callbacks += [{"file": path, "kind": k, "callback": fn} for k, fn in unit.callbacks.items()]
-    declared = {(c["file"], c["kind"]) for c in doc.get("callbacks", [])}
-    for path, kind in sorted(declared - {(c["file"], c["kind"]) for c in build.callbacks}):
-        raise KlpccError(f"the {kind} callback must be declared with KLPCC_{kind.upper()}(fn)", file=path)
-    if not build.functions and not build.nops:
-        raise KlpccError(f"release {build.release} changes no function: there is nothing to patch")
+    policy.check_units(m, units)
     build.refs = sorted(refs.values(), key=lambda r: r["slot"])
-    manifest = dict(doc)
-    manifest["patch_object"] = build.to_json()
-    runtime = userspace_runtime_dir()
-    scratch = out.resolve().parent if out.resolve().parent.exists() else None
+    embedded = {**m.to_json(), "patch_object": build.to_json()}
+    out = atomic.absolute(opts.output)
+    scratch = out.parent if out.parent.exists() else None
     with tempfile.TemporaryDirectory(prefix=".klpcc-build-", dir=scratch) as t:
-        tmp = Path(t)
-        for s in doc["sources"]:
-            dest = tmp / "src" / s["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(_read_source(bundle, s["path"]))
-        objects = []
-        paths = {s["path"] for s in doc["sources"]} | {"klpcc_patch.c"}
-        extra = shlex.split(opts.cflags)
-        for u in units:
-            src = tmp / "src" / u.path
-            src.write_text(u.text, encoding="utf-8", errors="surrogateescape")
-            obj = tmp / f"unit{u.index}.o"
-            _run([opts.cc, *_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
-                  "-Wno-unused-function", "-Wno-unused-variable", f"-I{runtime}", f"-I{src.parent}",
-                  "-c", u.path, "-o", str(obj)], paths, "compiling the patch", cwd=tmp / "src")
-            objects.append(str(obj))
-        (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(manifest)))
-        _run([opts.cc, "-fPIC", f"-I{runtime}", "-c", str(tmp / "klpcc_patch.c"), "-o", str(tmp / "desc.o")],
-             paths, "compiling the descriptor")
-        so = tmp / "patch.so"
-        _run([opts.cc, "-shared", "-Wl,-Bsymbolic-functions", "-Wl,--build-id", "-o", str(so),
-              str(tmp / "desc.o"), *objects], paths, "linking the patch object")
-        _check_object(so, prog, units, added)
-        data = so.read_bytes()
-    _write_binary(out, data)
+        data = _compile_object(Path(t), b, units, build, prog, opts, embedded, p.added)
+    if not out.parent.is_dir():
+        raise KlpccError(f"cannot write {out}: its directory does not exist")
+    atomic.write_atomic(out, data, 0o755)
     return build
+
+
+def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: ProgramBuild, prog: Program,
+                    opts: ProgramOptions, embedded: dict, added: dict[str, set[str]]) -> bytes:
+    """The patch object's bytes, compiled and linked in ``tmp``."""
+    include = runtime.userspace()
+    for path in b.source_paths:
+        dest = tmp / "src" / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b.source(path))
+    objects = []
+    paths = set(b.source_paths) | {"klpcc_patch.c"}
+    extra = shlex.split(opts.cflags)
+
+    def cc(args: list[str], what: str, cwd: Path | None = None) -> None:
+        toolchain.run([opts.cc, *args], subject="the patch", action=what, paths=paths, cwd=cwd)
+
+    for u in units:
+        src = tmp / "src" / u.path
+        src.write_text(u.text, encoding="utf-8", errors="surrogateescape")
+        obj = tmp / f"unit{u.index}.o"
+        cc([*_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
+            "-Wno-unused-function", "-Wno-unused-variable", f"-I{include}", f"-I{src.parent}", "-c", u.path,
+            "-o", str(obj)], "compiling the patch", cwd=tmp / "src")
+        objects.append(str(obj))
+    (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(embedded)))
+    cc(["-fPIC", f"-I{include}", "-c", str(tmp / "klpcc_patch.c"), "-o", str(tmp / "desc.o")],
+       "compiling the descriptor")
+    so = tmp / "patch.so"
+    cc(["-shared", "-Wl,-Bsymbolic-functions", "-Wl,--build-id", "-o", str(so), str(tmp / "desc.o"),
+        *objects], "linking the patch object")
+    _check_object(so, prog, units, added)
+    return so.read_bytes()
 
 
 def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, set[str]]) -> None:
@@ -353,19 +328,3 @@ def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, s
                     raise KlpccError(f"the patch object has its own copy of the program's static {sym.name} "
                                      "(used through a macro?); the patched code must use the program's",
                                      file=u.path)
-
-
-def _write_binary(out: Path, data: bytes) -> None:
-    out = Path(os.path.abspath(out))
-    if not out.parent.is_dir():
-        raise KlpccError(f"cannot write {out}: its directory does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

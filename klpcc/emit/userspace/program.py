@@ -9,7 +9,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import KlpccError
+from ...errors import KlpccError
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,9 @@ def _symbols(elf, prog: Program, shown: str) -> None:
 
 
 def _dwarf(elf, prog: Program) -> None:
-    from ..objects import _read_dwarf
+    from ...objects.dwarf import dwarf_of
 
     if elf.get_section_by_name(".debug_info") is None:
         return  # no -g: inlined copies cannot be found (said in the build's notes)
-    dwarf = _read_dwarf(elf, prog.path)
+    dwarf = dwarf_of(elf, prog.path)
     prog.inlined, prog.units, prog.producers = dwarf.inlined, dwarf.units, dwarf.producers

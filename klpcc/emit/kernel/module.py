@@ -1,10 +1,10 @@
 """Kernel target: a bundle becomes a cumulative livepatch module (``replace = true``).
 
-1. :mod:`.ksource` writes one unit per changed C file, from the release's file;
+1. :mod:`.source` writes one unit per changed C file, from the release's file;
 2. this module writes the unit holding the ``klp_patch`` (functions per object,
    callbacks, states) and the ``Kbuild`` file, and builds against a kernel build
    directory with the kernel's own build system;
-3. :mod:`.klpelf` turns references the module loader cannot resolve into livepatch
+3. :mod:`.elf` turns references the module loader cannot resolve into livepatch
    relocations.
 
 Everything is written in a temporary directory that replaces OUTDIR only when the
@@ -17,31 +17,20 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import bundle as _bundle
-from ..errors import KlpccError
-from . import klpelf
-from .ksource import CALLBACK_KINDS, Resolver, Unit, UnitWriter, object_of
-from .ksyms import VMLINUX, Kallsyms, exported, read_kallsyms
+from ... import atomic, manifest, runtime, toolchain
+from ...errors import KlpccError
+from .. import policy
+from ..cgen import c_string, callback_trampoline
+from ..units import CALLBACK_KINDS, Unit
+from . import elf as klpelf
+from .source import HEADER, KernelUnitWriter, Resolver, object_of
+from .symbols import VMLINUX, Kallsyms, exported, read_kallsyms
 
-HEADER = "klpcc_livepatch.h"
-# lint rules whose errors name changes no livepatch can carry
-_REFUSED_RULES = {"U001": "a data layout changes", "U002": "a global's initial value changes",
-                  "U004": "the function cannot be live patched", "U007": "data the running code uses changes"}
 _NAME_MAX = 55  # MODULE_NAME_LEN - 1
-
-
-def runtime_dir() -> Path:
-    """``runtime/kernel`` of this klpcc (beside the package)."""
-    here = Path(__file__).resolve().parents[2] / "runtime" / "kernel"
-    if not (here / HEADER).is_file():
-        raise KlpccError(f"klpcc's kernel runtime is missing ({here / HEADER}); "
-                         "reinstall klpcc from its sources")
-    return here
 
 
 @dataclass(frozen=True)
@@ -99,21 +88,28 @@ class KernelBuild:
             "build_seconds": round(self.build_seconds, 3),
         }
 
-
-def _manifest(bundle: Path) -> dict:
-    path = bundle / "manifest.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KlpccError(f"{bundle} is not a klpcc bundle (no manifest.json); make one with klpcc compile") \
-            from None
-    except (OSError, ValueError) as exc:
-        raise KlpccError(f"{path}: unreadable manifest: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != _bundle.MANIFEST_SCHEMA:
-        raise KlpccError(f"{path}: not a {_bundle.MANIFEST_SCHEMA} manifest")
-    if "sources" not in doc or not (bundle / "sources").is_dir() and doc["sources"]:
-        raise KlpccError(f"{bundle} has no sources/ (made by an older klpcc); compile the bundle again")
-    return doc
+    def text(self) -> str:
+        """What ``klpcc build --kernel`` prints."""
+        what = self.module if self.module is not None else f"{self.outdir} (source only)"
+        lines = [f"{what}: livepatch {self.name}, release {self.release}, "
+                 f"{'replace' if self.replace else 'no replace'}"]
+        for u in self.units:
+            for old, _, pos in u.patched:
+                lines.append(f"  patch  {u.object}:{old}" + (f",{pos}" if pos else "") + f"  ({u.path})")
+            for kind, fn in u.callbacks.items():
+                lines.append(f"  callback  {kind} = {fn}  ({u.path})")
+            for c in u.copied:
+                lines.append(f"  copied  {c}")
+        for i, v in self.states:
+            lines.append(f"  state  id {i} version {v}")
+        if self.nops:
+            lines.append("  the kernel reverts (nop): " + ", ".join(self.nops))
+        for old, new in sorted(self.symbols.items()):
+            note = "" if old.startswith("__klpcc_sym_") else f"  (for {old})"
+            lines.append(f"  livepatch symbol  {new}{note}")
+        if self.module is not None:
+            lines.append(f"  built in {self.build_seconds:.1f} s")
+        return "\n".join(lines) + "\n"
 
 
 def _module_name(opts: KernelOptions, release: str) -> str:
@@ -124,85 +120,15 @@ def _module_name(opts: KernelOptions, release: str) -> str:
     return name[:_NAME_MAX]
 
 
-def _refuse(doc: dict) -> None:
-    for f in doc.get("lint", {}).get("findings", []):
-        why = _REFUSED_RULES.get(f.get("rule"))
-        if why and f.get("severity") == "error":
-            raise KlpccError(f"{f['file']}:{f['line']}: refusing to build: {why} "
-                             f"({f['rule']}: {f['message']})")
-
-
-def _read_source(bundle: Path, path: str) -> bytes:
-    try:
-        return (bundle / "sources" / path).read_bytes()
-    except OSError as exc:
-        raise KlpccError(f"{bundle}/sources/{path}: {exc.strerror}") from None
-
-
-def release_changes(doc: dict) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
-    """What a bundle's release compiles, per C file: its functions (name -> modified or
-    added), and the other items it adds (kept as written).  Files that only declare
-    callbacks or states count too."""
-    by_file: dict[str, dict[str, str]] = {}
-    added: dict[str, set[str]] = {}
-    for f in [*doc["functions"], *doc.get("outside", [])]:
-        kind, change, path = f.get("kind", "function"), f["change"], f["file"]
-        if change not in ("modified", "added"):
-            continue
-        if kind != "function":
-            if change == "added":
-                added.setdefault(path, set()).add(f["name"])
-            continue
-        if not path.endswith(".c"):
-            if change == "modified" and not f.get("static"):
-                raise KlpccError(f"cannot patch {f['name']}: a function defined in a header is compiled into "
-                                 "every file that includes it; move the change to a .c file", file=path)
-            continue  # a static inline of a header: its callers carry it (compile --objects finds them)
-        by_file.setdefault(path, {})[f["name"]] = change
-    for c in [*doc.get("callbacks", []), *doc.get("states", [])]:
-        if c["file"].endswith(".c"):
-            by_file.setdefault(c["file"], {})
-    return by_file, added
-
-
-def _units(doc: dict, bundle: Path, opts: KernelOptions, resolver: Resolver) -> list[Unit]:
-    by_file, added = release_changes(doc)
+def _units(b: manifest.Bundle, opts: KernelOptions, resolver: Resolver) -> list[Unit]:
+    p = policy.plan(b.manifest)
     units: list[Unit] = []
-    for i, path in enumerate(sorted(by_file), 1):
+    for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, object_of(path, list(opts.objects)))
-        UnitWriter(unit, _read_source(bundle, path), by_file[path], added.get(path, set()), resolver).write()
+        KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()), resolver).write()
         units.append(unit)
-    if not any(u.patched for u in units) and not doc.get("nops"):
-        raise KlpccError(f"release {doc['release']['name']} changes no function: there is nothing to patch")
-    declared = {(c["file"], c["kind"]) for c in doc.get("callbacks", [])}
-    found = {(u.path, k) for u in units for k in u.callbacks}
-    for path, kind in sorted(declared - found):
-        raise KlpccError(f"the {kind} callback is set with an initializer; the module needs it declared with "
-                         f"KLPCC_{kind.upper()}(fn)", file=path)
+    policy.check_units(b.manifest, units)
     return units
-
-
-def _states(doc: dict) -> list[tuple[int, int]]:
-    out: dict[int, int] = {}
-    for s in doc.get("states", []):
-        if not isinstance(s.get("id"), int):
-            raise KlpccError(f"{s['file']}:{s['line']}: state id {s.get('id')!r} is not a constant klpcc can "
-                             "compute; the module needs a number")
-        if s["id"] in out and out[s["id"]] != s["version"]:
-            raise KlpccError(f"{s['file']}:{s['line']}: state {s['id']} declared with two versions")
-        out[s["id"]] = s["version"]
-    return sorted(out.items())
-
-
-def callback_trampoline(kind: str, fn: str, units: list[int], params: str, args: str) -> list[str]:
-    """C lines of ``fn``, the callback of ``kind`` that calls every unit's (a pre_patch
-    stops at the first error)."""
-    if kind == "pre_patch":
-        out = ["", f"static int {fn}({params})", "{", "\tint ret;", ""]
-        for i in units:
-            out += [f"\tret = klpcc_cb_pre_patch_{i}({args});", "\tif (ret)", "\t\treturn ret;"]
-        return out + ["\treturn 0;", "}"]
-    return ["", f"static void {fn}({params})", "{", *[f"\tklpcc_cb_{kind}_{i}({args});" for i in units], "}"]
 
 
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
@@ -250,12 +176,8 @@ def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[in
             "static void __exit klpcc_exit(void)", "{", "}", "",
             "module_init(klpcc_init);", "module_exit(klpcc_exit);", 'MODULE_LICENSE("GPL");',
             'MODULE_INFO(livepatch, "Y");',
-            f'MODULE_DESCRIPTION("klpcc cumulative live patch, release {_c_string(release)}");', ""]
+            f'MODULE_DESCRIPTION("klpcc cumulative live patch, release {c_string(release)}");', ""]
     return "\n".join(out)
-
-
-def _c_string(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def kbuild(name: str, units: list[Unit]) -> str:
@@ -265,54 +187,20 @@ def kbuild(name: str, units: list[Unit]) -> str:
             "ccflags-y += -I$(src) -ffunction-sections -fdata-sections\n")
 
 
-_DIAG = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?:\d+:)? (?P<kind>fatal error|error|note|warning): "
-                   r"(?P<msg>.*)$")
-
-
-def compile_error(text: str, paths: set[str]) -> str | None:
-    """The compiler's first error, placed on a line of the release's own files: an error
-    inside a kernel header is reported where the unit's code led to it."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        m = _DIAG.match(line.strip())
-        if not m or "error" not in m["kind"]:
-            continue
-        if m["file"] in paths:
-            return f"{m['file']}:{m['line']}: {m['msg']}"
-        for later in lines[i + 1:]:
-            n = _DIAG.match(later.strip())
-            if n and n["file"] in paths:
-                return f"{n['file']}:{n['line']}: {m['msg']} (in {m['file']}:{m['line']})"
-            if n and "error" in n["kind"]:
-                break
-        return f"{m['file']}:{m['line']}: {m['msg']}"
-    return None
-
-
 def _make(kdir: Path, outdir: Path, jobs: int | None, paths: set[str]) -> str:
+    if shutil.which("make") is None:
+        raise KlpccError("make is not installed (the kernel's build system needs it)")
     cmd = ["make", "-C", str(kdir), f"M={outdir}", f"-j{jobs or os.cpu_count() or 1}", "modules",
            "KBUILD_MODPOST_WARN=1"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
-    except FileNotFoundError:
-        raise KlpccError("make is not installed (the kernel's build system needs it)") from None
-    if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
-        where = compile_error(text, paths)
-        if where:
-            raise KlpccError(f"the module does not compile: {where}")
-        lines = [ln for ln in text.splitlines() if "rror" in ln] or text.strip().splitlines()[-1:]
-        raise KlpccError(f"building the module against {kdir} failed: {(lines or ['?'])[0].strip()[:300]}")
-    return proc.stdout + proc.stderr
+    return toolchain.run(cmd, subject="the module", action=f"building the module against {kdir}", paths=paths)
 
 
 def build_kernel(opts: KernelOptions) -> KernelBuild:
     """Write (and unless ``source_only`` build) the livepatch module of a bundle."""
-    bundle = Path(opts.bundle)
-    doc = _manifest(bundle)
-    release = doc["release"]["name"]
-    name = _module_name(opts, release)
-    _refuse(doc)
+    b = manifest.read(opts.bundle)
+    m = b.manifest
+    name = _module_name(opts, m.release)
+    policy.refuse_lint(m)
     kdir = None
     if not opts.source_only:
         if not opts.kdir:
@@ -320,30 +208,30 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         kdir = Path(opts.kdir)
         if not (kdir / "Makefile").is_file():
             raise KlpccError(f"{kdir} is not a kernel build directory (no Makefile)")
-    _bundle.check_target(Path(opts.outdir), opts.force)
+    atomic.check_target(opts.outdir, opts.force)
     syms: Kallsyms | None = read_kallsyms(opts.kallsyms) if opts.kallsyms else None
     resolver = Resolver(syms, {(f, n): p for f, n, p in opts.sympos})
     exports = exported(kdir) if kdir is not None else set()
-    units = _units(doc, bundle, opts, resolver)
-    states = _states(doc)
-    result = KernelBuild(name, release, Path(os.path.abspath(opts.outdir)), None, units,
-                         list(doc.get("nops", [])), states, opts.replace)
-    with _bundle.staged(Path(opts.outdir)) as tmp:
-        shutil.copy(runtime_dir() / HEADER, tmp / HEADER)
+    units = _units(b, opts, resolver)
+    states = policy.states(m)
+    result = KernelBuild(name, m.release, atomic.absolute(opts.outdir), None, units, list(m.nops), states,
+                         opts.replace)
+    with atomic.staged(opts.outdir) as tmp:
+        shutil.copy(runtime.kernel() / HEADER, tmp / HEADER)
         (tmp / "Kbuild").write_text(kbuild(name, units))
-        (tmp / "klpcc_patch.c").write_text(patch_unit(name, release, units, states, opts.replace))
-        for s in doc["sources"]:
-            if not s["path"].endswith(".c"):
-                dest = tmp / "src" / s["path"]
+        (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace))
+        for path in b.source_paths:
+            if not path.endswith(".c"):
+                dest = tmp / "src" / path
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(_read_source(bundle, s["path"]))
+                dest.write_bytes(b.source(path))
         for u in units:
             dest = tmp / "src" / u.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(u.text, encoding="utf-8", errors="surrogateescape")
         if kdir is not None:
             start = time.perf_counter()
-            _make(kdir, tmp, opts.jobs, {s["path"] for s in doc["sources"]} | {"klpcc_patch.c"})
+            _make(kdir, tmp, opts.jobs, set(b.source_paths) | {"klpcc_patch.c"})
             ko = tmp / f"{name}.ko"
             data, conv = klpelf.convert(ko.read_bytes(), _symbol_resolver(units, exports, resolver, syms))
             ko.write_bytes(data)

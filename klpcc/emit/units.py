@@ -1,51 +1,47 @@
-"""Kernel target, step 1: the C source of a cumulative livepatch module.
+"""The C units of a live patch, written from the release's own files: what every
+target shares.
 
-Each changed C file of the release becomes one unit of the module, written from the
-file itself so that every type, macro and include the patched code needs is there:
+Each changed C file of the release becomes one unit, written from the file itself so
+that every type, macro and include the patched code needs is there:
 
 * modified functions keep their new body under a new name (``klpcc_new_<unit>_<name>``),
-  which the module's ``klp_func`` entries point at;
+  which the target's descriptor points at (a ``klp_func``, a runtime entry);
 * added functions and variables are the patch's own and are kept as written;
 * every other function and variable of the file becomes a declaration: the patched
-  code must use the running kernel's copy, not a duplicate.  Static ones get an
-  assembler name (``__klpcc_sym_<unit>_<name>``) that the ELF step turns into a
-  livepatch symbol ``.klp.sym.<object>.<name>,<pos>``;
-* initcalls, exports and module parameters are dropped (they would run or register
-  twice); ``static inline`` helpers are kept (they have no symbol to refer to).
+  code must use the running code's copy, not a duplicate;
+* a static the running code has no symbol for (it was inlined) is copied when the
+  patch's code uses it, directly or through another copy;
+* top-level macro invocations that define the running code's own functions or data
+  are left out; ``static inline`` helpers are kept (they have no symbol to refer to).
 
 ``#line`` directives keep compiler messages on the release's own file and line.
+
+A target extends :class:`UnitWriter` (``klpcc.emit.kernel.source``,
+``klpcc.emit.userspace.source``) through these, and nothing else:
+
+* ``header``: the file every unit includes first (the target's API for patch code);
+* ``load_only``: annotations of code and data that only run while loading (never
+  patched, copied or declared); ``unpatchable``: annotations that forbid patching;
+  ``define_types``: macros that define one variable, and its type;
+* :meth:`UnitWriter.statement`: the unit's text for a top-level statement;
+* :meth:`UnitWriter.label`: the assembler name a declaration of a running static gets;
+* :meth:`UnitWriter.rewrite`: code the unit keeps, as the target needs it;
+* :meth:`UnitWriter.preamble`: text after the header, once the unit is written;
+* a resolver (:class:`SymbolResolver`): does the running code have a symbol, and at
+  which position.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 from ..errors import KlpccError
 from ..functions import CSource, Item, split_lines
-from .ksyms import VMLINUX, Kallsyms
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 
-# top-level statements that register something at boot or export a symbol: the
-# module must not do it a second time
-_DROPPED = re.compile(
-    r"\s*(EXPORT_SYMBOL\w*|EXPORT_TRACEPOINT_SYMBOL\w*|\w*initcall\w*|module_init|module_exit|"
-    r"__setup|early_param|core_param\w*|module_param\w*|MODULE_\w+|ALLOW_ERROR_INJECTION|"
-    r"NOKPROBE_SYMBOL|STACK_FRAME_NON_STANDARD\w*|late_initcall\w*|__exitcall|"
-    r"console_initcall|security_initcall)\s*\(")
-# macros that define one variable: the type it has
-_DEFINE_TYPES = {
-    "DEFINE_SPINLOCK": "spinlock_t", "DEFINE_RAW_SPINLOCK": "raw_spinlock_t",
-    "DEFINE_RWLOCK": "rwlock_t", "DEFINE_MUTEX": "struct mutex", "LIST_HEAD": "struct list_head",
-    "DEFINE_IDR": "struct idr", "DEFINE_IDA": "struct ida", "DECLARE_RWSEM": "struct rw_semaphore",
-    "DECLARE_WAIT_QUEUE_HEAD": "wait_queue_head_t", "DEFINE_SEMAPHORE": "struct semaphore",
-    "DEFINE_SEQLOCK": "seqlock_t", "DEFINE_XARRAY": "struct xarray", "HLIST_HEAD": "struct hlist_head",
-}
-_DEFINE_CALL = re.compile(r"^\s*(static\s+)?(" + "|".join(_DEFINE_TYPES) + r")\s*\(\s*(\w+)\s*\)\s*;\s*$",
-                          re.S)
-_UNPATCHABLE = re.compile(r"\b(__init|__exit|notrace|noinstr|__always_inline|__kprobes|"
-                          r"__noinstr_section|__cpuidle|__irq_entry|__softirq_entry)\b")
 _INLINE = re.compile(r"\b(inline|__inline__|__inline|__always_inline)\b")
 # attributes that may follow a variable's declarator; a declaration does not need them
 _VAR_ATTRS = re.compile(r"\b(__read_mostly|__ro_after_init|__initdata|__initconst|__exitdata|__refdata|"
@@ -56,12 +52,13 @@ _PAREN_ATTR = re.compile(r"\b(__attribute__|__aligned|__section|__designated_ini
 _OWN_MACRO = re.compile(r"\s*(KLPCC|KPATCH|KLP)_[A-Z_]+\s*\(")
 _CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
                              r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
+_MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Z_][A-Z0-9_]*\s*\(")
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A function or variable of the running kernel the unit refers to by an assembler
-    label; the ELF step resolves the labels the module really uses."""
+    """A function or variable of the running code the unit refers to by an assembler
+    label; the target resolves the labels the patch really uses."""
 
     object: str
     name: str
@@ -73,42 +70,21 @@ class Reference:
 class Unit:
     index: int
     path: str  # the release file, relative to the tree
-    object: str  # vmlinux or a module name
+    object: str  # what the file is built into: vmlinux, a module, the program
     text: str = ""
     patched: list[tuple[str, str, int]] = field(default_factory=list)  # (old name, new name, sympos)
     callbacks: dict[str, str] = field(default_factory=dict)  # kind -> callback function
     labels: dict[str, Reference] = field(default_factory=dict)  # asm label -> what it names
     copied: list[str] = field(default_factory=list)  # what the unit carries a copy of, and why
-    left_out: list[str] = field(default_factory=list)  # macro-made definitions of the kernel left out
+    left_out: list[str] = field(default_factory=list)  # macro-made definitions of the running code
 
 
-@dataclass(frozen=True)
-class Resolver:
-    """Symbol positions: from ``--sympos`` first, else from the target's kallsyms."""
-
-    kallsyms: Kallsyms | None
-    sympos: dict[tuple[str, str], int]  # (file, name) -> pos
+class SymbolResolver(Protocol):
+    def present(self, obj: str, name: str) -> bool | None:
+        """Whether the running ``obj`` has a symbol ``name`` (None: unknown)."""
 
     def position(self, obj: str, name: str, path: str, what: str) -> int:
-        pos = self.sympos.get((path, name))
-        if pos is not None:
-            return pos
-        if self.kallsyms is None or not self.kallsyms.has_object(obj):
-            return 0
-        n = self.kallsyms.count(obj, name)
-        if n == 0:
-            raise KlpccError(f"{what} {name} is not in the symbol table of {obj} ({self.kallsyms.source}): "
-                             "it was inlined or removed by the compiler", file=path)
-        if n > 1:
-            raise KlpccError(f"{what} {name} is defined {n} times in {obj}; say which one with "
-                             f"--sympos {path}:{name}=N (1 to {n}, in kallsyms order)", file=path)
-        return 0
-
-    def present(self, obj: str, name: str) -> bool | None:
-        """Whether the running kernel has a symbol ``name`` in ``obj`` (None: unknown)."""
-        if self.kallsyms is None or not self.kallsyms.has_object(obj):
-            return None
-        return self.kallsyms.count(obj, name) > 0
+        """The symbol position of ``name`` (0: the only one)."""
 
 
 def _skip_comment_or_string(text: str, i: int) -> int:
@@ -156,7 +132,8 @@ def _strip_paren_attrs(text: str) -> str:
     return text
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """C text on one line, comments dropped."""
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
     text = re.sub(r"//[^\n]*", " ", text)
     return " ".join(text.split())
@@ -172,7 +149,7 @@ def function_header(text: str) -> str:
 
 def _declaration(header: str, label: str | None) -> str:
     """An ``extern`` declaration from a definition's header (function or variable)."""
-    decl = re.sub(r"\bstatic\b", "extern", _one_line(header), count=1)
+    decl = re.sub(r"\bstatic\b", "extern", one_line(header), count=1)
     if not decl.startswith("extern") and " extern " not in f" {decl} ":
         decl = "extern " + decl
     decl = _INLINE.sub("", decl)
@@ -195,10 +172,13 @@ class UnitWriter:
     """Writes one unit; ``patched`` maps function name -> change (modified/added) and
     ``added`` names the other top-level items the release added (kept as written)."""
 
-    header = "klpcc_livepatch.h"  # what every unit includes first
+    header: ClassVar[str]
+    load_only: ClassVar[re.Pattern[str] | None] = None
+    unpatchable: ClassVar[re.Pattern[str] | None] = None
+    define_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: Resolver):
+                 resolver: SymbolResolver):
         self.unit = unit
         self.data = data
         self.patched = patched
@@ -207,8 +187,45 @@ class UnitWriter:
         self.text = data.decode("utf-8", "surrogateescape")
         self.items = CSource(unit.path, split_lines(data)).items()
         self.ascii = data.isascii()
-        self.copied: dict[str, str] = {}  # name -> why, of kernel code the module copies
+        self.copied: dict[str, str] = {}  # name -> why, of running code the unit copies
+        self._define_call = (re.compile(r"^\s*(static\s+)?(" + "|".join(self.define_types)
+                                        + r")\s*\(\s*(\w+)\s*\)\s*;\s*$", re.S)
+                             if self.define_types else None)
         self.new_words, self.needed = self._needs()
+
+    # ---------------------------------------------------------------- target hooks
+
+    def label(self, name: str, what: str) -> str | None:
+        """The assembler name of a declaration of the running code's static ``name``
+        (None: a plain declaration)."""
+        label = f"__klpcc_sym_{self.unit.index}_{name}"
+        self.unit.labels.setdefault(label, Reference(self.unit.object, name, self.unit.path, what))
+        return label
+
+    def rewrite(self, text: str) -> str:
+        """Code the unit keeps, as the target needs it (by default: as written)."""
+        return text
+
+    def preamble(self) -> str:
+        """Text after the header, once every item is written."""
+        return ""
+
+    def statement(self, it: Item, text: str) -> str | None:
+        """The unit's text for a top-level statement; None keeps it as written."""
+        if (defined := self._defined_variable(it, text)) is not None:
+            return defined
+        if it.name not in self.added and _MACRO_STATEMENT.match(text) and not _OWN_MACRO.match(text):
+            # a macro that defines functions or data of the running code (LSM_DIR_OPS(x),
+            # DEFINE_SHOW_ATTRIBUTE(x), ...): the patch must not have copies
+            self.unit.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
+            return (f"/* klpcc: {one_line(text)[:60]} defines the running {self.unit.object}'s own code "
+                    "or data */")
+        return None
+
+    # ---------------------------------------------------------------- the unit
+
+    def _is_load_only(self, text: str) -> bool:
+        return self.load_only is not None and bool(self.load_only.search(text))
 
     def _item_text(self, it: Item) -> str:
         return self.text[self._char(it.start_byte):self._char(it.end_byte)]
@@ -217,8 +234,8 @@ class UnitWriter:
         return (it.kind == "function" and it.name in self.patched) or it.name in self.added
 
     def _copyable(self, it: Item, text: str) -> bool:
-        """Kernel code or data the module may need a copy of: a static function the
-        running kernel has no symbol for (inlined), constant data it has no symbol for,
+        """Running code or data the patch may need a copy of: a static function the
+        running code has no symbol for (inlined), constant data it has no symbol for,
         a constant array sized by its initializer (a declaration would have no size)."""
         if not it.static or self._is_new(it) or it.macro:
             return False
@@ -227,7 +244,7 @@ class UnitWriter:
                 header = function_header(text)
             except ValueError:
                 return False
-            return (not _INLINE.search(header) and not re.search(r"\b(__init|__exit)\b", header)
+            return (not _INLINE.search(header) and not self._is_load_only(header)
                     and self.resolver.present(self.unit.object, it.name) is False)
         if it.kind == "variable":
             eq = _scan(text, "=;")
@@ -262,22 +279,11 @@ class UnitWriter:
 
     def _copy(self, it: Item, text: str, why: str) -> None:
         if it.kind == "function" and re.search(r"\{[^}]*\n\s+static\b", text, re.S):
-            why += " (with static locals: the copy's are not the kernel's)"
+            why += f" (with static locals: the copy's are not the {self.unit.object}'s)"
         self.copied[it.name] = f"{it.name} (line {it.start_line}): {why}"
-
-    def rewrite(self, text: str) -> str:
-        """Code the unit keeps, as the target needs it (the kernel: as written)."""
-        return text
-
-    def label(self, name: str, what: str) -> str | None:
-        label = f"__klpcc_sym_{self.unit.index}_{name}"
-        self.unit.labels.setdefault(label, Reference(self.unit.object, name, self.unit.path, what))
-        return label
 
     def write(self) -> Unit:
         u = self.unit
-        head = [f"/* generated by klpcc build from {u.path}: unit {u.index} of the module */",
-                f"#define KLPCC_UNIT {u.index}", f'#include "{self.header}"', f'#line 1 "{u.path}"', ""]
         pos = 0
         chunks: list[str] = []
         for it in self.items:
@@ -287,7 +293,7 @@ class UnitWriter:
             text = self.text[start:end]
             replacement = self.replace(it, text)
             if replacement is None and it.kind == "function" and (kept := self.rewrite(text)) != text:
-                replacement = kept  # code the unit keeps, its references to the program rewritten
+                replacement = kept  # code the unit keeps, its references rewritten
             if replacement is None:
                 continue
             nl = self.text.find("\n", end)
@@ -301,7 +307,10 @@ class UnitWriter:
             chunks.append(f'#line {it.end_line + 1} "{u.path}"\n')
             pos = end + len(tail)
         chunks.append(self.text[pos:])
-        u.text = "\n".join(head) + "".join(chunks)
+        head = [f"/* generated by klpcc build from {u.path}: unit {u.index} of the patch */",
+                f"#define KLPCC_UNIT {u.index}", f'#include "{self.header}"']
+        head.append(self.preamble() + f'#line 1 "{u.path}"')
+        u.text = "\n".join(head) + "\n" + "".join(chunks)
         u.copied += list(self.copied.values())
         for m in _CALLBACK_MACRO.finditer(u.text):
             kind = f"{(m.group(1) or m.group(3)).lower()}_{(m.group(2) or m.group(4)).lower()}"
@@ -328,16 +337,7 @@ class UnitWriter:
         if it.kind == "variable":
             return self._variable(it, text)
         if it.kind == "statement":
-            if _DROPPED.match(text):
-                return f"/* klpcc: {_one_line(text)[:60]} is the kernel's, not the module's */"
-            if (defined := self._defined_variable(it, text)) is not None:
-                return defined
-            if (it.name not in self.added and re.match(r"\s*(static\s+)?[A-Z_][A-Z0-9_]*\s*\(", text)
-                    and not _OWN_MACRO.match(text)):
-                # a macro that defines functions or data of the kernel (LSM_DIR_OPS(x),
-                # DEFINE_SHOW_ATTRIBUTE(x), ...): the module must not have copies
-                u.left_out.append(f"{_one_line(text)[:60]} (line {it.start_line})")
-                return f"/* klpcc: {_one_line(text)[:60]} defines the kernel's own code or data */"
+            return self.statement(it, text)
         return None
 
     def _function(self, it: Item, text: str) -> str | None:
@@ -353,9 +353,9 @@ class UnitWriter:
             if it.macro:
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with "
                                  f"the macro {it.macro}, whose symbol klpcc cannot name", file=u.path)
-            if m := _UNPATCHABLE.search(header):
+            if self.unpatchable is not None and (m := self.unpatchable.search(header)):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is {m.group(1)}, "
-                                 "which the kernel cannot live patch", file=u.path)
+                                 "which a live patch cannot redirect", file=u.path)
             if it.static and _INLINE.search(header):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is static inline, "
                                  "so its callers carry its code; patch the callers", file=u.path)
@@ -371,29 +371,29 @@ class UnitWriter:
             body_at = len(header)
             return (f"{decl}\n#line {it.start_line} \"{u.path}\"\n"
                     + self.rewrite(_rename(header, it.name, new) + text[body_at:]))
-        # a function of the kernel the patch does not change
-        if re.search(r"\b(__init|__exit)\b", header):
-            return f"/* klpcc: {it.name} is init or exit code of the kernel */"
+        # a function of the running code the patch does not change
+        if self._is_load_only(header):
+            return f"/* klpcc: {it.name} only runs while the {u.object} loads */"
         if it.static and _INLINE.search(header):
-            return None  # an inline helper: no symbol to refer to, the module compiles its own
+            return None  # an inline helper: no symbol to refer to, the unit compiles its own
         if it.static:
             if self.resolver.present(u.object, it.name) is False:
                 if it.name not in self.needed:  # unused: a declaration keeps other code compiling
                     return f"static {_declaration(header, None)[len('extern '):]}"
-                self._copy(it, text, f"the running {u.object} has no such symbol (inlined), so the module "
+                self._copy(it, text, f"the running {u.object} has no such symbol (inlined), so the patch "
                            "has its own copy")
                 return None
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
 
     def _defined_variable(self, it: Item, text: str) -> str | None:
-        """``static DEFINE_MUTEX(x);`` and the like: a declaration of the kernel's ``x``."""
-        m = _DEFINE_CALL.match(text)
+        """``static DEFINE_MUTEX(x);`` and the like: a declaration of the running ``x``."""
+        m = self._define_call.match(text) if self._define_call is not None else None
         if m is None or it.name in self.added:
             return None
         label = self.label(m.group(3), "static variable") if m.group(1) else None
         asm = f' __asm__("{label}")' if label else ""
-        return f"extern {_DEFINE_TYPES[m.group(2)]} {m.group(3)}{asm};"
+        return f"extern {self.define_types[m.group(2)]} {m.group(3)}{asm};"
 
     def _variable(self, it: Item, text: str) -> str | None:
         u = self.unit
@@ -401,22 +401,24 @@ class UnitWriter:
             return defined
         if it.name in self.added or it.macro:
             if it.macro and it.name not in self.added:
-                u.copied.append(f"{_one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
-                                "cannot turn into a reference; the module has its own copy")
+                u.copied.append(f"{one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
+                                "cannot turn into a reference; the patch has its own copy")
             return None
-        if re.match(r"\s*extern\b", text) or re.search(r"\b(__initdata|__initconst|__exitdata)\b", text):
-            return None if re.match(r"\s*extern\b", text) else f"/* klpcc: {it.name} is init data */"
+        if re.match(r"\s*extern\b", text):
+            return None
+        if self._is_load_only(text.split("=", 1)[0]):
+            return f"/* klpcc: {it.name} only exists while the {u.object} loads */"
         eq = _scan(text, "=;")
         decl = text[:eq] if eq >= 0 else text.rstrip().rstrip(";")
         if _scan(decl, ",") >= 0:
             raise KlpccError(f"line {it.start_line}: several variables in one declaration "
-                             f"({_one_line(decl)[:60]}); the patch needs each of them on its own",
+                             f"({one_line(decl)[:60]}); the patch needs each of them on its own",
                              file=u.path)
         if it.name in self.needed:
             unsized = self.resolver.present(u.object, it.name) is not False
             self._copy(it, text, "a constant array sized by its initializer (a declaration would have no "
-                       "size); read-only data, the module has its own copy" if unsized else
-                       f"constant data the running {u.object} has no symbol for; the module has its own copy")
+                       "size); read-only data, the patch has its own copy" if unsized else
+                       f"constant data the running {u.object} has no symbol for; the patch has its own copy")
             return None
         if it.static:
             if self.resolver.present(u.object, it.name) is False and it.name in self.new_words:
@@ -424,13 +426,3 @@ class UnitWriter:
                                  f"table of the running {u.object}", file=u.path)
             return _declaration(decl, self.label(it.name, "static variable"))
         return _declaration(decl, None)
-
-
-def object_of(path: str, objects: list[tuple[str, str]]) -> str:
-    """The object a source file is built into: the longest ``--object`` prefix, else vmlinux."""
-    best = (VMLINUX, -1)
-    for prefix, name in objects:
-        p = prefix.rstrip("/")
-        if (path == p or path.startswith(p + "/")) and len(p) > best[1]:
-            best = (name, len(p))
-    return best[0]

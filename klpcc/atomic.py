@@ -1,0 +1,116 @@
+"""Outputs written whole or not at all.
+
+Every file and directory klpcc writes goes through here: :func:`write_atomic` for a
+file (text or bytes: a report, a patch object, a cache entry), :func:`staged` for a
+directory (a bundle, a module's build directory).  Each is written under a temporary
+name next to its target and renamed into place only when complete; on any error,
+nothing is left behind, not even the parent directories the write created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import KlpccError
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute without following links (a link is replaced, not its target)."""
+    return Path(os.path.abspath(path))
+
+
+def check_target(outdir: str | Path, force: bool) -> None:
+    """Refuse an output directory that cannot (or may not) be replaced."""
+    target = absolute(outdir)
+    if target == Path(os.getcwd()) or target in Path(os.getcwd()).parents or target.parent == target:
+        raise KlpccError(f"{outdir} holds the current directory; name a directory of its own")
+    if os.path.lexists(target) and not force:
+        raise KlpccError(f"{outdir} exists; use --force to replace it")
+    if os.path.lexists(target) and not target.is_dir():
+        raise KlpccError(f"{outdir} exists and is not a directory")
+    parent = target.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
+
+
+def check_file_target(path: str | Path, force: bool) -> None:
+    """Refuse an output file that exists (without ``force``) or is a directory."""
+    target = Path(path)
+    if target.is_dir():
+        raise KlpccError(f"{path} is a directory")
+    if target.exists() and not force:
+        raise KlpccError(f"{path} exists; use --force to replace it")
+
+
+@contextlib.contextmanager
+def staged(outdir: str | Path) -> Iterator[Path]:
+    """A temporary directory next to ``outdir`` that replaces it when the block ends
+    without an error, and is removed when it does not (with the directories it made)."""
+    outdir = absolute(outdir)
+    parent = outdir.parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KlpccError(f"cannot create {parent}: {exc.strerror}") from None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
+    except OSError:
+        _remove_created(created)
+        raise
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if os.path.lexists(outdir):
+            old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
+            try:
+                os.rename(outdir, old / "x")
+                try:
+                    os.rename(tmp, outdir)
+                except OSError:
+                    os.rename(old / "x", outdir)
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` whole or not at all (text as UTF-8, undecodable bytes
+    kept as they were read)."""
+    target = absolute(path)
+    if target.is_dir():
+        raise KlpccError(f"{path} is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except FileNotFoundError:
+        raise KlpccError(f"cannot write {path}: its directory does not exist") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_created(dirs: list[Path]) -> None:
+    """Remove the (empty) directories a failed write created, innermost first."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break

@@ -1,0 +1,94 @@
+"""Kernel target, step 1: the C units of a cumulative livepatch module.
+
+The units are written by the shared unit writer (:mod:`klpcc.emit.units`); what is the
+kernel's own:
+
+* a running static is declared under an assembler name (``__klpcc_sym_<unit>_<name>``)
+  that the ELF step turns into a livepatch symbol ``.klp.sym.<object>.<name>,<pos>``;
+* initcalls, exports and module parameters are dropped (they would run or register
+  twice); ``__init``/``__exit`` code and data are left out; ``notrace``, ``noinstr``
+  and the like cannot be patched;
+* ``static DEFINE_MUTEX(x);`` and its kin become typed declarations of the kernel's ``x``;
+* symbol positions come from ``--sympos`` or the target's kallsyms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...errors import KlpccError
+from ...functions import Item
+from ..units import UnitWriter, one_line
+from .symbols import VMLINUX, Kallsyms
+
+HEADER = "klpcc_livepatch.h"
+
+# top-level statements that register something at boot or export a symbol: the
+# module must not do it a second time
+_DROPPED = re.compile(
+    r"\s*(EXPORT_SYMBOL\w*|EXPORT_TRACEPOINT_SYMBOL\w*|\w*initcall\w*|module_init|module_exit|"
+    r"__setup|early_param|core_param\w*|module_param\w*|MODULE_\w+|ALLOW_ERROR_INJECTION|"
+    r"NOKPROBE_SYMBOL|STACK_FRAME_NON_STANDARD\w*|late_initcall\w*|__exitcall|"
+    r"console_initcall|security_initcall)\s*\(")
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """Symbol positions: from ``--sympos`` first, else from the target's kallsyms."""
+
+    kallsyms: Kallsyms | None
+    sympos: dict[tuple[str, str], int]  # (file, name) -> pos
+
+    def position(self, obj: str, name: str, path: str, what: str) -> int:
+        pos = self.sympos.get((path, name))
+        if pos is not None:
+            return pos
+        if self.kallsyms is None or not self.kallsyms.has_object(obj):
+            return 0
+        n = self.kallsyms.count(obj, name)
+        if n == 0:
+            raise KlpccError(f"{what} {name} is not in the symbol table of {obj} ({self.kallsyms.source}): "
+                             "it was inlined or removed by the compiler", file=path)
+        if n > 1:
+            raise KlpccError(f"{what} {name} is defined {n} times in {obj}; say which one with "
+                             f"--sympos {path}:{name}=N (1 to {n}, in kallsyms order)", file=path)
+        return 0
+
+    def present(self, obj: str, name: str) -> bool | None:
+        """Whether the running kernel has a symbol ``name`` in ``obj`` (None: unknown)."""
+        if self.kallsyms is None or not self.kallsyms.has_object(obj):
+            return None
+        return self.kallsyms.count(obj, name) > 0
+
+
+class KernelUnitWriter(UnitWriter):
+    """A unit of a livepatch module."""
+
+    header = HEADER
+    load_only = re.compile(r"\b(__init|__exit|__initdata|__initconst|__exitdata)\b")
+    unpatchable = re.compile(r"\b(__init|__exit|notrace|noinstr|__always_inline|__kprobes|"
+                             r"__noinstr_section|__cpuidle|__irq_entry|__softirq_entry)\b")
+    # macros that define one variable: the type it has
+    define_types = {
+        "DEFINE_SPINLOCK": "spinlock_t", "DEFINE_RAW_SPINLOCK": "raw_spinlock_t",
+        "DEFINE_RWLOCK": "rwlock_t", "DEFINE_MUTEX": "struct mutex", "LIST_HEAD": "struct list_head",
+        "DEFINE_IDR": "struct idr", "DEFINE_IDA": "struct ida", "DECLARE_RWSEM": "struct rw_semaphore",
+        "DECLARE_WAIT_QUEUE_HEAD": "wait_queue_head_t", "DEFINE_SEMAPHORE": "struct semaphore",
+        "DEFINE_SEQLOCK": "seqlock_t", "DEFINE_XARRAY": "struct xarray", "HLIST_HEAD": "struct hlist_head",
+    }
+
+    def statement(self, it: Item, text: str) -> str | None:
+        if _DROPPED.match(text):
+            return f"/* klpcc: {one_line(text)[:60]} is the kernel's, not the module's */"
+        return super().statement(it, text)
+
+
+def object_of(path: str, objects: list[tuple[str, str]]) -> str:
+    """The object a source file is built into: the longest ``--object`` prefix, else vmlinux."""
+    best = (VMLINUX, -1)
+    for prefix, name in objects:
+        p = prefix.rstrip("/")
+        if (path == p or path.startswith(p + "/")) and len(p) > best[1]:
+            best = (name, len(p))
+    return best[0]
