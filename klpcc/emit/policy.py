@@ -21,6 +21,13 @@ REFUSED_RULES = {"U001": "a data layout changes", "U002": "a global's initial va
                  "U004": "the function cannot be live patched", "U007": "data the running code uses changes"}
 
 
+def check(m: Manifest) -> list[tuple[int, int]]:
+    """What every target checks first, before it reads anything else: the lint's
+    refusals, and the states (returned as ``(id, version)``)."""
+    refuse_lint(m)
+    return states(m)
+
+
 def refuse_lint(m: Manifest) -> None:
     """Refuse a bundle whose lint found an error no target can build around."""
     for f in m.findings:

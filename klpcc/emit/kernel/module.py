@@ -200,7 +200,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
     b = manifest.read(opts.bundle)
     m = b.manifest
     name = _module_name(opts, m.release)
-    policy.refuse_lint(m)
+    states = policy.check(m)
     kdir = None
     if not opts.source_only:
         if not opts.kdir:
@@ -213,7 +213,6 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
     resolver = Resolver(syms, {(f, n): p for f, n, p in opts.sympos})
     exports = exported(kdir) if kdir is not None else set()
     units = _units(b, opts, resolver)
-    states = policy.states(m)
     result = KernelBuild(name, m.release, atomic.absolute(opts.outdir), None, units, list(m.nops), states,
                          opts.replace)
     with atomic.staged(opts.outdir) as tmp:

@@ -228,13 +228,13 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     """Write the patch object of a bundle for the program ``opts.binary``."""
     b = manifest.read(opts.bundle)
     m = b.manifest
-    policy.refuse_lint(m)
+    states = policy.check(m)
     atomic.check_file_target(opts.output, opts.force)
     prog = read_program(opts.binary)
     sympos = {(f, n): p for f, n, p in opts.sympos}
     p, notes = _plan(b, prog, opts)
     build = ProgramBuild(m.release, atomic.absolute(opts.output), prog.build_id, nops=list(m.nops),
-                         states=policy.states(m), notes=notes)
+                         states=states, notes=notes)
     units: list[Unit] = []
     refs: dict[str, dict] = {}
     for i, path in enumerate(sorted(p.functions), 1):
