@@ -18,8 +18,9 @@ import re
 from functools import lru_cache
 from typing import AnyStr
 
-#: A comment (pattern source, for ``re.S``).
-COMMENT = r"//[^\n]*|/\*.*?(?:\*/|\Z)"
+#: A comment (pattern source, for ``re.S``).  ``/\*.*?(?:\*/|\Z)``, written so that
+#: it reads a long comment in runs rather than a character at a time.
+COMMENT = r"//[^\n]*|/\*[^*]*(?:\*+[^*/][^*]*)*(?:\*+/|\**\Z)"
 
 
 def _literal(quote: str) -> str:
@@ -34,16 +35,14 @@ LITERAL_TOKEN = _literal('"') + '"?|' + _literal("'") + "'?"
 _LEXEME = "(" + COMMENT + ")|" + _literal('"') + '"|' + _literal("'") + "'"
 _LEXEMES = re.compile(_LEXEME, re.S)
 _LEXEMES_B = re.compile(_LEXEME.encode(), re.S)
-_NOT_NEWLINE = re.compile(r"[^\n]")
-_NOT_NEWLINE_B = re.compile(rb"[^\n]")
 
 
 def _blank(s: str) -> str:
-    return _NOT_NEWLINE.sub(" ", s) if "\n" in s else " " * len(s)
+    return "\n".join([" " * len(line) for line in s.split("\n")]) if "\n" in s else " " * len(s)
 
 
 def _blank_b(s: bytes) -> bytes:
-    return _NOT_NEWLINE_B.sub(b" ", s) if b"\n" in s else b" " * len(s)
+    return b"\n".join([b" " * len(line) for line in s.split(b"\n")]) if b"\n" in s else b" " * len(s)
 
 
 def _masked(m: re.Match[str]) -> str:
@@ -69,30 +68,39 @@ def mask(text: AnyStr) -> AnyStr:
     return _LEXEMES.sub(_masked, text)
 
 
-def _uncommented(m: re.Match[bytes]) -> bytes:
+def _uncommented(m: re.Match[str]) -> str:
+    return " " if m.start(1) >= 0 else m.group()
+
+
+def _uncommented_b(m: re.Match[bytes]) -> bytes:
     return b" " if m.start(1) >= 0 else m.group()
 
 
-def strip_comments(text: bytes) -> bytes:
-    """``text`` with each comment replaced by one space (literals kept as written)."""
-    if b"/" not in text:
-        return text
-    return _LEXEMES_B.sub(_uncommented, text)
+def strip_comments(text: AnyStr) -> AnyStr:
+    """``text`` (str or bytes) with each comment replaced by one space, literals kept
+    as written."""
+    if isinstance(text, bytes):
+        return _LEXEMES_B.sub(_uncommented_b, text) if b"/" in text else text
+    return _LEXEMES.sub(_uncommented, text) if "/" in text else text
 
 
 @lru_cache(maxsize=64)
-def _stops(stops: str) -> re.Pattern[str]:
-    return re.compile("[" + re.escape("()[]{}" + stops) + "]")
+def _scanner(stops: str) -> re.Pattern[str]:
+    """Comments, literals, and (group 2) the brackets and ``stops`` outside them."""
+    return re.compile(_LEXEME + "|([" + re.escape("()[]{}" + stops) + "])", re.S)
 
 
 def scan(text: str, stops: str) -> int:
     """Index of the first character of ``stops`` outside brackets, comments and
-    literals, or -1."""
+    literals, or -1.  The text is read as :func:`mask` reads it, up to that character."""
     depth = 0
-    for m in _stops(stops).finditer(mask(text)):
-        c = m.group()
+    for m in _scanner(stops).finditer(text):
+        at = m.start(2)
+        if at < 0:  # a comment or a literal
+            continue
+        c = text[at]
         if depth == 0 and c in stops:
-            return m.start()
+            return at
         if c in "([{":
             depth += 1
         elif c in ")]}":
