@@ -30,15 +30,6 @@ class BuildFailed(Exception):
     """A compile, preprocess or probe step failed; callers fall back or note it."""
 
 
-def first_error(stderr: str | bytes) -> str:
-    """The line of a compiler's output that says what went wrong."""
-    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
-    for line in text.splitlines():
-        if "error" in line:
-            return line.strip()[:200]
-    return (text.strip().splitlines() or ["(no message)"])[0][:200]
-
-
 @dataclass(frozen=True, slots=True)
 class Command:
     directory: str

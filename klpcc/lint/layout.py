@@ -19,8 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compdb import BuildFailed, Command, CompileCommands, Overlay, first_error
+from ..compdb import BuildFailed, Command, CompileCommands, Overlay
 from ..history import Replay
+from ..toolchain import first_error
 
 # the preprocessing pycparser reads: GNU syntax masked out (the layout itself comes
 # from the real compile)
