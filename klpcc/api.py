@@ -159,8 +159,8 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     run = objects.runner(base) if objects is not None else None
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, release + 1))
     analysis = analyse(rep, release)
-    findings = check(rep, release, None, cfg, commands)
     report = run(analysis) if run is not None else None
+    findings = check(rep, release, None, cfg, commands, report)
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
                   keep_source_only=bool(objects and objects.keep_source_only))
     return analysis, findings

@@ -394,3 +394,23 @@ def test_lint_judges_the_data_the_objects_find(tmp_path):
     assert [rule for rule, m in found if "limit" in m] == ["U002"]  # said once, by the source rule
     plain = klpcc("lint", str(patches), "--source", str(base), "--format", "json")
     assert "U007" not in {f["rule"] for f in json.loads(plain.stdout)["findings"]}
+
+
+def test_the_bundle_records_the_data_the_objects_find_and_targets_refuse_it(tmp_path):
+    """compile --objects lints with the object report, as lint --objects does: the bundle
+    carries U007, and a target refuses to build what would switch code over changed data."""
+    release = UNIT.replace("calls = 5", "calls = 6")
+    patches, base = make_series(tmp_path, {"src/util.h": HEADER, "src/a.c": UNIT}, [{"src/a.c": release}])
+    db = tmp_path / "compile_commands.json"
+    db.write_text(json.dumps([{"directory": str(base / "src"), "arguments": ["gcc", "-O2", "-c", "a.c"],
+                               "file": "a.c"}]))
+    bundle = tmp_path / "bundle"
+    r = klpcc("compile", str(patches), "--source", str(base), "--objects", str(db), "--no-cache",
+              "-o", str(bundle))
+    assert r.returncode == 0, r.stderr
+    findings = json.loads((bundle / "manifest.json").read_text())["lint"]["findings"]
+    assert [f["rule"] for f in findings] == ["U007"], findings
+    out = tmp_path / "out"
+    r = klpcc("build", str(bundle), "--source-only", "-o", str(out))
+    assert r.returncode == 2 and "refusing to build: data the running code uses changes (U007" in r.stderr
+    assert not out.exists()
