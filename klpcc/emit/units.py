@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from ..c import scan
 from ..errors import KlpccError
 from ..functions import CSource, Item, split_lines
 
@@ -87,39 +88,6 @@ class SymbolResolver(Protocol):
         """The symbol position of ``name`` (0: the only one)."""
 
 
-def _skip_comment_or_string(text: str, i: int) -> int:
-    if text.startswith("/*", i):
-        j = text.find("*/", i + 2)
-        return len(text) if j < 0 else j + 2
-    if text.startswith("//", i):
-        j = text.find("\n", i)
-        return len(text) if j < 0 else j
-    quote = text[i]
-    j = i + 1
-    while j < len(text) and text[j] != quote:
-        j += 2 if text[j] == "\\" else 1
-    return j + 1
-
-
-def _scan(text: str, stops: str) -> int:
-    """Index of the first character of ``stops`` outside brackets, comments and strings."""
-    depth = 0
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if text.startswith(("/*", "//"), i) or c in "\"'":
-            i = _skip_comment_or_string(text, i)
-            continue
-        if depth == 0 and c in stops:
-            return i
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        i += 1
-    return -1
-
-
 def _strip_paren_attrs(text: str) -> str:
     while m := _PAREN_ATTR.search(text):
         depth, j = 0, m.end() - 1
@@ -141,7 +109,7 @@ def one_line(text: str) -> str:
 
 def function_header(text: str) -> str:
     """A function definition's text up to its body."""
-    at = _scan(text, "{")
+    at = scan(text, "{")
     if at < 0:
         raise ValueError("no body")
     return text[:at].rstrip()
@@ -247,7 +215,7 @@ class UnitWriter:
             return (not _INLINE.search(header) and not self._is_load_only(header)
                     and self.resolver.present(self.unit.object, it.name) is False)
         if it.kind == "variable":
-            eq = _scan(text, "=;")
+            eq = scan(text, "=;")
             decl = text[:eq] if eq >= 0 else text
             if not re.search(r"\bconst\b", decl.split(it.name)[0]):
                 return False
@@ -408,9 +376,9 @@ class UnitWriter:
             return None
         if self._is_load_only(text.split("=", 1)[0]):
             return f"/* klpcc: {it.name} only exists while the {u.object} loads */"
-        eq = _scan(text, "=;")
+        eq = scan(text, "=;")
         decl = text[:eq] if eq >= 0 else text.rstrip().rstrip(";")
-        if _scan(decl, ",") >= 0:
+        if scan(decl, ",") >= 0:
             raise KlpccError(f"line {it.start_line}: several variables in one declaration "
                              f"({one_line(decl)[:60]}); the patch needs each of them on its own",
                              file=u.path)
