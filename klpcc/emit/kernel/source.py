@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ...c import Item
 from ...errors import KlpccError
-from ...functions import Item
 from ..units import UnitWriter, one_line
 from .symbols import VMLINUX, Kallsyms
 

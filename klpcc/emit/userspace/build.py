@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import atomic, manifest, runtime, toolchain
+from ...c import CSource, split_lines
 from ...errors import KlpccError
-from ...functions import CSource, split_lines
 from .. import policy
 from ..cgen import c_literal, c_string, callback_trampoline
 from ..units import CALLBACK_KINDS, Unit

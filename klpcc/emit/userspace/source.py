@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tree_sitter import Node
 
-from ...functions import C_LANGUAGE, mask_annotations
+from ...c import parse
 from ..units import Unit, UnitWriter
 from .program import Program, Symbol
 
@@ -47,15 +47,6 @@ class ProgramResolver:
 
     def position(self, obj: str, name: str, path: str, what: str) -> int:
         return self.sympos.get((path, name), 0)
-
-
-def _parser():
-    from tree_sitter import Parser
-
-    return Parser(C_LANGUAGE)
-
-
-_PARSER = _parser()
 
 
 def _declared_names(node: Node, out: set[str]) -> None:
@@ -99,7 +90,7 @@ class ProgramUnitWriter(UnitWriter):
 
     def rewrite(self, text: str) -> str:
         data = text.encode("utf-8", "surrogateescape")
-        tree = _PARSER.parse(mask_annotations(data))
+        tree = parse(data)
         body = None
         stack = [tree.root_node]
         while stack:
