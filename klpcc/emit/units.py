@@ -37,9 +37,8 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from ..c import scan
+from ..c import CSource, Item, scan, split_lines, strip_comments
 from ..errors import KlpccError
-from ..functions import CSource, Item, split_lines
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 
@@ -102,9 +101,7 @@ def _strip_paren_attrs(text: str) -> str:
 
 def one_line(text: str) -> str:
     """C text on one line, comments dropped."""
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", " ", text)
-    return " ".join(text.split())
+    return " ".join(strip_comments(text).split())
 
 
 def function_header(text: str) -> str:
