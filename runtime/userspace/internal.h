@@ -3,14 +3,18 @@
  * internal.h - what the parts of libklpcc.so share.  Nothing here is part of the ABI;
  * the ABI is klpcc.h.
  *
- *   runtime.c     the constructor, the program's identity (load bias, build-id, text)
+ *   start.c       the constructor: the runtime's start
+ *   util.c        logging, the clock, thread ids, futexes
+ *   program.c     the program's identity (load bias, build-id, text), loaded objects
  *   control.c     the control socket and its one-line protocol
  *   json.c        a small JSON writer for the answers
- *   patch.c       the apply/disable transaction, the patches loaded
- *   transition.c  stopping the world, the stack check, parking, retries
+ *   patch.c       the apply/disable transaction, the patches loaded, their callbacks
+ *   transition.c  the switch: the stack check, the retries with backoff, the timeout
+ *   stop.c        stopping the world: the signal, each thread's stack in its slot
+ *   parking.c     parking busy threads: traps on return addresses, their records
  *   park.S        the park trampoline a busy thread returns into
  *   redirect.c    entry sites, the five bytes written, far-jump trampolines
- *   state.c       klpcc_get_state / klpcc_get_prev_state
+ *   state.c       klpcc_get_state / klpcc_get_prev_state, the states' compatibility
  *   shadow.c      shadow variables
  */
 #ifndef KLPCC_INTERNAL_H
@@ -20,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <ucontext.h>
 
 #include "klpcc.h"
 
@@ -34,7 +39,18 @@ struct klp_range {
 	uintptr_t lo, hi;	/* [lo, hi) */
 };
 
-/* ---- runtime.c --------------------------------------------------------------- */
+/* ---- util.c ------------------------------------------------------------------ */
+
+void klp_log(const char *fmt, ...) KLP_PRINTF(1, 2);
+uint64_t klp_now_us(void);
+pid_t klp_gettid(void);
+/* FUTEX_WAIT (while *word == val; with a timeout in microseconds) and FUTEX_WAKE. */
+void klp_futex_wait(_Atomic unsigned *word, unsigned val);
+void klp_futex_wait_us(_Atomic unsigned *word, unsigned val, uint64_t us);
+void klp_futex_wake_one(_Atomic unsigned *word);
+void klp_futex_wake_all(_Atomic unsigned *word);
+
+/* ---- program.c --------------------------------------------------------------- */
 
 struct klp_program {
 	pid_t pid;
@@ -45,14 +61,13 @@ struct klp_program {
 	int ntext;
 	struct klp_range load[KLP_MAX_SEGS];	/* every PT_LOAD */
 	int nload;
-	int stop_signal;
+	int stop_signal;		/* set by start.c */
 };
 
 extern struct klp_program klp_prog;
 
-void klp_log(const char *fmt, ...) KLP_PRINTF(1, 2);
-uint64_t klp_now_us(void);
-pid_t klp_gettid(void);
+/* Fill klp_prog (but its stop_signal) from the main program's headers. */
+void klp_program_identify(void);
 /* The index of the program's executable segment holding [lo, hi), or -1. */
 int klp_text_segment(uintptr_t lo, uintptr_t hi);
 /* Whether [lo, hi) lies inside one PT_LOAD of the program. */
@@ -112,6 +127,11 @@ struct klp_states {
 };
 
 struct klpcc_state *klp_states_find(const struct klp_states *s, unsigned long id);
+/* Whether `patch` may replace the patch installed (its states `prev`, its name): as the
+ * kernel's klp_is_patch_compatible, every state installed must be kept at the same
+ * version or a later one.  If not, 0 and why in err. */
+int klp_is_patch_compatible(const struct klpcc_patch *patch, const struct klp_states *prev,
+			    const char *prev_name, char *err, size_t errlen);
 /* A patch's states once it is unloaded: freed when no klpcc_get_state may still read them. */
 void klp_states_retire(struct klp_states *s);
 /* Whose states klpcc_get_state / klpcc_get_prev_state answer from. */
@@ -191,8 +211,75 @@ int klp_transition_init(int sig);
 int klp_transition_run(struct klp_transition *t);
 unsigned long klp_transition_rewinds(void);
 
-/* park.S */
-extern const char klpcc_park_begin[], klpcc_park_trampoline[], klpcc_park_stored[],
-	klpcc_park_end[];
+/* ---- stop.c ---------------------------------------------------------------------------- */
+
+/* Where a thread signalled by a stop is. */
+enum klp_thread_state {
+	KLP_THREAD_SIGNALLED,	/* signalled, not stopped yet */
+	KLP_THREAD_STOPPED,	/* waiting in the handler, its stack recorded in its slot */
+	KLP_THREAD_GONE,	/* exited (or a zombie) before it stopped */
+};
+
+struct klp_frame {
+	uintptr_t ip;	/* as the unwinder reports it: a return address but for frame 0 */
+	uintptr_t sp;	/* the frame's stack pointer (its callee's CFA) */
+};
+
+/* One thread of a stop, written by the thread itself in the stop signal's handler. */
+struct klp_slot {
+	_Atomic pid_t tid;
+	_Atomic unsigned seq;		/* the stop it belongs to */
+	_Atomic enum klp_thread_state state;
+	ucontext_t *uc;
+	uintptr_t ip;			/* the interrupted instruction */
+	int nframes;
+	int reliable;			/* the unwinder reached the outermost frame */
+	struct klp_frame frames[KLP_MAX_FRAMES];
+	unsigned char before[KLP_MAX_FRAMES];	/* ip is the faulting insn, not a return */
+};
+
+struct klp_slots {
+	_Atomic int n;
+	struct klp_slot v[KLP_MAX_THREADS];
+};
+
+/* The pc within frame k's function (a return address may be the next function's). */
+static inline uintptr_t klp_frame_pc(const struct klp_slot *s, int k)
+{
+	return s->frames[k].ip - !s->before[k];
+}
+
+/* Install the stop signal's handler, map the slots. */
+int klp_stop_init(int sig);
+/* In the control thread before an apply: 0 if the runtime started and the stop signal
+ * still has its handler; otherwise -1 and why in err. */
+int klp_stop_ready(char *err, size_t errlen);
+/* Stop every thread but this one before `limit`.  0 when stopped (the threads are in
+ * klp_stopped_threads()); otherwise the world runs again and err says why. */
+int klp_stop_world(uint64_t limit, char *err, size_t errlen);
+struct klp_slots *klp_stopped_threads(void);
+void klp_release_world(void);
+
+/* ---- parking.c ------------------------------------------------------------------------- */
+
+/* A new apply: its number, which its traps carry; no thread parked for it yet. */
+unsigned klp_park_begin(void);
+/* Threads of the current apply that parked. */
+unsigned klp_parked(void);
+/* Whether pc lies in the trampoline before the return address is stored. */
+int klp_park_in_transit(uintptr_t pc);
+/* World stopped: make frame `outer` (the thread's outermost affected frame) return into
+ * the trampoline; 1 if it does now. */
+int klp_park_trap(const struct klp_slot *s, int outer, unsigned apply);
+/* Traps of the apply not returned through yet. */
+unsigned klp_park_pending(unsigned apply);
+/* Until every trap of the apply was returned through, or `until`.  With no trap to
+ * wait for (the busy threads could not be trapped) this is the backoff's sleep. */
+void klp_park_wait_traps(unsigned apply, uint64_t until);
+/* The apply is over: with the world stopped (`stopped`), the traps are taken back (a
+ * thread already inside the trampoline keeps its trap until it reads it); with NULL
+ * they stay, and a thread returning through one later passes straight through.  The
+ * parked threads go. */
+void klp_park_end(struct klp_slots *stopped, unsigned apply);
 
 #endif /* KLPCC_INTERNAL_H */

@@ -332,24 +332,10 @@ static void store_refs(const struct patch *p)
 static int take_states(struct patch *p, const struct patch *prev, struct klp_outcome *out)
 {
 	const struct klpcc_patch *d = p->desc;
+	char err[sizeof(out->error)];
 
-	if (prev) {
-		for (unsigned i = 0; i < prev->states->n; i++) {
-			const struct klpcc_state *old = &prev->states->v[i];
-			unsigned k;
-
-			for (k = 0; k < d->nstates && d->states[k].id != old->id; k++)
-				;
-			if (k == d->nstates)
-				return fail(out, "state", "%s drops state %lu (version %u) of %s",
-					    d->name, old->id, old->version, prev->desc->name);
-			if (d->states[k].version < old->version)
-				return fail(out, "state",
-					    "%s has state %lu at version %u, %s installed version %u",
-					    d->name, old->id, d->states[k].version, prev->desc->name,
-					    old->version);
-		}
-	}
+	if (prev && !klp_is_patch_compatible(d, prev->states, prev->desc->name, err, sizeof(err)))
+		return fail(out, "state", "%s", err);
 	p->states = calloc(1, sizeof(*p->states));
 	if (!p->states || !(p->states->v = calloc(d->nstates ? d->nstates : 1, sizeof(*p->states->v))))
 		return fail(out, "internal", "out of memory");
@@ -361,6 +347,39 @@ static int take_states(struct patch *p, const struct patch *prev, struct klp_out
 							old ? old->data : NULL };
 	}
 	return 0;
+}
+
+enum callback { PRE_PATCH, POST_PATCH, PRE_UNPATCH, POST_UNPATCH };
+
+/* Run one of the patch's callbacks, if it has it, with klpcc_get_state answering from
+ * the patch and klpcc_get_prev_state from `prev` (the patch it replaces, or NULL).
+ * Returns what pre_patch returned, otherwise 0. */
+static int run_callback(const struct patch *p, const struct patch *prev, enum callback kind)
+{
+	const struct klpcc_patch *d = p->desc;
+	int rc = 0;
+
+	klp_state_set_context(p->states, prev ? prev->states : NULL);
+	switch (kind) {
+	case PRE_PATCH:
+		if (d->pre_patch)
+			rc = d->pre_patch();
+		break;
+	case POST_PATCH:
+		if (d->post_patch)
+			d->post_patch();
+		break;
+	case PRE_UNPATCH:
+		if (d->pre_unpatch)
+			d->pre_unpatch();
+		break;
+	case POST_UNPATCH:
+		if (d->post_unpatch)
+			d->post_unpatch();
+		break;
+	}
+	klp_state_set_context(NULL, NULL);
+	return rc;
 }
 
 /* ---- the switch ---------------------------------------------------------------------------- */
@@ -576,29 +595,22 @@ void klp_apply(const char *path, unsigned long timeout_ms, struct klp_outcome *o
 		goto drop;
 	if (plan_switch(&pl, p, prev, &out->nops, out) || plan_watch(&pl, p, out))
 		goto drop;
-	klp_state_set_context(p->states, prev ? prev->states : NULL);
-	if (p->desc->pre_patch && (rc = p->desc->pre_patch())) {
-		klp_state_set_context(NULL, NULL);
+	rc = run_callback(p, prev, PRE_PATCH);
+	if (rc) {
 		fail(out, "pre_patch", "%s: pre_patch returned %d", p->desc->name, rc);
 		goto drop;
 	}
-	klp_state_set_context(NULL, NULL);
 	if (switch_functions(&pl, timeout_ms, out)) {
 		/* As the kernel does for a transition reversed: post_unpatch undoes pre_patch. */
-		klp_state_set_context(p->states, prev ? prev->states : NULL);
-		if (p->desc->post_unpatch)
-			p->desc->post_unpatch();
-		klp_state_set_context(NULL, NULL);
+		run_callback(p, prev, POST_UNPATCH);
 		goto drop;
 	}
 	p->next = loaded;
 	loaded = p;
-	klp_state_set_context(p->states, prev ? prev->states : NULL);
-	if (p->desc->post_patch)
-		p->desc->post_patch();
+	/* Installed before post_patch runs: klpcc_get_state answers from p all along. */
 	installed = p;
 	klp_state_set_installed(p->states);
-	klp_state_set_context(NULL, NULL);
+	run_callback(p, prev, POST_PATCH);
 	if (prev)
 		list_add(&out->replaced, prev->desc->name);
 	unload_unused(&pl, p, prev, out);
@@ -624,22 +636,13 @@ void klp_disable(unsigned long timeout_ms, struct klp_outcome *out)
 	}
 	if (plan_switch(&pl, NULL, p, &out->nops, out) || plan_watch(&pl, NULL, out))
 		goto out;
-	klp_state_set_context(p->states, NULL);
-	if (p->desc->pre_unpatch)
-		p->desc->pre_unpatch();
-	klp_state_set_context(NULL, NULL);
+	run_callback(p, NULL, PRE_UNPATCH);
 	if (switch_functions(&pl, timeout_ms, out)) {
 		/* As the kernel does for a disable reversed: post_patch undoes pre_unpatch. */
-		klp_state_set_context(p->states, NULL);
-		if (p->desc->post_patch)
-			p->desc->post_patch();
-		klp_state_set_context(NULL, NULL);
+		run_callback(p, NULL, POST_PATCH);
 		goto out;
 	}
-	klp_state_set_context(p->states, NULL);
-	if (p->desc->post_unpatch)
-		p->desc->post_unpatch();
-	klp_state_set_context(NULL, NULL);
+	run_callback(p, NULL, POST_UNPATCH);
 	installed = NULL;
 	klp_state_set_installed(NULL);
 	out->patch = strdup(p->desc->name);

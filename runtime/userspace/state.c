@@ -2,7 +2,8 @@
 /*
  * state.c - klpcc_get_state and klpcc_get_prev_state.  During the callbacks of a patch
  * being applied (or disabled) the answers come from that patch and, for the previous
- * state, from the patch it replaces; otherwise from the patch installed.
+ * state, from the patch it replaces; otherwise from the patch installed.  And whether
+ * a patch's states let it replace the patch installed.
  *
  * Program threads may ask while the control thread switches patches, so an unloaded
  * patch's states are only freed once no lookup is in progress (a reader count: a lookup
@@ -10,6 +11,7 @@
  */
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -29,6 +31,30 @@ struct klpcc_state *klp_states_find(const struct klp_states *s, unsigned long id
 		if (s->v[i].id == id)
 			return &s->v[i];
 	return NULL;
+}
+
+int klp_is_patch_compatible(const struct klpcc_patch *patch, const struct klp_states *prev,
+			    const char *prev_name, char *err, size_t errlen)
+{
+	for (unsigned i = 0; prev && i < prev->n; i++) {
+		const struct klpcc_state *old = &prev->v[i];
+		unsigned k;
+
+		for (k = 0; k < patch->nstates && patch->states[k].id != old->id; k++)
+			;
+		if (k == patch->nstates) {
+			snprintf(err, errlen, "%s drops state %lu (version %u) of %s", patch->name,
+				 old->id, old->version, prev_name);
+			return 0;
+		}
+		if (patch->states[k].version < old->version) {
+			snprintf(err, errlen, "%s has state %lu at version %u, %s installed version %u",
+				 patch->name, old->id, patch->states[k].version, prev_name,
+				 old->version);
+			return 0;
+		}
+	}
+	return 1;
 }
 
 static void reclaim(void)

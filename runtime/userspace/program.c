@@ -1,58 +1,19 @@
 // SPDX-License-Identifier: MIT
 /*
- * runtime.c - the runtime's start and the program's identity: where it is loaded (the
- * first entry of dl_iterate_phdr, the main program), its executable segments, and its
- * GNU build-id read from its PT_NOTE segments.
+ * program.c - the program's identity: where it is loaded (the first entry of
+ * dl_iterate_phdr, the main program), its segments, and its GNU build-id read from its
+ * PT_NOTE segments; and the segments of any other loaded object (the patch objects).
  */
 #define _GNU_SOURCE
 #include <elf.h>
-#include <errno.h>
 #include <link.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 struct klp_program klp_prog;
-
-void klp_log(const char *fmt, ...)
-{
-	char buf[1024];
-	va_list ap;
-	int n;
-
-	memcpy(buf, "klpcc: ", 7);
-	va_start(ap, fmt);
-	n = vsnprintf(buf + 7, sizeof(buf) - 8, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	n += 7;
-	if (n > (int)sizeof(buf) - 1)
-		n = sizeof(buf) - 1;
-	buf[n++] = '\n';
-	if (write(STDERR_FILENO, buf, n) < 0)
-		return;
-}
-
-uint64_t klp_now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-pid_t klp_gettid(void)
-{
-	return (pid_t)syscall(SYS_gettid);
-}
 
 static int prot_of(Elf64_Word flags)
 {
@@ -108,6 +69,12 @@ static int identify_program(struct dl_phdr_info *info, size_t size, void *data)
 		}
 	}
 	return 1; /* the first entry is the main program: stop there */
+}
+
+void klp_program_identify(void)
+{
+	klp_prog.pid = getpid();
+	dl_iterate_phdr(identify_program, NULL);
 }
 
 int klp_text_segment(uintptr_t lo, uintptr_t hi)
@@ -172,49 +139,4 @@ int klp_object_holds(const struct klp_object_map *m, uintptr_t lo, uintptr_t hi,
 		    (m->prot[i] & prot) == prot)
 			return !(prot & PROT_WRITE) || hi <= m->relro.lo || lo >= m->relro.hi;
 	return 0;
-}
-
-/* KLPCC_SIGNAL: a number, or SIGRTMIN+N / RTMIN+N. */
-static int stop_signal(void)
-{
-	const char *s = getenv("KLPCC_SIGNAL");
-	char *end;
-	long base = 0, n;
-
-	if (!s || !*s)
-		return SIGRTMIN + 7;
-	if (!strncmp(s, "SIG", 3))
-		s += 3;
-	if (!strncmp(s, "RTMIN", 5)) {
-		base = SIGRTMIN;
-		s += 5;
-		if (!*s)
-			return (int)base;
-		if (*s != '+')
-			return -1;
-		s++;
-	}
-	errno = 0;
-	n = strtol(s, &end, 10);
-	if (errno || *end || end == s || n < 0)
-		return -1;
-	n += base;
-	if (n < 1 || n > SIGRTMAX || n == SIGKILL || n == SIGSTOP)
-		return -1;
-	return (int)n;
-}
-
-__attribute__((constructor)) static void klp_start(void)
-{
-	klp_prog.pid = getpid();
-	dl_iterate_phdr(identify_program, NULL);
-	klp_prog.stop_signal = stop_signal();
-	if (klp_prog.stop_signal < 0) {
-		klp_log("KLPCC_SIGNAL=%s is not a usable signal; not listening",
-			getenv("KLPCC_SIGNAL"));
-		return;
-	}
-	if (klp_transition_init(klp_prog.stop_signal))
-		return;
-	klp_control_start();
 }
