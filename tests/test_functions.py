@@ -227,3 +227,16 @@ def test_incremental_edit_at_end_of_file_without_newline():
 def test_split_lines_only_on_newline():
     assert split_lines(b"a\x0cb\rc\nd") == [b"a\x0cb\rc\n", b"d"]
     assert split_lines(b"") == []
+
+
+def test_an_annotation_defined_away_in_a_conditional_keeps_the_functions_after_it_in_place():
+    """kernel/params.c before 6.1.176: ``#define __modinit __init`` in an ``#else``.  The
+    annotation is not blanked inside the directive (a value of blanks made the parser
+    read the ``#endif`` into the definition and every later function into the ``#else``),
+    so removing the whole block changes no later function's fingerprint."""
+    block = "#ifdef CONFIG_MODULES\n#define __modinit\n#else\n#define __modinit __init\n#endif\n\n"
+    rest = ("#ifdef CONFIG_SYSFS\nvoid kernel_param_lock(struct module *mod)\n"
+            "{\n\tmutex_lock(&param_lock);\n}\n#endif\n")
+    before = {it.name: it.fingerprint for it in items(block + rest) if it.kind == "function"}
+    after = {it.name: it.fingerprint for it in items(rest) if it.kind == "function"}
+    assert before == after and set(after) == {"kernel_param_lock"}

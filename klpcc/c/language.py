@@ -69,11 +69,22 @@ ANNOTATION_CALLS = (
 
 _WORD_RE = "|".join(re.escape(w) for w in ANNOTATION_WORDS)
 _CALL_RE = "|".join(re.escape(w) for w in ANNOTATION_CALLS)
+# a preprocessor directive (with its continuation lines) is left as written: blanking
+# `__init` in `#define __modinit __init` would leave a value of blanks, which makes
+# tree-sitter-c read the next line (an `#endif`) into the definition
+_DIRECTIVE = rb"(?m:^[ \t]*#(?:[^\\\n]|\\(?:\r?\n|.))*)"
 _MASK = re.compile(
-    rf"\b(?:{_CALL_RE})[ \t]*\((?:[^()\n]|\([^()\n]*\))*\)|\b(?:{_WORD_RE})\b".encode()
+    _DIRECTIVE + b"|"
+    + rf"\b(?:{_CALL_RE})[ \t]*\((?:[^()\n]|\([^()\n]*\))*\)|\b(?:{_WORD_RE})\b".encode()
 )
 
 
 def mask_annotations(data: bytes) -> bytes:
-    """Blank out well-known annotation macros, keeping every byte offset."""
-    return _MASK.sub(lambda m: b" " * len(m.group()), data)
+    """Blank out well-known annotation macros, keeping every byte offset (outside
+    preprocessor directives)."""
+    return _MASK.sub(_blank, data)
+
+
+def _blank(m: re.Match[bytes]) -> bytes:
+    text = m.group()
+    return text if text.lstrip(b" \t").startswith(b"#") else b" " * len(text)
