@@ -27,8 +27,9 @@ void klp_log(const char *fmt, ...)
 	if (n < 0)
 		return;
 	n += 7;
-	if (n > (int)sizeof(buf) - 1)
-		n = sizeof(buf) - 1;
+	/* a cut message ends where vsnprintf put its NUL (buf[sizeof(buf) - 2]) */
+	if (n > (int)sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
 	buf[n++] = '\n';
 	if (write(STDERR_FILENO, buf, n) < 0)
 		return;
