@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import bundle as _bundle
 from . import objects as _objects
+from . import runtime
 from .atomic import check_target
 from .compdb import CompileCommands
 from .emit.kernel import KernelBuild, KernelOptions, build_kernel
@@ -166,12 +167,14 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     return analysis, findings
 
 
-def config(*, cflags: bool = False, libs: bool = False, preload: bool = False, cc: str = "cc") -> str:
+def config(*, cflags: bool = False, libs: bool = False, preload: bool = False, loader: bool = False,
+           cc: str = "cc") -> str:
     """Like pkg-config: the compiler options a patchable program needs (``cflags``),
     the linker options of the runtime (``libs``, building it on demand), the runtime
-    library's path for ``LD_PRELOAD`` (``preload``); one line, in that order."""
-    if not (cflags or libs or preload):
-        raise KlpccError("say what to print: --cflags, --libs or --preload")
+    library's path for ``LD_PRELOAD`` (``preload``), the kernel loader's path
+    (``loader``: ``klpcc-load``, as installed with klpcc); one line, in that order."""
+    if not (cflags or libs or preload or loader):
+        raise KlpccError("say what to print: --cflags, --libs, --preload or --loader")
     parts = []
     if cflags:
         parts.append(_library.cflags())
@@ -179,6 +182,8 @@ def config(*, cflags: bool = False, libs: bool = False, preload: bool = False, c
         parts.append(_library.libs(cc))
     if preload:
         parts.append(str(_library.runtime_library(cc)))
+    if loader:
+        parts.append(str(runtime.kernel() / "klpcc-load"))
     return " ".join(parts)
 
 

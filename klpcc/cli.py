@@ -302,11 +302,12 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
 @click.option("--libs", "want_libs", is_flag=True,
               help="Linker options: the klpcc runtime (built on demand).")
 @click.option("--preload", is_flag=True, help="The runtime library's path, for LD_PRELOAD.")
+@click.option("--loader", is_flag=True, help="The kernel loader's path (klpcc-load).")
 @click.option("--cc", "cc", metavar="CC", default="cc", show_default=True, help="The C compiler.")
 @_guard
-def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, cc: str) -> None:
+def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, loader: bool, cc: str) -> None:
     """Like pkg-config: how to build a program the userspace runtime can patch."""
-    click.echo(api.config(cflags=want_cflags, libs=want_libs, preload=preload, cc=cc))
+    click.echo(api.config(cflags=want_cflags, libs=want_libs, preload=preload, loader=loader, cc=cc))
 
 
 def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_atomic
 from .errors import KlpccError
 from .history import Replay
 
@@ -177,9 +178,7 @@ class Overlay:
                 if data is None:
                     raise FileNotFoundError(f"{path} does not exist in release {release}")
                 src.parent.mkdir(parents=True, exist_ok=True)
-                tmp = src.with_name(src.name + ".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, src)
+                write_atomic(src, data)
         args = list(cmd.args)
         compiler = args[0] if args else "cc"
         out: list[str] = []

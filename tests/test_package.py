@@ -76,6 +76,9 @@ def test_every_package_and_runtime_file_is_installed(installed):
         if path.is_file() and "__pycache__" not in rel.parts and not path.name.startswith("."):
             assert (runtime / rel).is_file(), f"runtime/{rel} is not installed"
     assert os.access(runtime / "kernel" / "klpcc-load", os.X_OK), "the loader is not executable"
+    loader = _run([str(bin_dir / "klpcc"), "config", "--loader"], cwd="/").stdout.strip()
+    assert Path(loader) == runtime / "kernel" / "klpcc-load"
+    _run(["sh", "-n", loader])
     # every module imports (the CLI alone would not reach them all)
     mods = [".".join(("klpcc", *p.relative_to(pkg).with_suffix("").parts)).removesuffix(".__init__")
             for p in pkg.rglob("*.py") if p.name != "__main__.py"]
