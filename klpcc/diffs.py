@@ -67,18 +67,21 @@ def _split_lines(data: bytes) -> list[str]:
     return lines
 
 
-def _first_diff_line(lines: Sequence[str]) -> int:
+def _first_diff_line(lines: Sequence[str], patch: Patch) -> int:
     """Index of the first line of the first file diff (mail headers, commit message
-    and diffstat before it are not part of the diff)."""
+    and diffstat before it are not part of the diff; a hunk header there is a file
+    diff whose headers are missing)."""
     for i, line in enumerate(lines):
         if line.startswith("diff "):
             return i
         if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             return i
+        if line.startswith("@@ -"):
+            raise KlpccError("a hunk without a file header (its '---'/'+++' lines are missing)",
+                             patch=patch.path, line=i + 1)
     return len(lines)
 
 
-_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 
 
 def _file_before(body: Sequence[str], upto: int) -> str | None:
@@ -91,43 +94,6 @@ def _file_before(body: Sequence[str], upto: int) -> str | None:
         if line.startswith("diff --git "):
             return line.split()[-1][2:]
     return None
-
-
-def _check_hunk_lengths(body: Sequence[str], patch: Patch, offset: int) -> None:
-    """A hunk whose header counts fewer lines than it has would lose the rest
-    silently: refuse it."""
-    remaining_old = remaining_new = 0
-    in_hunk = False
-    for i, line in enumerate(body):
-        m = _HUNK.match(line)
-        if m:
-            remaining_old = int(m.group(1) or 1)
-            remaining_new = int(m.group(2) or 1)
-            in_hunk = remaining_old > 0 or remaining_new > 0
-            if line.startswith("@@ -0,") and remaining_old > 0:
-                raise KlpccError("malformed hunk header: line 0 with a non-empty old side",
-                                 patch=patch.path, line=offset + i + 1, file=_file_before(body, i))
-            continue
-        if not in_hunk:
-            continue
-        if remaining_old == 0 and remaining_new == 0:
-            in_hunk = False
-            if line[:1] in ("+", "-") and not line.startswith(("--- ", "+++ ")):
-                raise KlpccError("malformed diff: the hunk has more lines than its header says",
-                                 patch=patch.path, line=offset + i + 1, file=_file_before(body, i))
-            continue
-        tag = line[:1]
-        if tag == "\\":
-            continue
-        if tag == "-":
-            remaining_old -= 1
-        elif tag == "+":
-            remaining_new -= 1
-        elif tag in (" ", "\n", "\r", ""):
-            remaining_old -= 1
-            remaining_new -= 1
-        else:
-            in_hunk = False  # unidiff reports this one
 
 
 class _Counted:
@@ -168,23 +134,238 @@ def _check_path(path: str, patch: Patch, line: int) -> str:
     return "/".join(p for p in parts if p not in ("", "."))
 
 
-def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> list[FileChange]:
+# a hunk header as git writes it: counts of at most nine digits, the closing "@@",
+# then nothing or a space and the function context
+_HUNK_STRICT = re.compile(r"^@@ -(\d{1,9})(?:,(\d{1,9}))? \+(\d{1,9})(?:,(\d{1,9}))? @@(?:[ \t].*)?\r?\n?$",
+                          re.S)
+# extended header lines of a git diff (git's own list)
+_GIT_EXTENDED = re.compile(
+    r"^(old mode \d{6}|new mode \d{6}|deleted file mode \d{6}|new file mode \d{6}|"
+    r"copy from .+|copy to .+|rename from .+|rename to .+|rename old .+|rename new .+|"
+    r"similarity index \d{1,3}%|dissimilarity index \d{1,3}%|index [0-9a-f]+\.\.[0-9a-f]+(?: \d{6})?)\r?\n?$",
+    re.S)
+_MODE = re.compile(r"^(?:old mode|new mode|deleted file mode|new file mode) (\d{6})")
+_SIGNATURE = ("-- \n", "-- \r\n")
+_SHOWN = 60  # characters of an offending line a message quotes
+
+
+def _quote(line: str) -> str:
+    text = line.rstrip("\r\n")
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "...")
+
+
+@dataclass
+class _Section:
+    """One file's part of a patch as the strict reader accounts for it."""
+
+    line: int  # 1-based patch line of its first header line
+    header: str  # its first header line
+    hunks: list[tuple[int, int, int]]  # (patch line, "-" lines, "+" lines)
+    modes: list[str]  # modes its git header names
+    old_name: str | None = None  # the '---' name as written
+    new_name: str | None = None  # the '+++' name as written
+
+
+class _Strict:
+    """Reads a patch's diff as strictly as ``git apply`` does: every line is a header,
+    a hunk line, known metadata, a blank separator, a mail signature, or text between
+    file diffs (noted); a hunk holds exactly the lines its header counts.  Anything
+    else is an error naming the patch line, never a line left out."""
+
+    def __init__(self, lines: Sequence[str], start: int, patch: Patch):
+        self.lines = lines
+        self.start = start  # index in the whole patch of lines[0]
+        self.patch = patch
+        self.sections: list[_Section] = []
+        self.notes: list[str] = []
+
+    def fail(self, message: str, i: int) -> KlpccError:
+        return KlpccError(message, patch=self.patch.path, line=self.start + i + 1,
+                          file=_file_before(self.lines, i))
+
+    def read(self) -> None:
+        lines, n = self.lines, len(self.lines)
+        i = 0
+        text_from: int | None = None
+        while i < n:
+            line = lines[i]
+            header = (line.startswith(("diff ", "Index: ")) or
+                      (line.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ ")))
+            if (header or line in _SIGNATURE) and text_from is not None:
+                self._text(text_from, i)
+                text_from = None
+            if line.startswith("diff --git "):
+                i = self._git(i)
+            elif line.startswith(("diff ", "Index: ")):
+                i = self._plain(i)
+            elif line.startswith("--- "):
+                i = self._files(i, _Section(self.start + i + 1, line, [], []))
+            elif line in _SIGNATURE:
+                self._signature(i)
+                return
+            elif line.startswith("@@"):
+                raise self.fail("a hunk without a file header (its '---'/'+++' lines are missing)", i)
+            elif line.startswith("+++ "):
+                raise self.fail("a '+++' line without the '---' line before it", i)
+            elif line.startswith(("+", "-", " ", "\\")):
+                raise self.fail(f"a diff line outside any hunk: {_quote(line)} (a hunk header is missing "
+                                "or counts too few lines)", i)
+            elif not line.strip():
+                i += 1
+            elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
+                raise self.fail("binary patches are not supported", i)
+            else:
+                if line.startswith("Only in "):
+                    self.notes.append(f"{self.patch.path}:{self.start + i + 1}: {line.strip()}: the file is "
+                                      "not in the patch (diff -r without -N leaves new files out)")
+                if text_from is None:
+                    text_from = i
+                i += 1
+        if text_from is not None:
+            self._text(text_from, n)
+
+    def _text(self, lo: int, hi: int) -> None:
+        """Text between file diffs, which ``git apply`` skips too: said, not read."""
+        if not self.sections:
+            return
+        span = f"{self.start + lo + 1}" + (f"-{self.start + hi}" if hi - lo > 1 else "")
+        self.notes.append(f"{self.patch.path}:{span}: {hi - lo} line(s) of text between file diffs "
+                          f"ignored ({_quote(self.lines[lo])})")
+
+    def _signature(self, i: int) -> None:
+        for j in range(i + 1, len(self.lines)):
+            line = self.lines[j]
+            if line.startswith(("diff ", "--- ", "+++ ", "@@")):
+                raise self.fail("a diff after the mail signature ('-- ')", j)
+
+    def _git(self, i: int) -> int:
+        sec = _Section(self.start + i + 1, self.lines[i], [], [])
+        i += 1
+        n = len(self.lines)
+        while i < n:
+            line = self.lines[i]
+            if _GIT_EXTENDED.match(line):
+                m = _MODE.match(line)
+                if m:
+                    sec.modes.append(m.group(1))
+                i += 1
+                continue
+            if line.startswith(("Binary files ", "GIT binary patch")):
+                raise self.fail("binary patches are not supported", i)
+            break
+        if i < n and self.lines[i].startswith("--- "):
+            return self._files(i, sec)
+        if i < n and self.lines[i].startswith(("@@", "+++ ")):
+            raise self.fail("a git diff whose '---' line is missing", i)
+        if i < n and self.lines[i].strip() and not self.lines[i].startswith(("diff ", "Index: ")) \
+                and self.lines[i] not in _SIGNATURE:
+            raise self.fail(f"an unknown line in a git diff header: {_quote(self.lines[i])}", i)
+        self.sections.append(sec)
+        return i
+
+    def _plain(self, i: int) -> int:
+        """``Index: path`` (quilt, svn) with its '=====' line, or a ``diff -u a b``
+        command line: the '---' line follows."""
+        first = i
+        i += 1
+        if self.lines[first].startswith("Index: ") and i < len(self.lines) and \
+                self.lines[i].startswith("===="):
+            i += 1
+        if i < len(self.lines) and self.lines[i].startswith(("Binary files ", "GIT binary patch")):
+            raise self.fail("binary patches are not supported", i)
+        if i < len(self.lines) and self.lines[i].startswith("--- "):
+            return self._files(i, _Section(self.start + first + 1, self.lines[first], [], []))
+        if i < len(self.lines) and self.lines[i].startswith(("Index: ", "diff ")):
+            return i  # a header with nothing to change (an identical file)
+        raise self.fail(f"{_quote(self.lines[first])} is not followed by a '---' line", i)
+
+    def _files(self, i: int, sec: _Section) -> int:
+        """The '---' and '+++' lines at ``i``, then the section's hunks."""
+        lines, n = self.lines, len(self.lines)
+        if i + 1 >= n or not lines[i + 1].startswith("+++ "):
+            raise self.fail("a '---' line without the '+++' line after it", min(i + 1, n - 1))
+        sec.old_name, sec.new_name = lines[i][4:], lines[i + 1][4:]
+        i += 2
+        while i < n and lines[i].startswith("@@"):
+            i = self._hunk(i, sec)
+        if not sec.hunks:
+            if i < n and lines[i].startswith(("+", "-", " ", "\\")) and lines[i] not in _SIGNATURE \
+                    and not lines[i].startswith("--- "):
+                raise self.fail(f"a diff line outside any hunk: {_quote(lines[i])} (its hunk header is "
+                                "missing)", i)
+            self.notes.append(f"{self.patch.path}:{sec.line}: a file diff with no hunk: it changes nothing")
+        self.sections.append(sec)
+        return i
+
+    def _hunk(self, i: int, sec: _Section) -> int:
+        lines, n = self.lines, len(self.lines)
+        m = _HUNK_STRICT.match(lines[i])
+        if m is None:
+            raise self.fail(f"malformed hunk header {_quote(lines[i])} (expected '@@ -OLD[,N] +NEW[,N] @@')",
+                            i)
+        old = int(m.group(2)) if m.group(2) is not None else 1
+        new = int(m.group(4)) if m.group(4) is not None else 1
+        if m.group(1) == "0" and old:
+            raise self.fail("malformed hunk header: line 0 with a non-empty old side", i)
+        head = i
+        minus = plus = 0
+        want_old, want_new = old, new
+        i += 1
+        while i < n and (old > 0 or new > 0):
+            line = lines[i]
+            tag = line[:1]
+            if tag == "-":
+                old -= 1
+                minus += 1
+            elif tag == "+":
+                new -= 1
+                plus += 1
+            elif tag == " " or line in ("\n", "\r\n"):
+                old -= 1
+                new -= 1
+            elif tag == "\\":
+                i += 1
+                continue
+            else:
+                break
+            if old < 0 or new < 0:
+                side = "'-'" if old < 0 else "'+'"
+                raise self.fail(f"the hunk has more {side} lines than its header "
+                                f"'-{m.group(1)},{want_old} +{m.group(3)},{want_new}' says", i)
+            i += 1
+        if old > 0 or new > 0:
+            where = f"before {_quote(lines[i])}" if i < n else "at the end of the patch"
+            raise self.fail(f"the hunk ends {where}: its header says {want_old} old and {want_new} new "
+                            f"lines, {old} old and {new} new are missing", min(i, n - 1))
+        while i < n and lines[i].startswith("\\"):
+            i += 1
+        if i < n and lines[i][:1] in ("+", "-", " ") and not lines[i].startswith(("--- ", "+++ ")) \
+                and lines[i] not in _SIGNATURE:
+            raise self.fail("the hunk has more lines than its header says", i)
+        if not minus and not plus:
+            self.notes.append(f"{self.patch.path}:{self.start + head + 1}: the hunk changes no line")
+        sec.hunks.append((self.start + head + 1, minus, plus))
+        return i
+
+
+def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None,
+                notes: list[str] | None = None) -> list[FileChange]:
     """Parse one patch into file changes.  ``exists`` tells whether a path exists in
     the tree the patch applies to (used to pick -p0 or -p1 when not told).  An empty
-    patch (nothing but whitespace) is an empty release: no changes."""
+    patch (nothing but whitespace) is an empty release: no changes.  What the patch
+    holds that no change carries (text between file diffs, a mode change, a hunk
+    that changes nothing) is said in ``notes``."""
     if not patch.data.strip():
         return []
     lines = _split_lines(patch.data)
-    start = _first_diff_line(lines)
+    start = _first_diff_line(lines, patch)
     body = lines[start:]
-    sig = _signature_at(body)
-    if sig is not None:
-        body = body[:sig]
     if not body:
         if re.search(rb"^GIT binary patch|^Binary files ", patch.data, re.M):
             raise KlpccError("binary patches are not supported", patch=patch.path)
         raise KlpccError("the patch holds no diff", patch=patch.path)
-    _check_hunk_lengths(body, patch, start)
+    strict = _Strict(body, start, patch)
+    strict.read()
     feed = _Counted(body)
     try:
         parsed = PatchSet(feed)
@@ -197,35 +378,63 @@ def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None) -> li
                              patch=patch.path, line=start + (pf.diff_line_no or 1))
     if not parsed:
         raise KlpccError("the patch holds no diff", patch=patch.path)
+    _agree(strict, parsed, patch)
     strip = patch.strip
     if strip is None:
         # one strip level for the whole patch, from the first file that tells
         guesses = [_guess_strip(*_sides(pf), _is_git(pf), exists) for pf in parsed]
         strip = next((g for g, sure in guesses if sure), guesses[0][0])
-    return [_file_change(pf, patch, start + (pf.diff_line_no or 1), start, strip) for pf in parsed]
+    changes = [_file_change(pf, patch, start + (pf.diff_line_no or 1), start, strip) for pf in parsed]
+    _once_each(changes, patch)
+    said = list(strict.notes)
+    for change, sec in zip(changes, strict.sections):
+        _modes(change, sec, patch, said)
+    if notes is not None:
+        notes.extend(said)
+    return changes
 
 
-def _signature_at(body: Sequence[str]) -> int | None:
-    """Index of a mail signature ("-- " after the last hunk), if any."""
-    remaining_old = remaining_new = 0
-    for i, line in enumerate(body):
-        m = _HUNK.match(line)
-        if m:
-            remaining_old, remaining_new = int(m.group(1) or 1), int(m.group(2) or 1)
-            continue
-        if remaining_old > 0 or remaining_new > 0:
-            tag = line[:1]
-            if tag == "-":
-                remaining_old -= 1
-            elif tag == "+":
-                remaining_new -= 1
-            elif tag != "\\":
-                remaining_old -= 1
-                remaining_new -= 1
-            continue
-        if line in ("-- \n", "-- \r\n") and len(body) - i <= 4:
-            return i
-    return None
+def _agree(strict: _Strict, parsed, patch: Patch) -> None:
+    """Every hunk line the strict reader counted reached the parsed changes: no line
+    of the patch is lost between reading and applying."""
+    mine = [[(m, p) for _, m, p in sec.hunks] for sec in strict.sections]
+    theirs = [[(sum(1 for ln in h if ln.line_type == "-"), sum(1 for ln in h if ln.line_type == "+"))
+               for h in pf] for pf in parsed]
+    if mine != theirs:
+        at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        line = strict.sections[at].line if at < len(strict.sections) else None
+        raise KlpccError("the patch reads two ways (the diff parser and the strict reader count different "
+                         "lines): refusing it rather than losing a line", patch=patch.path, line=line)
+
+
+def _once_each(changes: list[FileChange], patch: Patch) -> None:
+    """A file changed by two sections of one patch would be changed twice (git would
+    apply both, one after the other): refused, so that nothing is applied twice."""
+    seen: dict[str, int] = {}
+    for c in changes:
+        for path in dict.fromkeys(p for p in (c.old_path, c.new_path) if p is not None):
+            if path in seen:
+                raise KlpccError(f"the patch changes {path} twice (the file diffs at lines {seen[path]} and "
+                                 f"{c.patch_line}); merge them into one", patch=patch.path,
+                                 line=c.patch_line, file=path)
+            seen[path] = c.patch_line
+
+
+def _modes(change: FileChange, sec: _Section, patch: Patch, notes: list[str]) -> None:
+    """File modes: a symbolic link or a submodule is refused (no code to patch); a mode
+    change of a file is said (a live patch carries code, not modes)."""
+    for mode in sec.modes:
+        if mode.startswith("12"):
+            raise KlpccError("a symbolic link: a live patch carries C code, not links", patch=patch.path,
+                             line=sec.line, file=change.path)
+        if mode.startswith("16"):
+            raise KlpccError("a submodule: a live patch carries C code, not submodules", patch=patch.path,
+                             line=sec.line, file=change.path)
+    if change.kind in ("modify", "rename", "copy") and len(set(sec.modes)) > 1:
+        notes.append(f"{patch.path}:{sec.line}: {change.path}: mode change {' -> '.join(sec.modes)} not "
+                     "carried (a live patch changes code, not file modes)")
+    elif change.kind == "modify" and not change.hunks and not sec.modes:
+        notes.append(f"{patch.path}:{sec.line}: {change.path}: a file diff that changes nothing")
 
 
 def _is_git(pf) -> bool:

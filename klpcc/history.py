@@ -294,7 +294,9 @@ class _Replayer:
     def _release(self, index: int, patch: Patch) -> None:
         self._index = index
         try:
-            changes = parse_patch(patch, self.exists)
+            said: list[str] = []
+            changes = parse_patch(patch, self.exists, said)
+            self.warnings.extend((index, w) for w in said)
         except KlpccError as exc:
             exc.patch = exc.patch or patch.path
             raise

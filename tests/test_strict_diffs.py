@@ -1,0 +1,176 @@
+"""Never lose a change: every line of a patch is a header, a hunk line, known metadata
+or said to be ignored; a patch that would lose a line is refused naming its line, and
+``git apply`` agrees with what is accepted."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from klpcc.diffs import parse_patch
+from klpcc.errors import KlpccError
+from klpcc.series import Patch
+
+from .helpers import klpcc, write_tree
+
+BASE = {"util.c": "int a(void)\n{\n\treturn 1;\n}\n\nint b(void)\n{\n\treturn 2;\n}\n",
+        "calc.c": "int c(void)\n{\n\treturn 3;\n}\n"}
+
+GOOD = """\
+diff --git a/util.c b/util.c
+index 1111111..2222222 100644
+--- a/util.c
++++ b/util.c
+@@ -1,4 +1,4 @@
+ int a(void)
+ {
+-\treturn 1;
++\treturn 10;
+ }
+@@ -6,4 +6,4 @@ int a(void)
+ int b(void)
+ {
+-\treturn 2;
++\treturn 20;
+ }
+diff --git a/calc.c b/calc.c
+--- a/calc.c
++++ b/calc.c
+@@ -1,4 +1,4 @@
+ int c(void)
+ {
+-\treturn 3;
++\treturn 30;
+ }
+"""
+
+
+def parse(text: str | bytes, notes: list[str] | None = None):
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    return parse_patch(Patch("t", "t.patch", data), lambda p: p in BASE, notes)
+
+
+def refused(text: str | bytes) -> KlpccError:
+    with pytest.raises(KlpccError) as info:
+        parse(text)
+    assert info.value.patch == "t.patch"
+    return info.value
+
+
+def line_of(text: str, start: str, nth: int = 1) -> int:
+    return [i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(start)][nth - 1]
+
+
+def test_the_good_patch_reads_whole():
+    changes = parse(GOOD)
+    assert [(c.path, len(c.hunks)) for c in changes] == [("util.c", 2), ("calc.c", 1)]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("@@ -1,4 +1,4 @@\n", "@@ -1,4 +1,4\n"),  # no closing @@
+    ("@@ -1,4 +1,4 @@\n", "@@ -1,4 +1,4@@\n"),  # no space before it
+    ("@@ -1,4 +1,4 @@\n", "@@ -1,4 +1,\x004 @@\n"),  # a NUL
+    ("@@ -1,4 +1,4 @@\n", "@@ -1,4 +1,4 @@x\n"),  # a stray byte after it
+    ("@@ -1,4 +1,4 @@\n", "@@ -1," + "4" * 5000 + " +1,4 @@\n"),  # 5,000 digits
+])
+def test_a_malformed_hunk_header_is_refused_at_its_line(old, new):
+    text = GOOD.replace(old, new, 1)
+    err = refused(text)
+    assert err.line == line_of(text, "@@") and "malformed hunk header" in err.message, err
+    assert len(str(err)) < 300
+
+
+def test_a_deleted_plus_line_is_refused():
+    text = GOOD.replace("+++ b/calc.c\n", "")
+    err = refused(text)
+    assert "'---' line without the '+++'" in err.message or "'---' line is missing" in err.message, err
+
+
+def test_a_deleted_hunk_header_is_refused_where_its_lines_start():
+    text = GOOD.replace("@@ -6,4 +6,4 @@ int a(void)\n", "")
+    err = refused(text)
+    assert err.line == line_of(text, " int b(void)"), err
+    assert "outside any hunk" in err.message or "more lines than its header says" in err.message, err
+
+
+def test_garbage_between_two_hunks_is_refused():
+    text = GOOD.replace("@@ -6,4", "this line is not part of the diff\n@@ -6,4", 1)
+    err = refused(text)
+    assert err.line == line_of(text, "@@ -6,4") and "without a file header" in err.message, err
+
+
+def test_a_hunk_that_counts_too_few_lines_is_refused():
+    text = GOOD.replace("@@ -1,4 +1,4 @@", "@@ -1,3 +1,3 @@", 1)
+    err = refused(text)
+    assert err.line == line_of(text, " }") and "more lines than its header says" in err.message, err
+
+
+def test_a_hunk_that_ends_early_is_refused():
+    text = GOOD.replace(" }\n@@ -6,4", "@@ -6,4", 1)
+    err = refused(text)
+    assert "the hunk ends before" in err.message, err
+
+
+def test_the_same_file_twice_is_refused():
+    section = GOOD[GOOD.index("diff --git a/calc.c"):]
+    err = refused(GOOD + section)
+    assert "changes calc.c twice" in err.message
+    assert err.line == line_of(GOOD + section, "diff --git a/calc.c", 2)
+
+
+def test_text_between_file_diffs_and_hunks_that_change_nothing_are_said():
+    notes: list[str] = []
+    text = GOOD.replace("diff --git a/calc.c", "some words a mailer added\ndiff --git a/calc.c")
+    text = text.replace("@@ -1,4 +1,4 @@\n int c(void)\n {\n-\treturn 3;\n+\treturn 30;\n }\n",
+                        "@@ -1,4 +1,4 @@\n int c(void)\n {\n \treturn 3;\n }\n")
+    parse(text, notes)
+    assert any("text between file diffs ignored" in n and "some words" in n for n in notes), notes
+    assert any(f"t.patch:{line_of(text, '@@', 3)}: the hunk changes no line" in n for n in notes), notes
+
+
+def test_a_mode_change_is_said_and_a_symbolic_link_refused():
+    notes: list[str] = []
+    mode = "diff --git a/util.c b/util.c\nold mode 100644\nnew mode 100755\n"
+    parse(mode + GOOD[GOOD.index("diff --git a/calc.c"):], notes)
+    assert any("mode change 100644 -> 100755 not carried" in n for n in notes), notes
+    link = "diff --git a/util.c b/util.c\nold mode 100644\nnew mode 120000\n"
+    assert "symbolic link" in refused(link).message
+
+
+def test_a_diff_after_the_signature_is_refused_and_a_signature_is_not():
+    mail = GOOD + "-- \n2.39.5\n\n"
+    assert len(parse(mail)) == 2
+    err = refused(GOOD.replace("diff --git a/calc.c", "-- \n2.39.5\ndiff --git a/calc.c"))
+    assert "after the mail signature" in err.message
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def _git_apply(tmp: Path, text: str) -> bool:
+    tree = write_tree(tmp / "git", BASE)
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    (tmp / "p.patch").write_text(text, encoding="utf-8", errors="surrogateescape")
+    return subprocess.run(["git", "-C", str(tree), "apply", "--check", str(tmp / "p.patch")],
+                          capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("mutation, git_rejects", [
+    (("@@ -1,4 +1,4 @@\n", "@@ -1,4 +1,4\n"), True),
+    (("+++ b/calc.c\n", ""), True),
+    (("@@ -6,4", "stray\n@@ -6,4"), True),
+    # git apply skips the headerless lines and applies the rest: klpcc refuses
+    (("@@ -6,4 +6,4 @@ int a(void)\n", ""), False),
+])
+def test_a_patch_that_would_lose_lines_is_refused_through_the_cli(tmp_path, mutation, git_rejects):
+    text = GOOD.replace(*mutation, 1)
+    assert _git_apply(tmp_path, text) is not git_rejects
+    src = write_tree(tmp_path / "src", BASE)
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "0001-fix.patch").write_text(text)
+    out = tmp_path / "bundle"
+    r = klpcc("compile", str(tmp_path / "patches" / "0001-fix.patch"), "--source", str(src), "-o", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "0001-fix.patch:" in r.stderr, r.stderr
+    assert not out.exists()
