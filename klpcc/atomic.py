@@ -39,6 +39,15 @@ def check_target(outdir: str | Path, force: bool) -> None:
         raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
 
 
+def inside(root: Path, path: str) -> Path:
+    """``root / path`` for a relative path that stays under ``root``: a file klpcc
+    writes into an output never lands anywhere else."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or ".." in parts or "\0" in path:
+        raise KlpccError(f"refusing to write {path!r}: not a path inside {root.name}")
+    return root / path
+
+
 def check_file_target(path: str | Path, force: bool) -> None:
     """Refuse an output file that exists (without ``force``) or is a directory."""
     target = Path(path)

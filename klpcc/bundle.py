@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .atomic import check_target, staged
+from .atomic import check_target, inside, staged
 from .c import is_c_file, split_lines
+from .errors import KlpccError
 from .history import MODIFIED, NOP, Analysis, dependencies
 from .manifest import OBJECTS_ORIGIN, Base, Change, FileChange, Manifest, SourceFile, lint_sections
 
@@ -90,14 +91,19 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
         path = todo.pop()
         if path in out:
             continue
-        data = read(path)
+        try:
+            data = read(path)
+        except KlpccError:  # a header reached through a link out of the tree: not the tree's
+            data = None
         if data is None:
             continue
         out[path] = data
         for m in _LOCAL_INCLUDE.finditer(data):
             name = m.group(1).decode("utf-8", "surrogateescape")
+            if name.startswith("/") or "\0" in name:
+                continue  # an absolute name: a file of the system, left alone
             cand = posixpath.normpath(posixpath.join(posixpath.dirname(path), name))
-            if not cand.startswith("../") and cand not in out:
+            if cand != ".." and not cand.startswith("../") and cand not in out:
                 todo.append(cand)
     return dict(sorted(out.items()))
 
@@ -178,6 +184,6 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
         for path, data in sources.items():
-            dest = tmp / "sources" / path
+            dest = inside(tmp / "sources", path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)

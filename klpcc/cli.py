@@ -365,9 +365,20 @@ def _terminated(signum: int, frame: object) -> None:
     sys.exit(128 + signum)  # unwinds, so scratch directories are removed
 
 
+def _streams() -> None:
+    """Names and source text that are not UTF-8 (carried as lone surrogates) go out as
+    the bytes they were on a UTF-8 terminal, escaped on any other, never as a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        errors = "surrogateescape" if encoding == "utf8" else "backslashreplace"
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
+
+
 def run() -> None:
     """Entry point: like :func:`main`, with usage errors on one line too."""
     signal.signal(signal.SIGTERM, _terminated)
+    _streams()
     try:
         code = main(standalone_mode=False)
     except click.exceptions.Abort:

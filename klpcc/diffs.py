@@ -122,9 +122,26 @@ def _strip(name: str, n: int) -> str:
     return "/".join(parts[n:])
 
 
+_PATH_MAX = 4095  # bytes, as Linux counts them
+_NAME_MAX = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RAW_BYTE = re.compile(r"[\udc80-\udcff]")
+
+
 def _check_path(path: str, patch: Patch, line: int) -> str:
     if not path:
         raise KlpccError("a diff names an empty path", patch=patch.path, line=line)
+    if _CONTROL.search(path):
+        raise KlpccError(f"the path {path!r} holds a control character (a NUL, a tab, a newline): "
+                         "klpcc cannot name such a file in the C it writes", patch=patch.path, line=line)
+    if _RAW_BYTE.search(path):
+        raise KlpccError(f"the path {path!r} is not UTF-8: klpcc names files in JSON and C text, which "
+                         "need UTF-8 names", patch=patch.path, line=line)
+    raw = path.encode("utf-8")
+    if len(raw) > _PATH_MAX or any(len(part) > _NAME_MAX for part in raw.split(b"/")):
+        raise KlpccError(f"the path {path[:60]!r}... is longer than a file system allows "
+                         f"({len(raw)} bytes; at most {_PATH_MAX}, {_NAME_MAX} per name)",
+                         patch=patch.path, line=line)
     if path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path):
         raise KlpccError(f"absolute path {path!r} is not allowed", patch=patch.path, line=line)
     parts = path.replace("\\", "/").split("/")
@@ -623,6 +640,11 @@ def _locate(lines: Sequence[bytes], old: Sequence[bytes], expected: int, floor: 
     limit = len(lines) - n
     if not old:
         return min(max(expected, floor), len(lines))
+    if limit < floor:
+        return None
+    # from a stated line far outside the file, the search starts at its nearest end:
+    # the time it takes is bounded by the file, not by the number in the header
+    expected = min(max(expected, floor), limit)
     first = old[0]
     delta = 0
     while True:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+MAX_SHOWN = 600  # characters of a message shown at most: an error is one bounded line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control characters (a newline, a tab, a NUL in a file name) written
+    as escapes, so that it stays on one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class KlpccError(Exception):
     """Bad input or a refused operation.
@@ -21,7 +32,10 @@ class KlpccError(Exception):
     def __str__(self) -> str:
         where = ""
         if self.patch:
-            where = self.patch + (f":{self.line}" if self.line else "") + ": "
+            where = _escaped(self.patch) + (f":{self.line}" if self.line else "") + ": "
         if self.file:
-            where += self.file + ": "
-        return where + " ".join(self.message.split())
+            where += _escaped(self.file) + ": "
+        text = where + _escaped(" ".join(self.message.split()))
+        if len(text) > MAX_SHOWN:
+            text = text[:MAX_SHOWN - 20] + f"... ({len(text)} characters)"
+        return text

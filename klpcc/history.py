@@ -356,6 +356,7 @@ class _Replayer:
         if kind == "add":
             path = change.new_path
             assert path is not None
+            self._check_place(path, patch, change)
             f = self._file(path)
             if f.lines is not None:
                 raise KlpccError("the patch creates a file that already exists",
@@ -372,6 +373,7 @@ class _Replayer:
         if src.lines is None:
             raise KlpccError(f"the patch {kind}s a file that does not exist",
                              patch=patch.path, line=change.patch_line, file=old_path)
+        self._check_place(new_path, patch, change)
         dst = self._file(new_path)
         if dst.lines is not None and new_path != old_path:
             raise KlpccError(f"the patch {kind}s onto a file that already exists",
@@ -384,6 +386,29 @@ class _Replayer:
             self._replace(src, None, patch, change.patch_line)
         self._replace(dst, applied.lines, patch, change.patch_line)
         return [old_path, new_path]
+
+    def _is_file(self, path: str) -> bool:
+        f = self.files.get(path)
+        if f is not None:
+            return f.lines is not None
+        try:
+            return self.base.read(path) is not None
+        except KlpccError:  # a directory
+            return False
+
+    def _check_place(self, path: str, patch: Patch, change: FileChange) -> None:
+        """A file the patch creates needs a place: no file where a directory of its path
+        must be, no file of the series under it."""
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if self._is_file(prefix := "/".join(parts[:i])):
+                raise KlpccError(f"cannot create {path}: {prefix} is a file", patch=patch.path,
+                                 line=change.patch_line, file=path)
+        under = next((p for p, f in self.files.items() if p.startswith(path + "/") and f.lines is not None),
+                     None)
+        if under is not None:
+            raise KlpccError(f"cannot create {path}: it is a directory (it holds {under})", patch=patch.path,
+                             line=change.patch_line, file=path)
 
     def _check_c(self, path: str, lines: list[bytes], patch: Patch, change: FileChange) -> None:
         if is_c_file(path) and any(b"\0" in ln for ln in lines):

@@ -185,7 +185,11 @@ class SourceFile:
 
     @classmethod
     def from_json(cls, r: _Reader) -> SourceFile:
-        return cls(r.str("path"), r.str("sha256"))
+        path = r.str("path")
+        if not path or path.startswith("/") or ".." in path.split("/") or "\0" in path:
+            raise KlpccError(f"{r.shown}: malformed manifest: {r.where}.path {path!r} is not a path inside "
+                             "the bundle")
+        return cls(path, r.str("sha256"))
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,28 @@ def analysis_json(a: Analysis) -> dict:
 
 def dump_json(doc: dict) -> str:
     """JSON text of a document: indented for people, unless it is so large (long
-    histories of many functions) that indenting would cost seconds."""
+    histories of many functions) that indenting would cost seconds.  Always valid
+    Unicode: a byte of a source that was not UTF-8 (carried as a lone surrogate)
+    becomes U+FFFD."""
     size = sum(len(f.get("history", ())) for f in doc.get("functions", ()))
     if size <= 50_000:
-        return json.dumps(doc, indent=2)
-    return json.dumps(doc, separators=(",", ":"))
+        text = json.dumps(doc, indent=2)
+    else:
+        text = json.dumps(doc, separators=(",", ":"))
+    if "\\udc" in text:
+        return dump_json(clean(doc))
+    return text
+
+
+def clean(value):
+    """Strings as valid Unicode: bytes that were not UTF-8 in a source become U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:

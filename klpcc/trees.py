@@ -48,10 +48,19 @@ class DirectoryTree:
             raise KlpccError(f"the base source tree {root} is not a directory")
         self._real = self.root.resolve()
 
+    def _inside(self, path: str) -> Path:
+        """``path`` under the root; a path that names something outside is refused."""
+        parts = path.split("/")
+        if not path or path.startswith("/") or ".." in parts or "\0" in path:
+            raise KlpccError(f"{path!r} is not a path inside the source tree")
+        return self.root / path
+
     def read(self, path: str) -> bytes | None:
-        full = (self.root / path)
+        full = self._inside(path)
         try:
             real = full.resolve()
+        except RuntimeError:
+            raise KlpccError(f"{path} is a symbolic link that loops in the source tree") from None
         except OSError:
             return None
         if real != self._real and self._real not in real.parents:
@@ -69,9 +78,14 @@ class DirectoryTree:
         return {"kind": "directory", "path": os.path.abspath(self.root)}
 
     def exists(self, path: str) -> bool:
-        full = self.root / path
+        try:
+            full = self._inside(path)
+        except KlpccError:
+            return False  # nothing outside the tree exists in it
         try:
             real = full.resolve()
+        except RuntimeError:
+            raise KlpccError(f"{path} is a symbolic link that loops in the source tree") from None
         except OSError:
             return False
         inside = real == self._real or self._real in real.parents

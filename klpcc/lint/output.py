@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .. import __version__
+from ..report import clean
 from . import LintResult
 from .rules import RULES, Finding
 
@@ -37,19 +38,8 @@ def lint_text(res: LintResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(value):
-    """Strings as valid Unicode: bytes that were not UTF-8 in a source become U+FFFD."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def lint_json(res: LintResult) -> dict:
-    return _clean(_lint_json(res))
+    return clean(_lint_json(res))
 
 
 def _lint_json(res: LintResult) -> dict:
@@ -93,7 +83,7 @@ def _uri(path: str) -> str:
 
 
 def lint_sarif(res: LintResult) -> dict:
-    return _clean(_lint_sarif(res))
+    return clean(_lint_sarif(res))
 
 
 def _lint_sarif(res: LintResult) -> dict:

@@ -221,11 +221,11 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace))
         for path in b.source_paths:
             if not path.endswith(".c"):
-                dest = tmp / "src" / path
+                dest = atomic.inside(tmp / "src", path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(b.source(path))
         for u in units:
-            dest = tmp / "src" / u.path
+            dest = atomic.inside(tmp / "src", u.path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(u.text, encoding="utf-8", errors="surrogateescape")
         if kdir is not None:

@@ -275,7 +275,7 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
     """The patch object's bytes, compiled and linked in ``tmp``."""
     include = runtime.userspace()
     for path in b.source_paths:
-        dest = tmp / "src" / path
+        dest = atomic.inside(tmp / "src", path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(b.source(path))
     objects = []
@@ -286,7 +286,7 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
         toolchain.run([opts.cc, *args], subject="the patch", action=what, paths=paths, cwd=cwd)
 
     for u in units:
-        src = tmp / "src" / u.path
+        src = atomic.inside(tmp / "src", u.path)
         src.write_text(u.text, encoding="utf-8", errors="surrogateescape")
         obj = tmp / f"unit{u.index}.o"
         cc([*_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
