@@ -425,16 +425,18 @@ def _agree(strict: _Strict, parsed, patch: Patch) -> None:
 
 
 def _once_each(changes: list[FileChange], patch: Patch) -> None:
-    """A file changed by two sections of one patch would be changed twice (git would
-    apply both, one after the other): refused, so that nothing is applied twice."""
-    seen: dict[str, int] = {}
+    """A file diff repeated in one patch would be applied twice (git applies the
+    sections of one file one after the other, and so does klpcc): refused.  Two
+    different sections for one file are two edits, applied in order."""
+    seen: dict[tuple, int] = {}
     for c in changes:
-        for path in dict.fromkeys(p for p in (c.old_path, c.new_path) if p is not None):
-            if path in seen:
-                raise KlpccError(f"the patch changes {path} twice (the file diffs at lines {seen[path]} and "
-                                 f"{c.patch_line}); merge them into one", patch=patch.path,
-                                 line=c.patch_line, file=path)
-            seen[path] = c.patch_line
+        hunks = tuple((h.old_start, h.new_start, tuple((t, b) for t, b, _ in h.lines)) for h in c.hunks)
+        key = (c.kind, c.old_path, c.new_path, hunks)
+        if key in seen:
+            raise KlpccError(f"the patch repeats its diff of {c.path} (the file diffs at lines {seen[key]} "
+                             f"and {c.patch_line} are the same): it would be applied twice",
+                             patch=patch.path, line=c.patch_line, file=c.path)
+        seen[key] = c.patch_line
 
 
 def _modes(change: FileChange, sec: _Section, patch: Patch, notes: list[str]) -> None:

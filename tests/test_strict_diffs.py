@@ -113,10 +113,10 @@ def test_a_hunk_that_ends_early_is_refused():
     assert "the hunk ends before" in err.message, err
 
 
-def test_the_same_file_twice_is_refused():
+def test_the_same_file_diff_twice_is_refused():
     section = GOOD[GOOD.index("diff --git a/calc.c"):]
     err = refused(GOOD + section)
-    assert "changes calc.c twice" in err.message
+    assert "repeats its diff of calc.c" in err.message
     assert err.line == line_of(GOOD + section, "diff --git a/calc.c", 2)
 
 

@@ -433,10 +433,19 @@ def _is_dead(container: Node, src: bytes) -> bool:
     return cond is not None and _text(cond, src).strip() == "0"
 
 
+# conditionals nested deeper than this are read by the lexical scanner, which does
+# not recurse: the parse tree is followed only as deep as the interpreter's stack allows
+MAX_NESTING = 64
+
+
 def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item],
-             lexed: Lexed, context: tuple[str, ...] = (), chain: str | None = None) -> None:
+             lexed: Lexed, context: tuple[str, ...] = (), chain: str | None = None, depth: int = 0) -> None:
     """Items of ``container`` touching [lo, hi].  ``context`` lists the conditional
     branches around it; ``chain`` names the '#if' that a '#else'/'#elif' belongs to."""
+    if depth > MAX_NESTING:
+        items, _ = lexed(src, container.start_byte, container.end_byte)
+        out.extend(_placed(items, context, lo, hi))
+        return
     if container.type in _CONTAINERS:
         cond = _condition_item(container, src)
         if cond is not None:
@@ -447,7 +456,7 @@ def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item],
     if container.type == "linkage_specification":
         body = container.child_by_field_name("body")
         if body is not None:
-            _collect(body, src, lo, hi, out, lexed, context)
+            _collect(body, src, lo, hi, out, lexed, context, depth=depth + 1)
         return
     if container.type == "ERROR":
         items, _ = lexed(src, container.start_byte, container.end_byte)
@@ -492,9 +501,9 @@ def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item],
             continue
         if alternative:
             # the other branches of this conditional: same surroundings, same chain
-            _collect(plan[1], src, lo, hi, out, lexed, context[:-1], chain)
+            _collect(plan[1], src, lo, hi, out, lexed, context[:-1], chain, depth + 1)
         elif plan[0] == "nest":
-            _collect(plan[1], src, lo, hi, out, lexed, context)
+            _collect(plan[1], src, lo, hi, out, lexed, context, depth=depth + 1)
         else:
             out.extend(_placed([_make_plan(plan, src)], context, lo, hi))
 

@@ -131,10 +131,13 @@ class Layouts:
             ast = pycparser.CParser().parse(proc.stdout, str(src))
         except Exception as exc:  # pycparser raises its own ParseError and others
             raise BuildFailed(f"pycparser cannot read it: {str(exc).splitlines()[0][:120]}") from None
-        struct = _find_struct(ast, type_name, c_ast)
-        if struct is None:
-            raise BuildFailed("no definition of the type")
-        return list(_member_names(struct, c_ast, ast))
+        try:
+            struct = _find_struct(ast, type_name, c_ast)
+            if struct is None:
+                raise BuildFailed("no definition of the type")
+            return list(_member_names(struct, c_ast, ast))
+        except RecursionError:  # pycparser's visitor recurses: a very deep expression somewhere
+            raise BuildFailed("the unit nests too deeply for pycparser") from None
 
 
 def _find_struct(ast, type_name: str, c_ast):

@@ -645,22 +645,20 @@ def _signature(head: str) -> str:
     return _canonical(ret + pointer) + "(" + ",".join(parts) + ")"
 
 
-def _first(node, kind: str):
-    if node.type == kind:
-        return node
-    for c in node.children:
-        found = _first(c, kind)
-        if found is not None:
-            return found
-    return None
-
-
 def _all(node, kind: str):
-    if node.type == kind:
-        yield node
-        return
-    for c in node.children:
-        yield from _all(c, kind)
+    """The outermost nodes of ``kind`` under ``node``, in source order (iterative: a
+    long expression makes a deep tree)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.type == kind:
+            yield n
+            continue
+        stack.extend(reversed(n.children))
+
+
+def _first(node, kind: str):
+    return next(_all(node, kind), None)
 
 
 def _type_clash(uses: list[ShadowUse]) -> tuple[ShadowUse, ShadowUse, str] | None:

@@ -67,13 +67,15 @@ def dwarf_of(elf, shown: str) -> Dwarf:
         return None
 
     def inlined_in(die, into: set[str]) -> None:
-        for child in die.iter_children():
-            if child.tag == "DW_TAG_inlined_subroutine":
-                callee = name_of(child)
-                if callee:
-                    into.add(callee)
-            if child.has_children:
-                inlined_in(child, into)
+        stack = [die]
+        while stack:
+            for child in stack.pop().iter_children():
+                if child.tag == "DW_TAG_inlined_subroutine":
+                    callee = name_of(child)
+                    if callee:
+                        into.add(callee)
+                if child.has_children:
+                    stack.append(child)
 
     for cu in dwarf.iter_CUs():
         top = cu.get_top_DIE()

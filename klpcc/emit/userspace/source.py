@@ -16,6 +16,7 @@ copy.  The declarations the file already has give ``__typeof__`` its type.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tree_sitter import Node
@@ -49,29 +50,36 @@ class ProgramResolver:
         return self.sympos.get((path, name), 0)
 
 
+def _nodes(node: Node) -> Iterator[Node]:
+    """``node`` and everything under it, in source order, without recursion (a long
+    expression makes a deep tree)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(n.children))
+
+
 def _declared_names(node: Node, out: set[str]) -> None:
     """Names a function declares itself (parameters, locals): never the program's."""
-    if node.type in ("parameter_declaration", "declaration"):
-        for child in node.children:
-            _declarator_names(child, out)
-    for child in node.children:
-        _declared_names(child, out)
+    for n in _nodes(node):
+        if n.type in ("parameter_declaration", "declaration"):
+            for child in n.children:
+                _declarator_names(child, out)
 
 
-def _declarator_names(node: Node, out: set[str]) -> None:
-    if node.type == "identifier":
-        out.add(node.text.decode("utf-8", "surrogateescape"))
-    elif node.type in _DECLARATORS:
-        first = node.child_by_field_name("declarator")
-        if first is not None:
-            _declarator_names(first, out)
+def _declarator_names(node: Node | None, out: set[str]) -> None:
+    while node is not None:
+        if node.type == "identifier":
+            out.add(node.text.decode("utf-8", "surrogateescape"))
+            return
+        if node.type not in _DECLARATORS:
+            return
+        node = node.child_by_field_name("declarator")
 
 
 def _identifiers(node: Node, out: list[Node]) -> None:
-    if node.type == "identifier":
-        out.append(node)
-    for child in node.children:
-        _identifiers(child, out)
+    out.extend(n for n in _nodes(node) if n.type == "identifier")
 
 
 class ProgramUnitWriter(UnitWriter):
