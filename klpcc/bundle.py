@@ -46,18 +46,33 @@ def cumulative_diff(analysis: Analysis) -> tuple[str, list[FileChange]]:
     return "".join(out), files
 
 
+_GIT_ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0B: "\\v", 0x0C: "\\f", 0x0D: "\\r",
+                0x22: '\\"', 0x5C: "\\\\"}
+
+
+def git_name(name: str) -> str:
+    """A file name as git writes it in a diff: as it is, or, when it holds a quote, a
+    backslash, a control character or a byte outside ASCII, C-quoted with octal escapes
+    (``"a/caf\\303\\251.c"``), which ``git apply`` and ``patch`` read back exactly."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if all(0x20 <= b < 0x7F and b not in (0x22, 0x5C) for b in raw):
+        return name
+    return '"' + "".join(_GIT_ESCAPES.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\{b:03o}")
+                         for b in raw) + '"'
+
+
 def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     a = [] if old is None else [ln.decode("utf-8", "surrogateescape") for ln in split_lines(old)]
     b = [] if new is None else [ln.decode("utf-8", "surrogateescape") for ln in split_lines(new)]
-    head = [f"diff --git a/{path} b/{path}\n"]
+    head = [f"diff --git {git_name('a/' + path)} {git_name('b/' + path)}\n"]
     if old is None:
         head.append("new file mode 100644\n")
     elif new is None:
         head.append("deleted file mode 100644\n")
     # like git, end a name with a tab when it holds a space, so that patch(1) reads it whole
-    tab = "\t" if " " in path else ""
-    src = "/dev/null" if old is None else f"a/{path}{tab}"
-    dst = "/dev/null" if new is None else f"b/{path}{tab}"
+    tab = "\t" if " " in path and git_name(path) == path else ""
+    src = "/dev/null" if old is None else git_name(f"a/{path}") + tab
+    dst = "/dev/null" if new is None else git_name(f"b/{path}") + tab
     body: list[str] = []
     for line in difflib.unified_diff(a, b, src, dst, n=3, lineterm=""):
         if line.startswith(("---", "+++", "@@")):

@@ -144,11 +144,11 @@ def _check_path(path: str, patch: Patch, line: int) -> str:
                          patch=patch.path, line=line)
     if path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path):
         raise KlpccError(f"absolute path {path!r} is not allowed", patch=patch.path, line=line)
-    parts = path.replace("\\", "/").split("/")
-    if ".." in parts:
+    if ".." in path.replace("\\", "/").split("/"):
         raise KlpccError(f"path {path!r} leads outside the source tree ('..')",
                          patch=patch.path, line=line)
-    return "/".join(p for p in parts if p not in ("", "."))
+    # a backslash is part of a name on the systems live patches run on
+    return "/".join(p for p in path.split("/") if p not in ("", "."))
 
 
 # a hunk header as git writes it: counts of at most nine digits, the closing "@@",

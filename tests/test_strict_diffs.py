@@ -174,3 +174,61 @@ def test_a_patch_that_would_lose_lines_is_refused_through_the_cli(tmp_path, muta
     r = klpcc("compile", str(tmp_path / "patches" / "0001-fix.patch"), "--source", str(src), "-o", str(out))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "0001-fix.patch:" in r.stderr, r.stderr
     assert not out.exists()
+
+
+ODD_NAMES = ["sp ace.c", 'q"uote.c', "back\\slash.c", "café.c", "dir with space/ünï.h"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_odd_file_names_round_trip_through_git(tmp_path):
+    """Names with spaces, quotes, backslashes and UTF-8 come in from git, and the bundle's
+    cumulative.diff gives them back the way git quotes them: git apply takes it and
+    makes exactly the release's files."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {name: f"int f{i}(void)\n{{\n\treturn {i};\n}}\n" for i, name in enumerate(ODD_NAMES)})
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    base = _git(repo, "rev-parse", "HEAD").strip()
+    for i, name in enumerate(ODD_NAMES):
+        (repo / name).write_text(f"int f{i}(void)\n{{\n\treturn {i} + 1;\n}}\n")
+    (repo / "new 'file'.c").write_text("int g(void)\n{\n\treturn 7;\n}\n")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "release")
+    out = tmp_path / "bundle"
+    r = klpcc("compile", "--git", str(repo), f"{base}..HEAD", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    check = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", str(repo), str(check)], check=True)
+    _git(check, "checkout", "-q", base)
+    applied = subprocess.run(["git", "-C", str(check), "apply", str(out / "cumulative.diff")],
+                             capture_output=True, text=True, check=False)
+    assert applied.returncode == 0, applied.stderr
+    for name in [*ODD_NAMES, "new 'file'.c"]:
+        assert (check / name).read_bytes() == (repo / name).read_bytes(), name
+    analysis = klpcc("analyze", "--git", str(repo), f"{base}..HEAD", "--format", "json")
+    files = {f["file"] for f in __import__("json").loads(analysis.stdout)["functions"]}
+    assert files == {*ODD_NAMES, "new 'file'.c"}, files
+
+
+@pytest.mark.parametrize("name, says", [
+    ("tab\there.c", "control character"),
+    ("new\nline.c", "control character"),
+    (b"latin\xe9.c", "is not UTF-8"),
+    ("x" * 300 + ".c", "longer than a file system allows"),
+])
+def test_names_klpcc_cannot_carry_are_refused_on_one_line(tmp_path, name, says):
+    raw = name if isinstance(name, bytes) else name.encode()
+    quoted = b'"' + b"".join(b"\\t" if c == 9 else b"\\n" if c == 10 else bytes([c]) if c < 0x80
+                             else b"\\%03o" % c for c in raw) + b'"'
+    patch = (b"diff --git " + quoted.replace(b'"', b'"a/', 1) + b" " + quoted.replace(b'"', b'"b/', 1) + b"\n"
+             b"new file mode 100644\n--- /dev/null\n+++ " + quoted.replace(b'"', b'"b/', 1) + b"\n"
+             b"@@ -0,0 +1 @@\n+int x;\n")
+    (tmp_path / "0001-odd.patch").write_bytes(patch)
+    src = write_tree(tmp_path / "src", BASE)
+    r = klpcc("analyze", str(tmp_path / "0001-odd.patch"), "--source", str(src))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert "0001-odd.patch:1:" in r.stderr and len(r.stderr) < 700
