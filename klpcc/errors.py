@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 MAX_SHOWN = 600  # characters of a message shown at most: an error is one bounded line
+
+
+def max_input_bytes() -> int:
+    """The largest patch or source file klpcc reads (``KLPCC_MAX_FILE_MB``, default
+    32 MiB): memory grows with the C it parses (about 120 MiB per MiB of C), so a
+    larger input is refused up front rather than exhausting the machine."""
+    try:
+        mib = float(os.environ.get("KLPCC_MAX_FILE_MB", "32"))
+    except ValueError:
+        mib = 32.0
+    return int(mib * (1 << 20)) if mib > 0 else 32 << 20
+
+
+def too_large(size: int) -> str:
+    return (f"is {size / (1 << 20):.1f} MiB: klpcc reads files up to {max_input_bytes() / (1 << 20):.0f} MiB "
+            "(set KLPCC_MAX_FILE_MB to allow more)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

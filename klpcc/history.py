@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .c import CSource, Item, LineEdit, is_c_file, split_lines
 from .diffs import Applied, FileChange, apply_hunks, parse_patch
-from .errors import KlpccError
+from .errors import KlpccError, max_input_bytes, too_large
 from .series import Patch, Series
 from .trees import BaseTree, Snapshots
 
@@ -190,6 +191,8 @@ class _Replayer:
         f = self.files.get(path)
         if f is None:
             data = self.base.read(path)
+            if data is not None and len(data) > max_input_bytes():
+                raise KlpccError(too_large(len(data)), file=path)
             if data is not None and is_c_file(path) and b"\0" in data:
                 raise KlpccError("is not a C text file (it holds NUL bytes)", file=path)
             lines = None if data is None else split_lines(data)
@@ -261,16 +264,18 @@ class _Replayer:
 
     def _note_origin(self, path: str, items: Sequence[Item], edits: Sequence[LineEdit],
                      edit_lines: Sequence[int], patch: Patch, new_side: bool) -> None:
+        """The patch line of the first edit touching each item (edits are in ascending
+        order and do not overlap: found by bisection, not by a scan per item)."""
+        spans = [(e.new_start, e.new_count) if new_side else (e.old_start, e.old_count) for e in edits]
+        ends = [start + max(count, 1) - 1 for start, count in spans]
         for item in items:
             track = self._track(path, item)
             if track.key in self._origin:
                 continue
             line = None
-            for e, pl in zip(edits, edit_lines):
-                start, count = (e.new_start, e.new_count) if new_side else (e.old_start, e.old_count)
-                if start <= item.end_line - 1 and start + max(count, 1) - 1 >= item.start_line - 1:
-                    line = pl
-                    break
+            k = bisect_left(ends, item.start_line - 1)
+            if k < len(spans) and spans[k][0] <= item.end_line - 1:
+                line = edit_lines[k]
             if line is None and edit_lines:
                 line = edit_lines[0]
             self._origin[track.key] = (patch.path, line)

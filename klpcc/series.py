@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KlpccError
+from .errors import KlpccError, max_input_bytes, too_large
 from .trees import BaseTree, DirectoryTree, GitTree
 
 
@@ -66,6 +66,8 @@ def release_name(path: str) -> str:
 
 def _read(path: Path, shown: str) -> bytes:
     try:
+        if path.is_file() and (size := path.stat().st_size) > max_input_bytes():
+            raise KlpccError(too_large(size), patch=shown)
         return path.read_bytes()
     except FileNotFoundError:
         raise KlpccError("no such file", patch=shown) from None
@@ -216,6 +218,8 @@ def load_git_range(repo: str, rng: str) -> Series:
         name = subject if used[subject] == 1 else f"{subject} ({used[subject]})"
         data = _git(repo, "diff", "--no-color", "--no-ext-diff", "-M",
                     "--full-index", "--binary", f"{sha}^1", sha)
+        if len(data) > max_input_bytes():
+            raise KlpccError(f"the diff of commit {sha[:12]} {too_large(len(data))}", patch=repo)
         patches.append(Patch(name, f"{repo}@{sha[:12]}", data, 1))
     if not patches:
         raise KlpccError(f"the range {rng} holds no commits: the series is empty", patch=repo)

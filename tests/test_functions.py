@@ -240,3 +240,20 @@ def test_an_annotation_defined_away_in_a_conditional_keeps_the_functions_after_i
     before = {it.name: it.fingerprint for it in items(block + rest) if it.kind == "function"}
     after = {it.name: it.fingerprint for it in items(rest) if it.kind == "function"}
     assert before == after and set(after) == {"kernel_param_lock"}
+
+
+def test_an_edit_to_a_continued_directive_parses_as_the_whole_file_does():
+    """Annotations in a directive's continuation lines are left as written, in a fresh
+    parse and after an edit alike (masking follows edits line by line elsewhere)."""
+    old = ("#define __modinit \\\n\t__init\n\nint a(void)\n{\n\treturn 1;\n}\n"
+           "#ifdef X\nint b(void)\n{\n\treturn 2;\n}\n#endif\n")
+    new = old.replace("\t__init\n", "\t__exit\n").replace("return 2", "return 3")
+    src = CSource("t.c", split_lines(old.encode()))
+    src.items()
+    new_lines = split_lines(new.encode())
+    edits = [LineEdit(1, 1, 1, 1), LineEdit(10, 1, 10, 1)]
+    src.edit(new_lines, edits)
+    fresh = CSource("t.c", new_lines)
+    assert [(i.kind, i.name, i.fingerprint) for i in src.items()] == \
+        [(i.kind, i.name, i.fingerprint) for i in fresh.items()]
+    assert src._masked == fresh._masked

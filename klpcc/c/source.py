@@ -56,8 +56,8 @@ class CSource:
         masked = mask_annotations(self.data)
         self.tree: Tree = parser().parse(masked)
         self._offsets = line_offsets(lines)
-        # masking never crosses a line, so it can follow line edits line by line
-        self._masked: list[bytes] = split_lines(masked)
+        # the masked text (same offsets as the text): it follows line edits line by line
+        self._masked: bytes = masked
         self._all: list[Item] | None = None  # every item, once computed
         self._lexed = Lexed(self._offsets)
 
@@ -115,8 +115,7 @@ class CSource:
                                      row_shift=e.new_start - e.old_start),
                 new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
             )
-        masked = _follow(self._masked, new_lines, edits)
-        masked_data = b"".join(masked)
+        masked_data = _follow(self._masked, old_offsets, new_lines, edits)
         new_tree = parser().parse(masked_data, edited)
         changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
         old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
@@ -126,7 +125,7 @@ class CSource:
         old_src.path, old_src.data, old_src.tree = self.path, old_data, old_tree
         old_src._offsets, old_src._masked = old_offsets, self._masked
         old_src._all, old_src._lexed = self._all, self._lexed
-        self.data, self._offsets, self._masked = new_data, new_offsets, masked
+        self.data, self._offsets, self._masked = new_data, new_offsets, masked_data
         self._all, self._lexed = None, Lexed(new_offsets)
 
         if _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
@@ -186,17 +185,28 @@ def _missing_from(items: list[Item], other: list[Item]) -> list[Item]:
     return out
 
 
-def _follow(old_masked: list[bytes], new_lines: Sequence[bytes], edits: Sequence[LineEdit]) -> list[bytes]:
-    """The masked lines of the new text: unchanged lines keep their masked form, the
-    lines the edits bring in are masked afresh."""
+def _follow(old_masked: bytes, old_offsets: Sequence[int], new_lines: Sequence[bytes],
+            edits: Sequence[LineEdit]) -> bytes:
+    """The masked text of the new lines: unchanged lines keep their masked form, the
+    lines the edits bring in are masked afresh.  Masking is line by line but for a
+    directive's continuation lines (left as written, like the directive): where an
+    edit touches a line ending in a backslash, the whole text is masked afresh."""
+    def continues(line: bytes) -> bool:
+        return line.rstrip(b"\r\n").endswith(b"\\")
+
+    for e in edits:
+        near = new_lines[max(e.new_start - 1, 0):e.new_start + e.new_count]
+        gone = old_masked[old_offsets[max(e.old_start - 1, 0)]:old_offsets[e.old_start + e.old_count]]
+        if any(continues(ln) for ln in near) or any(continues(ln) for ln in split_lines(gone)):
+            return mask_annotations(b"".join(new_lines))
     out: list[bytes] = []
     pos = 0
     for e in edits:
-        out.extend(old_masked[pos:e.old_start])
+        out.append(old_masked[old_offsets[pos]:old_offsets[e.old_start]])
         out.extend(mask_annotations(ln) for ln in new_lines[e.new_start:e.new_start + e.new_count])
         pos = e.old_start + e.old_count
-    out.extend(old_masked[pos:])
-    return out
+    out.append(old_masked[old_offsets[pos]:])
+    return b"".join(out)
 
 
 def _point(data: bytes, offsets: list[int], line: int, row_shift: int = 0) -> tuple[int, int]:
