@@ -183,6 +183,27 @@ class _Section:
     new_name: str | None = None  # the '+++' name as written
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _git_names(header: str) -> tuple[str, str] | None:
+    """The two names of a ``diff --git`` line, where they can be told apart (quoted, or
+    the same name twice); None where spaces make it ambiguous (a rename's names)."""
+    rest = header[len("diff --git "):].rstrip("\r\n")
+    first = _QUOTED.match(rest)
+    if first:
+        second = rest[first.end() + 1:]
+        return _unquote(first.group()), _unquote(second)
+    if rest.endswith('"'):
+        at = rest.rfind(' "')
+        return (rest[:at], _unquote(rest[at + 1:])) if at >= 0 else None
+    mid = len(rest) // 2
+    old, new = rest[:mid], rest[mid + 1:]
+    if len(rest) % 2 == 1 and rest[mid] == " " and old[2:] == new[2:]:
+        return old, new
+    return None
+
+
 class _Strict:
     """Reads a patch's diff as strictly as ``git apply`` does: every line is a header,
     a hunk line, known metadata, a blank separator, a mail signature, or text between
@@ -257,6 +278,7 @@ class _Strict:
 
     def _git(self, i: int) -> int:
         sec = _Section(self.start + i + 1, self.lines[i], [], [])
+        first = i
         i += 1
         n = len(self.lines)
         while i < n:
@@ -277,12 +299,17 @@ class _Strict:
         if i < n and self.lines[i].strip() and not self.lines[i].startswith(("diff ", "Index: ")) \
                 and self.lines[i] not in _SIGNATURE:
             raise self.fail(f"an unknown line in a git diff header: {_quote(self.lines[i])}", i)
+        told = self.lines[first + 1:i]
+        if not any(ln.startswith(("old mode", "new mode", "new file mode", "deleted file mode", "rename ",
+                                  "copy ")) for ln in told):
+            raise self.fail("a git diff header with no change under it: no '---' line and no mode, rename or "
+                            "copy line (cut short?)", first)
         self.sections.append(sec)
         return i
 
     def _plain(self, i: int) -> int:
         """``Index: path`` (quilt, svn) with its '=====' line, or a ``diff -u a b``
-        command line: the '---' line follows."""
+        command line: the '---' line follows (else they were text)."""
         first = i
         i += 1
         if self.lines[first].startswith("Index: ") and i < len(self.lines) and \
@@ -292,9 +319,10 @@ class _Strict:
             raise self.fail("binary patches are not supported", i)
         if i < len(self.lines) and self.lines[i].startswith("--- "):
             return self._files(i, _Section(self.start + first + 1, self.lines[first], [], []))
-        if i < len(self.lines) and self.lines[i].startswith(("Index: ", "diff ")):
-            return i  # a header with nothing to change (an identical file)
-        raise self.fail(f"{_quote(self.lines[first])} is not followed by a '---' line", i)
+        # not followed by a file diff: a line of text, as git takes it (nothing is lost:
+        # a '---' line further down is read where it stands)
+        self._text(first, i)
+        return i
 
     def _files(self, i: int, sec: _Section) -> int:
         """The '---' and '+++' lines at ``i``, then the section's hunks."""
@@ -302,6 +330,13 @@ class _Strict:
         if i + 1 >= n or not lines[i + 1].startswith("+++ "):
             raise self.fail("a '---' line without the '+++' line after it", min(i + 1, n - 1))
         sec.old_name, sec.new_name = lines[i][4:], lines[i + 1][4:]
+        names = _git_names(sec.header) if sec.header.startswith("diff --git ") else None
+        if names is not None:
+            for k, (named, shown) in enumerate(((sec.old_name, names[0]), (sec.new_name, names[1]))):
+                name = _unquote(named.rstrip("\r\n").split("\t")[0])
+                if name != DEV_NULL and name != shown:
+                    raise self.fail(f"the '{'---' if k == 0 else '+++'}' line names {name!r}, the git header "
+                                    f"{shown!r}", i + k)
         i += 2
         while i < n and lines[i].startswith("@@"):
             i = self._hunk(i, sec)
@@ -310,9 +345,17 @@ class _Strict:
                     and not lines[i].startswith("--- "):
                 raise self.fail(f"a diff line outside any hunk: {_quote(lines[i])} (its hunk header is "
                                 "missing)", i)
-            self.notes.append(f"{self.patch.path}:{sec.line}: a file diff with no hunk: it changes nothing")
+            raise self.fail("a file diff whose '---'/'+++' lines have no hunk after them (cut short?)",
+                            min(i, n - 1))
         self.sections.append(sec)
         return i
+
+    def _marker(self, i: int) -> None:
+        """A line starting with a backslash is the no-newline marker, exactly: any other
+        would be read differently by different tools (git takes any, unidiff only this)."""
+        if self.lines[i].rstrip("\r\n") != "\\ No newline at end of file":
+            raise self.fail(f"an unknown '\\' line {_quote(self.lines[i])} (expected '\\ No newline at end "
+                            "of file')", i)
 
     def _hunk(self, i: int, sec: _Section) -> int:
         lines, n = self.lines, len(self.lines)
@@ -341,6 +384,7 @@ class _Strict:
                 old -= 1
                 new -= 1
             elif tag == "\\":
+                self._marker(i)
                 i += 1
                 continue
             else:
@@ -355,12 +399,16 @@ class _Strict:
             raise self.fail(f"the hunk ends {where}: its header says {want_old} old and {want_new} new "
                             f"lines, {old} old and {new} new are missing", min(i, n - 1))
         while i < n and lines[i].startswith("\\"):
+            self._marker(i)
             i += 1
         if i < n and lines[i][:1] in ("+", "-", " ") and not lines[i].startswith(("--- ", "+++ ")) \
                 and lines[i] not in _SIGNATURE:
             raise self.fail("the hunk has more lines than its header says", i)
         if not minus and not plus:
-            self.notes.append(f"{self.patch.path}:{self.start + head + 1}: the hunk changes no line")
+            raise self.fail("a hunk that changes no line (git apply refuses it too)", head)
+        last = lines[i - 1]
+        if not last.endswith("\n") and last[:1] in ("+", "-", " "):
+            raise self.fail("the patch ends in the middle of a hunk line (cut short?)", i - 1)
         sec.hunks.append((self.start + head + 1, minus, plus))
         return i
 

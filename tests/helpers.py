@@ -18,7 +18,7 @@ def write_tree(root: Path, files: Files) -> Path:
             continue
         p = root / path
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(content)
+        p.write_text(content, encoding="utf-8", errors="surrogateescape")
     return root
 
 
@@ -60,7 +60,8 @@ def make_series(tmp: Path, base: Files, releases: list[Files], *, names: list[st
         new = dict(current)
         new.update(rel)
         name = names[i - 1] if names else f"{i:04d}-release-{i}"
-        (patches / f"{name}.patch").write_text(unified(current, new, git=git))
+        (patches / f"{name}.patch").write_text(unified(current, new, git=git), encoding="utf-8",
+                                                errors="surrogateescape")
         series.append(f"{name}.patch" + ("" if git else " -p0"))
         current = {k: v for k, v in new.items() if v is not None}
     (patches / "series").write_text("\n".join(series) + "\n")

@@ -120,14 +120,20 @@ def test_the_same_file_diff_twice_is_refused():
     assert err.line == line_of(GOOD + section, "diff --git a/calc.c", 2)
 
 
-def test_text_between_file_diffs_and_hunks_that_change_nothing_are_said():
+def test_text_between_file_diffs_is_said_and_a_hunk_that_changes_nothing_refused():
     notes: list[str] = []
     text = GOOD.replace("diff --git a/calc.c", "some words a mailer added\ndiff --git a/calc.c")
-    text = text.replace("@@ -1,4 +1,4 @@\n int c(void)\n {\n-\treturn 3;\n+\treturn 30;\n }\n",
-                        "@@ -1,4 +1,4 @@\n int c(void)\n {\n \treturn 3;\n }\n")
     parse(text, notes)
     assert any("text between file diffs ignored" in n and "some words" in n for n in notes), notes
-    assert any(f"t.patch:{line_of(text, '@@', 3)}: the hunk changes no line" in n for n in notes), notes
+    text = text.replace("@@ -1,4 +1,4 @@\n int c(void)\n {\n-\treturn 3;\n+\treturn 30;\n }\n",
+                        "@@ -1,4 +1,4 @@\n int c(void)\n {\n \treturn 3;\n }\n")
+    err = refused(text)
+    assert err.line == line_of(text, "@@", 3) and "changes no line" in err.message, err
+
+
+def test_a_patch_cut_short_is_refused():
+    assert "no hunk after them" in refused(GOOD[:GOOD.index("@@ -1,4 +1,4 @@\n int c")]).message
+    assert "middle of a hunk line" in refused(GOOD.rstrip("\n")).message
 
 
 def test_a_mode_change_is_said_and_a_symbolic_link_refused():
