@@ -157,9 +157,10 @@ _HUNK_STRICT = re.compile(r"^@@ -(\d{1,9})(?:,(\d{1,9}))? \+(\d{1,9})(?:,(\d{1,9
                           re.S)
 # extended header lines of a git diff (git's own list)
 _GIT_EXTENDED = re.compile(
-    r"^(old mode \d{6}|new mode \d{6}|deleted file mode \d{6}|new file mode \d{6}|"
+    r"^(old mode [0-7]{6}|new mode [0-7]{6}|deleted file mode [0-7]{6}|new file mode [0-7]{6}|"
     r"copy from .+|copy to .+|rename from .+|rename to .+|rename old .+|rename new .+|"
-    r"similarity index \d{1,3}%|dissimilarity index \d{1,3}%|index [0-9a-f]+\.\.[0-9a-f]+(?: \d{6})?)\r?\n?$",
+    r"similarity index \d{1,3}%|dissimilarity index \d{1,3}%|"
+    r"index [0-9a-f]+\.\.[0-9a-f]+(?: [0-7]{6})?)\r?\n?$",
     re.S)
 _MODE = re.compile(r"^(?:old mode|new mode|deleted file mode|new file mode) (\d{6})")
 _SIGNATURE = ("-- \n", "-- \r\n")
