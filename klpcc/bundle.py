@@ -1,9 +1,10 @@
 """Stage 7: the cumulative patch bundle of a release.
 
 ``manifest.json`` (schema ``klpcc.manifest/2``), ``cumulative.diff`` (base to
-the release, for every file the series touched) and ``sources/`` (the release's
+the release, for every file the series touched), ``sources/`` (the release's
 version of every changed C file and of the local headers it includes: what a target
-builds the patch from), written atomically: everything goes to a temporary directory
+builds the patch from) and ``base/`` (the base version of those the release changed:
+what a target compares the release's code with), written atomically: everything goes to a temporary directory
 next to the target, which is renamed into place.
 """
 
@@ -123,6 +124,19 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
     return dict(sorted(out.items()))
 
 
+def base_sources(analysis: Analysis, sources: dict[str, bytes]) -> dict[str, bytes]:
+    """The base version of every file of ``sources/`` the release changed (a file the
+    release adds has none): with ``sources/``, both sides of every unit a target
+    compiles to compare their code."""
+    snaps = analysis.replay.snapshots
+    changed = set(snaps.changed_paths(analysis.release))
+    out = {}
+    for path in sources:
+        if path in changed and (old := snaps.read(path, 0)) is not None:
+            out[path] = old
+    return out
+
+
 def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | None = None,
              objects: ObjectReport | None = None, keep_source_only: bool = False,
              sources: dict[str, bytes] | None = None) -> Manifest:
@@ -144,6 +158,7 @@ def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | Non
         outside=tuple(change_of(e, names) for e in analysis.outside),
         files=tuple(files),
         sources=tuple(SourceFile(p, blob_id(d)) for p, d in sources.items()),
+        base_sources=tuple(SourceFile(p, blob_id(d)) for p, d in base_sources(analysis, sources).items()),
         dependencies=dependencies(rep, analysis.release),
         warnings=tuple(analysis.warnings),
     )
@@ -198,7 +213,8 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
     with staged(outdir) as tmp:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
-        for path, data in sources.items():
-            dest = inside(tmp / "sources", path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+        for folder, files in (("sources", sources), ("base", base_sources(analysis, sources))):
+            for path, data in files.items():
+                dest = inside(tmp / folder, path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)

@@ -365,6 +365,7 @@ class Manifest:
     dependencies: dict[str, list[str]]
     warnings: tuple[str, ...]
     diff: str = "cumulative.diff"
+    base_sources: tuple[SourceFile, ...] = ()  # base/: the base version of the changed sources
     # from the lint (absent when the bundle was written without it)
     states: tuple[State, ...] | None = None
     callbacks: tuple[Callback, ...] | None = None
@@ -390,6 +391,7 @@ class Manifest:
             "files": [f.to_json() for f in self.files],
             "diff": self.diff,
             "sources": [s.to_json() for s in self.sources],
+            **({"base_sources": [s.to_json() for s in self.base_sources]} if self.base_sources else {}),
             "dependencies": {k: list(v) for k, v in self.dependencies.items()},
             "warnings": list(self.warnings),
         }
@@ -419,6 +421,7 @@ class Manifest:
             functions=r.objects("functions", Change.from_json), nops=r.strings("nops"),
             outside=r.objects("outside", Change.from_json), files=r.objects("files", FileChange.from_json),
             sources=r.objects("sources", SourceFile.from_json), dependencies=deps,
+            base_sources=r.objects("base_sources", SourceFile.from_json, ()),
             warnings=r.strings("warnings"), diff=r.str("diff"),
             states=r.objects("states", State.from_json, ()) if linted else None,
             callbacks=r.objects("callbacks", Callback.from_json, ()) if linted else None,
@@ -446,6 +449,18 @@ class Bundle:
     @property
     def source_paths(self) -> list[str]:
         return [s.path for s in self.manifest.sources]
+
+    def base_source(self, path: str) -> bytes | None:
+        """The base version of ``path`` (None: the release adds it): from ``base/`` where
+        the release changed it, else the same as ``sources/``."""
+        if any(s.path == path for s in self.manifest.base_sources):
+            try:
+                return (self.path / "base" / path).read_bytes()
+            except OSError as exc:
+                raise KlpccError(f"{self.path}/base/{path}: {exc.strerror}") from None
+        if any(f.path == path and f.status == "added" for f in self.manifest.files):
+            return None
+        return self.source(path)
 
 
 def read(bundle: str | Path) -> Bundle:

@@ -157,7 +157,9 @@ def compile_to(out: Path, *args: str | Path) -> dict:
     r = invoke("compile", *args, "-o", out)
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in out.iterdir())
-    assert names in (["cumulative.diff", "manifest.json"], ["cumulative.diff", "manifest.json", "sources"])
+    assert names in (["cumulative.diff", "manifest.json"], ["cumulative.diff", "manifest.json", "sources"],
+                     ["base", "cumulative.diff", "manifest.json", "sources"])
+    assert ("base" in names) == bool(json.loads((out / "manifest.json").read_text()).get("base_sources"))
     return json.loads((out / "manifest.json").read_text())
 
 

@@ -312,7 +312,7 @@ def test_compile_refuses_an_existing_output_without_force(existing):
 def test_compile_force_replaces_the_output_whole(existing):
     r = invoke("compile", *GOOD, "--source", SRC, "-o", existing, "--force")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in existing.iterdir()) == ["cumulative.diff", "manifest.json", "sources"]
+    assert sorted(p.name for p in existing.iterdir()) == ["base", "cumulative.diff", "manifest.json", "sources"]
     assert [p.name for p in existing.parent.iterdir()] == ["bundle"]  # no temp dirs left
 
 
@@ -359,7 +359,7 @@ def test_compile_into_a_missing_directory_creates_it(tmp_path):
     target = tmp_path / "no" / "such" / "bundle"
     r = invoke("compile", *GOOD, "--source", SRC, "-o", target)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in target.iterdir()) == ["cumulative.diff", "manifest.json", "sources"]
+    assert sorted(p.name for p in target.iterdir()) == ["base", "cumulative.diff", "manifest.json", "sources"]
 
 
 def test_failed_compile_into_a_missing_directory_creates_nothing(tmp_path):

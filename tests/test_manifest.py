@@ -126,3 +126,22 @@ def test_both_targets_refuse_a_state_id_they_cannot_compute(tmp_path):
     patches, src = make_series(tmp_path, BASE, [release])
     kernel, program = _refusals(compile_bundle(tmp_path, patches, src), tmp_path)
     assert kernel == program and "state id" in kernel and "not a constant klpcc can compute" in kernel, kernel
+
+
+def test_the_bundle_carries_both_sides_of_every_unit(tmp_path):
+    """base/ holds the base version of each changed source; an unchanged header is the
+    same on both sides; a file the release adds has no base side."""
+    patches, src = SERIES["demo"]
+    bundle = read(compile_bundle(tmp_path, patches, src))
+    changed = {f.path for f in bundle.manifest.files}
+    for s in bundle.manifest.sources:
+        base = bundle.base_source(s.path)
+        on_disk = src / s.path
+        if s.path in changed and on_disk.is_file():
+            assert base == on_disk.read_bytes() and base != bundle.source(s.path), s.path
+        elif s.path in changed:
+            assert base is None, s.path
+        else:
+            assert base == bundle.source(s.path) == on_disk.read_bytes(), s.path
+    assert {s.path for s in bundle.manifest.base_sources} == {p for p in changed if (src / p).is_file()} & {
+        s.path for s in bundle.manifest.sources}
