@@ -266,6 +266,12 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
 @click.option("--cc", "cc", metavar="CC", default="cc", show_default=True, help="--binary: the C compiler.")
 @click.option("--sympos", metavar="FILE:NAME=N", multiple=True,
               help="Position of a static symbol whose name is defined several times. Repeatable.")
+@click.option("--immediate", metavar="FUNC", multiple=True,
+              help="--binary: switch FUNC without waiting for threads to leave it (a function that never "
+                   "returns: running frames keep the old code). Repeatable.")
+@click.option("--source-level", is_flag=True,
+              help="Decide the function set from the source alone, without compiling both sides of each "
+                   "unit with the target's flags.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Directory to write (--kernel), or the patch object (--binary).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
@@ -274,7 +280,8 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
 @_guard
 def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replace: bool, source_only: bool,
               name: str | None, kallsyms: str | None, binary: str | None, extra_cflags: str, cc: str,
-              sympos: tuple[str, ...], outdir: str, force: bool, jobs: int | None, fmt: str) -> None:
+              sympos: tuple[str, ...], immediate: tuple[str, ...], source_level: bool, outdir: str,
+              force: bool, jobs: int | None, fmt: str) -> None:
     """Build the live patch of a bundle: a kernel livepatch module (--kernel) or a
     patch object for a running program (--binary)."""
     if binary:
@@ -282,7 +289,7 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
             raise KlpccError("--binary builds a userspace patch object: --kernel, --object, --kallsyms, "
                              "--source-only and --no-replace are for the kernel")
         built = api.build_program(ProgramOptions(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
-                                                 force))
+                                                 force, immediate, source_level))
         if fmt == "json":
             click.echo(dump_json(built.to_json()))
             return
@@ -292,8 +299,11 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
         return
     if not kdir and not source_only:
         raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG")
+    if immediate:
+        raise KlpccError("--immediate is for --binary: the kernel's livepatch has no immediate functions")
     res = api.build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace,
-                                         source_only, name, kallsyms, _sympos(sympos), force, jobs))
+                                         source_only, name, kallsyms, _sympos(sympos), force, jobs,
+                                         source_level))
     click.echo(dump_json(res.to_json()) if fmt == "json" else res.text(), nl=fmt != "text")
 
 

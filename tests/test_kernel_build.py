@@ -470,7 +470,7 @@ def _parse_text(stdout: str) -> dict:
     assert head, lines[0]
     out: dict = {"what": head[1], "name": head[2], "release": head[3], "replace": head[4] == "replace",
                  "functions": set(), "callbacks": set(), "states": set(), "nops": [], "symbols": set(),
-                 "copied": []}
+                 "copied": [], "notes": [], "set_from": None}
     for ln in lines[1:]:
         if m := re.fullmatch(r"  patch  (\w+):(\w+)(?:,(\d+))?  \((.*)\)", ln):
             out["functions"].add((m[1], m[4], m[2], int(m[3] or 0)))
@@ -484,6 +484,10 @@ def _parse_text(stdout: str) -> dict:
             out["symbols"].add(m[1])
         elif ln.startswith("  copied  "):
             out["copied"].append(ln[len("  copied  "):])
+        elif m := re.match(r"  function set from (\w+), statics from (\w+)", ln):
+            out["set_from"] = (m[1], m[2])
+        elif re.match(r"  (\w+ \(.*\) (joins|leaves) the patch: |\w+ \(.*\) has no symbol|note: )", ln):
+            out["notes"].append(ln[2:])
         elif not ln.startswith("  built in "):
             raise AssertionError(f"unexpected line {ln!r}")
     return out
@@ -498,6 +502,8 @@ def _assert_text_agrees(text: dict, doc: dict) -> None:
     assert text["nops"] == doc["nops"]
     assert text["symbols"] == set(doc["livepatch_symbols"].values())
     assert text["copied"] == [c["what"] for c in doc["copied"]]
+    fs = doc["function_set"]
+    assert text["set_from"] == (fs["decided_by"], fs["symbols_from"]) and text["notes"] == fs["notes"]
 
 
 def test_build_json_agrees_with_the_text_output(source_only, main_bundle: Path, tmp_path: Path):

@@ -133,12 +133,12 @@ def test_descriptor_names_the_program_functions_with_their_offsets(built):
     lib, d = _descriptor(so)
     funcs = {d.funcs[i].name.decode(): d.funcs[i] for i in range(d.nfuncs)}
     # helper changed; gcc inlined it into calc (DWARF says so) and into untouched,
-    # where x + 1 - 1 folded to x and left no record: both carry the old code
+    # where x + 1 - 1 folded to x and left no record: the compiled code of both changed
     assert set(funcs) == {"calc", "untouched"}
     for name, f in funcs.items():
         assert (f.offset, f.size) == syms[name], name
     assert funcs["calc"].why.decode() == "modified; inlined helper"
-    assert funcs["untouched"].why.decode() == "calls helper (may have inlined it)"
+    assert funcs["untouched"].why.decode() == "inlined `helper` changed"
     assert {x["function"] for x in doc["added_by_inlining"]} == {"calc", "untouched"}
     assert d.abi == 1 and d.nstates == 1 and (d.states[0].id, d.states[0].version) == (7, 3)
     with open(prog, "rb") as fh:

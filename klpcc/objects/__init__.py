@@ -36,12 +36,13 @@ from ..history import Analysis, Replay
 from .compare import compare, is_readonly
 from .compile import OBJECTS_FLAGS, Compiler, check_cache, default_cache
 from .dwarf import Dwarf, cross_check, dwarf_of, read_dwarf
-from .elf import Code, UnitObject, read_object, source_name
+from .elf import Code, UnitObject, never_returning, read_object, source_name
 from .report import DataFinding, FunctionFinding, ObjectReport, summary, text, to_json
 
 __all__ = [
     "OBJECTS_FLAGS", "Code", "Compiler", "DataFinding", "Dwarf", "FunctionFinding", "ObjectReport",
-    "UnitObject", "check", "default_cache", "dwarf_of", "is_readonly", "read_dwarf", "read_object",
+    "UnitObject", "check", "default_cache", "dwarf_of", "is_readonly", "never_returning", "read_dwarf",
+    "read_object",
     "source_name", "summary", "text", "to_json",
 ]
 
@@ -128,6 +129,8 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
                 report.notes.append(f"{p}: cannot read its object: {type(exc).__name__}: {exc}")
                 continue
             compare(p, before, after, new[3] & changed - {p}, analysis, report, reads=new[3])
+            report.objects[p] = (before, after)
+            report.never_returns[p] = never_returning(new[0])
     finally:
         overlay.close()
     report.functions.sort(key=lambda f: (f.unit, f.function))

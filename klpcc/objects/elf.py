@@ -173,3 +173,60 @@ def _reloc_name(elf, rtype: int) -> str:
     from elftools.elf.descriptions import describe_reloc_type
 
     return describe_reloc_type(rtype, elf)
+
+
+_FUNCTION = re.compile(r"^[0-9a-f]+ <(.+)>:$")
+_RELOC_LINE = re.compile(r"^\s+[0-9a-f]+: R_\S+\s+(\S+)")
+_INSN = re.compile(r"^\s+[0-9a-f]+:\s+(?:(?:rep|repz|repnz|notrack|bnd|lock|data16|cs|ds)\s+)*(\S+)\s*(.*)$")
+
+
+def never_returning(obj: Path) -> set[str]:
+    """The functions of an object that have no way out: no return instruction, no jump
+    that leaves them (a tail call, a return thunk, an indirect jump).  A thread inside
+    one never leaves it, so a live patch can never switch it consistently.  A function
+    leaves when any of its parts (``foo.cold``) does.  Read with ``objdump`` (x86-64 and
+    AArch64 mnemonics); empty when objdump is missing."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("objdump")
+    if tool is None:
+        return set()
+    proc = subprocess.run([tool, "-d", "-r", "--no-show-raw-insn", str(obj)], capture_output=True,
+                          text=True, errors="replace", check=False)
+    if proc.returncode != 0:
+        return set()
+    leaves: dict[str, bool] = {}
+    current: str | None = None
+    pending_jump = False
+    for line in proc.stdout.splitlines():
+        m = _FUNCTION.match(line)
+        if m:
+            current, pending_jump = m.group(1), False
+            leaves.setdefault(source_name(current), False)
+            continue
+        if current is None:
+            continue
+        if _RELOC_LINE.match(line):
+            if pending_jump:  # a jump to a symbol: another function (a tail call, a return thunk)
+                leaves[source_name(current)] = True
+            pending_jump = False
+            continue
+        i = _INSN.match(line)
+        if not i:
+            continue
+        op, arg = i.group(1), i.group(2)
+        pending_jump = False
+        if "\t" in arg and " R_" in arg.replace("\t", " "):  # a relocation printed on the same line
+            arg, _, reloc = arg.partition("\t")
+            if (op.startswith("j") or op == "b") and _RELOC_LINE.match("\t" + reloc.strip()):
+                leaves[source_name(current)] = True
+                continue
+        if op.startswith(("ret", "eret")) or op in ("br", "blr"):  # x86 ret; AArch64 ret, br xN
+            leaves[source_name(current)] = True
+        elif op.startswith("j") or op == "b" or op.startswith("b."):
+            if "*" in arg or (current + "+") not in arg and f"<{current}>" not in arg:
+                leaves[source_name(current)] = True  # indirect, or to another symbol
+            else:
+                pending_jump = True  # within itself, unless a relocation names another symbol
+    return {f for f, out in leaves.items() if not out}

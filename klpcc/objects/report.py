@@ -34,6 +34,10 @@ class ObjectReport:
     clones: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     dwarf: list[dict] = field(default_factory=list)  # changed functions the running binary inlines
+    # for the targets, not in the JSON: each compared unit's objects (base, release), and
+    # the functions of the release with no way out (no return, no tail call)
+    objects: dict[str, tuple] = field(default_factory=dict, repr=False)
+    never_returns: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     def by(self, what: str) -> list[FunctionFinding]:
         return [f for f in self.functions if f.what == what]

@@ -18,15 +18,19 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ... import atomic, manifest, runtime, toolchain
 from ...errors import KlpccError
+from ...objects import default_cache
 from .. import policy
 from ..cgen import c_string, callback_trampoline
+from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
 from ..units import CALLBACK_KINDS, Unit
 from . import elf as klpelf
+from .kbuild import template as kbuild_template
+from .kbuild import unit_command
 from .source import HEADER, KernelUnitWriter, Resolver, object_of
 from .symbols import VMLINUX, Kallsyms, exported, read_kallsyms
 
@@ -51,6 +55,7 @@ class KernelOptions:
     sympos: tuple[tuple[str, str, int], ...] = ()
     force: bool = False
     jobs: int | None = None
+    source_level: bool = False  # decide the function set from the source alone (no compiled comparison)
 
 
 @dataclass
@@ -66,6 +71,10 @@ class KernelBuild:
     symbols: dict[str, str] = field(default_factory=dict)  # undefined name -> livepatch symbol
     klp_sections: list[tuple[str, int]] = field(default_factory=list)
     build_seconds: float = 0.0
+    decided_by: str = "source"  # "objects" (the kernel's flags), "bundle" (compile --objects) or "source"
+    symbols_from: str = "unknown"  # "kallsyms", "predicted" (the compiled base units) or "unknown"
+    notes: list[str] = field(default_factory=list)  # what joined and left the patch, and why
+    compare: dict = field(default_factory=dict)  # units, compiled, cached, seconds
 
     def to_json(self) -> dict:
         return {
@@ -86,6 +95,8 @@ class KernelBuild:
             "copied": [{"file": u.path, "what": c} for u in self.units for c in u.copied],
             "left_out": [{"file": u.path, "what": c} for u in self.units for c in u.left_out],
             "build_seconds": round(self.build_seconds, 3),
+            "function_set": {"decided_by": self.decided_by, "symbols_from": self.symbols_from,
+                             "notes": self.notes, **self.compare},
         }
 
     def text(self) -> str:
@@ -107,6 +118,11 @@ class KernelBuild:
         for old, new in sorted(self.symbols.items()):
             note = "" if old.startswith("__klpcc_sym_") else f"  (for {old})"
             lines.append(f"  livepatch symbol  {new}{note}")
+        for n in self.notes:
+            lines.append(f"  {n}")
+        lines.append(f"  function set from {self.decided_by}, statics from {self.symbols_from}"
+                     + (f" ({self.compare['units']} unit(s) compared in {self.compare['seconds']:.1f} s, "
+                        f"{self.compare['cached']} object(s) from the cache)" if self.compare else ""))
         if self.module is not None:
             lines.append(f"  built in {self.build_seconds:.1f} s")
         return "\n".join(lines) + "\n"
@@ -120,12 +136,43 @@ def _module_name(opts: KernelOptions, release: str) -> str:
     return name[:_NAME_MAX]
 
 
-def _units(b: manifest.Bundle, opts: KernelOptions, resolver: Resolver) -> list[Unit]:
+def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None) -> CompiledSet | None:
+    """Both sides of every unit compiled with the kernel's own flags, where they can be."""
+    if opts.source_level or b.manifest.objects is not None or kdir is None:
+        return None
+    args = kbuild_template(kdir, opts.jobs)
+    objs = list(opts.objects)
+
+    header = runtime.kernel() / HEADER  # as every unit of the module has it: KLPCC_STATE and the like
+
+    def command(path: str, root: Path):
+        obj = object_of(path, objs)
+        cmd = unit_command(args, kdir, path, root, None if obj == VMLINUX else obj)
+        return replace(cmd, args=(*cmd.args, "-include", str(header)))
+
+    return compare_bundle(b, command, cache=default_cache(), jobs=opts.jobs)
+
+
+def _units(b: manifest.Bundle, opts: KernelOptions, resolver: Resolver, compiled: CompiledSet | None,
+           result: KernelBuild) -> list[Unit]:
     p = policy.plan(b.manifest)
+    objs = list(opts.objects)
+    if compiled is not None:
+        result.notes += decide(p, compiled)
+
+    def present(path: str, name: str) -> bool | None:
+        return resolver.for_unit(compiled.symbols.get(path) if compiled else None).present(
+            object_of(path, objs), name)
+
+    result.notes += not_redirected(p, present, compiled)
+    stuck(p, compiled, (), (), "The kernel's livepatch has no immediate functions: change what {name} calls "
+          "instead, or stop the thread that runs it")
     units: list[Unit] = []
     for i, path in enumerate(sorted(p.functions), 1):
-        unit = Unit(i, path, object_of(path, list(opts.objects)))
-        KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()), resolver).write()
+        unit = Unit(i, path, object_of(path, objs))
+        unit_resolver = resolver.for_unit(compiled.symbols.get(path) if compiled else None)
+        KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
+                         unit_resolver).write()
         units.append(unit)
     policy.check_units(b.manifest, units)
     return units
@@ -202,19 +249,28 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
     name = _module_name(opts, m.release)
     states = policy.check(m)
     kdir = None
-    if not opts.source_only:
-        if not opts.kdir:
-            raise KlpccError("--kernel KDIR is needed to build the module (or use --source-only)")
-        kdir = Path(opts.kdir)
-        if not (kdir / "Makefile").is_file():
-            raise KlpccError(f"{kdir} is not a kernel build directory (no Makefile)")
+    if not opts.source_only and not opts.kdir:
+        raise KlpccError("--kernel KDIR is needed to build the module (or use --source-only)")
+    if opts.kdir:
+        flags_dir = Path(opts.kdir)
+        if not (flags_dir / "Makefile").is_file():
+            raise KlpccError(f"{flags_dir} is not a kernel build directory (no Makefile)")
+        kdir = None if opts.source_only else flags_dir
     atomic.check_target(opts.outdir, opts.force)
     syms: Kallsyms | None = read_kallsyms(opts.kallsyms) if opts.kallsyms else None
     resolver = Resolver(syms, {(f, n): p for f, n, p in opts.sympos})
     exports = exported(kdir) if kdir is not None else set()
-    units = _units(b, opts, resolver)
-    result = KernelBuild(name, m.release, atomic.absolute(opts.outdir), None, units, list(m.nops), states,
+    result = KernelBuild(name, m.release, atomic.absolute(opts.outdir), None, [], list(m.nops), states,
                          opts.replace)
+    compiled = _compared(b, opts, Path(opts.kdir) if opts.kdir else None)
+    result.decided_by = "objects" if compiled else "bundle" if m.objects is not None else "source"
+    result.symbols_from = "kallsyms" if syms else "predicted" if compiled else "unknown"
+    if compiled is not None:
+        result.compare = {"units": len(compiled.symbols), "compiled": compiled.compiled,
+                          "cached": compiled.cached, "seconds": round(compiled.seconds, 3)}
+        result.notes += [f"note: {n}" for n in compiled.notes]
+    units = _units(b, opts, resolver, compiled, result)
+    result.units = units
     with atomic.staged(opts.outdir) as tmp:
         shutil.copy(runtime.kernel() / HEADER, tmp / HEADER)
         (tmp / "Kbuild").write_text(kbuild(name, units))

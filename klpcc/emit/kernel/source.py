@@ -35,10 +35,13 @@ _DROPPED = re.compile(
 
 @dataclass(frozen=True)
 class Resolver:
-    """Symbol positions: from ``--sympos`` first, else from the target's kallsyms."""
+    """Symbol positions: from ``--sympos`` first, else from the target's kallsyms.
+    Without kallsyms, whether the running kernel has a static is predicted from the
+    symbols of the unit compiled with the kernel's flags (``predicted``)."""
 
     kallsyms: Kallsyms | None
     sympos: dict[tuple[str, str], int]  # (file, name) -> pos
+    predicted: frozenset[str] | None = None  # the symbols of the compiled base unit
 
     def position(self, obj: str, name: str, path: str, what: str) -> int:
         pos = self.sympos.get((path, name))
@@ -58,8 +61,11 @@ class Resolver:
     def present(self, obj: str, name: str) -> bool | None:
         """Whether the running kernel has a symbol ``name`` in ``obj`` (None: unknown)."""
         if self.kallsyms is None or not self.kallsyms.has_object(obj):
-            return None
+            return None if self.predicted is None else name in self.predicted
         return self.kallsyms.count(obj, name) > 0
+
+    def for_unit(self, predicted: set[str] | None) -> Resolver:
+        return Resolver(self.kallsyms, self.sympos, None if predicted is None else frozenset(predicted))
 
 
 class KernelUnitWriter(UnitWriter):

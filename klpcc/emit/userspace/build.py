@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import atomic, manifest, runtime, toolchain
-from ...c import CSource, split_lines
+from ...compdb import Command
 from ...errors import KlpccError
+from ...objects import default_cache
 from .. import policy
 from ..cgen import c_literal, c_string, callback_trampoline
+from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
 from ..units import CALLBACK_KINDS, Unit
 from .program import Program, read_program
 from .source import HEADER, ProgramResolver, ProgramUnitWriter
@@ -48,6 +50,8 @@ class ProgramOptions:
     cc: str = "cc"
     sympos: tuple[tuple[str, str, int], ...] = ()
     force: bool = False
+    immediate: tuple[str, ...] = ()  # functions that may switch while threads run in them
+    source_level: bool = False  # decide the function set from the source alone (no compiled comparison)
 
 
 @dataclass
@@ -121,66 +125,55 @@ def _file_flags(prog: Program, path: str) -> list[str]:
     return [t for t in producer.split() if _KEPT.match(t)]
 
 
-def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions) -> tuple[policy.Plan, list[str]]:
-    """The release's plan, with the functions a changed function was inlined into (they
-    carry its old code and are patched too), and notes."""
+def _compared(b: manifest.Bundle, prog: Program, opts: ProgramOptions) -> CompiledSet | None:
+    """Both sides of every unit compiled with the program's own options (its DWARF's
+    ``DW_AT_producer``, plus ``--cflags``), where they can be."""
+    if opts.source_level or b.manifest.objects is not None or not prog.producers:
+        return None
+    extra = shlex.split(opts.cflags)
+    include = runtime.userspace()
+
+    def command(path: str, root: Path) -> Command:
+        # klpcc.h first, as every unit of the patch has it: KLPCC_STATE and the like expand
+        flags = (opts.cc, *_file_flags(prog, path), *extra, f"-I{include}", "-include", str(include / HEADER))
+        return Command(str(root), flags, str(root / path))
+
+    return compare_bundle(b, command, cache=default_cache())
+
+
+def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions, compiled: CompiledSet | None
+          ) -> tuple[policy.Plan, list[str]]:
+    """The release's plan: the compiled code's function set, with every function the
+    program's DWARF says holds an inlined copy of a changed one; notes."""
     p = policy.plan(b.manifest)
-    notes: list[str] = []
+    changed = [(path, name) for path, fns in p.functions.items() for name, ch in fns.items()
+               if ch == "modified"]
+    notes: list[str] = decide(p, compiled) if compiled is not None else []
     sympos = {(f, n): pos for f, n, pos in opts.sympos}
-    # DWARF records the inlined copies that left code behind; a copy the optimiser
-    # folded away leaves no record, so every caller in the same file counts too
-    for path, fns in list(p.functions.items()):
-        callers_in_file = _callers(b.source(path), path)
-        for name, change in list(fns.items()):
-            if change != "modified":
-                continue
-            for caller in sorted(callers_in_file.get(name, set()) - prog.inlined_into(name)):
-                has_symbol = caller in prog.globals or prog.find(path, caller) is not None
-                if has_symbol and fns.get(caller) is None:
-                    p.add(path, caller, f"calls {name} (may have inlined it)")
-            for caller in sorted(prog.inlined_into(name)):
-                units = prog.units.get(caller, set())
-                home = next((s for s in b.source_paths if s.endswith(".c")
-                             and any(os.path.basename(u) == os.path.basename(s) for u in units)), None)
-                if home is None:
-                    where = ", ".join(sorted(units)) or "?"
-                    raise KlpccError(f"{name} is inlined into {caller} ({where}), whose source the bundle "
-                                     "does not carry; compile the bundle with --objects", file=path)
-                if p.functions.setdefault(home, {}).get(caller) is None:
-                    p.add(home, caller, f"inlined {name}")
-                elif p.functions[home][caller] == "modified":
-                    p.why[(home, caller)] += f"; inlined {name}"
-            if prog.find(path, name, sympos.get((path, name), 0)) is None:
-                # no copy of its own in the program: only its callers carry it
-                fns[name] = "added"
-                notes.append(f"{name} ({path}) has no symbol in the program (inlined everywhere): "
-                             "its callers are patched instead")
+    for path, name in changed:  # what the source changed: the program's DWARF says where it was inlined
+        for caller in sorted(prog.inlined_into(name)):
+            units = prog.units.get(caller, set())
+            home = next((s for s in b.source_paths if s.endswith(".c")
+                         and any(os.path.basename(u) == os.path.basename(s) for u in units)), None)
+            if home is None:
+                where = ", ".join(sorted(units)) or "?"
+                raise KlpccError(f"{name} is inlined into {caller} ({where}), whose source the bundle "
+                                 "does not carry; compile the bundle with --objects", file=path)
+            if p.functions.setdefault(home, {}).get(caller) is None:
+                p.add(home, caller, f"inlined {name} (the program's DWARF)")
+                notes.append(f"{caller} ({home}) joins the patch: the program's DWARF says it inlined "
+                             f"{name}")
+            elif p.functions[home][caller] == "modified" and name not in p.why.get((home, caller), ""):
+                p.why[(home, caller)] = p.why.get((home, caller), "modified") + f"; inlined {name}"
+
+    def present(path: str, name: str) -> bool:
+        return prog.find(path, name, sympos.get((path, name), 0)) is not None
+
+    notes += not_redirected(p, present, compiled)
     if not prog.producers:
-        notes.append("the program has no DWARF (-g): functions a changed function was inlined into "
-                     "cannot be found; build it with klpcc config --cflags")
+        notes.append("the program has no DWARF (-g): the function set is the source's, and functions a "
+                     "changed function was inlined into cannot be found; build it with klpcc config --cflags")
     return p, notes
-
-
-def _callers(data: bytes, path: str) -> dict[str, set[str]]:
-    """callee -> the functions of the file that call it, directly or through another
-    function of the file."""
-    src = CSource(path, split_lines(data))
-    bodies = {it.name: data[it.start_byte:it.end_byte].decode("utf-8", "replace")
-              for it in src.items() if it.kind == "function"}
-    direct = {callee: {caller for caller, body in bodies.items() if caller != callee
-                       and re.search(rf"\b{re.escape(callee)}\s*\(", body.split("{", 1)[-1])}
-              for callee in bodies}
-    out: dict[str, set[str]] = {}
-    for callee in bodies:
-        seen: set[str] = set()
-        todo = list(direct[callee])
-        while todo:
-            c = todo.pop()
-            if c not in seen:
-                seen.add(c)
-                todo += list(direct.get(c, ()))
-        out[callee] = seen
-    return out
 
 
 def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> str:
@@ -232,7 +225,13 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     atomic.check_file_target(opts.output, opts.force)
     prog = read_program(opts.binary)
     sympos = {(f, n): p for f, n, p in opts.sympos}
-    p, notes = _plan(b, prog, opts)
+    compiled = _compared(b, prog, opts)
+    p, notes = _plan(b, prog, opts, compiled)
+    in_source = {n for path in p.functions
+                 for n in _IMMEDIATE.findall(b.source(path).decode("utf-8", "replace"))}
+    stuck(p, compiled, in_source, opts.immediate,
+          "Build it with --immediate {name} to switch it while threads run in it (their running frames keep "
+          "the old code, new calls get the new)")
     build = ProgramBuild(m.release, atomic.absolute(opts.output), prog.build_id, nops=list(m.nops),
                          states=states, notes=notes)
     units: list[Unit] = []
@@ -243,7 +242,7 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
                                    ProgramResolver(prog, sympos, path))
         writer.write()
         units.append(unit)
-        immediate = set(_IMMEDIATE.findall(unit.text))
+        immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate)
         for old, new, _ in unit.patched:
             sym = prog.find(path, old, sympos.get((path, old), 0))
             if sym is None or not sym.function:

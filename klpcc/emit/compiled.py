@@ -1,0 +1,201 @@
+"""What the compiled code says a release changes, for the targets: both sides of every
+unit a bundle carries, compiled with the target's own flags and compared function by
+function with the object-level check (:mod:`klpcc.objects`).
+
+The answer decides the function set of both targets:
+
+* every function whose code changed joins, with its reason: callers that hold an
+  inlined or constant-folded copy of a changed function, callers of a changed compiler
+  clone (they call the clone directly);
+* a function whose source changed but whose code did not leaves;
+* a changed function the running code has no symbol for (inlined everywhere, a
+  ``static inline``, present only as a clone) is compiled into the patch but not
+  redirected: its callers carry it;
+* a function of the set with no way out (a thread loop, ``main``) is named: a live
+  patch can never switch it consistently.
+
+A target gives the compile command of each unit (``commands``); a compile database
+given to ``klpcc compile --objects`` wins: its answer is already in the bundle.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..compdb import Command
+from ..errors import KlpccError
+from ..manifest import Bundle, Change
+from .policy import Plan
+
+
+@dataclass
+class CompiledSet:
+    """The compiled comparison of a bundle's units."""
+
+    report: object  # klpcc.objects.ObjectReport
+    symbols: dict[str, set[str]]  # unit -> symbols its compiled base defines (functions and data)
+    never_returns: dict[str, set[str]]  # unit -> functions of the release with no way out
+    seconds: float
+    compiled: int = 0
+    cached: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def defines(self, path: str, name: str) -> bool | None:
+        """Does the compiled base unit ``path`` define a symbol ``name`` (None: not compiled)?"""
+        syms = self.symbols.get(path)
+        return None if syms is None else name in syms
+
+
+# --------------------------------------------------------------------------- the bundle as a replay
+
+
+class _Snapshots:
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.changed = {f.path for f in bundle.manifest.files}
+
+    def paths(self) -> list[str]:
+        return list(self.bundle.source_paths)
+
+    def read(self, path: str, release: int) -> bytes | None:
+        if path not in self.bundle.source_paths:
+            raise KeyError(path)
+        return self.bundle.base_source(path) if release == 0 else self.bundle.source(path)
+
+    def changed_paths(self, release: int) -> list[str]:
+        return [p for p in self.bundle.source_paths if p in self.changed]
+
+
+class _Base:
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+
+    def read(self, path: str) -> bytes | None:
+        return self.bundle.base_source(path) if path in self.bundle.source_paths else None
+
+
+@dataclass
+class _Replay:
+    snapshots: _Snapshots
+    base: _Base
+
+
+@dataclass
+class _Analysis:
+    """The part of :class:`klpcc.history.Analysis` the object-level check reads."""
+
+    replay: _Replay
+    release_name: str
+    functions: tuple[Change, ...]
+    outside: tuple[Change, ...]
+    release: int = 1
+
+
+@dataclass
+class _Commands:
+    root: Path
+    entries: dict[str, Command]
+
+
+def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, cache: Path | None,
+                   jobs: int | None = None) -> CompiledSet:
+    """Compile both sides of every C unit the bundle carries with ``command(unit,
+    base_root)`` and compare them."""
+    from .. import objects
+
+    start = time.perf_counter()
+    m = bundle.manifest
+    scratch = Path(tempfile.mkdtemp(prefix="klpcc-compare-"))
+    try:
+        root = scratch / "base"
+        for path in bundle.source_paths:
+            data = bundle.base_source(path)
+            if data is not None:
+                dest = root / path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+        root.mkdir(exist_ok=True)
+        units = [p for p in bundle.source_paths if p.endswith(".c") and bundle.base_source(p) is not None]
+        commands = _Commands(root, {p: command(p, root) for p in units})
+        analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
+                             tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
+                             m.outside)
+        report = objects.check(analysis, commands, jobs=jobs, cache=cache)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    symbols = {p: {c.symbol for c in base.code.values()} for p, (base, _) in report.objects.items()}
+    out = CompiledSet(report, symbols, dict(report.never_returns), time.perf_counter() - start,
+                      report.compiled, report.cache_hits, list(report.notes))
+    return out
+
+
+def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False) -> list[str]:
+    """The plan's function set from the compiled code (see the module's docstring);
+    notes on what joined and what left."""
+    report = compiled.report
+    notes: list[str] = []
+    for f in report.functions:  # type: ignore[attr-defined]
+        if not f.file.endswith(".c") or f.file not in plan.functions and f.what == "source-only":
+            continue
+        fns = plan.functions.setdefault(f.file, {})
+        if f.what in ("both", "code-only"):
+            if fns.get(f.function) != "added":
+                joined = f.function not in fns
+                why = f.reason if f.what == "code-only" else plan.why.get((f.file, f.function), "modified")
+                plan.add(f.file, f.function, why)
+                if joined:
+                    notes.append(f"{f.function} ({f.file}) joins the patch: {f.reason}")
+        elif f.what in ("source-only", "line-only") and fns.get(f.function) == "modified" \
+                and not keep_source_only:
+            del fns[f.function]
+            notes.append(f"{f.function} ({f.file}) leaves the patch: {f.reason}")
+    return notes
+
+
+def not_redirected(plan: Plan, present: Callable[[str, str], bool | None], compiled: CompiledSet | None
+                   ) -> list[str]:
+    """Modified functions the running code has no symbol for: compiled into the patch
+    for their callers, not redirected.  Only where the compiled code shows the same
+    (the function has no symbol in the compiled unit either, so its callers' code is
+    what changed); otherwise they stay, and the target refuses them."""
+    notes = []
+    if compiled is None:
+        return notes
+    for path, fns in plan.functions.items():
+        for name, change in list(fns.items()):
+            if change == "modified" and present(path, name) is False and \
+                    compiled.defines(path, name) is False:
+                fns[name] = "added"
+                notes.append(f"{name} ({path}) has no symbol of its own in the running code (inlined "
+                             "everywhere, or only compiler clones): its callers are patched instead")
+    return notes
+
+
+def stuck(plan: Plan, compiled: CompiledSet | None, marked: Iterable[str], requested: Iterable[str],
+          hint: str) -> list[str]:
+    """Refuse a function of the set that never returns unless it is marked immediate
+    (``hint`` says how, ``{name}`` standing for the function); the marked ones that
+    never return.  ``requested`` (named on the command line) must be in the patch."""
+    marked = set(marked) | set(requested)
+    found = []
+    for path, fns in sorted(plan.functions.items()):
+        never = compiled.never_returns.get(path, set()) if compiled is not None else set()
+        for name, change in sorted(fns.items()):
+            if change != "modified" or name not in never:
+                continue
+            why = plan.why.get((path, name), "modified")
+            if name not in marked:
+                raise KlpccError(f"{name} never returns (no return and no jump out of it), and the patch "
+                                 f"must change it: {why}; a thread inside it could never switch. "
+                                 + hint.format(name=name), file=path)
+            found.append(name)
+    patched = {n for fns in plan.functions.values() for n, change in fns.items() if change == "modified"}
+    unknown = sorted(set(requested) - patched)
+    if unknown:
+        raise KlpccError(f"--immediate {unknown[0]}: the patch does not change a function of that name")
+    return found
