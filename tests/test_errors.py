@@ -312,7 +312,8 @@ def test_compile_refuses_an_existing_output_without_force(existing):
 def test_compile_force_replaces_the_output_whole(existing):
     r = invoke("compile", *GOOD, "--source", SRC, "-o", existing, "--force")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in existing.iterdir()) == ["base", "cumulative.diff", "manifest.json", "sources"]
+    listed = sorted(p.name for p in existing.iterdir())
+    assert listed == ["base", "cumulative.diff", "manifest.json", "sources"]
     assert [p.name for p in existing.parent.iterdir()] == ["bundle"]  # no temp dirs left
 
 

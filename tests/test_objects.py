@@ -129,9 +129,10 @@ def test_constant_propagation_clone(tmp_path):
     patches, base, db = _project(tmp_path, [{"src/a.c": UNIT.replace("mul(y, 4)", "mul(y, 6)")}])
     report = _check(patches, base, db, tmp_path)
     got = _findings(report)
-    # the constant went into the clone: use_mul's own code is the same, the clone's is not
-    assert got["use_mul"][0] == "source-only"
-    assert "compiler clone `mul.constprop` it calls" in got["use_mul"][1]
+    # the constant went into the clone: use_mul's own code is the same, the clone's is not;
+    # use_mul calls the clone itself, so it is patched (its new code calls the new clone)
+    assert got["use_mul"][0] == "both"
+    assert "it calls the compiler clone `mul.constprop`, which changed" in got["use_mul"][1]
     assert got["mul"][0] == "code-only"
     assert "clone `mul.constprop` changed" in got["mul"][1] and "use_mul" in got["mul"][1]
     assert report.clones.get("mul.constprop.0") == "mul"

@@ -45,6 +45,11 @@ class CompiledSet:
     cached: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def summary(self) -> dict:
+        """Units compared, objects compiled and taken from the cache, seconds."""
+        return {"units": len(self.symbols), "compiled": self.compiled, "cached": self.cached,
+                "seconds": round(self.seconds, 3)}
+
     def defines(self, path: str, name: str) -> bool | None:
         """Does the compiled base unit ``path`` define a symbol ``name`` (None: not compiled)?"""
         syms = self.symbols.get(path)

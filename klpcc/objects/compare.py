@@ -76,6 +76,7 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
     for caller, callees in new.inlined.items():
         for callee in callees:
             inlined_into.setdefault(callee, set()).add(caller)
+    first = len(report.functions)
     for fn in sorted(code_changed | {f for f in sources if f in texts or f in groups}):
         in_code = fn in code_changed
         in_source = fn in sources
@@ -105,14 +106,7 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
             report.functions.append(FunctionFinding(fn, path, file, "code-only", why, symbols))
         elif in_source and fn in texts:
             statics = sorted(d for d in changed_data if d.endswith("@" + fn))
-            code = new.code.get(fn)
-            clones = sorted({_ref_target(r) for r in (code.refs if code else ())
-                             if is_clone(_ref_target(r)) and _ref_target(r) in new.code
-                             and _digest(base, _ref_target(r)) != _digest(new, _ref_target(r))})
-            if fn in groups and clones:
-                why = ("its own code did not change: the change went into the compiler clone "
-                       + ", ".join(f"`{c}`" for c in clones) + " it calls, which changed")
-            elif fn in groups and statics:
+            if fn in groups and statics:
                 why = ("its code did not change; its static local " + ", ".join(
                     f"`{d.split('@')[0]}`" for d in statics) + " did (data: a live patch cannot change it)")
             elif fn in groups:
@@ -125,6 +119,41 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
             else:
                 why = "not compiled in this configuration (preprocessed away, or unused)"
             report.functions.append(FunctionFinding(fn, path, file, "source-only", why, symbols))
+
+    _clone_users(path, base, new, groups, code_changed, sources, where, report, first)
+
+
+def _clone_users(path: str, base: UnitObject, new: UnitObject, groups: dict[str, set[str]],
+                 code_changed: set[str], sources: dict[str, str], where: dict[str, str], report: ObjectReport,
+                 first: int) -> None:
+    """A caller of a compiler clone calls the clone itself: when the clone's code changed
+    (not only in ``__LINE__`` constants), the caller is patched too (its new code calls
+    the new clone), whatever its own code says."""
+    mine = report.functions[first:]
+    line_only = {f.function for f in mine if f.what == "line-only"}
+    changed_clones = {n for fn in code_changed - line_only for n in groups.get(fn, ())
+                      if is_clone(n) and _digest(base, n) != _digest(new, n)}
+    users: dict[str, set[str]] = {}
+    for c in new.code.values():
+        owner = source_name(c.symbol)
+        if c.kind == "function" and owner not in code_changed:
+            hit = {_ref_target(r) for r in c.refs} & changed_clones - groups.get(owner, set())
+            if hit:
+                users.setdefault(owner, set()).update(hit)
+    for owner, hit in sorted(users.items()):
+        calls = ", ".join(f"`{c}`" for c in sorted(hit))
+        in_source = owner in sources
+        why = (f"source {sources[owner]}; " if in_source else "") + \
+            f"it calls the compiler clone {calls}, which changed (patched through it)"
+        what = "both" if in_source else "code-only"
+        finding = FunctionFinding(owner, path, where.get(owner, path), what, why,
+                                  tuple(sorted(groups.get(owner, ()))))
+        at = next((i for i in range(first, len(report.functions)) if report.functions[i].function == owner),
+                  None)
+        if at is None:
+            report.functions.append(finding)
+        else:
+            report.functions[at] = finding
 
 
 def _digest(unit: UnitObject, name: str) -> str | None:

@@ -266,8 +266,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
     result.decided_by = "objects" if compiled else "bundle" if m.objects is not None else "source"
     result.symbols_from = "kallsyms" if syms else "predicted" if compiled else "unknown"
     if compiled is not None:
-        result.compare = {"units": len(compiled.symbols), "compiled": compiled.compiled,
-                          "cached": compiled.cached, "seconds": round(compiled.seconds, 3)}
+        result.compare = compiled.summary()
         result.notes += [f"note: {n}" for n in compiled.notes]
     units = _units(b, opts, resolver, compiled, result)
     result.units = units

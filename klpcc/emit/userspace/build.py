@@ -78,6 +78,8 @@ class ProgramBuild:
     callbacks: list[dict] = field(default_factory=list)
     copied: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    decided_by: str = "source"  # "objects" (the program's flags), "bundle" (compile --objects) or "source"
+    compare: dict = field(default_factory=dict)  # units, compiled, cached, seconds
 
     def to_json(self) -> dict:
         return {
@@ -94,6 +96,8 @@ class ProgramBuild:
             "callbacks": self.callbacks,
             "copied": self.copied,
             "notes": self.notes,
+            "function_set": {"decided_by": self.decided_by,
+                             "notes": [n for n in self.notes if " the patch" in n], **self.compare},
         }
 
     def text(self, binary: str) -> str:
@@ -232,8 +236,12 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     stuck(p, compiled, in_source, opts.immediate,
           "Build it with --immediate {name} to switch it while threads run in it (their running frames keep "
           "the old code, new calls get the new)")
+    decided = "objects" if compiled else "bundle" if m.objects is not None else "source"
     build = ProgramBuild(m.release, atomic.absolute(opts.output), prog.build_id, nops=list(m.nops),
-                         states=states, notes=notes)
+                         states=states, notes=notes, decided_by=decided)
+    if compiled is not None:
+        build.compare = compiled.summary()
+        build.notes += [f"note: {n}" for n in compiled.notes]
     units: list[Unit] = []
     refs: dict[str, dict] = {}
     for i, path in enumerate(sorted(p.functions), 1):
