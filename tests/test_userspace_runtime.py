@@ -401,6 +401,8 @@ def test_stack_timeout_leaves_the_patch_in_force(env, prog):
     r = prog.apply(p2, timeout_ms=300)
     assert (r["ok"], r["step"]) == (False, "stack"), r
     assert "blocker" in r["error"] and "installed copy" in r["error"] and str(tid) in r["error"], r
+    # it says why the patch changes the function (the descriptor's reason)
+    assert r["error"].endswith("which the patch changes: modified"), r
     # Nothing changed: r1 fully in force, r2 unloaded, its pre_patch undone by post_unpatch.
     assert prog.status() == before
     assert versions(prog) == (1, 1)

@@ -185,6 +185,7 @@ struct klp_busy_range {
 	uintptr_t lo, hi;
 	const char *name;	/* the program's function */
 	const char *what;	/* "the original", "the installed copy", "the new copy" */
+	const char *why;	/* why the patch changes it (the descriptor's reason), or NULL */
 };
 
 struct klp_transition {

@@ -410,10 +410,11 @@ static void plan_free(struct plan *pl)
 	free(pl->hit);
 }
 
-static void add_busy(struct plan *pl, uintptr_t lo, uintptr_t hi, const char *name, const char *what)
+static void add_busy(struct plan *pl, uintptr_t lo, uintptr_t hi, const struct klpcc_func *f,
+		     const char *what, const char *why)
 {
 	if (lo < hi)
-		pl->busy[pl->nbusy++] = (struct klp_busy_range){ lo, hi, name, what };
+		pl->busy[pl->nbusy++] = (struct klp_busy_range){ lo, hi, f->name, what, why };
 }
 
 static const struct pfunc *func_at(const struct patch *p, const struct klp_site *site)
@@ -453,11 +454,11 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 		w->owner_name = next->desc->name;
 		if (pf->f->immediate)
 			continue;
-		add_busy(pl, pf->site->entry, pf->site->entry + pf->site->size, pf->f->name,
-			 "the original");
+		add_busy(pl, pf->site->entry, pf->site->entry + pf->site->size, pf->f,
+			 "the original", pf->f->why);
 		if (old)
-			add_busy(pl, old->copy_lo, old->copy_hi, pf->f->name, "the installed copy");
-		add_busy(pl, pf->copy_lo, pf->copy_hi, pf->f->name, "the new copy");
+			add_busy(pl, old->copy_lo, old->copy_hi, pf->f, "the installed copy", pf->f->why);
+		add_busy(pl, pf->copy_lo, pf->copy_hi, pf->f, "the new copy", pf->f->why);
 	}
 	for (unsigned i = 0; prev && i < prev->nfuncs; i++) {
 		const struct pfunc *old = &prev->funcs[i];
@@ -471,9 +472,10 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 		list_add(nops, old->site->name);
 		if (old->f->immediate)
 			continue;
-		add_busy(pl, old->site->entry, old->site->entry + old->site->size, old->f->name,
-			 "the original");
-		add_busy(pl, old->copy_lo, old->copy_hi, old->f->name, "the installed copy");
+		add_busy(pl, old->site->entry, old->site->entry + old->site->size, old->f,
+			 "the original", "reverted to the original (a nop)");
+		add_busy(pl, old->copy_lo, old->copy_hi, old->f, "the installed copy",
+			 "reverted to the original (a nop)");
 	}
 	for (size_t i = 0; i < pl->nwrites; i++)
 		pl->entries[i] = pl->writes[i].site->entry;

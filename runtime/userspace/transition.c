@@ -200,9 +200,10 @@ static void describe_busy(struct klp_transition *t, const struct busy_note *note
 {
 	if (note->range)
 		snprintf(t->error, sizeof(t->error),
-			 "timeout after %llu ms: thread %d stayed in %s (%s)",
+			 "timeout after %llu ms: thread %d stayed in %s (%s), which the patch "
+			 "changes: %s",
 			 (unsigned long long)waited_ms, (int)note->tid, note->range->name,
-			 note->range->what);
+			 note->range->what, note->range->why ? note->range->why : "modified");
 	else if (note->window)
 		snprintf(t->error, sizeof(t->error),
 			 "timeout after %llu ms: thread %d stayed in a signal handler that "
