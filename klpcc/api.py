@@ -163,7 +163,8 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     report = run(analysis) if run is not None else None
     findings = check(rep, release, None, cfg, commands, report)
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
-                  keep_source_only=bool(objects and objects.keep_source_only))
+                  keep_source_only=bool(objects and objects.keep_source_only),
+                  immediate=cfg.immediate(release) if cfg is not None else ())
     return analysis, findings
 
 

@@ -205,11 +205,12 @@ def _with_lint(m: Manifest, res: LintResult) -> Manifest:
 
 def write(analysis: Analysis, outdir: Path, *, force: bool = False,
           lint: LintResult | None = None, objects: ObjectReport | None = None,
-          keep_source_only: bool = False) -> None:
+          keep_source_only: bool = False, immediate: tuple[str, ...] = ()) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
     sources = release_sources(analysis)
-    doc = manifest(analysis, files, lint, objects, keep_source_only, sources).to_json()
+    doc = replace(manifest(analysis, files, lint, objects, keep_source_only, sources),
+                  immediate=tuple(immediate)).to_json()
     with staged(outdir) as tmp:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")

@@ -366,6 +366,7 @@ class Manifest:
     warnings: tuple[str, ...]
     diff: str = "cumulative.diff"
     base_sources: tuple[SourceFile, ...] = ()  # base/: the base version of the changed sources
+    immediate: tuple[str, ...] = ()  # functions klpcc.toml marks immediate for this release
     # from the lint (absent when the bundle was written without it)
     states: tuple[State, ...] | None = None
     callbacks: tuple[Callback, ...] | None = None
@@ -392,6 +393,7 @@ class Manifest:
             "diff": self.diff,
             "sources": [s.to_json() for s in self.sources],
             **({"base_sources": [s.to_json() for s in self.base_sources]} if self.base_sources else {}),
+            **({"immediate": list(self.immediate)} if self.immediate else {}),
             "dependencies": {k: list(v) for k, v in self.dependencies.items()},
             "warnings": list(self.warnings),
         }
@@ -422,6 +424,7 @@ class Manifest:
             outside=r.objects("outside", Change.from_json), files=r.objects("files", FileChange.from_json),
             sources=r.objects("sources", SourceFile.from_json), dependencies=deps,
             base_sources=r.objects("base_sources", SourceFile.from_json, ()),
+            immediate=r.strings("immediate", ()),
             warnings=r.strings("warnings"), diff=r.str("diff"),
             states=r.objects("states", State.from_json, ()) if linted else None,
             callbacks=r.objects("callbacks", Callback.from_json, ()) if linted else None,

@@ -1,7 +1,10 @@
 """End to end on a real kernel: the fs/proc fixture series (fixtures/kernel-livepatch)
 compiled, built into livepatch modules against Debian's installed kernel headers, and
 loaded release after release with runtime/kernel/klpcc-load into that kernel booted
-under qemu (TCG).
+under qemu (TCG).  Then the series of fixtures/kernel-compiled, built without the
+target's kallsyms: what the compiled code says decides (a changed ``static inline``
+and a function the kernel inlined everywhere are patched through their callers; the
+statics the kernel inlined away are predicted from the compiled units and copied).
 
 The base tree is Debian's ``linux-source-6.1`` of exactly the installed kernel's
 version (fetched and cached outside the repository).  The target's ``/proc/kallsyms``
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import klpcc
+from .predict import predict
 from .qemu_guest import GuestRun, KernelUnderTest, ensure_kernel_packages, run_guest
 from .test_real_sources import fetch_kernel
 
@@ -28,13 +32,14 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ROOT / "fixtures" / "kernel-livepatch" / "patches"
+COMPILED = ROOT / "fixtures" / "kernel-compiled" / "patches"
 LOADER = ROOT / "runtime" / "kernel" / "klpcc-load"
 SECRET = "klpcc.secret=hunter2"
 STATE = 0x4B50
 # the files the series touches and the local headers they include: all the test
 # extracts from linux-source
 SOURCES = ("fs/proc/cmdline.c", "fs/proc/base.c", "fs/proc/internal.h", "fs/proc/fd.h", "lib/kstrtox.h",
-           "fs/binfmt_misc.c", "fs/internal.h")
+           "fs/binfmt_misc.c", "fs/internal.h", "fs/proc/meminfo.c", "fs/proc/array.c")
 # fs/binfmt_misc.c is built into a module: patched when the module loads
 OBJECT = "fs/binfmt_misc.c=binfmt_misc"
 BINFMT = "/proc/sys/fs/binfmt_misc"
@@ -48,6 +53,8 @@ class E2E:
     lint_downgrade: dict = field(default_factory=dict)
     lint_rc: int = -1
     kallsyms_boot: GuestRun | None = None
+    kallsyms: Path | None = None
+    src: Path | None = None
     guest: GuestRun | None = None
 
     def out(self, step: str) -> dict[str, str]:
@@ -78,16 +85,26 @@ def _show(step: str) -> str:
             f'echo "SHOW {step} modules $(cut -d" " -f1 /proc/modules | tr "\\n" " ")"\n')
 
 
+def _show_compiled(step: str) -> str:
+    return (f'echo "SHOW {step} meminfo $(grep -E "^(MemTotal|KlpccPages):" /proc/meminfo | tr "\n" "|")"; '
+            f'echo "SHOW {step} status $(grep ctxt_switches /proc/self/status | tr "\t\n" " |")"; '
+            f'echo "SHOW {step} patches $(ls /sys/kernel/livepatch | tr "\n" " ")"\n')
+
+
 def _load(step: str, *args: str) -> str:
     return (f'out=$(/bin/klpcc-load {" ".join(args)} 2>&1); rc=$?; '
             f'echo "$out" | sed "s/^/LOAD {step} /"; echo "RC {step} $rc"\n')
 
 
 SCRIPT = "".join([
-    _show("r0"),
-    # built without the target's kallsyms: the patch names statics the kernel inlined away
-    _load("nokallsyms", "/lib/klpcc/klpcc_proc_r2nk.ko"), _show("nokallsyms"),
+    _show("r0"), _show_compiled("c0"),
+    # from the source alone, without the target's kallsyms: the patch names statics the
+    # kernel inlined away, and the kernel refuses it
+    _load("nokallsyms", "/lib/klpcc/klpcc_proc_r2src.ko"), _show("nokallsyms"),
     _load("r1", "/lib/klpcc/klpcc_proc_r1.ko"), _show("r1"),
+    # release 2 without kallsyms, by default: the compiled units predict what the kernel
+    # inlined away (lock_trace), which the module copies; then release 2 built with them
+    _load("r2nk", "/lib/klpcc/klpcc_proc_r2nk.ko"), _show("r2nk"),
     _load("r2", "/lib/klpcc/klpcc_proc_r2.ko"), _show("r2"),
     # the module release 2 patches loads now: the livepatch core patches it as it comes
     f"insmod /lib/klpcc/binfmt_misc.ko && mount -t binfmt_misc none {BINFMT} && "
@@ -97,6 +114,11 @@ SCRIPT = "".join([
     _load("downgrade", "/lib/klpcc/klpcc_proc_r2.ko"), _show("downgrade"),
     _load("status", "--status"),
     _load("disable", "--disable", "klpcc_proc_r3"), _show("disabled"),
+    # fixtures/kernel-compiled, every release built without kallsyms
+    _load("c1", "/lib/klpcc/klpcc_compiled_c1.ko"), _show_compiled("c1"),
+    _load("c2", "/lib/klpcc/klpcc_compiled_c2.ko"), _show_compiled("c2"),
+    _load("c3", "/lib/klpcc/klpcc_compiled_c3.ko"), _show_compiled("c3"),
+    _load("cdisable", "--disable", "klpcc_compiled_c3"), _show_compiled("cdisabled"),
     'dmesg | sed "s/^/DMESG /"\n',
 ])
 
@@ -125,6 +147,7 @@ def e2e(tmp_path_factory) -> E2E:
     src = fetch_kernel(e.kernel.source_version, SOURCES)
     work = tmp_path_factory.mktemp("kernel-e2e")
     kallsyms, e.kallsyms_boot = _kallsyms(work)
+    e.kallsyms, e.src = kallsyms, src
     files: dict[str, Path | bytes] = {
         "/bin/klpcc-load": LOADER,
         "/lib/klpcc/binfmt_misc.ko": Path(f"/lib/modules/{e.kernel.release}/kernel/fs/binfmt_misc.ko"),
@@ -138,6 +161,15 @@ def e2e(tmp_path_factory) -> E2E:
         files[f"/lib/klpcc/{name}.ko"] = work / name / f"{name}.ko"
     _build(e, work / "bundle2", "klpcc_proc_r2nk", work / "r2nk", "--object", OBJECT)
     files["/lib/klpcc/klpcc_proc_r2nk.ko"] = work / "r2nk" / "klpcc_proc_r2nk.ko"
+    _build(e, work / "bundle2", "klpcc_proc_r2src", work / "r2src", "--object", OBJECT, "--source-level")
+    files["/lib/klpcc/klpcc_proc_r2src.ko"] = work / "r2src" / "klpcc_proc_r2src.ko"
+    for r in (1, 2, 3):
+        bundle = work / f"compiled{r}"
+        res = klpcc("compile", str(COMPILED), "--source", str(src), "--release", str(r), "-o", str(bundle))
+        assert res.returncode == 0, res.stderr
+        name = f"klpcc_compiled_c{r}"
+        _build(e, bundle, name, work / name)
+        files[f"/lib/klpcc/{name}.ko"] = work / name / f"{name}.ko"
     lint = klpcc("lint", str(SERIES), "--source", str(src), "--release", "2", "--from", "3",
                  "--format", "json")
     e.lint_rc, e.lint_downgrade = lint.returncode, json.loads(lint.stdout)
@@ -167,7 +199,17 @@ def test_modules_carry_the_releases_functions_nops_states_and_callbacks(e2e):
         ".klp.rela.vmlinux..text.klpcc_new_2_proc_pid_limits"}
     # lock_trace is inlined in the running kernel: with its kallsyms, the module has a copy
     assert any("lock_trace" in c["what"] for c in r3["copied"])
-    assert ".klp.sym.vmlinux.lock_trace,0" in e2e.builds["klpcc_proc_r2nk"]["livepatch_symbols"].values()
+    assert r3["function_set"]["symbols_from"] == "kallsyms"
+    # without them, the compiled unit predicts the same
+    r2nk = e2e.builds["klpcc_proc_r2nk"]
+    fs = r2nk["function_set"]
+    assert (fs["symbols_from"], fs["decided_by"]) == ("predicted", "objects")
+    assert any("lock_trace" in c["what"] for c in r2nk["copied"])
+    assert ".klp.sym.vmlinux.lock_trace,0" not in r2nk["livepatch_symbols"].values()
+    # from the source alone, the module names the symbol the kernel does not have
+    r2src = e2e.builds["klpcc_proc_r2src"]
+    assert r2src["function_set"]["decided_by"] == "source"
+    assert ".klp.sym.vmlinux.lock_trace,0" in r2src["livepatch_symbols"].values()
 
 
 def test_original_output_before_any_patch(e2e):
@@ -183,6 +225,19 @@ def test_unresolvable_static_is_refused_by_the_kernel_and_nothing_changes(e2e):
     assert rc == 1 and "klpcc-load:" in out
     assert any("lock_trace" in line and "not found" in line for line in e2e.dmesg), e2e.dmesg
     assert e2e.out("nokallsyms") == e2e.out("r0")
+
+
+def test_release_2_built_without_kallsyms_loads_and_behaves(e2e):
+    rc, out = e2e.load("r2nk")
+    assert rc == 0, out
+    shown = e2e.out("r2nk")
+    assert "klpcc.secret=***" in shown["cmdline"]
+    assert shown["limits"].startswith("Resource ") and shown["personality"] == "0x00000000"
+    assert shown["patches"] == "klpcc_proc_r2nk"
+    rc, out = e2e.load("r2")
+    assert rc == 0, out
+    assert {k: v for k, v in e2e.out("r2").items() if k not in ("patches", "modules")} == {
+        k: v for k, v in shown.items() if k not in ("patches", "modules")}
 
 
 def test_release_1_redacts_the_secret(e2e):
@@ -227,7 +282,9 @@ def test_release_3_reverts_release_1_fix_and_replaces_release_2(e2e):
 def test_only_the_new_patch_callbacks_run(e2e):
     fixture = [re.sub(r"^\[[ \d.]+\] ", "", d) for d in e2e.dmesg if "klpcc-fixture" in d]
     assert fixture == [
-        "klpcc-fixture: r2 pre_patch (state absent before)",
+        "klpcc-fixture: r2 pre_patch (state absent before)",  # r2nk, replacing r1
+        "klpcc-fixture: r2 post_patch (state version 1)",
+        "klpcc-fixture: r2 pre_patch (state present before)",  # r2, replacing r2nk
         "klpcc-fixture: r2 post_patch (state version 1)",
         "klpcc-fixture: r3 pre_patch (state present before)",
         "klpcc-fixture: r3 post_patch (state version 2)",
@@ -257,6 +314,63 @@ def test_status_and_disable(e2e):
         k: v for k, v in base.items() if k not in ("binfmt", "modules")}
     assert shown["binfmt"] == "enabled"  # binfmt_misc's original status
     assert shown["modules"] == "binfmt_misc"
+
+
+def test_compiled_function_sets_without_kallsyms(e2e):
+    c1, c2, c3 = (e2e.builds[f"klpcc_compiled_c{r}"] for r in (1, 2, 3))
+    for b in (c1, c2, c3):
+        fs = b["function_set"]
+        assert (fs["decided_by"], fs["symbols_from"]) == ("objects", "predicted")
+    # release 1: meminfo_proc_show calls show_val_kb, which the kernel inlined: copied
+    assert [f["name"] for f in c1["functions"]] == ["meminfo_proc_show"]
+    assert any(c["what"].startswith("show_val_kb") for c in c1["copied"])
+    # release 2: the static inline task_context_switch_counts, through proc_pid_status
+    assert sorted(f["name"] for f in c2["functions"]) == ["meminfo_proc_show", "proc_pid_status"]
+    assert any(n.startswith("task_context_switch_counts (fs/proc/array.c) leaves the patch")
+               for n in c2["function_set"]["notes"]), c2["function_set"]["notes"]
+    assert any(n.startswith("proc_pid_status (fs/proc/array.c) joins the patch: inlined "
+                            "`task_context_switch_counts` changed") for n in c2["function_set"]["notes"])
+    # release 3: show_val_kb, inlined everywhere, through meminfo_proc_show
+    assert sorted(f["name"] for f in c3["functions"]) == ["meminfo_proc_show", "proc_pid_status"]
+    assert any(n.startswith("show_val_kb (fs/proc/meminfo.c) leaves the patch")
+               for n in c3["function_set"]["notes"]), c3["function_set"]["notes"]
+
+
+def _meminfo(shown: dict[str, str]) -> list[str]:
+    return [" ".join(line.split()) for line in shown["meminfo"].split("|") if line.strip()]
+
+
+def test_compiled_releases_behave_as_their_source_says(e2e):
+    base = e2e.out("c0")
+    assert [line.split()[-1] for line in _meminfo(base)] == ["kB"] and "klpcc" not in base["status"]
+    for step in ("c1", "c2", "c3"):
+        rc, out = e2e.load(step)
+        assert rc == 0, (step, out)
+    c1, c2, c3 = e2e.out("c1"), e2e.out("c2"), e2e.out("c3")
+    assert _meminfo(c1)[1] == "KlpccPages: 4 kB" and c1["patches"] == "klpcc_compiled_c1"
+    assert "klpcc" not in c1["status"]
+    assert _meminfo(c2)[1] == "KlpccPages: 4 kB"
+    m = re.search(r"voluntary_ctxt_switches: (\d+)\|nonvoluntary_ctxt_switches: (\d+)\|"
+                  r"klpcc_ctxt_switches: (\d+)\|", c2["status"])
+    assert m and int(m[1]) + int(m[2]) == int(m[3]), c2["status"]
+    assert [line.split()[-1] for line in _meminfo(c3)] == ["KiB", "KiB"] and "klpcc_ctxt" in c3["status"]
+    rc, out = e2e.load("cdisable")
+    assert rc == 0, out
+    gone = e2e.out("cdisabled")
+    assert [line.split()[-1] for line in _meminfo(gone)] == ["kB"] and "klpcc" not in gone["status"]
+    assert gone["patches"] == ""
+
+
+def test_the_statics_the_kernel_kept_are_predicted_from_the_compiled_units(e2e, capsys):
+    """The prediction without --kallsyms, against the guest's kallsyms, on the fs/proc
+    units the fixtures touch (bench/bench_predict.py runs it on 100+ units)."""
+    units = ["fs/proc/array.c", "fs/proc/base.c", "fs/proc/cmdline.c", "fs/proc/meminfo.c"]
+    res = predict(e2e.kernel.kdir, e2e.src, units, e2e.kallsyms)
+    assert res.units == units, res.skipped
+    assert res.compared >= 40 and res.rate >= 0.95, (res.compared, res.wrong)
+    with capsys.disabled():
+        print(f"\nprediction on {len(units)} units: {res.agree}/{res.compared} = {100 * res.rate:.1f}%"
+              + "".join(f"\n  {w}" for w in res.wrong))
 
 
 def test_figures(e2e, capsys):

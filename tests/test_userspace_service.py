@@ -156,3 +156,21 @@ def test_under_load_each_step_answers_as_a_fresh_build(service):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_klpcc_toml_marks_a_release_immediate(service, tmp_path):
+    """``immediate = [...]`` in a release's table of klpcc.toml, as --immediate does."""
+    series = tmp_path / "patches"
+    shutil.copytree(SERIES, series)
+    (series / "klpcc.toml").write_text('[releases."0002-server-the-billing-fee-is-five"]\n'
+                                       'immediate = ["worker"]\n')
+    bundle = tmp_path / "b2"
+    res = klpcc("compile", str(series), "--source", str(SRC), "-r", "2", "-o", str(bundle))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((bundle / "manifest.json").read_text())["immediate"] == ["worker"]
+    built = klpcc("build", str(bundle), "--binary", str(service[1]), "-o", str(tmp_path / "r2.so"),
+                  "--format", "json")
+    assert _functions(built)["worker"] == ("inlined `bill` changed", True)
+    (series / "klpcc.toml").write_text('[releases.2]\nimmediate = "worker"\n')
+    bad = klpcc("compile", str(series), "--source", str(SRC), "-r", "2", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "immediate must be a list of function names" in bad.stderr

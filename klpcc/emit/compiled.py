@@ -20,13 +20,13 @@ given to ``klpcc compile --objects`` wins: its answer is already in the bundle.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..compdb import Command
 from ..errors import KlpccError
 from ..manifest import Bundle, Change
@@ -115,24 +115,26 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
 
     start = time.perf_counter()
     m = bundle.manifest
-    scratch = Path(tempfile.mkdtemp(prefix="klpcc-compare-"))
-    try:
-        root = scratch / "base"
-        for path in bundle.source_paths:
-            data = bundle.base_source(path)
-            if data is not None:
-                dest = root / path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-        root.mkdir(exist_ok=True)
-        units = [p for p in bundle.source_paths if p.endswith(".c") and bundle.base_source(p) is not None]
-        commands = _Commands(root, {p: command(p, root) for p in units})
-        analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
-                             tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
-                             m.outside)
-        report = objects.check(analysis, commands, jobs=jobs, cache=cache)  # type: ignore[arg-type]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    base = {p: data for p in bundle.source_paths if (data := bundle.base_source(p)) is not None}
+    # the base side under a path named by its content: the same base compiles to the
+    # same preprocessed text (line markers name it), so its objects come from the cache
+    digest = hashlib.sha256(b"".join(p.encode() + b"\0" + hashlib.sha256(d).digest()
+                                     for p, d in sorted(base.items()))).hexdigest()[:20]
+    from ..objects import default_cache
+
+    root = (cache or default_cache()).parent / "compare" / digest
+    for path, data in base.items():
+        dest = root / path
+        if not dest.is_file() or dest.read_bytes() != data:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(dest, data)
+    root.mkdir(parents=True, exist_ok=True)
+    units = [p for p in bundle.source_paths if p.endswith(".c") and p in base]
+    commands = _Commands(root, {p: command(p, root) for p in units})
+    analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
+                         tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
+                         m.outside)
+    report = objects.check(analysis, commands, jobs=jobs, cache=cache)  # type: ignore[arg-type]
     symbols = {p: {c.symbol for c in base.code.values()} for p, (base, _) in report.objects.items()}
     out = CompiledSet(report, symbols, dict(report.never_returns), time.perf_counter() - start,
                       report.compiled, report.cache_hits, list(report.notes))

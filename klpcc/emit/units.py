@@ -222,25 +222,30 @@ class UnitWriter:
 
     def _needs(self) -> tuple[set[str], set[str]]:
         """The words of the patch's own code, and the copyable items it uses, directly or
-        through another one (only those are copied; the others stay declarations)."""
+        through another one -- a copy, or a ``static inline`` helper the unit keeps as
+        written (only those are copied; the others stay declarations)."""
         roots: list[str] = []
-        copyable: dict[str, str] = {}
+        reached: dict[str, str] = {}  # copyable items and kept inline helpers, by name
+        copyable: set[str] = set()
         for it in self.items:
             text = self._item_text(it)
             if self._is_new(it):
                 roots.append(text)
             elif self._copyable(it, text):
-                copyable[it.name] = text
+                reached[it.name] = text
+                copyable.add(it.name)
+            elif it.kind == "function" and it.static and _INLINE.search(text.split("{", 1)[0]):
+                reached.setdefault(it.name, text)
         words = set(re.findall(r"\w+", "\n".join(roots)))
-        needed: set[str] = set()
-        todo = [n for n in copyable if n in words]
+        seen: set[str] = set()
+        todo = [n for n in reached if n in words]
         while todo:
             name = todo.pop()
-            if name not in needed:
-                needed.add(name)
-                used = set(re.findall(r"\w+", copyable[name]))
-                todo += [n for n in copyable if n in used and n not in needed]
-        return words, needed
+            if name not in seen:
+                seen.add(name)
+                used = set(re.findall(r"\w+", reached[name]))
+                todo += [n for n in reached if n in used and n not in seen]
+        return words, seen & copyable
 
     def _copy(self, it: Item, text: str, why: str) -> None:
         if it.kind == "function" and re.search(r"\{[^}]*\n\s+static\b", text, re.S):

@@ -8,6 +8,7 @@ keep them outside the diff (in a module template, a build script).
     callbacks = { pre_patch = "setup_foo", post_unpatch = "undo_foo" }
     shadow = [{ id = 3, type = "struct foo_extra", ops = ["alloc", "get", "free"],
                 dtor = "free_foo_extra" }]
+    immediate = ["worker"]           # userspace: switched without waiting for threads to leave
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Config:
         self.path = path
         self.tables = tables
         self.text = text
+
+    def immediate(self, release: int) -> tuple[str, ...]:
+        """The functions release ``release`` marks immediate."""
+        return tuple(self.tables.get(release, {}).get("immediate", ()))
 
     def apply(self, rf: ReleaseFacts) -> None:
         table = self.tables.get(rf.release)
@@ -115,10 +120,15 @@ def load_config(path: Path, series: Series) -> Config:
 
 
 def _check_table(name: str, table: dict[str, Any], bad) -> dict[str, Any]:
-    extra = set(table) - {"states", "callbacks", "shadow"}
+    extra = set(table) - {"states", "callbacks", "shadow", "immediate"}
     if extra:
         key = sorted(extra)[0]
-        raise bad(f"releases.{name}: unknown key {key!r} (expected states, callbacks, shadow)", key)
+        raise bad(f"releases.{name}: unknown key {key!r} (expected states, callbacks, shadow, immediate)",
+                  key)
+    immediate = table.get("immediate", [])
+    if not isinstance(immediate, list) or not all(
+            isinstance(f, str) and re.fullmatch(r"[A-Za-z_]\w*", f) for f in immediate):
+        raise bad(f"releases.{name}.immediate must be a list of function names", "immediate")
     states = table.get("states", [])
     if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
         raise bad(f"releases.{name}.states must be a list of {{ id = N, version = V }}", "states")
@@ -152,4 +162,4 @@ def _check_table(name: str, table: dict[str, Any], bad) -> dict[str, Any]:
         if unknown:
             key = sorted(unknown)[0]
             raise bad(f"releases.{name}.shadow: unknown key {key!r}", key)
-    return {"states": states, "callbacks": callbacks, "shadow": shadow}
+    return {"states": states, "callbacks": callbacks, "shadow": shadow, "immediate": immediate}

@@ -148,7 +148,7 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None) -> Com
     def command(path: str, root: Path):
         obj = object_of(path, objs)
         cmd = unit_command(args, kdir, path, root, None if obj == VMLINUX else obj)
-        return replace(cmd, args=(*cmd.args, "-include", str(header)))
+        return replace(cmd, args=(*cmd.args, "-DKLPCC_UNIT=1", "-include", str(header)))
 
     return compare_bundle(b, command, cache=default_cache(), jobs=opts.jobs)
 

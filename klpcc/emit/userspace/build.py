@@ -233,7 +233,7 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     p, notes = _plan(b, prog, opts, compiled)
     in_source = {n for path in p.functions
                  for n in _IMMEDIATE.findall(b.source(path).decode("utf-8", "replace"))}
-    stuck(p, compiled, in_source, opts.immediate,
+    stuck(p, compiled, in_source | set(m.immediate), opts.immediate,
           "Build it with --immediate {name} to switch it while threads run in it (their running frames keep "
           "the old code, new calls get the new)")
     decided = "objects" if compiled else "bundle" if m.objects is not None else "source"
@@ -250,7 +250,7 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
                                    ProgramResolver(prog, sympos, path))
         writer.write()
         units.append(unit)
-        immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate)
+        immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate) | set(m.immediate)
         for old, new, _ in unit.patched:
             sym = prog.find(path, old, sympos.get((path, old), 0))
             if sym is None or not sym.function:
