@@ -3,8 +3,8 @@
 statics Debian's running kernel kept, over real units of linux-source-6.1.
 
 Boots the installed Debian kernel under qemu once to read its ``/proc/kallsyms``,
-extracts ``fs/``, ``kernel/``, ``mm/``, ``net/core/`` (and their local headers) of
-linux-source at exactly that kernel's version, compiles every ``.c`` of those
+extracts ``fs/``, ``kernel/``, ``mm/``, ``net/core/`` of linux-source at exactly that
+kernel's version (the other headers come from the kernel's build directory), compiles every ``.c`` of those
 directories that is built into vmlinux with the kernel's own flags (from Kbuild, as
 the build does), and compares (``tests/predict.py``).  Prints the agreement and every
 disagreement.
@@ -37,7 +37,7 @@ def main() -> int:
     kernel = ensure_kernel_packages()
     dirs = tuple(d.strip("/") for d in args.dirs.split(","))
     start = time.perf_counter()
-    tree = fetch_kernel(kernel.source_version, (*dirs, "include", "arch/x86/include"))
+    tree = fetch_kernel(kernel.source_version, dirs)  # headers come from the kernel build directory
     work = Path(tempfile.mkdtemp(prefix="klpcc-bench-predict-"))
     kallsyms, _ = _kallsyms(work)
     units = sorted(p.relative_to(tree).as_posix() for d in dirs for p in (tree / d).glob("*.c"))

@@ -99,6 +99,9 @@ def test_the_compiled_code_decides_and_main_is_never_in_the_patch(service):
     assert "price (requests.c) leaves the patch" not in " ".join(doc["function_set"]["notes"])
     for res in (r1, r2, r3):
         assert "main" not in res
+    # from the source alone, the program's DWARF is the evidence for what price was inlined into
+    source = _functions(_build_patch(service, 1, "--source-level"))
+    assert source == {"quote": ("inlined price (the program's DWARF)", False)}, source
     wrong = klpcc("build", str(service[2][1]), "--binary", str(service[1]), "-o", str(service[0] / "x.so"),
                   "--immediate", "nosuch")
     assert wrong.returncode == 2 and "--immediate nosuch" in wrong.stderr

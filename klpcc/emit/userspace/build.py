@@ -174,6 +174,13 @@ def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions, compiled: Com
         return prog.find(path, name, sympos.get((path, name), 0)) is not None
 
     notes += not_redirected(p, present, compiled)
+    if compiled is None:  # from the source alone: the program's DWARF is the evidence
+        for path, name in changed:
+            into = sorted(prog.inlined_into(name))
+            if p.functions[path].get(name) == "modified" and not present(path, name) and into:
+                p.functions[path][name] = "added"
+                notes.append(f"{name} ({path}) has no symbol of its own in the program; its DWARF says it "
+                             f"was inlined into {', '.join(into)}, which are patched")
     if not prog.producers:
         notes.append("the program has no DWARF (-g): the function set is the source's, and functions a "
                      "changed function was inlined into cannot be found; build it with klpcc config --cflags")
