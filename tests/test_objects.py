@@ -415,3 +415,76 @@ def test_the_bundle_records_the_data_the_objects_find_and_targets_refuse_it(tmp_
     r = klpcc("build", str(bundle), "--source-only", "-o", str(out))
     assert r.returncode == 2 and "refusing to build: data the running code uses changes (U007" in r.stderr
     assert not out.exists()
+
+
+CLONES = """struct big { int a[16]; };
+
+static int __attribute__((noinline)) sum(struct big b, int unused)
+{
+\tint s = 0;
+\tfor (int i = 0; i < 16; i++)
+\t\ts += b.a[i];
+\treturn s;
+}
+
+int use_sum(struct big *p)
+{
+\treturn sum(*p, 0) + 1;
+}
+
+int twice(int x)
+{
+\treturn x * 2 + 1;
+}
+
+int use_twice(int y)
+{
+\treturn twice(y) + twice(y + 1);
+}
+
+static int bill(int u, int r)
+{
+\treturn u * r + 2;
+}
+
+int worker_value(void)
+{
+\treturn bill(3, 7);
+}
+"""
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    # constant folding: bill(3, 7) is 23 in worker_value's code, bill has no code of its own
+    ("u * r + 2", "u * r + 5", {"worker_value": ("code-only", "inlined `bill` changed"),
+                                "bill": ("source-only", "no code of its own: inlined into worker_value")}),
+    # partial inlining: twice is inlined into use_twice and kept out of line too
+    ("x * 2 + 1", "x * 2 + 3", {"twice": ("both", "source modified"),
+                                "use_twice": ("code-only", "inlined `twice` changed")}),
+    # a clone: use_sum calls sum.constprop itself, so it joins the patch with it
+    ("s += b.a[i];", "s += 2 * b.a[i];", {
+        "sum": ("both", "source modified"),
+        "use_sum": ("code-only", "it calls the compiler clone `sum.constprop`, which changed")}),
+])
+def test_folding_partial_inlining_and_clones(tmp_path, old, new, expected):
+    patches, base, db = _units(tmp_path, {"src/a.c": CLONES}, {"src/a.c": CLONES.replace(old, new)})
+    got = _findings(_check(patches, base, db, tmp_path))
+    assert set(got) == set(expected), got
+    for fn, (what, reason) in expected.items():
+        assert got[fn][0] == what and got[fn][1].startswith(reason), (fn, got[fn])
+
+
+def test_functions_with_no_way_out(tmp_path):
+    """objdump's reading of what never returns: a loop, a function that ends in exit;
+    not one that returns, tail-calls, or dispatches through a switch."""
+    src = tmp_path / "n.c"
+    src.write_text("#include <stdlib.h>\nstatic volatile int sink;\nextern int other(int);\n"
+                   "void *loop(void *a) { for (;;) sink++; return a; }\n"
+                   "void die(void) { sink = 1; exit(1); }\n"
+                   "int ret(int x) { return x + sink; }\n"
+                   "int tail(int x) { return other(x + 1); }\n"
+                   "int sw(int x) { switch (x) { case 0: return 3; case 1: return 5; case 2: return 8; "
+                   "case 3: return 13; case 4: return 21; default: return 0; } }\n")
+    obj = tmp_path / "n.o"
+    subprocess.run(["gcc", "-O2", "-ffunction-sections", "-c", str(src), "-o", str(obj)], check=True)
+    assert objects.never_returning(obj) == {"loop", "die"}
