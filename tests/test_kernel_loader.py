@@ -262,6 +262,13 @@ echo 1 >/sys/module/lp_hold/parameters/release
 run disable_hold klpcc-load --disable lp_hold
 show hold_end
 
+# a module file renamed (as packages do): the patch is the module's own name
+cp /m/lp_b.ko /tmp/klpcc-renamed-release.ko
+run load_renamed klpcc-load /tmp/klpcc-renamed-release.ko
+show renamed
+run disable_renamed klpcc-load --disable lp_b
+show renamed_end
+
 dmesg | grep -e livepatch -e 'lp_' | sed 's/^\[ *[0-9.]*\] //; s/^/D:/'
 """
 
@@ -379,7 +386,18 @@ def test_load_first_patch(guest):
 def test_load_same_patch_twice_is_refused(guest):
     _, run = guest
     out = step(run, "load_a_again")
-    assert out == ["stderr: klpcc-load: patch lp_a is already loaded (see klpcc-load --status)", "rc=1"]
+    assert out[-1] == "rc=1", out
+    assert out[0].startswith("stderr: klpcc-load: insmod /m/lp_a.ko failed: ") and out[0].endswith(
+        "(a module of that name is already loaded; see klpcc-load --status)"), out
+
+
+def test_a_renamed_module_file_loads_under_its_own_name(guest):
+    _, run = guest
+    out = step(run, "load_renamed")
+    assert out[-1] == "rc=0" and out[0].startswith("klpcc-load: lp_b enabled in "), out
+    assert shown(run, "renamed")["patches"] == "lp_b" and shown(run, "renamed")["modules"] == "lp_b"
+    assert rc(run, "disable_renamed") == 0
+    assert shown(run, "renamed_end")["patches"] == "" and shown(run, "renamed_end")["modules"] == ""
 
 
 def test_transition_timeout_is_reversed(guest):
@@ -423,7 +441,7 @@ def test_incompatible_states_are_refused(guest):
     _, run = guest
     out = step(run, "load_a_incompatible")
     assert out[-1] == "rc=1"
-    assert out[0].startswith("stderr: klpcc-load: insmod lp_a failed: "), out
+    assert out[0].startswith("stderr: klpcc-load: insmod /m/lp_a.ko failed: "), out
     assert any("Livepatch patch (lp_a) is not compatible with the already installed livepatches" in line
                for line in out[1:]), out
     assert all(line.startswith("stderr: klpcc-load: ") for line in out[:-1]), out

@@ -50,6 +50,14 @@ class CompiledSet:
         return {"units": len(self.symbols), "compiled": self.compiled, "cached": self.cached,
                 "seconds": round(self.seconds, 3)}
 
+    def declarations(self, path: str, names: set[str]) -> dict[str, str]:
+        """How the compiled base unit ``path`` declares ``names`` (``extern`` declarations,
+        as the preprocessor left them): for definitions written with macros."""
+        from ..c.declarations import declarations
+
+        text = self.report.preprocessed.get(path)  # type: ignore[attr-defined]
+        return declarations(text, names) if text is not None and names else {}
+
     def defines(self, path: str, name: str) -> bool | None:
         """Does the compiled base unit ``path`` define a symbol ``name`` (None: not compiled)?"""
         syms = self.symbols.get(path)
@@ -134,7 +142,8 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
     analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
                          tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
                          m.outside)
-    report = objects.check(analysis, commands, jobs=jobs, cache=cache)  # type: ignore[arg-type]
+    report = objects.check(analysis, commands, jobs=jobs, cache=cache,  # type: ignore[arg-type]
+                           keep_preprocessed=True)
     symbols = {p: {c.symbol for c in base.code.values()} for p, (base, _) in report.objects.items()}
     out = CompiledSet(report, symbols, dict(report.never_returns), time.perf_counter() - start,
                       report.compiled, report.cache_hits, list(report.notes))

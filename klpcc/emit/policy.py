@@ -90,11 +90,14 @@ def plan(m: Manifest) -> Plan:
 
 
 def check_units(m: Manifest, units: Iterable[Unit]) -> None:
-    """Refuse a release whose units patch nothing, or whose callbacks the units do not
-    declare with the callback macros (an initializer names no callback of the patch)."""
+    """Refuse a release whose units patch nothing (no function, no nop, no callback, no
+    state: a release of callbacks alone is a patch, as the kernel and kpatch take it),
+    or whose callbacks the units do not declare with the callback macros (an
+    initializer names no callback of the patch)."""
     units = list(units)
-    if not any(u.patched for u in units) and not m.nops:
-        raise KlpccError(f"release {m.release} changes no function: there is nothing to patch")
+    if not any(u.patched or u.callbacks for u in units) and not m.nops and not m.states:
+        raise KlpccError(f"release {m.release} changes no function and declares no callback or state: there "
+                         "is nothing to patch")
     declared = {(c.site.file, c.kind) for c in m.callbacks or ()}
     found = {(u.path, k) for u in units for k in u.callbacks}
     for path, kind in sorted(declared - found):

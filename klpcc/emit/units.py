@@ -34,6 +34,7 @@ A target extends :class:`UnitWriter` (``klpcc.emit.kernel.source``,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -45,7 +46,7 @@ CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 _INLINE = re.compile(r"\b(inline|__inline__|__inline|__always_inline)\b")
 # attributes that may follow a variable's declarator; a declaration does not need them
 _VAR_ATTRS = re.compile(r"\b(__read_mostly|__ro_after_init|__initdata|__initconst|__exitdata|__refdata|"
-                        r"__maybe_unused|__used|__cacheline_aligned\w*|__page_aligned_\w+|"
+                        r"__maybe_unused|__used|_*cacheline_aligned\w*|__page_aligned_\w+|"
                         r"__percpu|__always_unused)\b")
 _PAREN_ATTR = re.compile(r"\b(__attribute__|__aligned|__section|__designated_init)\s*\(")
 # klpcc's own declarations (states, callbacks), kpatch's and klp-build's: the patch's
@@ -53,6 +54,11 @@ _OWN_MACRO = re.compile(r"\s*(KLPCC|KPATCH|KLP)_[A-Z_]+\s*\(")
 _CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
                              r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
 _MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Z_][A-Z0-9_]*\s*\(")
+# a variable defined by a macro call: [static] MACRO(...) [attributes] [= ...];
+_MACRO_DECL = re.compile(r"\s*(?:static\s+)?(?:const\s+)?[A-Z_][A-Z0-9_]*\s*\(")
+_C_WORDS = frozenset({"struct", "union", "enum", "const", "volatile", "static", "unsigned", "signed", "int",
+                      "long", "short", "char", "void", "bool", "u8", "u16", "u32", "u64", "s8", "s16", "s32",
+                      "s64", "size_t", "NULL", "true", "false", "sizeof"})
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ class UnitWriter:
     define_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: SymbolResolver):
+                 resolver: SymbolResolver, declare: Callable[[set[str]], dict[str, str]] | None = None):
+        self.declare = declare  # names -> declarations, as the compiler sees them (None: unknown)
         self.unit = unit
         self.data = data
         self.patched = patched
@@ -156,7 +163,7 @@ class UnitWriter:
         self._define_call = (re.compile(r"^\s*(static\s+)?(" + "|".join(self.define_types)
                                         + r")\s*\(\s*(\w+)\s*\)\s*;\s*$", re.S)
                              if self.define_types else None)
-        self.new_words, self.needed = self._needs()
+        self.new_words, self.needed, self.used_words = self._needs()
 
     # ---------------------------------------------------------------- target hooks
 
@@ -220,7 +227,7 @@ class UnitWriter:
             return unsized or self.resolver.present(self.unit.object, it.name) is False
         return False
 
-    def _needs(self) -> tuple[set[str], set[str]]:
+    def _needs(self) -> tuple[set[str], set[str], set[str]]:
         """The words of the patch's own code, and the copyable items it uses, directly or
         through another one -- a copy, or a ``static inline`` helper the unit keeps as
         written (only those are copied; the others stay declarations)."""
@@ -238,14 +245,16 @@ class UnitWriter:
                 reached.setdefault(it.name, text)
         words = set(re.findall(r"\w+", "\n".join(roots)))
         seen: set[str] = set()
+        used = set(words)  # every word of the code the unit compiles: the patch's and what it reaches
         todo = [n for n in reached if n in words]
         while todo:
             name = todo.pop()
             if name not in seen:
                 seen.add(name)
-                used = set(re.findall(r"\w+", reached[name]))
-                todo += [n for n in reached if n in used and n not in seen]
-        return words, seen & copyable
+                more = set(re.findall(r"\w+", reached[name]))
+                used |= more
+                todo += [n for n in reached if n in more and n not in seen]
+        return words, seen & copyable, used
 
     def _copy(self, it: Item, text: str, why: str) -> None:
         if it.kind == "function" and re.search(r"\{[^}]*\n\s+static\b", text, re.S):
@@ -356,6 +365,39 @@ class UnitWriter:
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
 
+    def _macro_variable(self, it: Item, text: str) -> str | None:
+        """A definition written with a macro (``static ATOMIC_NOTIFIER_HEAD(list);``,
+        ``DECLARE_WORK(w, fn);``): the source does not say its type.  Left out when the
+        patch does not use it; declared as the compiler sees it when it does; refused
+        by name when that is unknown -- never a copy, never a broken declaration."""
+        u = self.unit
+        args = text[text.find("(") + 1:] if "(" in text else ""
+        names = ({it.name} | set(re.findall(r"\b[A-Za-z_]\w*\b", args))) - _C_WORDS
+        used = sorted(n for n in names if n in self.used_words)
+        if not used:
+            u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
+            return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "
+                    "use it */")
+        wanted = {n for n in used if n == it.name or n not in self._defined_names}
+        known = self.declare(wanted) if self.declare is not None else {}
+        missing = sorted(wanted - set(known))
+        if missing:
+            raise KlpccError(f"cannot declare {missing[0]} (line {it.start_line}): it is defined with a "
+                             f"macro ({one_line(text)[:50]}) and the patch uses it; klpcc reads such "
+                             "definitions from the unit compiled with the target's flags, which it has not "
+                             "(give the kernel build directory, --kernel KDIR)", file=u.path)
+        out = []
+        for n in sorted(known):
+            decl = known[n]
+            label = self.label(n, "static variable") if it.static else None
+            out.append(decl[:-1] + (f' __asm__("{label}");' if label else ";"))
+        return " ".join(out)
+
+    @property
+    def _defined_names(self) -> set[str]:
+        """The names the file's own items define (a macro's other arguments may be functions)."""
+        return {it.name for it in self.items if it.kind == "function"}
+
     def _defined_variable(self, it: Item, text: str) -> str | None:
         """``static DEFINE_MUTEX(x);`` and the like: a declaration of the running ``x``."""
         m = self._define_call.match(text) if self._define_call is not None else None
@@ -369,11 +411,10 @@ class UnitWriter:
         u = self.unit
         if (defined := self._defined_variable(it, text)) is not None:
             return defined
-        if it.name in self.added or it.macro:
-            if it.macro and it.name not in self.added:
-                u.copied.append(f"{one_line(text)[:60]} (line {it.start_line}): a definition klpcc "
-                                "cannot turn into a reference; the patch has its own copy")
+        if it.name in self.added:
             return None
+        if it.macro or _MACRO_DECL.match(text):
+            return self._macro_variable(it, text)
         if re.match(r"\s*extern\b", text):
             return None
         if self._is_load_only(text.split("=", 1)[0]):

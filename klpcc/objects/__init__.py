@@ -68,7 +68,7 @@ def _units_touched(rep: Replay, release: int, commands: CompileCommands,
 
 def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = None,
           cache: Path | None = None, progress: Callable[[int, int], None] | None = None,
-          binary: str | Path | None = None) -> ObjectReport:
+          binary: str | Path | None = None, keep_preprocessed: bool = False) -> ObjectReport:
     """Compile the units release R touches, for the base and for R, and compare;
     with ``binary`` (the running program, built with ``-g``), cross-check with the
     inlining its DWARF records."""
@@ -79,7 +79,7 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     if cache is not None:
         check_cache(cache)
     overlay = Overlay(rep, commands)
-    compiler = Compiler(overlay, cache)
+    compiler = Compiler(overlay, cache, keep_preprocessed)
     try:
         units, changed = _units_touched(rep, release, commands, report)
         headers = sorted(p for p in changed if p not in commands.entries)
@@ -134,6 +134,7 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     finally:
         overlay.close()
     report.functions.sort(key=lambda f: (f.unit, f.function))
+    report.preprocessed = compiler.preprocessed
     if dwarf is not None:
         cross_check(report, analysis, commands, dwarf)
     return report

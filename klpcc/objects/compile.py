@@ -29,9 +29,11 @@ def default_cache() -> Path:
 class Compiler:
     """Compiles units of the base or of a release, once per preprocessed content."""
 
-    def __init__(self, overlay: Overlay, cache: Path | None):
+    def __init__(self, overlay: Overlay, cache: Path | None, keep_preprocessed: bool = False):
         self.overlay = overlay
         self.cache = cache
+        self.keep_preprocessed = keep_preprocessed
+        self.preprocessed: dict[str, bytes] = {}  # with keep_preprocessed: each base unit as compiled
         self._identities: dict[tuple[str, str], str] = {}
 
     def identity(self, compiler: str, cwd: str) -> str:
@@ -60,6 +62,8 @@ class Compiler:
         if pre.returncode != 0:
             raise BuildFailed(f"cannot preprocess: {first_error(pre.stderr)}")
         text = pre.stdout.replace(overlay_dir.encode(), str(self.overlay.root).encode())
+        if self.keep_preprocessed and release == 0:
+            self.preprocessed[path] = text
         files = set()
         for m in _LINE_MARKER.finditer(text):
             name = m.group(1).decode("utf-8", "surrogateescape")

@@ -38,6 +38,7 @@ class ObjectReport:
     # the functions of the release with no way out (no return, no tail call)
     objects: dict[str, tuple] = field(default_factory=dict, repr=False)
     never_returns: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    preprocessed: dict[str, bytes] = field(default_factory=dict, repr=False)  # base units, when kept
 
     def by(self, what: str) -> list[FunctionFinding]:
         return [f for f in self.functions if f.what == what]

@@ -253,8 +253,9 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     refs: dict[str, dict] = {}
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, "program")
+        declare = (lambda names, path=path: compiled.declarations(path, names)) if compiled else None
         writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
-                                   ProgramResolver(prog, sympos, path))
+                                   ProgramResolver(prog, sympos, path), declare)
         writer.write()
         units.append(unit)
         immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate) | set(m.immediate)

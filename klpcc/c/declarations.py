@@ -1,0 +1,70 @@
+"""Declarations as the compiler sees them: from a unit's preprocessed text, an
+``extern`` declaration of each top-level variable or function asked for.
+
+Kernel and userspace code define data with macros (``static
+ATOMIC_NOTIFIER_HEAD(list);``, ``DEFINE_PER_CPU(struct base, bases[2]);``,
+``DECLARE_WORK(w, fn);``) and decorate it with attributes (``____cacheline_aligned``):
+the source does not say the type.  The preprocessed unit does; the declaration is
+taken from it, its storage class, attributes and initializer left out."""
+
+from __future__ import annotations
+
+import re
+
+from .language import parser
+
+_LINE_MARKER = re.compile(rb"^#[^\n]*", re.M)
+_DECLARATORS = ("init_declarator", "pointer_declarator", "array_declarator", "function_declarator",
+                "parenthesized_declarator", "attributed_declarator")
+_STORAGE = re.compile(r"\b(static|extern|inline|__inline__|__inline|register|_Thread_local|__thread)\b")
+_ATTRIBUTE = re.compile(r"\b(__attribute__|__attribute|__declspec|__asm__|__asm|asm)\s*\(")
+
+
+def _strip_calls(text: str, pattern: re.Pattern[str]) -> str:
+    """``text`` without the calls ``pattern`` starts (``__attribute__((...))``), brackets balanced."""
+    while m := pattern.search(text):
+        depth, j = 0, m.end() - 1
+        while j < len(text):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        text = text[:m.start()] + " " + text[j:]
+    return text
+
+
+def _name(node) -> str | None:
+    """The identifier a declarator declares."""
+    while node is not None:
+        if node.type in ("identifier", "field_identifier"):
+            return node.text.decode("utf-8", "replace")
+        if node.type == "parenthesized_declarator":
+            node = next((c for c in node.named_children if c.type != "attribute_specifier"), None)
+        elif node.type in _DECLARATORS:
+            node = node.child_by_field_name("declarator")
+        else:
+            return None
+    return None
+
+
+def declarations(preprocessed: bytes, names: set[str]) -> dict[str, str]:
+    """``name -> "extern TYPE DECLARATOR;"`` for the top-level declarations of ``names``
+    found in ``preprocessed`` (the first definition of each)."""
+    text = _LINE_MARKER.sub(lambda m: b" " * len(m.group()), preprocessed)
+    tree = parser().parse(text)
+    out: dict[str, str] = {}
+    for node in tree.root_node.children:
+        if node.type != "declaration":
+            continue
+        declarators = node.children_by_field_name("declarator")
+        for d in declarators:
+            name = _name(d)
+            if name is None or name not in names or name in out:
+                continue
+            inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
+            specs = text[node.start_byte:declarators[0].start_byte].decode("utf-8", "replace")
+            decl = text[inner.start_byte:inner.end_byte].decode("utf-8", "replace")
+            specs = _strip_calls(_STORAGE.sub(" ", specs), _ATTRIBUTE)
+            decl = _strip_calls(decl, _ATTRIBUTE)
+            out[name] = "extern " + " ".join(f"{specs} {decl}".split()) + ";"
+    return out
