@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, kbuild
 from .atomic import check_target, inside, staged
 from .c import is_c_file, split_lines
 from .errors import KlpccError
@@ -90,8 +90,9 @@ _LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
 
 def release_sources(analysis: Analysis) -> dict[str, bytes]:
     """The release's version of every changed C file, and the headers those include
-    with ``#include "..."`` from their own directory (transitively): with the kernel
-    or program headers, what the patch's code is compiled from."""
+    with ``#include "..."`` (transitively) from their own directory or from a directory
+    the kernel's makefiles add with ``-I``, and those makefiles: with the kernel or
+    program headers, what the patch's code is compiled from."""
     rep = analysis.replay
     snaps = rep.snapshots
 
@@ -101,26 +102,40 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
         except KeyError:
             return rep.base.read(path)
 
-    out: dict[str, bytes] = {}
-    todo = [p for p in snaps.changed_paths(analysis.release) if is_c_file(p)]
-    while todo:
-        path = todo.pop()
-        if path in out:
-            continue
+    def quiet(path: str) -> bytes | None:
         try:
-            data = read(path)
-        except KlpccError:  # a header reached through a link out of the tree: not the tree's
-            data = None
-        if data is None:
-            continue
-        out[path] = data
-        for m in _LOCAL_INCLUDE.finditer(data):
-            name = m.group(1).decode("utf-8", "surrogateescape")
-            if name.startswith("/") or "\0" in name:
-                continue  # an absolute name: a file of the system, left alone
-            cand = posixpath.normpath(posixpath.join(posixpath.dirname(path), name))
-            if cand != ".." and not cand.startswith("../") and cand not in out:
-                todo.append(cand)
+            return read(path)
+        except KlpccError:  # a file reached through a link out of the tree: not the tree's
+            return None
+
+    out: dict[str, bytes] = {}
+    changed = [p for p in snaps.changed_paths(analysis.release) if is_c_file(p)]
+    for unit in changed:
+        # Kbuild's makefiles say how a kernel file is built and which directories its
+        # -I names: they travel with it, and headers found there do too
+        out.update(kbuild.makefiles(quiet, unit))
+        dirs = kbuild.include_dirs(quiet, unit) if unit.endswith(".c") else []
+        todo = [unit]
+        while todo:
+            path = todo.pop()
+            if path in out and path != unit:
+                continue
+            data = quiet(path)
+            if data is None:
+                continue
+            out[path] = data
+            for m in _LOCAL_INCLUDE.finditer(data):
+                name = m.group(1).decode("utf-8", "surrogateescape")
+                if name.startswith("/") or "\0" in name:
+                    continue  # an absolute name: a file of the system, left alone
+                for where in (posixpath.dirname(path), *dirs):
+                    cand = posixpath.normpath(posixpath.join(where, name))
+                    if cand == ".." or cand.startswith("../"):
+                        continue
+                    if cand in out or quiet(cand) is not None:
+                        if cand not in out:
+                            todo.append(cand)
+                        break
     return dict(sorted(out.items()))
 
 

@@ -371,6 +371,9 @@ def _named(generated: str) -> str:
     return re.findall(r"(\w+)\s*(?:\[[^\]]*\])?$", decl)[0]
 
 
+_KEEPS_NAME = re.compile(r'#(define __func__ "\w+"|define __FUNCTION__ "\w+"|undef __func__|undef __FUNCTION__)$')
+
+
 def _check_line_map(unit: str, path: str, release: str, renamed: dict[str, str]) -> int:
     """Follow the ``#line`` directives through ``unit``: every line after the first one is
     mapped to a line of the release's file, and is either that line (or its end, after an
@@ -390,8 +393,8 @@ def _check_line_map(unit: str, path: str, release: str, renamed: dict[str, str])
             directives += 1
             assert 1 <= current <= len(rel) + 1, (n, text)
             continue
-        if current is None:
-            continue
+        if current is None or _KEEPS_NAME.match(text):
+            continue  # klpcc's own lines around a renamed function: __func__ keeps its name
         want = rel[current - 1] if current <= len(rel) else ""
         where = f"unit line {n} ({text!r}) is mapped to {path}:{current}, which reads {want!r}"
         if text.startswith(("extern ", "/* klpcc: ")) and text != want:

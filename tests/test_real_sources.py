@@ -149,6 +149,11 @@ def kernel_versions() -> tuple[str, ...]:
     return tuple(picked)
 
 
+def _is_file(entry: str) -> bool:
+    """A subset entry naming one file (a C file, a header, a Kbuild makefile), not a directory."""
+    return entry.endswith((".c", ".h")) or entry.rsplit("/", 1)[-1] in ("Makefile", "Kbuild")
+
+
 def fetch_kernel(version: str, subset: Sequence[str] = KERNEL_SUBSET) -> Path:
     """The root of the extracted ``subset`` (directories, or ``.c``/``.h`` files) of
     ``linux-source-6.1`` at ``version``."""
@@ -168,7 +173,7 @@ def fetch_kernel(version: str, subset: Sequence[str] = KERNEL_SUBSET) -> Path:
         debs = list(tmp.glob("*.deb"))
         if len(debs) != 1:
             pytest.fail(f"apt-get download {KERNEL_PACKAGE}={version} left {debs} in {tmp}", pytrace=False)
-        patterns = [f"linux-source-*/{p}" + ("" if p.endswith((".c", ".h")) else "/*") for p in subset]
+        patterns = [f"linux-source-*/{p}" + ("" if _is_file(p) else "/*") for p in subset]
         # dpkg-deb | tar (the .tar.xz member) | tar -xJ (only the subset): the 140 MB
         # tarball is never written out
         script = (

@@ -10,8 +10,9 @@ taken from it, its storage class, attributes and initializer left out."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from .language import parser
+from .language import parse, parser
 
 _LINE_MARKER = re.compile(rb"^#[^\n]*", re.M)
 _DECLARATORS = ("init_declarator", "pointer_declarator", "array_declarator", "function_declarator",
@@ -47,14 +48,20 @@ def _name(node) -> str | None:
     return None
 
 
-def declarations(preprocessed: bytes, names: set[str]) -> dict[str, str]:
-    """``name -> "extern TYPE DECLARATOR;"`` for the top-level declarations of ``names``
-    found in ``preprocessed`` (the first definition of each)."""
+@dataclass(frozen=True)
+class Declaration:
+    text: str  # "extern TYPE DECLARATOR;"
+    static: bool  # internal linkage, as the compiler sees it
+
+
+def declarations(preprocessed: bytes, names: set[str]) -> dict[str, Declaration]:
+    """``name -> Declaration`` for the top-level declarations and definitions of
+    ``names`` found in ``preprocessed`` (the first of each)."""
     text = _LINE_MARKER.sub(lambda m: b" " * len(m.group()), preprocessed)
     tree = parser().parse(text)
     out: dict[str, str] = {}
     for node in tree.root_node.children:
-        if node.type != "declaration":
+        if node.type not in ("declaration", "function_definition"):
             continue
         declarators = node.children_by_field_name("declarator")
         for d in declarators:
@@ -64,7 +71,32 @@ def declarations(preprocessed: bytes, names: set[str]) -> dict[str, str]:
             inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
             specs = text[node.start_byte:declarators[0].start_byte].decode("utf-8", "replace")
             decl = text[inner.start_byte:inner.end_byte].decode("utf-8", "replace")
+            static = re.search(r"\bstatic\b", specs) is not None
             specs = _strip_calls(_STORAGE.sub(" ", specs), _ATTRIBUTE)
             decl = _strip_calls(decl, _ATTRIBUTE)
-            out[name] = "extern " + " ".join(f"{specs} {decl}".split()) + ";"
+            out[name] = Declaration("extern " + " ".join(f"{specs} {decl}".split()) + ";", static)
     return out
+
+
+def split_declaration(text: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """``static int a = 1, *b;`` -> ``("static int ", [("a", "a"), ("b", "*b")])``: the
+    specifiers and each declarator without its initializer (None: not one declaration
+    tree-sitter can read, with annotations masked)."""
+    data = text.encode("utf-8", "surrogateescape")
+    tree = parse(data)
+    nodes = [n for n in tree.root_node.children if n.type not in ("comment", ";")]
+    if len(nodes) != 1 or nodes[0].type != "declaration" or nodes[0].has_error:
+        return None
+    node = nodes[0]
+    declarators = node.children_by_field_name("declarator")
+    if not declarators:
+        return None
+    specs = data[node.start_byte:declarators[0].start_byte].decode("utf-8", "surrogateescape")
+    out = []
+    for d in declarators:
+        name = _name(d)
+        if name is None:
+            return None
+        inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
+        out.append((name, data[inner.start_byte:inner.end_byte].decode("utf-8", "surrogateescape")))
+    return specs, out

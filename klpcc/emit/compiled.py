@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..c.declarations import Declaration, declarations
 from ..compdb import Command
 from ..errors import KlpccError
 from ..manifest import Bundle, Change
@@ -50,10 +51,9 @@ class CompiledSet:
         return {"units": len(self.symbols), "compiled": self.compiled, "cached": self.cached,
                 "seconds": round(self.seconds, 3)}
 
-    def declarations(self, path: str, names: set[str]) -> dict[str, str]:
+    def declarations(self, path: str, names: set[str]) -> dict[str, Declaration]:
         """How the compiled base unit ``path`` declares ``names`` (``extern`` declarations,
         as the preprocessor left them): for definitions written with macros."""
-        from ..c.declarations import declarations
 
         text = self.report.preprocessed.get(path)  # type: ignore[attr-defined]
         return declarations(text, names) if text is not None and names else {}
@@ -150,12 +150,31 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
     return out
 
 
-def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False) -> list[str]:
+def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False,
+           owner: Callable[[str], str | None] | None = None) -> list[str]:
     """The plan's function set from the compiled code (see the module's docstring);
-    notes on what joined and what left."""
+    notes on what joined and what left.  ``owner`` names the source function a symbol
+    belongs to when a macro gave it another name (a syscall's entry stubs): a change of
+    the symbol is a change of that function."""
     report = compiled.report
     notes: list[str] = []
+    owned: dict[tuple[str, str], str] = {}  # (file, source function) -> why its symbols changed
+    findings = []
     for f in report.functions:  # type: ignore[attr-defined]
+        if owner is not None and (o := owner(f.function)) is not None:
+            if f.what in ("both", "code-only"):
+                owned.setdefault((f.file, o), f"{f.function}: {f.reason}" if f.what == "code-only" else "")
+            continue
+        findings.append(f)
+    for (path, name), why in owned.items():
+        fns = plan.functions.setdefault(path, {})
+        if fns.get(name) != "added":
+            if name not in fns:
+                notes.append(f"{name} ({path}) joins the patch: {why}")
+            plan.add(path, name, plan.why.get((path, name), why or "modified") if name in fns else why)
+    for f in findings:
+        if (f.file, f.function) in owned:
+            continue
         if not f.file.endswith(".c") or f.file not in plan.functions and f.what == "source-only":
             continue
         fns = plan.functions.setdefault(f.file, {})

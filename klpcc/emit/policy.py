@@ -89,12 +89,22 @@ def plan(m: Manifest) -> Plan:
     return p
 
 
-def check_units(m: Manifest, units: Iterable[Unit]) -> None:
+def check_units(m: Manifest, units: Iterable[Unit], p: Plan | None = None) -> None:
     """Refuse a release whose units patch nothing (no function, no nop, no callback, no
     state: a release of callbacks alone is a patch, as the kernel and kpatch take it),
-    or whose callbacks the units do not declare with the callback macros (an
-    initializer names no callback of the patch)."""
+    whose callbacks the units do not declare with the callback macros (an initializer
+    names no callback of the patch), or a function of the plan ``p`` no unit wrote (the
+    compiled code changed a function the source defines only through a macro)."""
     units = list(units)
+    if p is not None:
+        written = {(u.path, n) for u in units for n in u.written}
+        for path, fns in sorted(p.functions.items()):
+            for name, change in sorted(fns.items()):
+                if change == "modified" and (path, name) not in written:
+                    why = p.why.get((path, name), change)
+                    raise KlpccError(f"the compiled code of {name} changed ({why}), but {path} defines "
+                                     f"{name} only through a macro klpcc cannot rewrite on its own; change "
+                                     "the function it calls instead", file=path)
     if not any(u.patched or u.callbacks for u in units) and not m.nops and not m.states:
         raise KlpccError(f"release {m.release} changes no function and declares no callback or state: there "
                          "is nothing to patch")

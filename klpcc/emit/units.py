@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from ..c import CSource, Item, scan, split_lines, strip_comments
+from ..c.declarations import Declaration, split_declaration
 from ..errors import KlpccError
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
@@ -83,6 +84,7 @@ class Unit:
     labels: dict[str, Reference] = field(default_factory=dict)  # asm label -> what it names
     copied: list[str] = field(default_factory=list)  # what the unit carries a copy of, and why
     left_out: list[str] = field(default_factory=list)  # macro-made definitions of the running code
+    written: set[str] = field(default_factory=set)  # the changed functions of the source the unit patches
 
 
 class SymbolResolver(Protocol):
@@ -131,12 +133,39 @@ def _declaration(header: str, label: str | None) -> str:
     return decl + ";"
 
 
-def _rename(header: str, name: str, new: str) -> str:
+def _rename(header: str, name: str, new: str, keep_static: bool = False) -> str:
     m = re.search(rf"\b{re.escape(name)}\s*\(", header)
     if m is None:
         raise ValueError(name)
     renamed = header[:m.start()] + new + header[m.start() + len(name):]
-    return re.sub(r"\bstatic\s+", "", renamed, count=1)
+    return renamed if keep_static else re.sub(r"\bstatic\s+", "", renamed, count=1)
+
+
+def _named(name: str) -> str:
+    """The new definition of ``name`` keeps its ``__func__`` (messages name the function
+    as the running code does, not by the unit's name for it)."""
+    return f'#define __func__ "{name}"\n#define __FUNCTION__ "{name}"\n'
+
+
+_UNNAMED = "\n#undef __func__\n#undef __FUNCTION__"
+
+
+# a word in a function's specifiers that is followed by another word: a macro (the
+# type is the last word), e.g. ``STATIC`` in ``STATIC struct buf *f(...)``
+_OPAQUE_WORD = re.compile(r"\b([A-Z][A-Z0-9_]+)\s+(?=[A-Za-z_])")
+
+
+Declare = Callable[[set[str]], dict[str, Declaration]]  # names -> their declarations, as compiled
+
+
+def _opaque(header: str, name: str) -> str | None:
+    """The macro among a function header's specifiers (None: none)."""
+    m = re.search(rf"\b{re.escape(name)}\s*\(", header)
+    if m is None:
+        return None
+    spec = strip_comments(header[:m.start()])
+    found = _OPAQUE_WORD.search(spec)
+    return found.group(1) if found else None
 
 
 class UnitWriter:
@@ -149,7 +178,7 @@ class UnitWriter:
     define_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: SymbolResolver, declare: Callable[[set[str]], dict[str, str]] | None = None):
+                 resolver: SymbolResolver, declare: Declare | None = None):
         self.declare = declare  # names -> declarations, as the compiler sees them (None: unknown)
         self.unit = unit
         self.data = data
@@ -329,12 +358,12 @@ class UnitWriter:
         if change == "added":
             return None
         if change == "modified":
-            if it.macro:
-                raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with "
-                                 f"the macro {it.macro}, whose symbol klpcc cannot name", file=u.path)
+            u.written.add(it.name)
             if self.unpatchable is not None and (m := self.unpatchable.search(header)):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is {m.group(1)}, "
                                  "which a live patch cannot redirect", file=u.path)
+            if it.macro:
+                return self.macro_function(it, header, text)
             if it.static and _INLINE.search(header):
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is static inline, "
                                  "so its callers carry its code; patch the callers", file=u.path)
@@ -345,12 +374,18 @@ class UnitWriter:
             new = f"klpcc_new_{u.index}_{it.name}"
             pos = self.resolver.position(u.object, it.name, u.path, "function")
             u.patched.append((it.name, new, pos))
+            if (word := _opaque(header, it.name)) is not None:
+                return self._opaque_patched(it, header, text, new, word)
             label = self.label(it.name, "static function") if it.static else None
             decl = _declaration(header, label)
             body_at = len(header)
-            return (f"{decl}\n#line {it.start_line} \"{u.path}\"\n"
-                    + self.rewrite(_rename(header, it.name, new) + text[body_at:]))
+            return (f"{decl}\n{_named(it.name)}#line {it.start_line} \"{u.path}\"\n"
+                    + self.rewrite(_rename(header, it.name, new) + text[body_at:]) + _UNNAMED)
         # a function of the running code the patch does not change
+        if it.macro:
+            return self._macro_made(it, text)
+        if (word := _opaque(header, it.name)) is not None:
+            return self._opaque_unchanged(it, text, word)
         if self._is_load_only(header):
             return f"/* klpcc: {it.name} only runs while the {u.object} loads */"
         if it.static and _INLINE.search(header):
@@ -364,6 +399,75 @@ class UnitWriter:
                 return None
             return _declaration(header, self.label(it.name, "static function"))
         return _declaration(header, None)
+
+    def _opaque_patched(self, it: Item, header: str, text: str, new: str, word: str) -> str:
+        """A changed function whose specifiers hold a macro (``STATIC struct buf *f(...)``,
+        where ``STATIC`` may be ``static``): its new definition keeps them, whatever
+        linkage they give, and a global alias gives the patch a name to refer to."""
+        u = self.unit
+        decl = ""
+        if it.name in self._words_outside(it):
+            decl = self._compiler_declaration(it, f"its specifiers hold the macro {word}") + "\n"
+        body = self.rewrite(_rename(header, it.name, f"{new}__def", keep_static=True) + text[len(header):])
+        return (f"{decl}{_named(it.name)}#line {it.start_line} \"{u.path}\"\n{body}{_UNNAMED}\n"
+                f'extern __typeof__({new}__def) {new} __attribute__((alias("{new}__def")));')
+
+    def _opaque_unchanged(self, it: Item, text: str, word: str) -> str | None:
+        """An unchanged function whose specifiers hold a macro: left out when the patch
+        does not use it, declared as the compiled unit has it when it does."""
+        u = self.unit
+        if it.name not in self.used_words:
+            first = one_line(text.split("{", 1)[0])[:60]
+            u.left_out.append(f"{first} (line {it.start_line})")
+            return f"/* klpcc: {first} is the running {u.object}'s: the patch does not use it */"
+        known = self.declare({it.name}) if self.declare is not None else {}
+        d = known.get(it.name)
+        if d is not None and d.static and self.resolver.present(u.object, it.name) is False:
+            self._copy(it, text, f"the running {u.object} has no such symbol (inlined), so the patch has its "
+                       "own copy")
+            return None
+        return self._compiler_declaration(it, f"its specifiers hold the macro {word}")
+
+    def _words_outside(self, it: Item) -> set[str]:
+        """The words of the unit's compiled code outside ``it``'s own definition."""
+        words: set[str] = set()
+        for other in self.items:
+            if other is not it and (self._is_new(other) or other.name in self.used_words):
+                words |= set(re.findall(r"\w+", self._item_text(other)))
+        body = self._item_text(it)
+        words |= set(re.findall(r"\w+", body[len(function_header(body)):]))  # a recursive call
+        return words
+
+    def macro_function(self, it: Item, header: str, text: str) -> str:
+        """The unit's text for a changed function written with a macro
+        (``SYSCALL_DEFINE3(name, ...) { ... }``); targets that can name its symbols say how."""
+        raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with the macro "
+                         f"{it.macro}, whose symbol klpcc cannot name", file=self.unit.path)
+
+    def _macro_made(self, it: Item, text: str) -> str:
+        """An unchanged function written with a macro: its declaration would be the macro
+        again (a second definition, or ``extern SYSCALL_DEFINE3(...)``).  Left out when
+        the patch does not use its name; declared as the compiled unit has it when it does."""
+        u = self.unit
+        first = one_line(text.split("{", 1)[0])[:60]
+        if it.name not in self.used_words:
+            u.left_out.append(f"{first} (line {it.start_line})")
+            return f"/* klpcc: {first} is the running {u.object}'s: the patch does not use it */"
+        return self._compiler_declaration(it, f"it is defined with the macro {it.macro}")
+
+    def _compiler_declaration(self, it: Item, why: str) -> str:
+        """The declaration of ``it`` as the compiled unit has it (its linkage too);
+        refused by name when klpcc has no compiled unit."""
+        u = self.unit
+        known = self.declare({it.name}) if self.declare is not None else {}
+        if it.name not in known:
+            raise KlpccError(f"cannot declare {it.name} (line {it.start_line}): {why} and the patch uses it; "
+                             "klpcc reads such declarations from the unit compiled with the target's flags, "
+                             "which it has not", file=u.path)
+        d = known[it.name]
+        label = self.label(it.name, "static function" if it.kind == "function" else "static variable") \
+            if d.static else None
+        return d.text[:-1] + (f' __asm__("{label}");' if label else ";")
 
     def _macro_variable(self, it: Item, text: str) -> str | None:
         """A definition written with a macro (``static ATOMIC_NOTIFIER_HEAD(list);``,
@@ -388,9 +492,30 @@ class UnitWriter:
                              "(give the kernel build directory, --kernel KDIR)", file=u.path)
         out = []
         for n in sorted(known):
-            decl = known[n]
+            d = known[n]
+            label = self.label(n, "static variable") if d.static else None
+            out.append(d.text[:-1] + (f' __asm__("{label}");' if label else ";"))
+        return " ".join(out)
+
+    def _several(self, it: Item, text: str, specs: str, declarators: list[tuple[str, str]]) -> str:
+        """``static struct k_clock a, b;``: one declaration per variable the patch uses."""
+        u = self.unit
+        used = [(n, d) for n, d in declarators if n in self.used_words]
+        if not used:
+            u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
+            return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "
+                    "use it */")
+        if any(n in self.needed for n, _ in used):
+            raise KlpccError(f"line {it.start_line}: several variables in one declaration "
+                             f"({one_line(text)[:60]}) hold data the patch needs its own copy of; the patch "
+                             "needs each of them on its own", file=u.path)
+        out = []
+        for n, d in used:
+            if it.static and self.resolver.present(u.object, n) is False and n in self.new_words:
+                raise KlpccError(f"static variable {n} (line {it.start_line}) is not in the symbol "
+                                 f"table of the running {u.object}", file=u.path)
             label = self.label(n, "static variable") if it.static else None
-            out.append(decl[:-1] + (f' __asm__("{label}");' if label else ";"))
+            out.append(_declaration(f"{specs} {d}", label))
         return " ".join(out)
 
     @property
@@ -421,10 +546,13 @@ class UnitWriter:
             return f"/* klpcc: {it.name} only exists while the {u.object} loads */"
         eq = scan(text, "=;")
         decl = text[:eq] if eq >= 0 else text.rstrip().rstrip(";")
-        if scan(decl, ",") >= 0:
+        several = split_declaration(text)
+        if several is not None and len(several[1]) > 1:
+            return self._several(it, text, *several)
+        if several is None and scan(decl, ",") >= 0:
             raise KlpccError(f"line {it.start_line}: several variables in one declaration "
-                             f"({one_line(decl)[:60]}); the patch needs each of them on its own",
-                             file=u.path)
+                             f"({one_line(decl)[:60]}) that klpcc cannot tell apart; the patch needs each of "
+                             "them on its own", file=u.path)
         if it.name in self.needed:
             unsized = self.resolver.present(u.object, it.name) is not False
             self._copy(it, text, "a constant array sized by its initializer (a declaration would have no "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ...c import Item
 from ...errors import KlpccError
 from ..units import UnitWriter, one_line
-from .symbols import VMLINUX, Kallsyms
+from .symbols import Kallsyms
 
 HEADER = "klpcc_livepatch.h"
 
@@ -31,6 +31,25 @@ _DROPPED = re.compile(
     r"__setup|early_param|core_param\w*|module_param\w*|MODULE_\w+|ALLOW_ERROR_INJECTION|"
     r"NOKPROBE_SYMBOL|STACK_FRAME_NON_STANDARD\w*|late_initcall\w*|__exitcall|"
     r"console_initcall|security_initcall)\s*\(")
+
+
+_SYSCALL = re.compile(r"(COMPAT_)?SYSCALL_DEFINE\d$")
+# the prefixes of the entry stubs architectures with syscall wrappers give a syscall
+_SYSCALL_ABIS = ("x64", "ia32", "x32", "arm64", "s390x", "s390", "riscv", "powerpc")
+
+
+_STUB = re.compile(r"__(?:" + "|".join(_SYSCALL_ABIS) + r"|se|do)_((?:compat_)?sys_\w+)$")
+
+
+def syscall_stubs(name: str) -> list[str]:
+    """The entry stubs of syscall ``sys_NAME`` (or ``compat_sys_NAME``), and the name itself."""
+    return [f"__{abi}_{name}" for abi in _SYSCALL_ABIS] + [name]
+
+
+def syscall_owner(symbol: str) -> str | None:
+    """The syscall (``sys_NAME``) an entry stub or its inner function belongs to."""
+    m = _STUB.match(symbol)
+    return m.group(1) if m else None
 
 
 @dataclass(frozen=True)
@@ -84,17 +103,39 @@ class KernelUnitWriter(UnitWriter):
         "DEFINE_SEQLOCK": "seqlock_t", "DEFINE_XARRAY": "struct xarray", "HLIST_HEAD": "struct hlist_head",
     }
 
+    def macro_function(self, it: Item, header: str, text: str) -> str:
+        """A changed syscall: the kernel reaches it through its entry stubs
+        (``__x64_sys_NAME``, ``__ia32_sys_NAME``, ... or ``sys_NAME`` itself where the
+        architecture has no wrappers), which the macro defines with the body.  The unit
+        defines them again under new names (a ``#define`` of each stub's name, which
+        the macro's token pasting forms) and the patch redirects every one the running
+        kernel has; the syscall's ftrace metadata is not made a second time."""
+        u = self.unit
+        m = _SYSCALL.match(it.macro or "")
+        if m is None:
+            return super().macro_function(it, header, text)
+        stubs = syscall_stubs(it.name)
+        present = {s: self.resolver.present(u.object, s) for s in stubs}
+        if any(v is None for v in present.values()):
+            raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): which entry stubs of the "
+                             "syscall the kernel has (__x64_sys_..., __ia32_sys_...) is known from the unit "
+                             "compiled with the kernel's flags or from its kallsyms, and klpcc has neither",
+                             file=u.path)
+        found = [s for s, v in present.items() if v]
+        if not found:
+            raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): the running {u.object} has "
+                             f"none of its entry stubs ({', '.join(stubs)})", file=u.path)
+        lines = ["#undef SYSCALL_METADATA", "#define SYSCALL_METADATA(sname, nb, ...)"]
+        for stub in found:
+            new = f"klpcc_new_{u.index}_{stub}"
+            u.patched.append((stub, new, self.resolver.position(u.object, stub, u.path, "function")))
+            lines.append(f"#define {stub} {new}")
+        lines.append(f'#line {it.start_line} "{u.path}"')
+        lines.append(self.rewrite(text))
+        lines += [f"#undef {stub}" for stub in found]
+        return "\n".join(lines)
+
     def statement(self, it: Item, text: str) -> str | None:
         if _DROPPED.match(text):
             return f"/* klpcc: {one_line(text)[:60]} is the kernel's, not the module's */"
         return super().statement(it, text)
-
-
-def object_of(path: str, objects: list[tuple[str, str]]) -> str:
-    """The object a source file is built into: the longest ``--object`` prefix, else vmlinux."""
-    best = (VMLINUX, -1)
-    for prefix, name in objects:
-        p = prefix.rstrip("/")
-        if (path == p or path.startswith(p + "/")) and len(p) > best[1]:
-            best = (name, len(p))
-    return best[0]
