@@ -45,7 +45,8 @@ MESSAGE = 'pr_debug("klpcc sweep: %s\\n", __func__);'
 
 # Every reason klpcc may refuse a pick for, as docs/kernel.md lists them: name -> pattern
 REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
-    "__init/__exit": r"cannot patch \w+ \(line \d+\): it is (__init|__exit)\b",
+    "__init/__exit": r"cannot patch \w+ \(line \d+\): it is (__init|__exit)\b"
+                     r"|\(\) is (__init|__exit): a live patch cannot redirect it",
     "notrace/noinstr": r"cannot patch \w+ \(line \d+\): it is (notrace|noinstr|__kprobes|__noinstr_section|"
                        r"__cpuidle|__irq_entry|__softirq_entry)\b",
     "always-inline": r"cannot patch \w+ \(line \d+\): it is __always_inline",
@@ -58,6 +59,7 @@ REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
     "undeclarable macro data": r"cannot declare \w+ \(line \d+\): it is defined with a macro",
     "never returns": r"never returns|stays on the stack",
     "data change": r"changes the (type|layout|initial value)|changes data|a global variable",
+    "module's static key": r"reads when the module loads, before livepatch can relocate it",
 }.items()}
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
@@ -238,7 +240,7 @@ def classify(proc: subprocess.CompletedProcess) -> tuple[str, str, str]:
     if _TRACEBACK.search(err):
         return "crashed", "", err[-3000:]
     line = next((ln for ln in err.splitlines() if ln.startswith("klpcc: error:")), err.strip()[:400])
-    if "building the module against" in err or "did not compile" in err or (
+    if "the module does not compile" in err or "building the module against" in err or (
             _UNIT_ERROR.search(err) and "src/" in err):
         return "broken", "", err[-3000:]
     for name, pat in REASONS.items():

@@ -67,9 +67,13 @@ def undefined_symbols(data: bytes) -> list[str]:
     return [s.name for s in symtab.iter_symbols() if s.name and s["st_shndx"] == "SHN_UNDEF"]
 
 
-def convert(data: bytes, resolve: Callable[[str], Target | None]) -> tuple[bytes, Conversion]:
+def convert(data: bytes, resolve: Callable[[str], Target | None], *, early_vmlinux: bool = False
+            ) -> tuple[bytes, Conversion]:
     """The module with livepatch symbols and relocation sections; ``resolve`` says what
-    an undefined symbol becomes (None: the module loader resolves it, an export)."""
+    an undefined symbol becomes (None: the module loader resolves it, an export).
+    ``early_vmlinux``: the kernel applies the livepatch relocations of vmlinux's symbols
+    while it loads the module (Linux 5.8 and later), before it reads the sections the
+    loader reads (jump labels, static calls, exception tables)."""
     elf = ELFFile(io.BytesIO(data))
     if elf.elfclass != 64 or not elf.little_endian or elf["e_type"] != "ET_REL":
         raise KlpccError("the built module is not a 64-bit little-endian relocatable ELF file")
@@ -122,16 +126,20 @@ def convert(data: bytes, resolve: Callable[[str], Target | None]) -> tuple[bytes
         if not moved:
             continue
         target_name = names[h[7]]
-        if name.startswith(_EARLY) or not heads[h[7]][2] & SHF_ALLOC:
+        late = {o: rel for o, rel in moved.items() if not (early_vmlinux and o == "vmlinux")}
+        if late and name.startswith(_EARLY) or not heads[h[7]][2] & SHF_ALLOC:
             used = sorted({klp[_RELA.unpack_from(rel, o)[1] >> 32].name
-                           for rel in moved.values() for o in range(0, len(rel), _RELA.size)})
+                           for rel in (late or moved).values() for o in range(0, len(rel), _RELA.size)})
             raise KlpccError(f"the patch refers to {', '.join(used)} from {target_name}, which the kernel "
                              "reads when the module loads, before livepatch can relocate it (a static key, "
-                             "static call or exception table entry on a symbol the module cannot link)")
+                             "static call or exception table entry on a symbol of "
+                             + ("a module" if early_vmlinux else "vmlinux or a module")
+                             + " the livepatch module cannot link)")
         bodies[idx] = bytes(keep)
         heads[idx][5] = len(keep)
         # one section per object the symbols belong to: the kernel applies vmlinux's
-        # when the patch is enabled and a module's when that module is loaded, and
+        # when it loads the module (5.8 and later; earlier when the patch is enabled) and
+        # a module's when that module is loaded, and
         # refuses vmlinux symbols in a module's section
         for obj, rel in sorted(moved.items()):
             klp_name = f".klp.rela.{obj}.{target_name}"

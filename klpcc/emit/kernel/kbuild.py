@@ -82,7 +82,7 @@ def unit_command(args: list[str], kdir: Path, path: str, root: Path, module: str
     """The command of unit ``path`` (under ``root``), built into ``module`` (None:
     vmlinux, without ``-DMODULE``), as Kbuild would build it, run from ``kdir``."""
     stem = Path(path).stem
-    name = module or stem
+    name = (module or stem).replace("-", "_")
     out = []
     for a in args:
         if a == "-DMODULE" and module is None:

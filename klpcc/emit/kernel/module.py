@@ -312,13 +312,26 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
             start = time.perf_counter()
             _make(kdir, tmp, opts.jobs, set(b.source_paths) | {"klpcc_patch.c"})
             ko = tmp / f"{name}.ko"
-            data, conv = klpelf.convert(ko.read_bytes(), _symbol_resolver(units, exports, resolver, syms))
+            data, conv = klpelf.convert(ko.read_bytes(), _symbol_resolver(units, exports, resolver, syms),
+                                        early_vmlinux=_version(kdir) >= (5, 8))
             ko.write_bytes(data)
             result.build_seconds = time.perf_counter() - start
             result.symbols, result.klp_sections = conv.symbols, conv.sections
             result.module = result.outdir / ko.name
         (tmp / "build.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _version(kdir: Path) -> tuple[int, int]:
+    """The kernel's version (major, minor) as its build directory says it."""
+    try:
+        release = (kdir / "include" / "config" / "kernel.release").read_text()
+    except OSError:
+        release = ""
+    m = re.match(r"(\d+)\.(\d+)", release.strip())
+    if m is None:
+        raise KlpccError(f"{kdir}: include/config/kernel.release does not say the kernel's version")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, syms: Kallsyms | None):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from ...c import Item
 from ...errors import KlpccError
 from ..units import UnitWriter, one_line
-from .symbols import Kallsyms
+from .symbols import VMLINUX, Kallsyms
 
 HEADER = "klpcc_livepatch.h"
 
@@ -39,6 +40,11 @@ _SYSCALL_ABIS = ("x64", "ia32", "x32", "arm64", "s390x", "s390", "riscv", "power
 
 
 _STUB = re.compile(r"__(?:" + "|".join(_SYSCALL_ABIS) + r"|se|do)_((?:compat_)?sys_\w+)$")
+
+
+def modname(path: str, obj: str) -> str:
+    """``KBUILD_MODNAME`` of a file built into ``obj``: the module, or the file's stem."""
+    return (PurePosixPath(path).stem if obj == VMLINUX else obj).replace("-", "_")
 
 
 def syscall_stubs(name: str) -> list[str]:
@@ -103,6 +109,37 @@ class KernelUnitWriter(UnitWriter):
         "DEFINE_SEQLOCK": "seqlock_t", "DEFINE_XARRAY": "struct xarray", "HLIST_HEAD": "struct hlist_head",
     }
 
+    def prologue(self) -> list[str]:
+        """The unit is compiled as the kernel compiled its file: vmlinux's code without
+        ``MODULE`` (a header may hide what modules must not call), and under the
+        ``KBUILD_MODNAME`` of its object (messages keep their prefix)."""
+        u = self.unit
+        name = modname(u.path, u.object)
+        return (["#undef MODULE"] if u.object == VMLINUX else []) + [
+            "#undef KBUILD_MODNAME", f'#define KBUILD_MODNAME "{name}"']
+
+    def preamble(self) -> str:
+        """Code that the kernel reads while the module loads must not refer to what the
+        module cannot link (livepatch relocates a module's symbols only once that module
+        is loaded): static branches read their key instead of being jump labels, a
+        tracepoint calls its iterator instead of a static call, and ``THIS_MODULE`` of a
+        module's code is that module.  Defined before the file's own headers, so their
+        inline functions are compiled the same way."""
+        out = ["#include <linux/jump_label.h>", "#include <linux/tracepoint.h>",
+               "#undef static_branch_likely",
+               "#define static_branch_likely(x) likely_notrace(static_key_enabled(&(x)->key))",
+               "#undef static_branch_unlikely",
+               "#define static_branch_unlikely(x) unlikely_notrace(static_key_enabled(&(x)->key))",
+               "#define static_key_false(x) unlikely_notrace(static_key_enabled(x))",
+               "#define static_key_true(x) likely_notrace(static_key_enabled(x))",
+               "#undef __DO_TRACE_CALL",
+               "#define __DO_TRACE_CALL(name, args) __traceiter_##name(NULL, args)"]
+        if self.unit.object != VMLINUX:
+            label = self.label("__this_module", "module")
+            out += [f'extern struct module __klpcc_this_module __asm__("{label}");', "#undef THIS_MODULE",
+                    "#define THIS_MODULE (&__klpcc_this_module)"]
+        return "".join(line + "\n" for line in out)
+
     def macro_function(self, it: Item, header: str, text: str) -> str:
         """A changed syscall: the kernel reaches it through its entry stubs
         (``__x64_sys_NAME``, ``__ia32_sys_NAME``, ... or ``sys_NAME`` itself where the
@@ -134,6 +171,12 @@ class KernelUnitWriter(UnitWriter):
         lines.append(self.rewrite(text))
         lines += [f"#undef {stub}" for stub in found]
         return "\n".join(lines)
+
+    def replace(self, it: Item, text: str) -> str | None:
+        if it.kind == "macro" and it.name == "CREATE_TRACE_POINTS":
+            return ("/* klpcc: CREATE_TRACE_POINTS: the tracepoints are the running kernel's, the module "
+                    "does not make them again */")
+        return super().replace(it, text)
 
     def statement(self, it: Item, text: str) -> str | None:
         if _DROPPED.match(text):
