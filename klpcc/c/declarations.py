@@ -52,11 +52,25 @@ def _name(node) -> str | None:
 class Declaration:
     text: str  # "extern TYPE DECLARATOR;"
     static: bool  # internal linkage, as the compiler sees it
+    defines: bool = False  # a definition (of a function, or of data), not a declaration
+    function: bool = False
 
 
-def declarations(preprocessed: bytes, names: set[str]) -> dict[str, Declaration]:
+def _is_function(node) -> bool:
+    """Does a declarator declare a function (not a pointer to one)?"""
+    while node is not None:
+        if node.type == "function_declarator":
+            inner = node.child_by_field_name("declarator")
+            return inner is None or inner.type != "parenthesized_declarator"
+        if node.type == "array_declarator":
+            return False
+        node = node.child_by_field_name("declarator") if node.type in _DECLARATORS else None
+    return False
+
+
+def declarations(preprocessed: bytes, names: set[str] | None) -> dict[str, Declaration]:
     """``name -> Declaration`` for the top-level declarations and definitions of
-    ``names`` found in ``preprocessed`` (the first of each)."""
+    ``names`` (None: of every name) found in ``preprocessed`` (the first of each)."""
     text = _LINE_MARKER.sub(lambda m: b" " * len(m.group()), preprocessed)
     tree = parser().parse(text)
     out: dict[str, str] = {}
@@ -66,15 +80,19 @@ def declarations(preprocessed: bytes, names: set[str]) -> dict[str, Declaration]
         declarators = node.children_by_field_name("declarator")
         for d in declarators:
             name = _name(d)
-            if name is None or name not in names or name in out:
+            if name is None or names is not None and name not in names or name in out:
                 continue
             inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
             specs = text[node.start_byte:declarators[0].start_byte].decode("utf-8", "replace")
             decl = text[inner.start_byte:inner.end_byte].decode("utf-8", "replace")
             static = re.search(r"\bstatic\b", specs) is not None
+            function = _is_function(inner)
+            defines = node.type == "function_definition" or (
+                not function and re.search(r"\bextern\b", specs) is None)
             specs = _strip_calls(_STORAGE.sub(" ", specs), _ATTRIBUTE)
             decl = _strip_calls(decl, _ATTRIBUTE)
-            out[name] = Declaration("extern " + " ".join(f"{specs} {decl}".split()) + ";", static)
+            out[name] = Declaration("extern " + " ".join(f"{specs} {decl}".split()) + ";", static, defines,
+                                    function)
     return out
 
 
@@ -100,3 +118,45 @@ def split_declaration(text: str) -> tuple[str, list[tuple[str, str]]] | None:
         inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
         out.append((name, data[inner.start_byte:inner.end_byte].decode("utf-8", "surrogateescape")))
     return specs, out
+
+
+_MARKER = re.compile(rb'^# (\d+) "((?:[^"\\]|\\.)*)"')
+
+
+class PreprocessedUnit:
+    """A unit as the compiler saw it: its preprocessed text (with line markers)."""
+
+    def __init__(self, path: str, text: bytes):
+        self.path = path
+        self.text = text
+        self._lines: dict[bytes, dict[int, list[bytes]]] | None = None
+
+    def declarations(self, names: set[str]) -> dict[str, Declaration]:
+        """How the unit declares ``names``."""
+        return declarations(self.text, names) if names else {}
+
+    def definitions(self, first: int, last: int, path: str | None = None) -> dict[str, Declaration]:
+        """What lines ``first`` to ``last`` of the unit's file (or of ``path``, a file it
+        includes) declare or define once their macros are expanded
+        (``define_netdev_printk_level(netdev_emerg, ...);`` defines ``netdev_emerg``)."""
+        lines = self.lines(path or self.path)
+        text = b"\n".join(raw for n in range(first, last + 1) for raw in lines.get(n, ()))
+        return declarations(text, None) if text.strip() else {}
+
+    def lines(self, path: str) -> dict[int, list[bytes]]:
+        """The preprocessed output of each line of ``path`` (tree-relative) that gave any."""
+        if self._lines is None:
+            by_file: dict[bytes, dict[int, list[bytes]]] = {}
+            out: dict[int, list[bytes]] = {}
+            line = 0
+            for raw in self.text.split(b"\n"):
+                m = _MARKER.match(raw)
+                if m is not None:
+                    line, out = int(m.group(1)), by_file.setdefault(m.group(2), {})
+                    continue
+                if raw.strip():
+                    out.setdefault(line, []).append(raw)
+                line += 1
+            self._lines = by_file
+        want = ("/" + path).encode()
+        return next((v for k, v in self._lines.items() if k.endswith(want) or k == path.encode()), {})

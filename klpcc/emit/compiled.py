@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_atomic
-from ..c.declarations import Declaration, declarations
+from ..c.declarations import PreprocessedUnit
 from ..compdb import Command
 from ..errors import KlpccError
 from ..manifest import Bundle, Change
@@ -45,18 +45,21 @@ class CompiledSet:
     compiled: int = 0
     cached: int = 0
     notes: list[str] = field(default_factory=list)
+    _units: dict[str, PreprocessedUnit] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         """Units compared, objects compiled and taken from the cache, seconds."""
         return {"units": len(self.symbols), "compiled": self.compiled, "cached": self.cached,
                 "seconds": round(self.seconds, 3)}
 
-    def declarations(self, path: str, names: set[str]) -> dict[str, Declaration]:
-        """How the compiled base unit ``path`` declares ``names`` (``extern`` declarations,
-        as the preprocessor left them): for definitions written with macros."""
-
+    def unit(self, path: str) -> PreprocessedUnit | None:
+        """The compiled base unit ``path`` as the compiler saw it (None: not compiled)."""
         text = self.report.preprocessed.get(path)  # type: ignore[attr-defined]
-        return declarations(text, names) if text is not None and names else {}
+        if text is None:
+            return None
+        if path not in self._units:
+            self._units[path] = PreprocessedUnit(path, text)
+        return self._units[path]
 
     def defines(self, path: str, name: str) -> bool | None:
         """Does the compiled base unit ``path`` define a symbol ``name`` (None: not compiled)?"""
@@ -137,7 +140,9 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
             dest.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(dest, data)
     root.mkdir(parents=True, exist_ok=True)
-    units = [p for p in bundle.source_paths if p.endswith(".c") and p in base]
+    # the release's changed C files: a .c file another one includes travels too, but is no unit
+    changed = {f.path for f in m.files}
+    units = [p for p in bundle.source_paths if p.endswith(".c") and p in base and p in changed]
     commands = _Commands(root, {p: command(p, root) for p in units})
     analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
                          tuple(f for f in m.functions if f.kind == "function" and f.origin is None),

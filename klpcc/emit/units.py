@@ -33,13 +33,15 @@ A target extends :class:`UnitWriter` (``klpcc.emit.kernel.source``,
 
 from __future__ import annotations
 
+import functools
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from ..c import CSource, Item, scan, split_lines, strip_comments
-from ..c.declarations import Declaration, split_declaration
+from ..c.declarations import PreprocessedUnit, split_declaration
 from ..errors import KlpccError
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
@@ -54,7 +56,7 @@ _PAREN_ATTR = re.compile(r"\b(__attribute__|__aligned|__section|__designated_ini
 _OWN_MACRO = re.compile(r"\s*(KLPCC|KPATCH|KLP)_[A-Z_]+\s*\(")
 _CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
                              r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
-_MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Z_][A-Z0-9_]*\s*\(")
+_MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Za-z_]\w*\s*\(")
 # a variable defined by a macro call: [static] MACRO(...) [attributes] [= ...];
 _MACRO_DECL = re.compile(r"\s*(?:static\s+)?(?:const\s+)?[A-Z_][A-Z0-9_]*\s*\(")
 _C_WORDS = frozenset({"struct", "union", "enum", "const", "volatile", "static", "unsigned", "signed", "int",
@@ -155,9 +157,6 @@ _UNNAMED = "\n#undef __func__\n#undef __FUNCTION__"
 _OPAQUE_WORD = re.compile(r"\b([A-Z][A-Z0-9_]+)\s+(?=[A-Za-z_])")
 
 
-Declare = Callable[[set[str]], dict[str, Declaration]]  # names -> their declarations, as compiled
-
-
 def _opaque(header: str, name: str) -> str | None:
     """The macro among a function header's specifiers (None: none)."""
     m = re.search(rf"\b{re.escape(name)}\s*\(", header)
@@ -166,6 +165,73 @@ def _opaque(header: str, name: str) -> str | None:
     spec = strip_comments(header[:m.start()])
     found = _OPAQUE_WORD.search(spec)
     return found.group(1) if found else None
+
+
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
+
+
+def refuse_carried_code(path: str, data: bytes, read: Callable[[str], bytes | None],
+                        compiled: PreprocessedUnit | None) -> None:
+    """Refuse a file that includes, with ``#include "..."``, a file defining data its
+    code uses (``static bool x;`` in a header): a unit would compile a second copy of
+    that data, which the copied code would use instead of the running code's.  What
+    the compiled unit saw decides where there is one; else the source."""
+    text = data.decode("utf-8", "surrogateescape")
+    for name in _local_includes(path, text):
+        included = read(name)
+        if included is None:
+            continue
+        found = _compiled_data(compiled, name) if compiled else _source_data(name, included, text)
+        if found is not None:
+            raise KlpccError(f"{path} includes {name}, which defines {found[0]} (line {found[1]}) and the "
+                             "file's code uses it: a unit of this file would have a second copy of that "
+                             "data; klpcc cannot patch a file that includes data", file=path)
+
+
+def _local_includes(path: str, text: str) -> list[str]:
+    return [posixpath.normpath(posixpath.join(posixpath.dirname(path), m.group(1)))
+            for m in _LOCAL_INCLUDE.finditer(text)]
+
+
+def included_words(path: str, data: bytes, compiled: PreprocessedUnit | None) -> set[str]:
+    """The words of the code the files ``path`` includes with ``#include "..."`` give
+    the compiler (their functions are compiled into the unit as they are)."""
+    if compiled is None:
+        return set()
+    words: set[str] = set()
+    for name in _local_includes(path, data.decode("utf-8", "surrogateescape")):
+        for raws in compiled.lines(name).values():
+            for raw in raws:
+                words.update(w.decode() for w in re.findall(rb"[A-Za-z_]\w*", raw))
+    return words
+
+
+def _compiled_data(compiled: PreprocessedUnit, name: str) -> tuple[str, int] | None:
+    lines = compiled.lines(name)
+    for n, d in compiled.definitions(min(lines, default=0), max(lines, default=-1), name).items():
+        if not d.defines or d.function or n.startswith("__UNIQUE_ID_") or _read_only(d.text, n):
+            continue
+        uses = len(re.findall(rb"\b" + re.escape(n.encode()) + rb"\b", compiled.text))
+        if uses > 1:  # used beyond its definition
+            at = next((ln for ln, raws in sorted(lines.items())
+                       if any(re.search(rb"\b" + re.escape(n.encode()) + rb"\b", r) for r in raws)), 0)
+            return n, at
+    return None
+
+
+def _read_only(decl: str, name: str) -> bool:
+    """Is the declared object constant (a copy of it is as good as the original)?"""
+    before = decl.split(name)[0]
+    return bool(re.search(r"\bconst\b", before)) and "*" not in before
+
+
+def _source_data(name: str, included: bytes, text: str) -> tuple[str, int] | None:
+    for it in CSource(name, split_lines(included)).items():
+        body = included[it.start_byte:it.end_byte].decode("utf-8", "surrogateescape")
+        if it.kind == "variable" and not re.match(r"\s*extern\b", body) and not _read_only(body, it.name) \
+                and re.search(rf"\b{re.escape(it.name)}\b", text):
+            return it.name, it.start_line
+    return None
 
 
 class UnitWriter:
@@ -178,8 +244,8 @@ class UnitWriter:
     define_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: SymbolResolver, declare: Declare | None = None):
-        self.declare = declare  # names -> declarations, as the compiler sees them (None: unknown)
+                 resolver: SymbolResolver, compiled: PreprocessedUnit | None = None):
+        self.compiled = compiled  # the base unit as the compiler saw it (None: not compiled)
         self.unit = unit
         self.data = data
         self.patched = patched
@@ -222,12 +288,34 @@ class UnitWriter:
         if (defined := self._defined_variable(it, text)) is not None:
             return defined
         if it.name not in self.added and _MACRO_STATEMENT.match(text) and not _OWN_MACRO.match(text):
-            # a macro that defines functions or data of the running code (LSM_DIR_OPS(x),
-            # DEFINE_SHOW_ATTRIBUTE(x), ...): the patch must not have copies
-            self.unit.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
-            return (f"/* klpcc: {one_line(text)[:60]} defines the running {self.unit.object}'s own code "
-                    "or data */")
+            return self._macro_statement(it, text)
         return None
+
+    def _macro_statement(self, it: Item, text: str) -> str:
+        """A macro call at the top level (``DEFINE_SHOW_ATTRIBUTE(x);``,
+        ``define_netdev_printk_level(netdev_emerg, ...);``): it defines functions or data
+        of the running code, of which the patch must not have copies.  What the
+        compiled unit says it defines is declared where the patch uses it; the rest is
+        left out."""
+        u = self.unit
+        note = f"/* klpcc: {one_line(text)[:60]} defines the running {u.object}'s own code or data */"
+        u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
+        if self.compiled is None:
+            args = set(re.findall(r"\b[A-Za-z_]\w*\b", text[text.find("(") + 1:])) - _C_WORDS
+            used = sorted(args & self.new_words)
+            if used:
+                raise KlpccError(f"cannot declare {used[0]} (line {it.start_line}): {one_line(text)[:50]} "
+                                 "defines it and the patch uses it; klpcc reads what such a macro defines "
+                                 "from the unit compiled with the target's flags, which this build does not "
+                                 "compile", file=u.path)
+            return note
+        defs = self.compiled.definitions(it.start_line, it.end_line)
+        out = [note]
+        for n in sorted(n for n in defs if n in self.used_words):
+            d = defs[n]
+            label = self.label(n, "static symbol") if d.static else None
+            out.append(d.text[:-1] + (f' __asm__("{label}");' if label else ";"))
+        return " ".join(out)
 
     # ---------------------------------------------------------------- the unit
 
@@ -267,13 +355,22 @@ class UnitWriter:
         through another one -- a copy, or a ``static inline`` helper the unit keeps as
         written (only those are copied; the others stay declarations)."""
         roots: list[str] = []
+        kept: list[str] = []  # what else the compiler reads: types, and the sizes of arrays declared
         reached: dict[str, str] = {}  # copyable items and kept inline helpers, by name
         copyable: set[str] = set()
         for it in self.items:
             text = self._item_text(it)
-            if self._is_new(it) or it.kind == "type":  # the compiler reads every type the unit keeps
+            if self._is_new(it):
                 roots.append(text)
-            elif self._copyable(it, text):
+                continue
+            if it.kind == "type":
+                kept.append(text)
+            elif it.kind == "variable" and not it.macro:
+                eq = scan(text, "=;")
+                decl = text[:eq] if eq >= 0 else text
+                if "[" in decl or "typeof" in decl:
+                    kept.append(decl)
+            if self._copyable(it, text):
                 reached[it.name] = text
                 copyable.add(it.name)
             elif (it.kind == "function" and it.static and _INLINE.search(text.split("{", 1)[0])
@@ -281,8 +378,10 @@ class UnitWriter:
                 reached.setdefault(it.name, text)
         words = set(re.findall(r"\w+", "\n".join(roots)))
         seen: set[str] = set()
-        used = set(words)  # every word of the code the unit compiles: the patch's and what it reaches
-        todo = [n for n in reached if n in words]
+        # every word of the code the unit compiles: the patch's and what it reaches
+        used = words | set(re.findall(r"\w+", "\n".join(kept))) | included_words(self.unit.path, self.data,
+                                                                                self.compiled)
+        todo = [n for n in reached if n in used]
         while todo:
             name = todo.pop()
             if name not in seen:
@@ -350,6 +449,7 @@ class UnitWriter:
             return self._function(it, text)
         if it.kind == "prototype" and it.static and self.patched.get(it.name) != "added":
             if (_INLINE.search(text.split("(")[0]) or it.name in self._inline_defined
+                    or it.name not in self._defined_names  # defined by a file it includes: compiled there
                     or self.resolver.present(u.object, it.name) is False):
                 return None
             return _declaration(text.rstrip().rstrip(";"), self.label(it.name, "static function"))
@@ -433,7 +533,7 @@ class UnitWriter:
             first = one_line(text.split("{", 1)[0])[:60]
             u.left_out.append(f"{first} (line {it.start_line})")
             return f"/* klpcc: {first} is the running {u.object}'s: the patch does not use it */"
-        known = self.declare({it.name}) if self.declare is not None else {}
+        known = self.compiled.declarations({it.name}) if self.compiled is not None else {}
         d = known.get(it.name)
         if d is not None and d.static and self.resolver.present(u.object, it.name) is False:
             self._copy(it, text, f"the running {u.object} has no such symbol (inlined), so the patch has its "
@@ -453,9 +553,22 @@ class UnitWriter:
 
     def macro_function(self, it: Item, header: str, text: str) -> str:
         """The unit's text for a changed function written with a macro
-        (``SYSCALL_DEFINE3(name, ...) { ... }``); targets that can name its symbols say how."""
-        raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with the macro "
-                         f"{it.macro}, whose symbol klpcc cannot name", file=self.unit.path)
+        (``BPF_CALL_2(name, ...) { ... }``).  Where the running code has a symbol of the
+        function's name, the macro defines it again under a new name: a ``#define`` of
+        the name renames what the macro makes of its argument (what it pastes onto it,
+        ``____name``, stays the macro's), and a global alias gives the patch a name to
+        refer to whatever linkage the macro gives.  Targets with other conventions
+        (syscalls) say how."""
+        u = self.unit
+        if self.resolver.present(u.object, it.name) is not True:
+            raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is defined with the macro "
+                             f"{it.macro}, and the running {u.object} has no symbol {it.name} klpcc knows of",
+                             file=u.path)
+        new = f"klpcc_new_{u.index}_{it.name}"
+        u.patched.append((it.name, new, self.resolver.position(u.object, it.name, u.path, "function")))
+        return (f"#define {it.name} {new}__def\n#line {it.start_line} \"{u.path}\"\n{self.rewrite(text)}\n"
+                f"#undef {it.name}\n"
+                f'extern __typeof__({new}__def) {new} __attribute__((alias("{new}__def")));')
 
     def _macro_made(self, it: Item, text: str) -> str:
         """An unchanged function written with a macro: its declaration would be the macro
@@ -472,7 +585,7 @@ class UnitWriter:
         """The declaration of ``it`` as the compiled unit has it (its linkage too);
         refused by name when klpcc has no compiled unit."""
         u = self.unit
-        known = self.declare({it.name}) if self.declare is not None else {}
+        known = self.compiled.declarations({it.name}) if self.compiled is not None else {}
         if it.name not in known:
             raise KlpccError(f"cannot declare {it.name} (line {it.start_line}): {why} and the patch uses it; "
                              "klpcc reads such declarations from the unit compiled with the target's flags, "
@@ -496,14 +609,14 @@ class UnitWriter:
             return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "
                     "use it */")
         wanted = {n for n in used if n == it.name or n not in self._defined_names}
-        if self.declare is None:
+        if self.compiled is None:
             raise KlpccError(f"cannot declare {sorted(wanted)[0]} (line {it.start_line}): it is defined with "
                              f"a macro ({one_line(text)[:50]}) and the patch uses it; klpcc reads such "
                              "definitions from the unit compiled with the target's flags, which this build "
                              "does not compile", file=u.path)
         # the compiled unit says which of the macro's words are variables it defines (the
         # others are types, functions or constants the patch may use for themselves)
-        known = self.declare(wanted)
+        known = self.compiled.declarations(wanted)
         if not known:
             u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
             return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "
@@ -536,7 +649,7 @@ class UnitWriter:
             out.append(_declaration(f"{specs} {d}", label))
         return " ".join(out)
 
-    @property
+    @functools.cached_property
     def _defined_names(self) -> set[str]:
         """The names the file's own items define (a macro's other arguments may be functions)."""
         return {it.name for it in self.items if it.kind == "function"}

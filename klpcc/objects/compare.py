@@ -31,12 +31,26 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
     sources = source_changes(analysis, {path} | set(reads or ()))
     macros = {e.name for e in analysis.outside
               if e.kind == "macro" and e.change in (MODIFIED, ADDED, REMOVED)}
+    texts: dict[str, str] = {}
+    where: dict[str, str] = {}
+    moved: dict[str, tuple[int, int]] = {}  # function -> (line in the base, line in the release)
+    for f in sorted(headers) + [path]:  # the unit's functions win over a header's of the same name
+        now = _function_texts(analysis, f, analysis.release)
+        before = _function_texts(analysis, f, 0)
+        for name, (line, body) in now.items():
+            texts[name], where[name] = body, f
+            if name in before and before[name][0] != line:
+                moved[name] = (before[name][0], line)
+    deltas = {b - a for a, b in moved.values()}  # inlined functions carry their own lines
     changed_data = set()
     for name in sorted(set(base.code) | set(new.code)):
         a, b = base.code.get(name), new.code.get(name)
         kind = (a or b).kind
         if kind != "data":
             continue
+        if a is not None and b is not None and a.digest != b.digest \
+                and _only_constants({name}, base, new, deltas):
+            continue  # a record of a line (a dynamic debug descriptor) that moved: no behaviour change
         if a is None or b is None or a.digest != b.digest:
             changed_data.add(name)
             symbol, _, owner = name.partition("@")
@@ -62,16 +76,6 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
         if hit:
             reads_readonly[fn] = hit
             code_changed.add(fn)
-    texts: dict[str, str] = {}
-    where: dict[str, str] = {}
-    moved: dict[str, tuple[int, int]] = {}  # function -> (line in the base, line in the release)
-    for f in sorted(headers) + [path]:  # the unit's functions win over a header's of the same name
-        now = _function_texts(analysis, f, analysis.release)
-        before = _function_texts(analysis, f, 0)
-        for name, (line, body) in now.items():
-            texts[name], where[name] = body, f
-            if name in before and before[name][0] != line:
-                moved[name] = (before[name][0], line)
     inlined_into: dict[str, set[str]] = {}
     for caller, callees in new.inlined.items():
         for callee in callees:
@@ -93,7 +97,6 @@ def compare(path: str, base: UnitObject, new: UnitObject, headers: set[str], ana
         elif in_code:
             why = _why(fn, base, new, sources, macros, changed_data, texts)
             names = groups.get(fn, set())
-            deltas = {b - a for a, b in moved.values()}  # inlined functions carry their own lines
             if why is None and fn in moved and _only_constants(names, base, new, deltas):
                 report.functions.append(FunctionFinding(
                     fn, path, file, "line-only",
@@ -225,11 +228,29 @@ def _only_constants(names: set[str], base: UnitObject, new: UnitObject, deltas: 
     changed = [n for n in names if _digest(base, n) != _digest(new, n)]
     for n in changed:
         a, b = base.code.get(n), new.code.get(n)
-        if a is None or b is None or len(a.body) != len(b.body) or a.refs != b.refs:
+        if a is None or b is None or len(a.body) != len(b.body) or not _same_refs(a.refs, b.refs, deltas):
             return False
         if not _differs_by(a.body, b.body, deltas):
             return False
     return bool(changed)
+
+
+def _same_refs(old: tuple[str, ...], new: tuple[str, ...], deltas: set[int]) -> bool:
+    """Do two relocation lists name the same things, strings aside whose only
+    differences are numbers that grew by one of ``deltas`` (``"... at dev.c:10273"``)?"""
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new):
+        if a == b:
+            continue
+        if not (a.startswith("str:") and b.startswith("str:")):
+            return False
+        na, nb = re.findall(r"\d+", a), re.findall(r"\d+", b)
+        if re.sub(r"\d+", "#", a) != re.sub(r"\d+", "#", b) or len(na) != len(nb):
+            return False
+        if any(x != y and int(y) - int(x) not in deltas for x, y in zip(na, nb)):
+            return False
+    return True
 
 
 def _differs_by(old: bytes, new: bytes, deltas: set[int]) -> bool:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 _CLONE = re.compile(r"\.(constprop|isra|part|cold|lto_priv|localalias)(?:\.\d+)?")
 _LOCAL_SUFFIX = re.compile(r"\.\d+$")
+# a name the preprocessor's __COUNTER__ numbers (dynamic debug descriptors and the like):
+# every such name after a new one shifts, so the number is not part of its identity
+_UNIQUE = re.compile(r"^(__UNIQUE_ID_\w*?)\d+$")
 # relocation types whose field is 8 bytes; others patch 4 (x86-64 and AArch64 cover what is used)
 _WIDE = {"R_X86_64_64", "R_AARCH64_ABS64", "R_X86_64_PC64"}
 _PC_RELATIVE = re.compile(r"R_X86_64_(PC32|PLT32|GOTPCREL|GOTPCRELX|REX_GOTPCRELX)$")
@@ -25,7 +28,7 @@ def source_name(symbol: str) -> str:
 def _normal(symbol: str) -> str:
     """A symbol name without the numbers gcc appends (``x.constprop.0`` ->
     ``x.constprop``, ``count.3`` -> ``count``)."""
-    return _LOCAL_SUFFIX.sub("", _CLONE.sub(lambda m: "." + m.group(1), symbol))
+    return _UNIQUE.sub(r"\1", _LOCAL_SUFFIX.sub("", _CLONE.sub(lambda m: "." + m.group(1), symbol)))
 
 
 def is_clone(symbol: str) -> bool:
@@ -134,19 +137,20 @@ def read_object(obj: Path, ipa_clones: bytes) -> UnitObject:
         for name, kind, _, _, refs in raw:
             if kind == "function":
                 for _, (what, target, _) in refs:
-                    if what == "sym" and _LOCAL_SUFFIX.search(target) and not _CLONE.search(target):
+                    if what == "sym" and (_LOCAL_SUFFIX.search(target) and not _CLONE.search(target)
+                                          or _UNIQUE.match(target)):
                         owners.setdefault(target, set()).add(source_name(name))
 
         keys: dict[str, str] = {}
         taken: set[str] = set()
         for name, *_ in raw:  # symbol-table order: declaration order within a function
-            plain = _LOCAL_SUFFIX.sub("", name)
+            plain = _UNIQUE.sub(r"\1", _LOCAL_SUFFIX.sub("", name))
             owner = sorted(owners[name])[0] if name in owners else None
             k = f"{plain}@{owner}" if owner else _normal(name)
             n = 1
-            while k in taken and owner:  # two `static int n` in one function
+            while k in taken and (owner or _UNIQUE.match(name)):  # two `static int n` in one function
                 n += 1
-                k = f"{plain}#{n}@{owner}"
+                k = f"{plain}#{n}@{owner}" if owner else f"{_normal(name)}#{n}"
             taken.add(k)
             keys[name] = k
 

@@ -27,7 +27,7 @@ from ...objects import default_cache
 from .. import policy
 from ..cgen import c_string, callback_trampoline
 from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
-from ..units import CALLBACK_KINDS, Unit
+from ..units import CALLBACK_KINDS, Unit, refuse_carried_code
 from . import elf as klpelf
 from .kbuild import template as kbuild_template
 from .kbuild import unit_command
@@ -177,9 +177,11 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, layout.object(path))
         unit_resolver = resolver.for_unit(compiled.symbols.get(path) if compiled else None)
-        declare = (lambda names, path=path: compiled.declarations(path, names)) if compiled else None
-        KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
-                         unit_resolver, declare).write()
+        seen = compiled.unit(path) if compiled else None
+        writer = KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
+                                  unit_resolver, seen)
+        refuse_carried_code(path, b.source(path), layout.read, seen)
+        writer.write()
         if unit.patched and (why := layout.untraced(path)) is not None:
             raise KlpccError(f"cannot patch {unit.patched[0][0]}: {why}, so a live patch cannot redirect the "
                              "functions of this file", file=path)
@@ -299,8 +301,9 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         shutil.copy(runtime.kernel() / HEADER, tmp / HEADER)
         (tmp / "Kbuild").write_text(kbuild(name, units, layout))
         (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace))
-        for path in b.source_paths:
-            if not path.endswith(".c"):
+        unit_paths = {u.path for u in units}
+        for path in b.source_paths:  # headers, and C files a unit includes
+            if path not in unit_paths:
                 dest = atomic.inside(tmp / "src", path)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(b.source(path))

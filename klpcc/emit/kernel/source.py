@@ -122,9 +122,10 @@ class KernelUnitWriter(UnitWriter):
         """Code that the kernel reads while the module loads must not refer to what the
         module cannot link (livepatch relocates a module's symbols only once that module
         is loaded): static branches read their key instead of being jump labels, a
-        tracepoint calls its iterator instead of a static call, and ``THIS_MODULE`` of a
-        module's code is that module.  Defined before the file's own headers, so their
-        inline functions are compiled the same way."""
+        tracepoint calls its iterator instead of a static call, ``THIS_MODULE`` of a
+        module's code is that module, and exports (of a file the unit includes) are none.
+        Defined before the file's own headers, so their inline functions are compiled
+        the same way."""
         out = ["#include <linux/jump_label.h>", "#include <linux/tracepoint.h>",
                "#undef static_branch_likely",
                "#define static_branch_likely(x) likely_notrace(static_key_enabled(&(x)->key))",
@@ -133,7 +134,9 @@ class KernelUnitWriter(UnitWriter):
                "#define static_key_false(x) unlikely_notrace(static_key_enabled(x))",
                "#define static_key_true(x) likely_notrace(static_key_enabled(x))",
                "#undef __DO_TRACE_CALL",
-               "#define __DO_TRACE_CALL(name, args) __traceiter_##name(NULL, args)"]
+               "#define __DO_TRACE_CALL(name, args) __traceiter_##name(NULL, args)",
+               # the running code exports its symbols: the module exports none of them again
+               "#undef __EXPORT_SYMBOL", "#define __EXPORT_SYMBOL(sym, sec, ns)"]
         if self.unit.object != VMLINUX:
             label = self.label("__this_module", "module")
             out += [f'extern struct module __klpcc_this_module __asm__("{label}");', "#undef THIS_MODULE",

@@ -28,7 +28,7 @@ from ...objects import default_cache
 from .. import policy
 from ..cgen import c_literal, c_string, callback_trampoline
 from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
-from ..units import CALLBACK_KINDS, Unit
+from ..units import CALLBACK_KINDS, Unit, refuse_carried_code
 from .program import Program, read_program
 from .source import HEADER, ProgramResolver, ProgramUnitWriter
 
@@ -251,11 +251,13 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
         build.notes += [f"note: {n}" for n in compiled.notes]
     units: list[Unit] = []
     refs: dict[str, dict] = {}
+    sources = set(b.source_paths)
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, "program")
-        declare = (lambda names, path=path: compiled.declarations(path, names)) if compiled else None
+        seen = compiled.unit(path) if compiled else None
         writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
-                                   ProgramResolver(prog, sympos, path), declare)
+                                   ProgramResolver(prog, sympos, path), seen)
+        refuse_carried_code(path, b.source(path), lambda q: b.source(q) if q in sources else None, seen)
         writer.write()
         units.append(unit)
         immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate) | set(m.immediate)

@@ -89,9 +89,9 @@ class ProgramUnitWriter(UnitWriter):
     header = HEADER
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: ProgramResolver, declare=None):
+                 resolver: ProgramResolver, compiled=None):
         self.refs: dict[str, Symbol] = {}  # slot -> the program's symbol
-        super().__init__(unit, data, patched, added, resolver, declare)  # type: ignore[arg-type]
+        super().__init__(unit, data, patched, added, resolver, compiled)  # type: ignore[arg-type]
 
     def label(self, name: str, what: str) -> str | None:
         return None  # declarations stay plain: references are rewritten instead
