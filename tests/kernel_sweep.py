@@ -294,3 +294,119 @@ def shares(outcomes: Iterable[Outcome]) -> dict:
     total = {st: sum(1 for o in outcomes if o.status == st)
              for st in ("built", "refused", "undocumented", "broken", "crashed")}
     return {"picks": len(outcomes), "total": total, "by_subsystem": by_sub, "reasons": reasons}
+
+
+# ------------------------------------------------------------------ in the guest
+
+LOADER = Path(__file__).resolve().parents[1] / "runtime" / "kernel" / "klpcc-load"
+_UNLOADABLE = {"kvm_intel", "kvm_amd"}  # need hardware virtualisation the TCG guest has not
+
+
+def module_deps(release: str, name: str) -> list[Path]:
+    """``name``'s module file and those it needs, in load order (from modules.dep)."""
+    base = Path("/lib/modules") / release
+    deps: dict[str, list[str]] = {}
+    for line in (base / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[Path(mod).name.split(".ko")[0].replace("-", "_")] = [mod, *rest.split()]
+    if name not in deps:
+        raise LookupError(f"{name} is not in {base}/modules.dep")
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        for d in deps[n][1:]:
+            key = Path(d).name.split(".ko")[0].replace("-", "_")
+            if key not in order:
+                visit(key)
+        if n not in order:
+            order.append(n)
+
+    visit(name)
+    return [base / deps[n][0] for n in order]
+
+
+def loadable(o: Outcome) -> bool:
+    """A built module whose objects the guest can load (vmlinux, or modules that load
+    without hardware the TCG guest lacks)."""
+    return o.status == "built" and not {f.split(":")[0] for f in o.functions} & _UNLOADABLE
+
+
+def guest_sample(outcomes: list[Outcome], n: int) -> list[Outcome]:
+    """Up to ``n`` loadable modules, taken from the subsystems in turn."""
+    by_sub: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        if loadable(o):
+            by_sub.setdefault(o.pick.subsystem, []).append(o)
+    out: list[Outcome] = []
+    while len(out) < n and any(by_sub.values()):
+        for sub in list(by_sub):
+            if by_sub[sub] and len(out) < n:
+                out.append(by_sub[sub].pop(0))
+    return out
+
+
+def guest_files_and_script(release: str, sample: list[Outcome]) -> tuple[dict[str, Path], str]:
+    """What the guest needs and the script that loads, checks and disables each module:
+    the objects it patches are loaded first; then, after the load, the patch must be
+    enabled with its transition complete and every patched function must have ftrace's
+    handler (``enabled_functions``); then it is disabled and removed."""
+    files: dict[str, Path] = {"/bin/klpcc-load": LOADER}
+    lines = ["mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null"]
+    for o in sample:
+        name = Path(o.module).stem
+        files[f"/lib/klpcc/{name}.ko"] = Path(o.module)
+        objects = sorted({f.split(":")[0] for f in o.functions} - {"vmlinux"})
+        for obj in objects:
+            for dep in module_deps(release, obj):
+                files[f"/lib/mods/{dep.name}"] = dep
+                lines.append(f"grep -q '^{dep.name.split('.ko')[0].replace('-', '_')} ' /proc/modules || "
+                             f"insmod /lib/mods/{dep.name} 2>/dev/null")
+        lines.append(f'out=$(/bin/klpcc-load /lib/klpcc/{name}.ko 2>&1); echo "RC {name} $?"; '
+                     f'echo "$out" | sed "s/^/LOAD {name} /"')
+        lines.append(f'echo "STATE {name} $(cat /sys/kernel/livepatch/{name}/enabled 2>/dev/null)'
+                     f' $(cat /sys/kernel/livepatch/{name}/transition 2>/dev/null)"')
+        for f in o.functions:
+            fn = f.split(":")[1]
+            lines.append(f'echo "FN {name} {fn} $(grep -c "^{fn} " /sys/kernel/tracing/enabled_functions)"')
+        lines.append(f'out=$(/bin/klpcc-load --disable {name} 2>&1); echo "OFF {name} $?"; '
+                     f'echo "$out" | sed "s/^/LOAD {name} /"')
+        lines.append(f'echo "GONE {name} $(ls /sys/kernel/livepatch | grep -c "^{name}$")'
+                     f' $(grep -c "^{name} " /proc/modules)"')
+    lines.append('dmesg | grep -iE "livepatch|klpcc|BUG|WARNING|Oops" | sed "s/^/DMESG /"')
+    return files, "\n".join(lines) + "\n"
+
+
+@dataclass
+class GuestResult:
+    name: str
+    loaded: bool  # klpcc-load exited 0
+    enabled: bool  # enabled 1, transition 0
+    functions: dict[str, int]  # patched function -> ftrace entries found for it
+    disabled: bool  # --disable exited 0, and neither the patch nor the module is left
+    log: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.loaded and self.enabled and self.disabled and all(self.functions.values())
+
+
+def guest_results(output: str, sample: list[Outcome]) -> list[GuestResult]:
+    lines = output.splitlines()
+
+    def get(prefix: str) -> list[str]:
+        return [ln[len(prefix):].strip() for ln in lines if ln.startswith(prefix)]
+
+    out = []
+    for o in sample:
+        name = Path(o.module).stem
+        rc = get(f"RC {name} ")
+        state = get(f"STATE {name} ")
+        off = get(f"OFF {name} ")
+        gone = get(f"GONE {name} ")
+        fns = {}
+        for ln in get(f"FN {name} "):
+            fn, _, count = ln.partition(" ")
+            fns[fn] = int(count or 0)
+        out.append(GuestResult(name, rc == ["0"], state == ["1 0"], fns,
+                               off == ["0"] and gone == ["0 0"], get(f"LOAD {name} ")))
+    return out

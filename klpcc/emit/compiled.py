@@ -118,13 +118,10 @@ class _Commands:
     entries: dict[str, Command]
 
 
-def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, cache: Path | None,
-                   jobs: int | None = None) -> CompiledSet:
-    """Compile both sides of every C unit the bundle carries with ``command(unit,
-    base_root)`` and compare them."""
-    from .. import objects
-
-    start = time.perf_counter()
+def _replayed(bundle: Bundle, command: Callable[[str, Path], Command], cache: Path | None
+              ) -> tuple[_Analysis, _Commands]:
+    """The bundle as the object-level check reads it, and the command of each C unit the
+    release changes (``command(unit, base_root)``)."""
     m = bundle.manifest
     base = {p: data for p in bundle.source_paths if (data := bundle.base_source(p)) is not None}
     # the base side under a path named by its content: the same base compiles to the
@@ -147,12 +144,36 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
     analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
                          tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
                          m.outside)
+    return analysis, commands
+
+
+def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, cache: Path | None,
+                   jobs: int | None = None) -> CompiledSet:
+    """Compile both sides of every C unit the bundle carries with ``command(unit,
+    base_root)`` and compare them."""
+    from .. import objects
+
+    start = time.perf_counter()
+    analysis, commands = _replayed(bundle, command, cache)
     report = objects.check(analysis, commands, jobs=jobs, cache=cache,  # type: ignore[arg-type]
                            keep_preprocessed=True)
     symbols = {p: {c.symbol for c in base.code.values()} for p, (base, _) in report.objects.items()}
     out = CompiledSet(report, symbols, dict(report.never_returns), time.perf_counter() - start,
                       report.compiled, report.cache_hits, list(report.notes))
     return out
+
+
+def preprocess_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, cache: Path | None,
+                      jobs: int | None = None) -> tuple[dict[str, PreprocessedUnit], list[str]]:
+    """Every C unit the release changes, its base as the compiler sees it with
+    ``command`` (preprocessed only: what the unit writer reads of the compiled code
+    when the function set comes from the source), and notes on the units that do not
+    preprocess."""
+    from .. import objects
+
+    analysis, commands = _replayed(bundle, command, cache)
+    texts, notes = objects.preprocess(analysis, commands, jobs=jobs)  # type: ignore[arg-type]
+    return {p: PreprocessedUnit(p, t) for p, t in texts.items()}, notes
 
 
 def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False,

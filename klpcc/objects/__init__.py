@@ -41,8 +41,8 @@ from .report import DataFinding, FunctionFinding, ObjectReport, summary, text, t
 
 __all__ = [
     "OBJECTS_FLAGS", "Code", "Compiler", "DataFinding", "Dwarf", "FunctionFinding", "ObjectReport",
-    "UnitObject", "check", "default_cache", "dwarf_of", "is_readonly", "never_returning", "read_dwarf",
-    "read_object",
+    "UnitObject", "check", "default_cache", "dwarf_of", "is_readonly", "never_returning", "preprocess",
+    "read_dwarf", "read_object",
     "source_name", "summary", "text", "to_json",
 ]
 
@@ -138,3 +138,25 @@ def check(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = N
     if dwarf is not None:
         cross_check(report, analysis, commands, dwarf)
     return report
+
+
+def preprocess(analysis: Analysis, commands: CompileCommands, *, jobs: int | None = None
+               ) -> tuple[dict[str, bytes], list[str]]:
+    """Each base unit of ``commands`` as the compiler sees it (preprocessed, not
+    compiled), and notes on the units that do not preprocess."""
+    overlay = Overlay(analysis.replay, commands)
+    compiler = Compiler(overlay, None, keep_preprocessed=True)
+    notes: list[str] = []
+
+    def run(p: str) -> None:
+        try:
+            compiler.compile(0, p, commands.entries[p], deps_only=True)
+        except (BuildFailed, OSError, ValueError) as exc:
+            notes.append(f"{p}: {exc}")
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1)) as pool:
+            list(pool.map(run, sorted(commands.entries)))
+    finally:
+        overlay.close()
+    return compiler.preprocessed, sorted(notes)

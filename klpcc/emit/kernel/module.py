@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ... import atomic, manifest, runtime, toolchain
+from ...c.declarations import PreprocessedUnit
 from ...errors import KlpccError
 from ...objects import default_cache
 from .. import policy
 from ..cgen import c_string, callback_trampoline
-from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
+from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, preprocess_bundle, stuck
 from ..units import CALLBACK_KINDS, Unit, refuse_carried_code
 from . import elf as klpelf
 from .kbuild import template as kbuild_template
@@ -137,12 +138,8 @@ def _module_name(opts: KernelOptions, release: str) -> str:
     return name[:_NAME_MAX]
 
 
-def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: list[str] | None,
-              layout: Layout) -> CompiledSet | None:
-    """Both sides of every unit compiled with the kernel's own flags, where they can be."""
-    if opts.source_level or b.manifest.objects is not None or kdir is None or args is None:
-        return None
-
+def _command(kdir: Path, args: list[str], layout: Layout):
+    """The compile command of a unit under a root, as Kbuild builds it for its object."""
     header = runtime.kernel() / HEADER  # as every unit of the module has it: KLPCC_STATE and the like
 
     def command(path: str, root: Path):
@@ -153,11 +150,28 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: 
         kept = tuple(a for a in cmd.args if a not in removed)
         return replace(cmd, args=(*kept, *extra, "-DKLPCC_UNIT=1", "-include", str(header)))
 
-    return compare_bundle(b, command, cache=default_cache(), jobs=opts.jobs)
+    return command
+
+
+def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: list[str] | None,
+              layout: Layout) -> tuple[CompiledSet | None, dict[str, PreprocessedUnit]]:
+    """Both sides of every unit compiled with the kernel's own flags, where they can be;
+    with ``--source-level``, the base units preprocessed only (what the unit writer
+    reads of the compiled code)."""
+    if b.manifest.objects is not None or kdir is None or args is None:
+        return None, {}
+    if opts.source_level:
+        command = _command(kdir, args, layout)
+        seen, notes = preprocess_bundle(b, command, cache=default_cache(), jobs=opts.jobs)
+        if notes:
+            raise KlpccError(f"the unit does not compile with the kernel's flags: {notes[0]}")
+        return None, seen
+    compiled = compare_bundle(b, _command(kdir, args, layout), cache=default_cache(), jobs=opts.jobs)
+    return compiled, {}
 
 
 def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: CompiledSet | None,
-           result: KernelBuild) -> list[Unit]:
+           preprocessed: dict[str, PreprocessedUnit], result: KernelBuild) -> list[Unit]:
     p = policy.plan(b.manifest)
     if compiled is not None:
         result.notes += decide(p, compiled, owner=syscall_owner)
@@ -177,7 +191,7 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, layout.object(path))
         unit_resolver = resolver.for_unit(compiled.symbols.get(path) if compiled else None)
-        seen = compiled.unit(path) if compiled else None
+        seen = compiled.unit(path) if compiled else preprocessed.get(path)
         writer = KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                   unit_resolver, seen)
         refuse_carried_code(path, b.source(path), layout.read, seen)
@@ -286,16 +300,16 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
                          opts.replace)
     sources = set(b.source_paths)
     flags_kdir = Path(opts.kdir) if opts.kdir else None
-    compare = flags_kdir is not None and not opts.source_level and m.objects is None
-    args = kbuild_template(flags_kdir, opts.jobs) if compare and flags_kdir is not None else None
+    compile_units = flags_kdir is not None and m.objects is None
+    args = kbuild_template(flags_kdir, opts.jobs) if compile_units and flags_kdir is not None else None
     layout = Layout.of(lambda p: b.source(p) if p in sources else None, flags_kdir, tuple(opts.objects), args)
-    compiled = _compared(b, opts, flags_kdir, args, layout)
+    compiled, preprocessed = _compared(b, opts, flags_kdir, args, layout)
     result.decided_by = "objects" if compiled else "bundle" if m.objects is not None else "source"
     result.symbols_from = "kallsyms" if syms else "predicted" if compiled else "unknown"
     if compiled is not None:
         result.compare = compiled.summary()
         result.notes += [f"note: {n}" for n in compiled.notes]
-    units = _units(b, layout, resolver, compiled, result)
+    units = _units(b, layout, resolver, compiled, preprocessed, result)
     result.units = units
     with atomic.staged(opts.outdir) as tmp:
         shutil.copy(runtime.kernel() / HEADER, tmp / HEADER)
