@@ -449,17 +449,22 @@ def _object(make: _Make, rel: str, makefile: str) -> tuple[str | None, str]:
 
 def _flags(read: Read, make: _Make, path: str, directory: str, rel: str, config: Mapping[str, str],
            pre: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(flags added, flags removed) as Kbuild's ``_c_flags`` has them: the directory's
+    flags (``subdir-ccflags-y`` above, ``ccflags-y``) without ``ccflags-remove-y``, then
+    the file's own ``CFLAGS_file.o`` (which can add a removed flag back), all without
+    ``CFLAGS_REMOVE_file.o``."""
     stem = posixpath.splitext(rel)[0]
     base = posixpath.basename(stem)
-    words = make.words("ccflags-y") + make.words("EXTRA_CFLAGS")
+    own: list[str] = []
     for key in (f"CFLAGS_{stem}.o", f"CFLAGS_{base}.o"):
         if key in make.vars:
-            words += make.words(key)
+            own = make.words(key)
             break
-    removed = make.words("ccflags-remove-y")
+    dir_removed = make.words("ccflags-remove-y")
+    file_removed: list[str] = []
     for key in (f"CFLAGS_REMOVE_{stem}.o", f"CFLAGS_REMOVE_{base}.o"):
         if key in make.vars:
-            removed += make.words(key)
+            file_removed = make.words(key)
             break
     inherited: list[str] = make.words("subdir-ccflags-y")
     for d in _directories(path):  # subdir-ccflags-y of the directories above the makefile's
@@ -471,8 +476,10 @@ def _flags(read: Read, make: _Make, path: str, directory: str, rel: str, config:
         above = _Make(read, config, pre, d)
         above.run(found[1])
         inherited = above.words("subdir-ccflags-y") + inherited
-    flags = _normalise(inherited + words, directory)
-    return tuple(flags), tuple(removed)
+    words = [w for w in inherited + make.words("ccflags-y") + make.words("EXTRA_CFLAGS")
+             if w not in dir_removed]
+    words = [w for w in words + own if w not in file_removed]
+    return tuple(_normalise(words, directory)), tuple(dict.fromkeys(dir_removed + file_removed))
 
 
 def _normalise(words: list[str], directory: str) -> list[str]:

@@ -281,6 +281,26 @@ def run_pick(root: Path, kdir: Path, pick: Pick, work: Path, jobs: int = 1) -> O
     return out
 
 
+def baseline_seconds(root: Path, kdir: Path, pick: Pick, work: Path) -> float:
+    """The time of compiling ``pick``'s file once, unchanged, with the flags Kbuild
+    gives it (what ``make`` of that one object costs): the baseline of a pick's build."""
+    from klpcc.emit.kernel import module
+    from klpcc.emit.kernel.kbuild import template
+    from klpcc.emit.kernel.layout import Layout
+
+    args = template(kdir)
+    layout = Layout.of(_reader(root), kdir, (), args)
+    cmd = module._command(kdir, args, layout)(pick.path, root)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd.args, "-c", str(root / pick.path), "-o", str(work / "base.o")],
+                          cwd=cmd.directory, capture_output=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{pick.path} does not compile with Kbuild's flags: {proc.stderr[-400:]!r}")
+    return seconds
+
+
 def shares(outcomes: Iterable[Outcome]) -> dict:
     """Counts by status, by subsystem and by refusal reason."""
     outcomes = list(outcomes)

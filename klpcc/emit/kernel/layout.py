@@ -89,7 +89,7 @@ class Layout:
         r = self.rules(path)
         if r is None:
             return None
-        gone = set(r.removed) & set(self.ftrace.split())
+        gone = set(r.removed) & set(self.ftrace.split()) - set(r.flags)  # CFLAGS_file.o may add them back
         if not gone:
             return None
         return f"{r.makefile} builds it without {' '.join(sorted(gone))} (ftrace's entry hook)"

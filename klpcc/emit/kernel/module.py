@@ -265,6 +265,7 @@ def kbuild(name: str, units: list[Unit], layout: Layout | None = None) -> str:
         added = [f"-I$(src)/src/{a[2:]}" if a.startswith("-I") else a for a in added if a != "-Werror"]
         if added:
             out += f"CFLAGS_src/{u.path[:-2]}.o := {' '.join(added)}\n"
+        removed = [a for a in removed if a not in added]  # CFLAGS_REMOVE_ would take them out again
         if removed:
             out += f"CFLAGS_REMOVE_src/{u.path[:-2]}.o := {' '.join(removed)}\n"
     return out
