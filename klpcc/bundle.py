@@ -85,13 +85,13 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(head + body)
 
 
-_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*(?:"([^"\n]+)"|<([^>\n]+)>)', re.M)
 
 
 def release_sources(analysis: Analysis) -> dict[str, bytes]:
     """The release's version of every changed C file, and the headers those include
-    with ``#include "..."`` (transitively) from their own directory or from a directory
-    the kernel's makefiles add with ``-I``, and those makefiles: with the kernel or
+    (transitively) with ``#include "..."`` from their own directory, or with either form
+    from a directory the kernel's makefiles add with ``-I``, and those makefiles: with the kernel or
     program headers, what the patch's code is compiled from."""
     rep = analysis.replay
     snaps = rep.snapshots
@@ -125,10 +125,11 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
                 continue
             out[path] = data
             for m in _LOCAL_INCLUDE.finditer(data):
-                name = m.group(1).decode("utf-8", "surrogateescape")
+                name = (m.group(1) or m.group(2)).decode("utf-8", "surrogateescape")
                 if name.startswith("/") or "\0" in name:
                     continue  # an absolute name: a file of the system, left alone
-                for where in (posixpath.dirname(path), *dirs):
+                # "name": the including file's directory first; <name>: the -I directories only
+                for where in ((posixpath.dirname(path),) if m.group(1) else ()) + tuple(dirs):
                     cand = posixpath.normpath(posixpath.join(where, name))
                     if cand == ".." or cand.startswith("../"):
                         continue

@@ -57,6 +57,8 @@ _OWN_MACRO = re.compile(r"\s*(KLPCC|KPATCH|KLP)_[A-Z_]+\s*\(")
 _CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
                              r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
 _MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Za-z_]\w*\s*\(")
+# an object-like macro as a statement (``FOP_END;``, closing what other macros opened)
+_BARE_MACRO = re.compile(r"\s*[A-Za-z_]\w*\s*;\s*")
 # a variable defined by a macro call: [static] MACRO(...) [attributes] [= ...];
 _MACRO_DECL = re.compile(r"\s*(?:static\s+)?(?:const\s+)?[A-Z_][A-Z0-9_]*\s*\(")
 _C_WORDS = frozenset({"struct", "union", "enum", "const", "volatile", "static", "unsigned", "signed", "int",
@@ -381,16 +383,22 @@ class UnitWriter:
         # every word of the code the unit compiles: the patch's and what it reaches
         used = words | set(re.findall(r"\w+", "\n".join(kept))) | included_words(self.unit.path, self.data,
                                                                                 self.compiled)
-        todo = [n for n in reached if n in used]
-        while todo:
-            name = todo.pop()
-            if name not in seen:
-                seen.add(name)
-                more = set(re.findall(r"\w+", reached[name]))
-                used |= more
-                todo += [n for n in reached if n in more and n not in seen]
-        # a reached macro that pastes tokens may name any helper: every one is kept then
+        def reach(todo: list[str]) -> None:
+            nonlocal used
+            while todo:
+                name = todo.pop()
+                if name not in seen:
+                    seen.add(name)
+                    more = set(re.findall(r"\w+", reached[name]))
+                    used |= more
+                    todo += [n for n in reached if n in more and n not in seen]
+
+        reach([n for n in reached if n in used])
+        # a reached macro that pastes tokens may name any helper: every one is kept then,
+        # and what those use is used
         self._pasting = any("##" in reached[n] for n in seen)
+        if self._pasting:
+            reach([n for n in reached if n not in copyable])
         self._reached = seen
         return words, seen & copyable, used
 
@@ -453,6 +461,8 @@ class UnitWriter:
                     or self.resolver.present(u.object, it.name) is False):
                 return None
             return _declaration(text.rstrip().rstrip(";"), self.label(it.name, "static function"))
+        if it.kind in ("variable", "statement") and it.name not in self.added and _BARE_MACRO.fullmatch(text):
+            return self._macro_statement(it, text)
         if it.kind == "variable":
             return self._variable(it, text)
         if it.kind == "statement":
