@@ -252,7 +252,8 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
               help="Kernel build directory to build the livepatch module against "
                    "(e.g. /lib/modules/$(uname -r)/build).")
 @click.option("--object", "objects", metavar="PATH=MODNAME", multiple=True,
-              help="Source files under PATH belong to module MODNAME (default: vmlinux). Repeatable.")
+              help="Source files under PATH belong to module MODNAME (default: what the kernel's "
+                   "makefiles say, else vmlinux). Repeatable.")
 @click.option("--no-replace", is_flag=True,
               help="Build a patch that stacks instead of replacing (replace=false).")
 @click.option("--source-only", is_flag=True, help="Write the module source and Kbuild, do not build.")

@@ -48,7 +48,8 @@ REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
     "__init/__exit": r"cannot patch \w+ \(line \d+\): it is (__init|__exit)\b"
                      r"|\(\) is (__init|__exit): a live patch cannot redirect it",
     "notrace/noinstr": r"cannot patch \w+ \(line \d+\): it is (notrace|noinstr|__kprobes|__noinstr_section|"
-                       r"__cpuidle|__irq_entry|__softirq_entry)\b",
+                       r"__cpuidle|__irq_entry|__softirq_entry)\b"
+                       r"|cannot patch \w+ \(line \d+\): the kernel compiled it without ftrace's entry hook",
     "always-inline": r"cannot patch \w+ \(line \d+\): it is __always_inline",
     "static inline": r"it is static inline, so its callers carry its code",
     "built without ftrace": r"builds it without .*\(ftrace's entry hook\)",
@@ -86,6 +87,7 @@ class Outcome:
     build_seconds: float = 0.0
     module: str | None = None
     functions: list[str] = field(default_factory=list)  # what the module patches
+    notes: list[str] = field(default_factory=list)  # why functions joined or left the set
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -278,6 +280,7 @@ def run_pick(root: Path, kdir: Path, pick: Pick, work: Path, jobs: int = 1) -> O
     built = json.loads((work / "module" / "build.json").read_text())
     out.module = str(ko)
     out.functions = [f"{f['object']}:{f['name']}" for f in built["functions"]]
+    out.notes = list(built.get("function_set", {}).get("notes", []))
     return out
 
 

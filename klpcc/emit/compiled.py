@@ -214,6 +214,7 @@ def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False,
         elif f.what in ("source-only", "line-only") and fns.get(f.function) == "modified" \
                 and not keep_source_only:
             del fns[f.function]
+            plan.left[(f.file, f.function)] = f.reason
             notes.append(f"{f.function} ({f.file}) leaves the patch: {f.reason}")
     return notes
 

@@ -58,6 +58,7 @@ class Plan:
     functions: dict[str, dict[str, str]] = field(default_factory=dict)
     added: dict[str, set[str]] = field(default_factory=dict)
     why: dict[tuple[str, str], str] = field(default_factory=dict)  # (file, function) -> reason
+    left: dict[tuple[str, str], str] = field(default_factory=dict)  # changed in source, not in code: why
 
     def add(self, path: str, name: str, why: str) -> None:
         """``name`` of ``path`` joins the patch as a modified function, for ``why``."""
@@ -106,8 +107,10 @@ def check_units(m: Manifest, units: Iterable[Unit], p: Plan | None = None) -> No
                                      f"{name} only through a macro klpcc cannot rewrite on its own; change "
                                      "the function it calls instead", file=path)
     if not any(u.patched or u.callbacks for u in units) and not m.nops and not m.states:
+        gone = "".join(f"; {name} ({path}) left: {why}" for (path, name), why in
+                       sorted((p.left if p is not None else {}).items())[:3])
         raise KlpccError(f"release {m.release} changes no function and declares no callback or state: there "
-                         "is nothing to patch")
+                         f"is nothing to patch{gone}")
     declared = {(c.site.file, c.kind) for c in m.callbacks or ()}
     found = {(u.path, k) for u in units for k in u.callbacks}
     for path, kind in sorted(declared - found):

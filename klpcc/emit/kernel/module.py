@@ -199,9 +199,31 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
         if unit.patched and (why := layout.untraced(path)) is not None:
             raise KlpccError(f"cannot patch {unit.patched[0][0]}: {why}, so a live patch cannot redirect the "
                              "functions of this file", file=path)
+        if compiled is not None:
+            _check_traced(unit, compiled)
         units.append(unit)
     policy.check_units(b.manifest, units, p)
     return units
+
+
+def _check_traced(unit: Unit, compiled: CompiledSet) -> None:
+    """Refuse a function the kernel compiled without ftrace's entry hook (a ``notrace``
+    under another name: ``__meminit`` and the other section macros imply it), as its
+    compiled base unit shows: the kernel could not redirect it."""
+    objects = compiled.report.objects.get(unit.path)  # type: ignore[attr-defined]
+    if objects is None:
+        return
+    base = objects[0].code
+    for old, new, _ in unit.patched:
+        code = base.get(old)
+        if code is None or code.kind != "function" or any(r.startswith("__fentry__") for r in code.refs[:2]):
+            continue
+        at = unit.text.find(f"{new}(")
+        lines = re.findall(r"^#line (\d+) ", unit.text[:at], re.M) if at >= 0 else []
+        where = f" (line {lines[-1]})" if lines else ""
+        raise KlpccError(f"cannot patch {old}{where}: the kernel compiled it without ftrace's entry hook "
+                         "(__fentry__; notrace, or a section macro such as __meminit that implies it), so a "
+                         "live patch cannot redirect it", file=unit.path)
 
 
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
@@ -372,8 +394,14 @@ def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, s
                 raise KlpccError(f"the patch uses {name}, which the kernel neither exports nor has in its "
                                  f"symbol table ({syms.source})")
             owners = unseen
-        obj = VMLINUX if not owners or VMLINUX in owners else next(
-            (o for o in owners if o in defined_objects), owners[0])
+        if not owners:
+            # no kallsyms: a module's code links only against exports and its own module,
+            # so a global it uses that nothing exports is its module's (vmlinux code: vmlinux's)
+            users = {u.object for u in units if re.search(rf"\b{re.escape(name)}\b", u.text)}
+            if not users:  # named through a header's macro: the module's when every unit is a module's
+                users = {u.object for u in units} if VMLINUX not in {u.object for u in units} else {VMLINUX}
+            owners = [VMLINUX] if not users or VMLINUX in users else sorted(users)
+        obj = VMLINUX if VMLINUX in owners else next((o for o in owners if o in defined_objects), owners[0])
         return klpelf.Target(obj, name, resolver.position(obj, name, "(global)", "global"))
 
     return resolve
