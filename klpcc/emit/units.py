@@ -126,6 +126,8 @@ def function_header(text: str) -> str:
 
 def _declaration(header: str, label: str | None) -> str:
     """An ``extern`` declaration from a definition's header (function or variable)."""
+    if re.search(r"^[ \t]*#", header, re.M):
+        return _conditional_declaration(header, label)
     decl = re.sub(r"\bstatic\b", "extern", one_line(header), count=1)
     if not decl.startswith("extern") and " extern " not in f" {decl} ":
         decl = "extern " + decl
@@ -135,6 +137,35 @@ def _declaration(header: str, label: str | None) -> str:
     if label:
         decl += f' __asm__("{label}")'
     return decl + ";"
+
+
+def _conditional_declaration(header: str, label: str | None) -> str:
+    """The declaration of a header written with preprocessor conditionals in it (one
+    header per configuration, or parameters under ``#ifdef``): the directives stay on
+    lines of their own, every version becomes ``extern``, and the label and ``;`` come
+    after them all."""
+    out: list[str] = []
+    code: list[str] = []
+
+    def flush() -> None:
+        if code:
+            text = one_line("\n".join(code))
+            text = _INLINE.sub("", re.sub(r"\bstatic\b", "extern", text))
+            out.append(" ".join(_strip_paren_attrs(_VAR_ATTRS.sub("", text)).split()))
+            code.clear()
+
+    for line in strip_comments(header).split("\n"):
+        if re.match(r"[ \t]*#", line):
+            flush()
+            out.append(line.strip())
+        else:
+            code.append(line)
+    flush()
+    first = next((i for i, x in enumerate(out) if not x.startswith("#") and x), None)
+    if first is not None and not any(re.search(r"\bextern\b", x) for x in out if not x.startswith("#")):
+        out[first] = "extern " + out[first]
+    tail = (f' __asm__("{label}")' if label else "") + ";"
+    return "\n".join(out) + ("\n" + tail.lstrip() if out and out[-1].startswith("#") else tail)
 
 
 def _rename(header: str, name: str, new: str, keep_static: bool = False) -> str:
@@ -173,17 +204,20 @@ _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
 
 
 def refuse_carried_code(path: str, data: bytes, read: Callable[[str], bytes | None],
-                        compiled: PreprocessedUnit | None) -> None:
+                        compiled: PreprocessedUnit | None, symbols: set[str] | None = None) -> None:
     """Refuse a file that includes, with ``#include "..."``, a file defining data its
     code uses (``static bool x;`` in a header): a unit would compile a second copy of
     that data, which the copied code would use instead of the running code's.  What
-    the compiled unit saw decides where there is one; else the source."""
+    the compiled unit saw decides where there is one; else the source.  A static the
+    compiled base unit has no symbol for (``symbols``: what it defines) has no storage
+    in the running code -- never written, its value folded into the code -- so a copy
+    is the same."""
     text = data.decode("utf-8", "surrogateescape")
     for name in _local_includes(path, text):
         included = read(name)
         if included is None:
             continue
-        found = _compiled_data(compiled, name) if compiled else _source_data(name, included, text)
+        found = _compiled_data(compiled, name, symbols) if compiled else _source_data(name, included, text)
         if found is not None:
             raise KlpccError(f"{path} includes {name}, which defines {found[0]} (line {found[1]}) and the "
                              "file's code uses it: a unit of this file would have a second copy of that "
@@ -208,10 +242,12 @@ def included_words(path: str, data: bytes, compiled: PreprocessedUnit | None) ->
     return words
 
 
-def _compiled_data(compiled: PreprocessedUnit, name: str) -> tuple[str, int] | None:
+def _compiled_data(compiled: PreprocessedUnit, name: str, symbols: set[str] | None) -> tuple[str, int] | None:
     lines = compiled.lines(name)
     for n, d in compiled.definitions(min(lines, default=0), max(lines, default=-1), name).items():
         if not d.defines or d.function or n.startswith("__UNIQUE_ID_") or _read_only(d.text, n):
+            continue
+        if d.static and symbols is not None and n not in symbols:
             continue
         uses = len(re.findall(rb"\b" + re.escape(n.encode()) + rb"\b", compiled.text))
         if uses > 1:  # used beyond its definition
@@ -463,6 +499,8 @@ class UnitWriter:
             return _declaration(text.rstrip().rstrip(";"), self.label(it.name, "static function"))
         if it.kind in ("variable", "statement") and it.name not in self.added and _BARE_MACRO.fullmatch(text):
             return self._macro_statement(it, text)
+        if it.kind == "other" and _MACRO_STATEMENT.match(text) and text.rstrip().endswith(")"):
+            return self.statement(it, text)  # a macro call with no ';' (``module_init(f)`` at the end)
         if it.kind == "variable":
             return self._variable(it, text)
         if it.kind == "statement":
@@ -704,5 +742,22 @@ class UnitWriter:
             if self.resolver.present(u.object, it.name) is False and it.name in self.new_words:
                 raise KlpccError(f"static variable {it.name} (line {it.start_line}) is not in the symbol "
                                  f"table of the running {u.object}", file=u.path)
-            return _declaration(decl, self.label(it.name, "static variable"))
-        return _declaration(decl, None)
+            return _declaration(decl, self.label(it.name, "static variable")) + self._sized(it, text, eq)
+        return _declaration(decl, None) + self._sized(it, text, eq)
+
+    def _sized(self, it: Item, text: str, eq: int) -> str:
+        """For an array sized by its initializer (``T name[] = {...};``) the patch uses, a
+        second declaration with its size, computed from that initializer as the compiler
+        would (``sizeof``/``ARRAY_SIZE`` of it then work); else nothing."""
+        if eq < 0 or text[eq] != "=" or it.name not in self.used_words:
+            return ""
+        decl = text[:eq]
+        m = re.search(rf"\b{re.escape(it.name)}\s*\[\s*\]", decl)
+        init = text[eq + 1:].strip().rstrip(";").strip()
+        if m is None or not init.startswith(("{", '"', "L\"")) or re.search(r"^\s*#", init, re.M):
+            return ""  # (an initializer with #if in it: left to a declaration without size)
+        n = it.name
+        size = (f"sizeof({init}) / sizeof({n}[0])" if not init.startswith("{") else
+                f"sizeof((__typeof__({n}[0])[]){init}) / sizeof({n}[0])")
+        sized = decl[:m.start()] + f"{n}[{size}]" + decl[m.end():]
+        return " " + _declaration(re.sub(r"\bstatic\b", "", sized, count=1), None)

@@ -257,7 +257,8 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
         seen = compiled.unit(path) if compiled else None
         writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                    ProgramResolver(prog, sympos, path), seen)
-        refuse_carried_code(path, b.source(path), lambda q: b.source(q) if q in sources else None, seen)
+        refuse_carried_code(path, b.source(path), lambda q: b.source(q) if q in sources else None, seen,
+                            compiled.symbols.get(path) if compiled else None)
         writer.write()
         units.append(unit)
         immediate = set(_IMMEDIATE.findall(unit.text)) | set(opts.immediate) | set(m.immediate)
