@@ -130,10 +130,21 @@ class PreprocessedUnit:
         self.path = path
         self.text = text
         self._lines: dict[bytes, dict[int, list[bytes]]] | None = None
+        self._all: dict[str, Declaration] | None = None
 
     def declarations(self, names: set[str]) -> dict[str, Declaration]:
         """How the unit declares ``names``."""
-        return declarations(self.text, names) if names else {}
+        if not names:
+            return {}
+        if self._all is not None:
+            return {n: self._all[n] for n in names if n in self._all}
+        return declarations(self.text, names)
+
+    def declarations_all(self) -> dict[str, Declaration]:
+        """How the unit declares every name it declares (read once)."""
+        if self._all is None:
+            self._all = declarations(self.text, None)
+        return self._all
 
     def definitions(self, first: int, last: int, path: str | None = None) -> dict[str, Declaration]:
         """What lines ``first`` to ``last`` of the unit's file (or of ``path``, a file it

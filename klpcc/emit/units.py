@@ -215,8 +215,8 @@ def refuse_carried_code(path: str, data: bytes, read: Callable[[str], bytes | No
     text = data.decode("utf-8", "surrogateescape")
     for name in _local_includes(path, text):
         included = read(name)
-        if included is None:
-            continue
+        if included is None or re.search(rb"^[ \t]*#[ \t]*define[ \t]+TRACE_SYSTEM\b", included, re.M):
+            continue  # (a trace header: its data is the tracepoints' instances, which no unit makes)
         found = _compiled_data(compiled, name, symbols) if compiled else _source_data(name, included, text)
         if found is not None:
             raise KlpccError(f"{path} includes {name}, which defines {found[0]} (line {found[1]}) and the "
@@ -284,6 +284,7 @@ class UnitWriter:
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
                  resolver: SymbolResolver, compiled: PreprocessedUnit | None = None):
         self.compiled = compiled  # the base unit as the compiler saw it (None: not compiled)
+        self._statics: set[str] | None = None
         self.unit = unit
         self.data = data
         self.patched = patched
@@ -370,16 +371,20 @@ class UnitWriter:
         """Running code or data the patch may need a copy of: a static function the
         running code has no symbol for (inlined), constant data it has no symbol for,
         a constant array sized by its initializer (a declaration would have no size)."""
-        if not it.static or self._is_new(it) or it.macro:
+        if self._is_new(it) or it.macro:
             return False
         if it.kind == "function":
             try:
                 header = function_header(text)
             except ValueError:
                 return False
+            if not it.static and not (_opaque(header, it.name) and it.name in self._compiled_statics()):
+                return False  # (``STATIC int f(...)``: static when the compiled unit says so)
             return (not _INLINE.search(header) and not self._is_load_only(header)
                     and self.resolver.present(self.unit.object, it.name) is False)
         if it.kind == "variable":
+            if not it.static:
+                return False
             eq = scan(text, "=;")
             decl = text[:eq] if eq >= 0 else text
             if not re.search(r"\bconst\b", decl.split(it.name)[0]):
@@ -387,6 +392,13 @@ class UnitWriter:
             unsized = eq >= 0 and text[eq] == "=" and bool(re.search(r"\[\s*\]", decl))
             return unsized or self.resolver.present(self.unit.object, it.name) is False
         return False
+
+    def _compiled_statics(self) -> set[str]:
+        """The names the compiled unit declares ``static`` (none when not compiled)."""
+        if self._statics is None:
+            self._statics = set() if self.compiled is None else {
+                n for n, d in self.compiled.declarations_all().items() if d.static}
+        return self._statics
 
     def _needs(self) -> tuple[set[str], set[str], set[str]]:
         """The words of the patch's own code, and the copyable items it uses, directly or
@@ -435,6 +447,7 @@ class UnitWriter:
         self._pasting = any("##" in reached[n] for n in seen)
         if self._pasting:
             reach([n for n in reached if n not in copyable])
+        self._code = "\n".join([*roots, *(reached[n] for n in seen)])  # the code the unit compiles
         self._reached = seen
         return words, seen & copyable, used
 
@@ -651,6 +664,8 @@ class UnitWriter:
         u = self.unit
         args = text[text.find("(") + 1:] if "(" in text else ""
         names = ({it.name} | set(re.findall(r"\b[A-Za-z_]\w*\b", args))) - _C_WORDS
+        if self.compiled is not None:  # and the names it pastes (DEVICE_ATTR_RO(x) defines dev_attr_x)
+            names |= set(self.compiled.definitions(it.start_line, it.end_line))
         used = sorted(n for n in names if n in self.used_words)
         if not used:
             u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
@@ -749,7 +764,8 @@ class UnitWriter:
         """For an array sized by its initializer (``T name[] = {...};``) the patch uses, a
         second declaration with its size, computed from that initializer as the compiler
         would (``sizeof``/``ARRAY_SIZE`` of it then work); else nothing."""
-        if eq < 0 or text[eq] != "=" or it.name not in self.used_words:
+        if eq < 0 or text[eq] != "=" or it.name not in self.used_words or not re.search(
+                rf"\b(ARRAY_SIZE|sizeof)\s*\(?\s*{re.escape(it.name)}\b", self._code):
             return ""
         decl = text[:eq]
         m = re.search(rf"\b{re.escape(it.name)}\s*\[\s*\]", decl)
