@@ -56,11 +56,13 @@ REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
     "not built": r"this kernel's configuration does not build",
     "no code change": r"changes no function|changes nothing|no function's code",
     "inlined everywhere": r"has no symbol \w+ \(inlined everywhere",
-    "macro-defined": r"defined with the macro \w+, and the running \w+ has no symbol",
+    "macro-defined": r"defined with the macro \w+, and the running \w+ has no symbol"
+                     r"|only through a macro klpcc cannot rewrite on its own",
     "includes data": r"cannot patch a file that includes data",
     "undeclarable macro data": r"cannot declare \w+ \(line \d+\): it is defined with a macro",
     "never returns": r"never returns|stays on the stack",
-    "data change": r"changes the (type|layout|initial value)|changes data|a global variable",
+    "data change": r"changes the (type|layout|initial value)|changes data|a global variable"
+                   r"|has no storage in the running \w+ .*and the patch writes it",
     "module's static key": r"reads when the module loads, before livepatch can relocate it",
 }.items()}
 

@@ -84,6 +84,8 @@ def declarations(preprocessed: bytes, names: set[str] | None) -> dict[str, Decla
                 continue
             inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
             specs = text[node.start_byte:declarators[0].start_byte].decode("utf-8", "replace")
+            if re.search(r"\btypedef\b", specs):
+                continue  # a type (read as a declaration where an attribute precedes its type)
             decl = text[inner.start_byte:inner.end_byte].decode("utf-8", "replace")
             static = re.search(r"\bstatic\b", specs) is not None
             function = _is_function(inner)

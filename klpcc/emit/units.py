@@ -139,6 +139,17 @@ def _declaration(header: str, label: str | None) -> str:
     return decl + ";"
 
 
+def _unbalanced(header: str) -> bool:
+    """Does ``header`` close a conditional it does not open (``#else``/``#endif`` of an
+    ``#if`` before it)?"""
+    depth = 0
+    for m in re.finditer(r"^[ \t]*#[ \t]*(if|ifdef|ifndef|endif)\b", header, re.M):
+        depth += 1 if m.group(1) != "endif" else -1
+        if depth < 0:
+            return True
+    return False
+
+
 def _conditional_declaration(header: str, label: str | None) -> str:
     """The declaration of a header written with preprocessor conditionals in it (one
     header per configuration, or parameters under ``#ifdef``): the directives stay on
@@ -161,19 +172,44 @@ def _conditional_declaration(header: str, label: str | None) -> str:
         else:
             code.append(line)
     flush()
-    first = next((i for i, x in enumerate(out) if not x.startswith("#") and x), None)
-    if first is not None and not any(re.search(r"\bextern\b", x) for x in out if not x.startswith("#")):
-        out[first] = "extern " + out[first]
+    # each version that starts a declaration (outside parentheses) is ``extern``
+    depth = 0
+    for i, x in enumerate(out):
+        if x.startswith("#") or not x:
+            continue
+        if depth == 0 and not re.match(r"extern\b", x):
+            out[i] = "extern " + x
+        depth += x.count("(") - x.count(")")
     tail = (f' __asm__("{label}")' if label else "") + ";"
     return "\n".join(out) + ("\n" + tail.lstrip() if out and out[-1].startswith("#") else tail)
 
 
 def _rename(header: str, name: str, new: str, keep_static: bool = False) -> str:
-    m = re.search(rf"\b{re.escape(name)}\s*\(", header)
-    if m is None:
+    """The header with the function's name ``new`` (in each ``#if`` version of it), and
+    without ``static`` unless ``keep_static``."""
+    pattern = re.compile(rf"\b{re.escape(name)}(?=\s*\()")
+    if pattern.search(header) is None:
         raise ValueError(name)
-    renamed = header[:m.start()] + new + header[m.start() + len(name):]
-    return renamed if keep_static else re.sub(r"\bstatic\s+", "", renamed, count=1)
+    versions = len(re.findall(r"^[ \t]*#[ \t]*(else|elif)\b", header, re.M)) + 1
+    renamed = pattern.sub(new, header, count=versions)
+    return renamed if keep_static else re.sub(r"\bstatic\s+", "", renamed, count=versions)
+
+
+def _opened_before(text: str, at: int) -> str | None:
+    """The ``#if`` line, before ``at``, of the conditional a header closes (None: none
+    open)."""
+    depth = 0
+    for line in reversed(text[:at].split("\n")):
+        m = re.match(r"[ \t]*#[ \t]*(if|ifdef|ifndef|endif)\b", line)
+        if m is None:
+            continue
+        if m.group(1) == "endif":
+            depth += 1
+        elif depth == 0:
+            return line.strip()
+        else:
+            depth -= 1
+    return None
 
 
 def _named(name: str) -> str:
@@ -284,6 +320,7 @@ class UnitWriter:
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
                  resolver: SymbolResolver, compiled: PreprocessedUnit | None = None):
         self.compiled = compiled  # the base unit as the compiler saw it (None: not compiled)
+        self.joined: set[str] = set()  # functions in the patch for their compiled code alone
         self._statics: set[str] | None = None
         self.unit = unit
         self.data = data
@@ -532,6 +569,13 @@ class UnitWriter:
         if change == "modified":
             u.written.add(it.name)
             if self.unpatchable is not None and (m := self.unpatchable.search(header)):
+                if it.name in self.joined and m.group(1) in ("__init", "__exit"):
+                    # joined for the compiled code (an inlined callee changed): that code
+                    # ran at boot or runs at unload, never again while the patch is in force
+                    u.left_out.append(f"{it.name} (line {it.start_line}): {m.group(1)}, its compiled code "
+                                      "changed with a function it inlines; it never runs while the patch is "
+                                      "in force")
+                    return f"/* klpcc: {it.name} is {m.group(1)}: the running {u.object}'s */"
                 raise KlpccError(f"cannot patch {it.name} (line {it.start_line}): it is {m.group(1)}, "
                                  "which a live patch cannot redirect", file=u.path)
             if it.macro:
@@ -551,6 +595,8 @@ class UnitWriter:
             label = self.label(it.name, "static function") if it.static else None
             decl = _declaration(header, label)
             body_at = len(header)
+            if _unbalanced(header) and (opened := _opened_before(self.text, self._char(it.start_byte))):
+                decl += f"\n{opened}"  # the declaration closed the #if the header is in: open it again
             return (f"{decl}\n{_named(it.name)}#line {it.start_line} \"{u.path}\"\n"
                     + self.rewrite(_rename(header, it.name, new) + text[body_at:]) + _UNNAMED)
         # a function of the running code the patch does not change
@@ -706,11 +752,30 @@ class UnitWriter:
         out = []
         for n, d in used:
             if it.static and self.resolver.present(u.object, n) is False and n in self.new_words:
-                raise KlpccError(f"static variable {n} (line {it.start_line}) is not in the symbol "
-                                 f"table of the running {u.object}", file=u.path)
+                self._unstored(it, n)
+                if "=" in text:
+                    raise KlpccError(f"line {it.start_line}: several variables in one declaration "
+                                     f"({one_line(text)[:60]}) with initializers, and the patch needs its "
+                                     f"own copy of {n}; the patch needs each of them on its own", file=u.path)
+                out.append(f"{' '.join(specs.split())} {d};")
+                continue
             label = self.label(n, "static variable") if it.static else None
             out.append(_declaration(f"{specs} {d}", label))
         return " ".join(out)
+
+    def _unstored(self, it: Item, name: str) -> None:
+        """A static the patch uses that the running code has no storage for: never
+        written there, its value folded into the code.  A copy is the same as long as
+        the patch does not write it (noted); else refused."""
+        n = re.escape(name)
+        if re.search(rf"(\+\+|--)\s*{n}\b|\b{n}\s*(\+\+|--|(?:[-+*/%&|^]|<<|>>)?=(?!=))|&\s*{n}\b",
+                     self._code):
+            raise KlpccError(f"static variable {name} (line {it.start_line}) has no storage in the running "
+                             f"{self.unit.object} (never written there: its value is folded into the code), "
+                             "and the patch writes it", file=self.unit.path)
+        self.copied[name] = (f"{name} (line {it.start_line}): the running {self.unit.object} has no storage "
+                             "for it (never written: its value is folded into the code), so the patch's own "
+                             "copy holds the same value")
 
     @functools.cached_property
     def _defined_names(self) -> set[str]:
@@ -755,8 +820,8 @@ class UnitWriter:
             return None
         if it.static:
             if self.resolver.present(u.object, it.name) is False and it.name in self.new_words:
-                raise KlpccError(f"static variable {it.name} (line {it.start_line}) is not in the symbol "
-                                 f"table of the running {u.object}", file=u.path)
+                self._unstored(it, it.name)
+                return None  # the definition as written: the patch's own copy
             return _declaration(decl, self.label(it.name, "static variable")) + self._sized(it, text, eq)
         return _declaration(decl, None) + self._sized(it, text, eq)
 

@@ -173,6 +173,11 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: 
             raise KlpccError(f"the unit does not compile with the kernel's flags: {notes[0]}")
         return None, seen
     compiled = compare_bundle(b, _command(kdir, args, layout), cache=default_cache(), jobs=opts.jobs)
+    for note in compiled.notes:  # a release unit that does not compile: the patch's own error, said first
+        m = re.match(r"(\S+\.c): does not compile: (.*)", note)
+        if m is not None:
+            where = re.sub(rf"\S*/r\d+/{re.escape(m[1])}", m[1], m[2])
+            raise KlpccError(f"the release does not compile with the kernel's flags: {where}")
     return compiled, {}
 
 
@@ -194,18 +199,21 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
     stuck(p, compiled, (), (), "The kernel's livepatch has no immediate functions: change what {name} calls "
           "instead, or stop the thread that runs it")
     units: list[Unit] = []
+    changed = {(f.file, f.name) for f in b.manifest.functions}  # what the source changed
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, layout.object(path))
         unit_resolver = resolver.for_unit(compiled.symbols.get(path) if compiled else None)
         seen = compiled.unit(path) if compiled else preprocessed.get(path)
         writer = KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                   unit_resolver, seen)
+        writer.joined = {n for n in p.functions[path] if (path, n) not in changed}
+        modified = sorted(n for n, c in p.functions[path].items() if c == "modified")
+        if modified and (why := layout.untraced(path)) is not None:
+            raise KlpccError(f"cannot patch {modified[0]}: {why}, so a live patch cannot redirect the "
+                             "functions of this file", file=path)
         refuse_carried_code(path, b.source(path), layout.read, seen,
                             compiled.symbols.get(path) if compiled else None)
         writer.write()
-        if unit.patched and (why := layout.untraced(path)) is not None:
-            raise KlpccError(f"cannot patch {unit.patched[0][0]}: {why}, so a live patch cannot redirect the "
-                             "functions of this file", file=path)
         if compiled is not None:
             _check_traced(unit, compiled)
         units.append(unit)
