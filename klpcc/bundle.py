@@ -128,8 +128,10 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
                 name = (m.group(1) or m.group(2)).decode("utf-8", "surrogateescape")
                 if name.startswith("/") or "\0" in name:
                     continue  # an absolute name: a file of the system, left alone
-                # "name": the including file's directory first; <name>: the -I directories only
-                for where in ((posixpath.dirname(path),) if m.group(1) else ()) + tuple(dirs):
+                # "name": the including file's directory first; <name>: the -I directories only;
+                # "../x" may also be reached from a kernel's include/ (btf.c: "../tools/lib/...")
+                up = ("include",) if name.startswith("../") else ()
+                for where in ((posixpath.dirname(path),) if m.group(1) else ()) + tuple(dirs) + up:
                     cand = posixpath.normpath(posixpath.join(where, name))
                     if cand == ".." or cand.startswith("../"):
                         continue

@@ -35,8 +35,8 @@ from klpcc.c import CSource, split_lines
 from klpcc.c.language import parser
 
 # What is extracted from linux-source (with the makefiles that decide objects and flags)
-SUBSET = ("fs", "kernel", "mm", "net/core", "drivers/base", "arch/x86/kvm", "virt/kvm", "Kbuild",
-          "net/Makefile", "drivers/Makefile", "arch/x86/Makefile", "virt/Makefile")
+SUBSET = ("fs", "kernel", "mm", "net/core", "drivers/base", "arch/x86/kvm", "virt/kvm", "tools/lib/bpf",
+          "Kbuild", "net/Makefile", "drivers/Makefile", "arch/x86/Makefile", "virt/Makefile")
 # Subsystems and their share of the picks (fs/xfs and arch/x86/kvm are modules)
 QUOTAS = {"fs": 70, "kernel": 70, "mm": 45, "net/core": 35, "drivers/base": 25, "fs/xfs": 30,
           "arch/x86/kvm": 25}
@@ -245,7 +245,7 @@ def classify(proc: subprocess.CompletedProcess) -> tuple[str, str, str]:
     if _TRACEBACK.search(err):
         return "crashed", "", err[-3000:]
     line = next((ln for ln in err.splitlines() if ln.startswith("klpcc: error:")), err.strip()[:400])
-    if "the module does not compile" in err or "building the module against" in err or (
+    if "does not compile" in err or "building the module against" in err or (
             _UNIT_ERROR.search(err) and "src/" in err):
         return "broken", "", err[-3000:]
     for name, pat in REASONS.items():

@@ -74,9 +74,14 @@ def declarations(preprocessed: bytes, names: set[str] | None) -> dict[str, Decla
     text = _LINE_MARKER.sub(lambda m: b" " * len(m.group()), preprocessed)
     tree = parser().parse(text)
     out: dict[str, str] = {}
+    prev = None
     for node in tree.root_node.children:
+        before, prev = prev, node
         if node.type not in ("declaration", "function_definition"):
             continue
+        if before is not None and before.type == "type_definition" and not text[
+                before.start_byte:before.end_byte].rstrip().endswith(b";"):
+            continue  # the rest of a typedef an attribute cut in two: a type, not a declaration
         declarators = node.children_by_field_name("declarator")
         for d in declarators:
             name = _name(d)

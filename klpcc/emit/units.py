@@ -165,10 +165,15 @@ def _conditional_declaration(header: str, label: str | None) -> str:
             out.append(" ".join(_strip_paren_attrs(_VAR_ATTRS.sub("", text)).split()))
             code.clear()
 
+    continued = False
     for line in strip_comments(header).split("\n"):
-        if re.match(r"[ \t]*#", line):
+        if continued:  # a directive's continuation line: part of it
+            out[-1] += "\n" + line
+            continued = line.rstrip().endswith("\\")
+        elif re.match(r"[ \t]*#", line):
             flush()
             out.append(line.strip())
+            continued = line.rstrip().endswith("\\")
         else:
             code.append(line)
     flush()
@@ -179,7 +184,7 @@ def _conditional_declaration(header: str, label: str | None) -> str:
             continue
         if depth == 0 and not re.match(r"extern\b", x):
             out[i] = "extern " + x
-        depth += x.count("(") - x.count(")")
+        depth += x.count("(") + x.count("{") - x.count(")") - x.count("}")
     tail = (f' __asm__("{label}")' if label else "") + ";"
     return "\n".join(out) + ("\n" + tail.lstrip() if out and out[-1].startswith("#") else tail)
 
@@ -710,14 +715,16 @@ class UnitWriter:
         u = self.unit
         args = text[text.find("(") + 1:] if "(" in text else ""
         names = ({it.name} | set(re.findall(r"\b[A-Za-z_]\w*\b", args))) - _C_WORDS
-        if self.compiled is not None:  # and the names it pastes (DEVICE_ATTR_RO(x) defines dev_attr_x)
-            names |= set(self.compiled.definitions(it.start_line, it.end_line))
+        defs = self.compiled.definitions(it.start_line, it.end_line) if self.compiled else {}
+        defined = set(defs)
+        names |= defined  # and the names it pastes (DEVICE_ATTR_RO(x) defines dev_attr_x)
         used = sorted(n for n in names if n in self.used_words)
         if not used:
             u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
             return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "
                     "use it */")
-        wanted = {n for n in used if n == it.name or n not in self._defined_names}
+        # (a name the file also gives a type: DEFINE_PER_CPU(struct x, x) defines the variable x)
+        wanted = {n for n in used if n == it.name or n in defined or n not in self._defined_names}
         if self.compiled is None:
             raise KlpccError(f"cannot declare {sorted(wanted)[0]} (line {it.start_line}): it is defined with "
                              f"a macro ({one_line(text)[:50]}) and the patch uses it; klpcc reads such "
@@ -725,7 +732,9 @@ class UnitWriter:
                              "does not compile", file=u.path)
         # the compiled unit says which of the macro's words are variables it defines (the
         # others are types, functions or constants the patch may use for themselves)
-        known = self.compiled.declarations(wanted)
+        # (what its own lines define first: a parse of the whole unit may recover differently)
+        known = {n: defs[n] for n in wanted if n in defs}
+        known |= self.compiled.declarations(wanted - set(known))
         if not known:
             u.left_out.append(f"{one_line(text)[:60]} (line {it.start_line})")
             return (f"/* klpcc: {one_line(text)[:60]} is the running {u.object}'s: the patch does not "

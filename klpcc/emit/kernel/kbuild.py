@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -86,6 +87,7 @@ def unit_command(args: list[str], kdir: Path, path: str, root: Path, module: str
     out = []
     for a in args:
         if a == "-DMODULE" and module is None:
+            out.append(f'-DKBUILD_MODFILE="{posixpath.splitext(path)[0]}"')  # as Kbuild gives built-in code
             continue
         if a.startswith("-DKBUILD_BASENAME="):
             a = f'-DKBUILD_BASENAME="{stem}"'

@@ -37,9 +37,10 @@ from .source import HEADER, KernelUnitWriter, Resolver, syscall_owner, syscall_s
 from .symbols import VMLINUX, Kallsyms, exported, read_kallsyms
 
 _NAME_MAX = 55  # MODULE_NAME_LEN - 1
-# directories 2 and 3 levels below a tree's root: a header of the kernel's include/
-# that names a source file as "../../x" or "../../../x" finds it from one of these
-UP_DIRS = (".klpcc-up/1", ".klpcc-up/1/2")
+# directories 1 to 3 levels below a tree's root: code or a header of the kernel's
+# include/ that names a source file as "../x" (from include/), "../../x" or "../../../x"
+# (trace/events/dlm.h) finds it from one of these
+UP_DIRS = (".klpcc-up", ".klpcc-up/1", ".klpcc-up/1/2")
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: 
         m = re.match(r"(\S+\.c): does not compile: (.*)", note)
         if m is not None:
             where = re.sub(rf"\S*/r\d+/{re.escape(m[1])}", m[1], m[2])
+            where = re.sub(r"^(\S+?:\d+):\d+: (?:fatal )?error: ", r"\1: ", where)
             raise KlpccError(f"the release does not compile with the kernel's flags: {where}")
     return compiled, {}
 

@@ -115,7 +115,9 @@ class KernelUnitWriter(UnitWriter):
         ``KBUILD_MODNAME`` of its object (messages keep their prefix)."""
         u = self.unit
         name = modname(u.path, u.object)
-        return (["#undef MODULE"] if u.object == VMLINUX else []) + [
+        # (vmlinux's code names its would-be module file: MODULE_INFO(file, KBUILD_MODFILE))
+        return (["#undef MODULE", "#ifndef KBUILD_MODFILE", f'#define KBUILD_MODFILE "{u.path[:-2]}"',
+                 "#endif"] if u.object == VMLINUX else []) + [
             "#undef KBUILD_MODNAME", f'#define KBUILD_MODNAME "{name}"']
 
     def preamble(self) -> str:
