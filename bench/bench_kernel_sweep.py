@@ -87,7 +87,7 @@ def main() -> None:
             for r in results:
                 if not r.ok:
                     print(f"  FAILED {r.name}: loaded={r.loaded} enabled={r.enabled} functions={r.functions} "
-                          f"disabled={r.disabled} {' | '.join(r.log)[:300]}")
+                          f"disabled={r.disabled} objects={r.objects} {' | '.join(r.log)[:300]}")
 
 
 if __name__ == "__main__":

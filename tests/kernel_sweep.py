@@ -336,9 +336,26 @@ def module_deps(release: str, name: str) -> list[Path]:
         deps[Path(mod).name.split(".ko")[0].replace("-", "_")] = [mod, *rest.split()]
     if name not in deps:
         raise LookupError(f"{name} is not in {base}/modules.dep")
+    # soft dependencies (libcrc32c: "pre: crc32c"), by the modules their aliases name;
+    # each is tried in turn in the guest (crc32c_intel needs SSE4.2, crc32c_generic not)
+    pre: dict[str, list[str]] = {}
+    for line in (base / "modules.softdep").read_text().splitlines():
+        words = line.split()
+        if len(words) > 2 and words[0] == "softdep":
+            wanted = words[words.index("pre:") + 1:] if "pre:" in words else []
+            pre[words[1].replace("-", "_")] = [w for w in wanted if not w.endswith(":")]
+    aliases: dict[str, list[str]] = {}
+    for line in (base / "modules.alias").read_text().splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias":
+            aliases.setdefault(words[1], []).append(words[2].replace("-", "_"))
     order: list[str] = []
 
     def visit(n: str) -> None:
+        for soft in pre.get(n, ()):
+            for m in aliases.get(soft, [soft.replace("-", "_")]):
+                if m in deps and m not in order:
+                    visit(m)
         for d in deps[n][1:]:
             key = Path(d).name.split(".ko")[0].replace("-", "_")
             if key not in order:
@@ -386,6 +403,8 @@ def guest_files_and_script(release: str, sample: list[Outcome]) -> tuple[dict[st
                 files[f"/lib/mods/{dep.name}"] = dep
                 lines.append(f"grep -q '^{dep.name.split('.ko')[0].replace('-', '_')} ' /proc/modules || "
                              f"insmod /lib/mods/{dep.name} 2>/dev/null")
+        for obj in objects:
+            lines.append(f'echo "OBJ {name} {obj} $(grep -c "^{obj} " /proc/modules)"')
         lines.append(f'out=$(/bin/klpcc-load /lib/klpcc/{name}.ko 2>&1); echo "RC {name} $?"; '
                      f'echo "$out" | sed "s/^/LOAD {name} /"')
         lines.append(f'echo "STATE {name} $(cat /sys/kernel/livepatch/{name}/enabled 2>/dev/null)'
@@ -409,10 +428,12 @@ class GuestResult:
     functions: dict[str, int]  # patched function -> ftrace entries found for it
     disabled: bool  # --disable exited 0, and neither the patch nor the module is left
     log: list[str]
+    objects: dict[str, bool] = field(default_factory=dict)  # module patched -> loaded before the patch
 
     @property
     def ok(self) -> bool:
-        return self.loaded and self.enabled and self.disabled and all(self.functions.values())
+        return (self.loaded and self.enabled and self.disabled and all(self.functions.values())
+                and all(self.objects.values()))
 
 
 def guest_results(output: str, sample: list[Outcome]) -> list[GuestResult]:
@@ -432,6 +453,10 @@ def guest_results(output: str, sample: list[Outcome]) -> list[GuestResult]:
         for ln in get(f"FN {name} "):
             fn, _, count = ln.partition(" ")
             fns[fn] = int(count or 0)
+        objects = {}
+        for ln in get(f"OBJ {name} "):
+            obj, _, count = ln.partition(" ")
+            objects[obj] = count.strip() == "1"
         out.append(GuestResult(name, rc == ["0"], state == ["1 0"], fns,
-                               off == ["0"] and gone == ["0 0"], get(f"LOAD {name} ")))
+                               off == ["0"] and gone == ["0 0"], get(f"LOAD {name} "), objects))
     return out
