@@ -189,20 +189,16 @@ def test_the_module_is_a_livepatch_of_the_running_symbols(built):
     assert any(v.startswith(".klp.sym.vmlinux.dev_attr_sides,") for v in syms.values()), syms
 
 
-def test_a_file_its_makefile_builds_without_ftrace_is_refused(tmp_path: Path):
-    makefile = "obj-y += shapes.o\nCFLAGS_REMOVE_shapes.o = $(CC_FLAGS_FTRACE)\n"
+@pytest.mark.parametrize("makefile,needles", [
+    ("obj-y += shapes.o\nCFLAGS_REMOVE_shapes.o = $(CC_FLAGS_FTRACE)\n",  # built without ftrace's hook
+     ("kernel/shapes/Makefile builds it without", "(ftrace's entry hook)")),
+    ("obj-$(CONFIG_KLPCC_NO_SUCH_OPTION) += shapes.o\n",  # not built by this configuration
+     ("configuration does not build", "kernel/shapes/Makefile")),
+], ids=["without-ftrace", "not-built"])
+def test_what_the_makefile_says_can_refuse_the_file(tmp_path: Path, makefile: str, needles: tuple[str, ...]):
     bundle = bundle_of(tmp_path, [{**RELEASE, MAKEFILE: makefile}], {**BASE, MAKEFILE: makefile})
     out = tmp_path / "ko"
-    assert_refused(build(bundle, out, "--kernel", str(kernel_dir())), out, SHAPES,
-                   "kernel/shapes/Makefile builds it without", "(ftrace's entry hook)")
-
-
-def test_a_file_the_configuration_does_not_build_is_refused(tmp_path: Path):
-    makefile = "obj-$(CONFIG_KLPCC_NO_SUCH_OPTION) += shapes.o\n"
-    bundle = bundle_of(tmp_path, [{**RELEASE, MAKEFILE: makefile}], {**BASE, MAKEFILE: makefile})
-    out = tmp_path / "ko"
-    assert_refused(build(bundle, out, "--kernel", str(kernel_dir())), out, SHAPES,
-                   "configuration does not build", "kernel/shapes/Makefile")
+    assert_refused(build(bundle, out, "--kernel", str(kernel_dir())), out, SHAPES, *needles)
 
 
 def test_a_notrace_function_under_another_name_is_refused(tmp_path: Path):

@@ -21,7 +21,7 @@ _STORAGE = re.compile(r"\b(static|extern|inline|__inline__|__inline|register|_Th
 _ATTRIBUTE = re.compile(r"\b(__attribute__|__attribute|__declspec|__asm__|__asm|asm)\s*\(")
 
 
-def _strip_calls(text: str, pattern: re.Pattern[str]) -> str:
+def strip_calls(text: str, pattern: re.Pattern[str]) -> str:
     """``text`` without the calls ``pattern`` starts (``__attribute__((...))``), brackets balanced."""
     while m := pattern.search(text):
         depth, j = 0, m.end() - 1
@@ -96,8 +96,8 @@ def declarations(preprocessed: bytes, names: set[str] | None) -> dict[str, Decla
             function = _is_function(inner)
             defines = node.type == "function_definition" or (
                 not function and re.search(r"\bextern\b", specs) is None)
-            specs = _strip_calls(_STORAGE.sub(" ", specs), _ATTRIBUTE)
-            decl = _strip_calls(decl, _ATTRIBUTE)
+            specs = strip_calls(_STORAGE.sub(" ", specs), _ATTRIBUTE)
+            decl = strip_calls(decl, _ATTRIBUTE)
             out[name] = Declaration("extern " + " ".join(f"{specs} {decl}".split()) + ";", static, defines,
                                     function)
     return out

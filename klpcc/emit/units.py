@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from ..c import CSource, Item, scan, split_lines, strip_comments
-from ..c.declarations import PreprocessedUnit, split_declaration
+from ..c.declarations import PreprocessedUnit, split_declaration, strip_calls
 from ..errors import KlpccError
 
 CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
@@ -100,15 +100,7 @@ class SymbolResolver(Protocol):
 
 
 def _strip_paren_attrs(text: str) -> str:
-    while m := _PAREN_ATTR.search(text):
-        depth, j = 0, m.end() - 1
-        while j < len(text):
-            depth += {"(": 1, ")": -1}.get(text[j], 0)
-            j += 1
-            if depth == 0:
-                break
-        text = text[:m.start()] + text[j:]
-    return text
+    return strip_calls(text, _PAREN_ATTR)
 
 
 def one_line(text: str) -> str:
