@@ -35,7 +35,9 @@ from klpcc.c import CSource, split_lines
 from klpcc.c.language import parser
 
 # What is extracted from linux-source (with the makefiles that decide objects and flags)
-SUBSET = ("fs", "kernel", "mm", "net/core", "drivers/base", "arch/x86/kvm", "virt/kvm", "tools/lib/bpf",
+SUBSET = ("fs", "kernel", "mm", "net/core", "drivers/base", "arch/x86/kvm", "virt/kvm",
+          # what their files include from elsewhere ("../../io_uring/io-wq.h")
+          "tools/lib/bpf", "io_uring", "block", "lib/kstrtox.h",
           "Kbuild", "net/Makefile", "drivers/Makefile", "arch/x86/Makefile", "virt/Makefile")
 # Subsystems and their share of the picks (fs/xfs and arch/x86/kvm are modules)
 QUOTAS = {"fs": 70, "kernel": 70, "mm": 45, "net/core": 35, "drivers/base": 25, "fs/xfs": 30,

@@ -176,6 +176,10 @@ def preprocess_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *
     return {p: PreprocessedUnit(p, t) for p, t in texts.items()}, notes
 
 
+# the names module_init() and module_exit() give a module's entry points (aliases)
+_ENTRY_ALIASES = frozenset({"init_module", "cleanup_module"})
+
+
 def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False,
            owner: Callable[[str], str | None] | None = None) -> list[str]:
     """The plan's function set from the compiled code (see the module's docstring);
@@ -187,6 +191,8 @@ def decide(plan: Plan, compiled: CompiledSet, *, keep_source_only: bool = False,
     owned: dict[tuple[str, str], str] = {}  # (file, source function) -> why its symbols changed
     findings = []
     for f in report.functions:  # type: ignore[attr-defined]
+        if f.function in _ENTRY_ALIASES and f.what == "code-only":
+            continue  # module_init()/module_exit()'s alias: its function is in the findings itself
         if owner is not None and (o := owner(f.function)) is not None:
             if f.what in ("both", "code-only"):
                 owned.setdefault((f.file, o), f"{f.function}: {f.reason}" if f.what == "code-only" else "")

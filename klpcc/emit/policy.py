@@ -109,6 +109,8 @@ def check_units(m: Manifest, units: Iterable[Unit], p: Plan | None = None) -> No
     if not any(u.patched or u.callbacks for u in units) and not m.nops and not m.states:
         gone = "".join(f"; {name} ({path}) left: {why}" for (path, name), why in
                        sorted((p.left if p is not None else {}).items())[:3])
+        gone += "".join(f"; left out: {x}" for u in units for x in u.left_out
+                        if "never runs while the patch is in force" in x)
         raise KlpccError(f"release {m.release} changes no function and declares no callback or state: there "
                          f"is nothing to patch{gone}")
     declared = {(c.site.file, c.kind) for c in m.callbacks or ()}

@@ -175,7 +175,7 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: 
         return None, seen
     compiled = compare_bundle(b, _command(kdir, args, layout), cache=default_cache(), jobs=opts.jobs)
     for note in compiled.notes:  # a release unit that does not compile: the patch's own error, said first
-        m = re.match(r"(\S+\.c): does not compile: (.*)", note)
+        m = re.match(r"(\S+\.c): (?:does not compile|cannot preprocess): (.*)", note)
         if m is not None:
             where = re.sub(rf"\S*/r\d+/{re.escape(m[1])}", m[1], m[2])
             where = re.sub(r"^(\S+?:\d+):\d+: (?:fatal )?error: ", r"\1: ", where)
