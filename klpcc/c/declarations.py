@@ -89,7 +89,8 @@ def declarations(preprocessed: bytes, names: set[str] | None) -> dict[str, Decla
                 continue
             inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
             specs = text[node.start_byte:declarators[0].start_byte].decode("utf-8", "replace")
-            if not name or not specs.strip() or re.match(r"\s*[={]", specs):
+            if not name or not strip_calls(specs, _ATTRIBUTE).strip() or re.search(
+                    r"=", strip_calls(specs, _ATTRIBUTE)):
                 continue  # (what a parse recovered from an error is no declaration to copy)
             if re.search(r"\btypedef\b", specs):
                 continue  # a type (read as a declaration where an attribute precedes its type)
