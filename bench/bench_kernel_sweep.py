@@ -52,8 +52,11 @@ def main() -> None:
             o = ks.run_pick(root, kut.kdir, p, Path(tmp) / str(i), jobs=2)
             outcomes.append(o)
             if o.status == "built":
-                base = ks.baseline_seconds(root, kut.kdir, p, Path(tmp) / f"base{i}")
-                ratios.append(((o.compile_seconds + o.build_seconds) / base, o, base))
+                try:
+                    base = ks.baseline_seconds(root, kut.kdir, p, Path(tmp) / f"base{i}")
+                    ratios.append(((o.compile_seconds + o.build_seconds) / base, o, base))
+                except RuntimeError as exc:  # no baseline for this pick: said, not fatal
+                    print(f"    (no baseline: {str(exc)[:200]})")
             print(f"{i:3d} {o.status:12s} {o.reason:24s} {p.path}:{p.function} ({p.object}) "
                   f"{o.compile_seconds + o.build_seconds:.1f} s", flush=True)
             if args.json:

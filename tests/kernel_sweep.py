@@ -298,9 +298,12 @@ def baseline_seconds(root: Path, kdir: Path, pick: Pick, work: Path) -> float:
     args = template(kdir)
     layout = Layout.of(_reader(root), kdir, (), args)
     cmd = module._command(kdir, args, layout)(pick.path, root)
+    argv = list(cmd.args)
+    at = argv.index("-include", len(argv) - 2)  # klpcc's own header and mark: not Kbuild's
+    argv = [a for a in argv[:at] + argv[at + 2:] if a != "-DKLPCC_UNIT=1"]
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run([*cmd.args, "-c", str(root / pick.path), "-o", str(work / "base.o")],
+    proc = subprocess.run([*argv, "-c", str(root / pick.path), "-o", str(work / "base.o")],
                           cwd=cmd.directory, capture_output=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
