@@ -244,6 +244,46 @@ def not_redirected(plan: Plan, present: Callable[[str, str], bool | None], compi
     return notes
 
 
+def through_callers(plan: Plan, compiled: CompiledSet, unhooked: Callable[[str, str], bool]) -> list[str]:
+    """Changed functions the running code has a copy of that cannot be redirected
+    (``unhooked(path, name)``: a ``static inline`` kept out of line, which the kernel
+    compiles without ftrace's hook): compiled into the patch, not redirected, and every
+    function of the unit that calls that copy joins (its new code calls the patch's),
+    up the calls until a caller can be redirected."""
+    notes = []
+    todo = [(path, name) for path, fns in plan.functions.items() for name, change in fns.items()
+            if change == "modified" and compiled.defines(path, name) and unhooked(path, name)]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        path, name = todo.pop()
+        if (path, name) in seen:
+            continue
+        seen.add((path, name))
+        fns = plan.functions.setdefault(path, {})
+        fns[name] = "added"
+        objects = compiled.report.objects.get(path)  # type: ignore[attr-defined]
+        code = list(objects[0].code.values()) if objects else []
+        users = [c for c in code if c.symbol != name and any(r.split("+")[0].split("-")[0] == name
+                                                             for r in c.refs)]
+        held = sorted(c.symbol for c in users if c.kind != "function")
+        if held:
+            raise KlpccError(f"cannot patch {name}: a static inline the kernel kept out of line (no ftrace "
+                             f"hook of its own), and the data {held[0]} holds its address: the running code "
+                             "calls that copy through it, and a live patch cannot redirect it", file=path)
+        callers = sorted({c.symbol.split(".")[0] for c in users})
+        listed = f": {', '.join(callers)}" if callers else ""
+        notes.append(f"{name} ({path}) cannot be redirected (a static inline kept out of line has no ftrace "
+                     f"hook): compiled into the patch for its callers{listed}")
+        for caller in callers:
+            if fns.get(caller) not in ("modified", "added"):
+                plan.add(path, caller, f"calls the out-of-line copy of `{name}`, which changed")
+                notes.append(f"{caller} ({path}) joins the patch: it calls the out-of-line copy of `{name}`, "
+                             "which changed")
+            if fns.get(caller) == "modified" and unhooked(path, caller):
+                todo.append((path, caller))
+    return notes
+
+
 def stuck(plan: Plan, compiled: CompiledSet | None, marked: Iterable[str], requested: Iterable[str],
           hint: str) -> list[str]:
     """Refuse a function of the set that never returns unless it is marked immediate

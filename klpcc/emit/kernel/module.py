@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from ...errors import KlpccError
 from ...objects import default_cache
 from .. import policy
 from ..cgen import c_string, callback_trampoline
-from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, preprocess_bundle, stuck
+from ..compiled import (
+    CompiledSet,
+    compare_bundle,
+    decide,
+    not_redirected,
+    preprocess_bundle,
+    stuck,
+    through_callers,
+)
 from ..units import CALLBACK_KINDS, Unit, refuse_carried_code
 from . import elf as klpelf
 from .kbuild import template as kbuild_template
@@ -183,6 +192,28 @@ def _compared(b: manifest.Bundle, opts: KernelOptions, kdir: Path | None, args: 
     return compiled, {}
 
 
+def _static_inline(b: manifest.Bundle) -> Callable[[str], set[str]]:
+    """The ``static inline`` functions of a release file (the kernel compiles them
+    ``notrace``: a copy kept out of line has no ftrace hook)."""
+    from ...c import CSource, split_lines
+
+    cache: dict[str, set[str]] = {}
+
+    def of(path: str) -> set[str]:
+        if path not in cache:
+            data = b.source(path)
+            found = set()
+            for it in CSource(path, split_lines(data)).items():
+                if it.kind == "function" and it.static:
+                    head = data[it.start_byte:it.end_byte].split(b"{", 1)[0]
+                    if re.search(rb"\b(inline|__inline__|__inline|__always_inline)\b", head):
+                        found.add(it.name)
+            cache[path] = found
+        return cache[path]
+
+    return of
+
+
 def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: CompiledSet | None,
            preprocessed: dict[str, PreprocessedUnit], result: KernelBuild) -> list[Unit]:
     p = policy.plan(b.manifest)
@@ -198,6 +229,9 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
         return r.present(obj, name)
 
     result.notes += not_redirected(p, present, compiled)
+    if compiled is not None:
+        inline = _static_inline(b)
+        result.notes += through_callers(p, compiled, lambda path, name: name in inline(path))
     stuck(p, compiled, (), (), "The kernel's livepatch has no immediate functions: change what {name} calls "
           "instead, or stop the thread that runs it")
     units: list[Unit] = []
