@@ -23,9 +23,12 @@ _DIAG = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?:\d+:)? (?P<kind>fatal e
 def first_error(output: str | bytes, limit: int = 200) -> str:
     """The line of a tool's output that says what went wrong (else its first line)."""
     text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
-    for line in text.splitlines():
-        if "error" in line.lower():
-            return line.strip()[:limit]
+    # "error:"/"ERROR:" said as such first (modpost's, the compiler's), then the word
+    # "error" (not inside a name: a warning about fw_decompress_xz_error is no error)
+    for pattern in (r"(^|\s|:)(fatal error|error|ERROR)(:| \d)", r"\berror\b"):
+        for line in text.splitlines():
+            if re.search(pattern, line, 0 if pattern.startswith("(^") else re.I):
+                return line.strip()[:limit]
     return (text.strip().splitlines() or ["(no message)"])[0].strip()[:limit]
 
 

@@ -51,7 +51,8 @@ REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
                      r"|\(\) is (__init|__exit): a live patch cannot redirect it",
     "notrace/noinstr": r"cannot patch \w+ \(line \d+\): it is (notrace|noinstr|__kprobes|__noinstr_section|"
                        r"__cpuidle|__irq_entry|__softirq_entry)\b"
-                       r"|cannot patch \w+ \(line \d+\): the kernel compiled it without ftrace's entry hook",
+                       r"|cannot patch \w+ \(line \d+\): the kernel compiled it without ftrace's entry hook"
+                       r"|\(\) is (notrace|noinstr|__kprobes): a live patch cannot redirect it",
     "always-inline": r"cannot patch \w+ \(line \d+\): it is __always_inline",
     "static inline": r"it is static inline, so its callers carry its code"
                      r"|a static inline the kernel kept out of line .* holds its address",

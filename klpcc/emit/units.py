@@ -56,6 +56,7 @@ _PAREN_ATTR = re.compile(r"\b(__attribute__|__aligned|__section|__designated_ini
 _OWN_MACRO = re.compile(r"\s*(KLPCC|KPATCH|KLP)_[A-Z_]+\s*\(")
 _CALLBACK_MACRO = re.compile(r"\b(?:KLPCC_(PRE|POST)_(PATCH|UNPATCH)|"
                              r"(?:KPATCH|KLP)_(PRE|POST)_(PATCH|UNPATCH)_CALLBACK)\s*\(\s*(\w+)\s*\)")
+_GNU_ATTRIBUTE = re.compile(r"\b__attribute__\s*\(")
 _MACRO_STATEMENT = re.compile(r"\s*(static\s+)?[A-Za-z_]\w*\s*\(")
 # an object-like macro as a statement (``FOP_END;``, closing what other macros opened)
 _BARE_MACRO = re.compile(r"\s*[A-Za-z_]\w*\s*;\s*")
@@ -135,11 +136,39 @@ def _unbalanced(header: str) -> bool:
     """Does ``header`` close a conditional it does not open (``#else``/``#endif`` of an
     ``#if`` before it)?"""
     depth = 0
-    for m in re.finditer(r"^[ \t]*#[ \t]*(if|ifdef|ifndef|endif)\b", header, re.M):
+    for m in re.finditer(r"^[ \t]*#[ \t]*(if|ifdef|ifndef|elif|else|endif)\b", header, re.M):
+        if m.group(1) in ("elif", "else"):
+            if depth == 0:
+                return True
+            continue
         depth += 1 if m.group(1) != "endif" else -1
         if depth < 0:
             return True
     return False
+
+
+def _closing_directives(text: str) -> list[str]:
+    """The ``#elif``/``#else``/``#endif`` lines of ``text`` that belong to an ``#if``
+    opened before it (with their continuation lines)."""
+    out: list[str] = []
+    depth = 0
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        m = re.match(r"[ \t]*#[ \t]*(if|ifdef|ifndef|elif|else|endif)\b", line)
+        if m is None:
+            continue
+        kind = m.group(1)
+        if kind in ("if", "ifdef", "ifndef"):
+            depth += 1
+        elif kind == "endif" and depth > 0:
+            depth -= 1
+        elif depth == 0:
+            j = i
+            out.append(line.strip())
+            while lines[j].rstrip().endswith("\\") and j + 1 < len(lines):
+                j += 1
+                out.append(lines[j])
+    return out
 
 
 def _conditional_declaration(header: str, label: str | None) -> str:
@@ -504,6 +533,10 @@ class UnitWriter:
                 replacement = kept  # code the unit keeps, its references rewritten
             if replacement is None:
                 continue
+            if _unbalanced(text) and not re.search(r"^[ \t]*#", replacement, re.M):
+                # the item closes an #if opened before it (a header per configuration): the
+                # directives stay, closing it with empty branches, and the replacement follows
+                replacement = "\n".join(_closing_directives(text)) + "\n" + replacement
             nl = self.text.find("\n", end)
             tail = self.text[end:nl + 1 if nl >= 0 else len(self.text)]
             chunks.append(self.text[pos:start])
@@ -538,6 +571,10 @@ class UnitWriter:
         u = self.unit
         if it.kind == "function":
             return self._function(it, text)
+        if it.kind == "prototype" and re.search(r"\balias\s*\(", text) and it.name not in self.added:
+            # ``int f(...) __attribute__((weak, alias("g")));``: the running code's f, declared
+            label = self.label(it.name, "static function") if it.static else None
+            return _declaration(strip_calls(text.rstrip().rstrip(";"), _GNU_ATTRIBUTE), label)
         if it.kind == "prototype" and it.static and self.patched.get(it.name) != "added":
             if (_INLINE.search(text.split("(")[0]) or it.name in self._inline_defined
                     or it.name not in self._defined_names  # defined by a file it includes: compiled there

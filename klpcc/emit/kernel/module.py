@@ -43,7 +43,7 @@ from .kbuild import template as kbuild_template
 from .kbuild import unit_command
 from .layout import Layout
 from .source import HEADER, KernelUnitWriter, Resolver, syscall_owner, syscall_stubs
-from .symbols import VMLINUX, Kallsyms, exported, read_kallsyms
+from .symbols import VMLINUX, Kallsyms, exported, namespaces, read_kallsyms
 
 _NAME_MAX = 55  # MODULE_NAME_LEN - 1
 # directories 1 to 3 levels below a tree's root: code or a header of the kernel's
@@ -278,7 +278,7 @@ def _check_traced(unit: Unit, compiled: CompiledSet) -> None:
 
 
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
-               replace: bool) -> str:
+               replace: bool, imports: tuple[str, ...] = ()) -> str:
     """The C unit holding the module's ``klp_patch``."""
     objects: dict[str, list[Unit]] = {}
     for u in units:
@@ -323,6 +323,7 @@ def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[in
             "static int __init klpcc_init(void)", "{", "\treturn klp_enable_patch(&klpcc_patch);", "}", "",
             "static void __exit klpcc_exit(void)", "{", "}", "",
             "module_init(klpcc_init);", "module_exit(klpcc_exit);", 'MODULE_LICENSE("GPL");',
+            *(f"MODULE_IMPORT_NS({ns});" for ns in imports),
             'MODULE_INFO(livepatch, "Y");',
             f'MODULE_DESCRIPTION("klpcc cumulative live patch, release {c_string(release)}");', ""]
     return "\n".join(out)
@@ -393,7 +394,10 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         for d in UP_DIRS:
             (tmp / "src" / d).mkdir(parents=True, exist_ok=True)
         (tmp / "Kbuild").write_text(kbuild(name, units, layout))
-        (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace))
+        # the symbol namespaces of the exports the units name (EXPORT_SYMBOL_NS): imported
+        ns = namespaces(flags_kdir) if flags_kdir is not None else {}
+        imports = tuple(sorted({ns[w] for u in units for w in set(re.findall(r"\w+", u.text)) if w in ns}))
+        (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace, imports))
         unit_paths = {u.path for u in units}
         for path in b.source_paths:  # headers, and C files a unit includes
             if path not in unit_paths:

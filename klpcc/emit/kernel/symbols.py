@@ -13,6 +13,21 @@ from ...errors import KlpccError
 VMLINUX = "vmlinux"
 
 
+def namespaces(kdir: Path) -> dict[str, str]:
+    """Exported symbol -> the namespace it is exported in (``EXPORT_SYMBOL_NS``), from
+    ``Module.symvers`` (its fifth column); a module using one must import it."""
+    out: dict[str, str] = {}
+    try:
+        text = (kdir / "Module.symvers").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 5 and parts[4].strip():
+            out[parts[1]] = parts[4].strip()
+    return out
+
+
 def exported(kdir: Path) -> set[str]:
     """Every symbol ``Module.symvers`` lists (vmlinux's and in-tree modules' exports)."""
     path = kdir / "Module.symvers"
