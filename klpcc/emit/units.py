@@ -135,16 +135,7 @@ def _declaration(header: str, label: str | None) -> str:
 def _unbalanced(header: str) -> bool:
     """Does ``header`` close a conditional it does not open (``#else``/``#endif`` of an
     ``#if`` before it)?"""
-    depth = 0
-    for m in re.finditer(r"^[ \t]*#[ \t]*(if|ifdef|ifndef|elif|else|endif)\b", header, re.M):
-        if m.group(1) in ("elif", "else"):
-            if depth == 0:
-                return True
-            continue
-        depth += 1 if m.group(1) != "endif" else -1
-        if depth < 0:
-            return True
-    return False
+    return bool(_closing_directives(header))
 
 
 def _closing_directives(text: str) -> list[str]:
@@ -344,9 +335,10 @@ class UnitWriter:
     define_types: ClassVar[dict[str, str]] = {}
 
     def __init__(self, unit: Unit, data: bytes, patched: dict[str, str], added: set[str],
-                 resolver: SymbolResolver, compiled: PreprocessedUnit | None = None):
+                 resolver: SymbolResolver, compiled: PreprocessedUnit | None = None,
+                 joined: frozenset[str] = frozenset()):
         self.compiled = compiled  # the base unit as the compiler saw it (None: not compiled)
-        self.joined: set[str] = set()  # functions in the patch for their compiled code alone
+        self.joined = joined  # functions in the patch for their compiled code alone
         self._statics: set[str] | None = None
         self.unit = unit
         self.data = data

@@ -241,8 +241,8 @@ def _units(b: manifest.Bundle, layout: Layout, resolver: Resolver, compiled: Com
         unit_resolver = resolver.for_unit(compiled.symbols.get(path) if compiled else None)
         seen = compiled.unit(path) if compiled else preprocessed.get(path)
         writer = KernelUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
-                                  unit_resolver, seen)
-        writer.joined = {n for n in p.functions[path] if (path, n) not in changed}
+                                  unit_resolver, seen,
+                                  frozenset(n for n in p.functions[path] if (path, n) not in changed))
         modified = sorted(n for n, c in p.functions[path].items() if c == "modified")
         if modified and (why := layout.untraced(path)) is not None:
             raise KlpccError(f"cannot patch {modified[0]}: {why}, so a live patch cannot redirect the "
@@ -437,6 +437,7 @@ def _version(kdir: Path) -> tuple[int, int]:
 def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, syms: Kallsyms | None):
     labels = {label: ref for u in units for label, ref in u.labels.items()}
     defined_objects = {u.object for u in units} - {VMLINUX}
+    words = [(u.object, set(re.findall(r"\w+", u.text))) for u in units]  # read once, not per symbol
 
     def resolve(name: str) -> klpelf.Target | None:
         ref = labels.get(name)
@@ -457,7 +458,7 @@ def _symbol_resolver(units: list[Unit], exports: set[str], resolver: Resolver, s
         if not owners:
             # no kallsyms: a module's code links only against exports and its own module,
             # so a global it uses that nothing exports is its module's (vmlinux code: vmlinux's)
-            users = {u.object for u in units if re.search(rf"\b{re.escape(name)}\b", u.text)}
+            users = {obj for obj, named in words if name in named}
             if not users:  # named through a header's macro: the module's when every unit is a module's
                 users = {u.object for u in units} if VMLINUX not in {u.object for u in units} else {VMLINUX}
             owners = [VMLINUX] if not users or VMLINUX in users else sorted(users)
