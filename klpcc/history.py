@@ -67,6 +67,8 @@ class Track:
     base_files: Counter = field(default_factory=Counter)
     cur_files: Counter = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)
+    # fingerprint -> (its code without #if branches, the branches)
+    codes: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def base_signature(self) -> Signature:
@@ -98,6 +100,28 @@ def item_key(path: str, item: Item) -> str:
     if item.kind == "function":
         return f"{path}:{item.name}" if item.static else item.name
     return f"{path}:{item.kind}:{item.name}"
+
+
+def pick_variant(candidates: Iterable[Item], other: Iterable[str]) -> Item | None:
+    """Of the definitions of one item in one version (one per ``#if`` branch), the one
+    to show: the first whose fingerprint ``other`` (the signature of the version it is
+    compared with) does not have -- the version that changed; for anything but a
+    function, the fullest of them (a struct's definition, not its forward
+    declarations)."""
+    left = Counter(other)
+    pool: list[Item] = []
+    every = list(candidates)
+    for it in every:
+        if left[it.fingerprint] > 0:
+            left[it.fingerprint] -= 1
+        else:
+            pool.append(it)
+    pool = pool or every
+    if not pool:
+        return None
+    if pool[0].kind == "function":
+        return pool[0]
+    return max(pool, key=lambda it: it.end_byte - it.start_byte)
 
 
 def classify(base: Signature, sig: Signature) -> str:
@@ -244,6 +268,7 @@ class _Replayer:
 
     def _add(self, path: str, item: Item, base: bool = False) -> None:
         track = self._track(path, item)
+        track.codes[item.fingerprint] = (item.code or item.fingerprint, item.within)
         if base:
             track.base[item.fingerprint] += 1
             track.base_files[path] += 1
@@ -323,6 +348,11 @@ class _Replayer:
             self.snapshots.record(path, index, data)
         for track in self._dirty.values():
             sig = tuple(sorted(track.cur.elements()))
+            base = track.base_signature
+            if len(sig) == 1 and len(base) == 1 and sig != base and _moved_out(track, base[0], sig[0]):
+                # the same code, now under fewer #if branches (moved out of an #ifdef):
+                # a configuration compiles it as before, or newly; it changes in none
+                sig = base
             prev = track.changes[-1].signature if track.changes else track.base_signature
             if sig != prev:
                 origin = self._origin.get(track.key, (patch.path, None))
@@ -450,6 +480,15 @@ class _Replayer:
             self._remove(f.path, item)
         for item in after:
             self._add(f.path, item)
+
+
+def _moved_out(track: Track, old: str, new: str) -> bool:
+    """Is the definition of fingerprint ``new`` that of ``old`` moved out of some of the
+    ``#if`` branches around it, its code unchanged?"""
+    a, b = track.codes.get(old), track.codes.get(new)
+    if a is None or b is None or a[0] != b[0]:
+        return False
+    return len(b[1]) < len(a[1]) and a[1][: len(b[1])] == b[1]
 
 
 def replay(series: Series, base: BaseTree, *, fuzz: int = 0, keep: Iterable[int] = ()) -> Replay:
@@ -635,11 +674,13 @@ def _with_lines(rep: Replay, release: int, entries: list[Entry]) -> list[Entry]:
             if data is None:
                 continue
             items = CSource(path, split_lines(data)).items()
-        by_key: dict[str, Item] = {}
+        by_key: dict[str, list[Item]] = {}
         for item in items:
-            by_key.setdefault(item_key(path, item), item)
+            by_key.setdefault(item_key(path, item), []).append(item)
         for i in idxs:
-            item = by_key.get(entries[i].key)
+            key = entries[i].key
+            track = rep.functions.get(key) or rep.outside.get(key)
+            item = pick_variant(by_key.get(key, ()), track.base_signature if track is not None else ())
             if item is not None:
                 spans[i] = (item.start_line, item.end_line)
     out = []

@@ -27,6 +27,7 @@ from .errors import KlpccError
 Read = Callable[[str], "bytes | None"]  # tree-relative path -> contents (None: no such file)
 
 VMLINUX = "vmlinux"
+CC_FLAGS_FTRACE = "-pg -mfentry -mrecord-mcount"  # $(CC_FLAGS_FTRACE) on x86_64
 _MAX_INCLUDES = 16  # makefiles one makefile may include (transitively)
 _MAX_DEPTH = 8  # directories above a source file whose makefiles are read
 _KBUILD_SYNTAX = re.compile(rb"^[ \t]*(obj|lib|ccflags|subdir-ccflags|asflags)-[\w$()]*\s*[:+?]?=", re.M)
@@ -401,6 +402,56 @@ def rules(read: Read, path: str, config: Mapping[str, str], predefined: Mapping[
                      "says otherwise")
     return Rules(path, None, f"no rule of {seen_makefile} or the makefiles above it builds "
                  f"{posixpath.basename(target)} with this configuration", seen_makefile)
+
+
+# What every kernel a live patch can load into is configured with: the configuration
+# ``klpcc lint`` reads the makefiles with when it is given no kernel build directory.
+LIVEPATCH_CONFIG = {
+    "CONFIG_FTRACE": "y", "CONFIG_FUNCTION_TRACER": "y", "CONFIG_DYNAMIC_FTRACE": "y",
+    "CONFIG_DYNAMIC_FTRACE_WITH_REGS": "y", "CONFIG_HAVE_FENTRY": "y", "CONFIG_LIVEPATCH": "y",
+    "CONFIG_KALLSYMS": "y", "CONFIG_KALLSYMS_ALL": "y", "CONFIG_MODULES": "y", "CONFIG_SYSFS": "y",
+}
+
+
+def build_flags(read: Read, path: str, config: Mapping[str, str], predefined: Mapping[str, str] | None = None
+                ) -> Rules:
+    """The flags Kbuild compiles ``path`` with, also where ``config`` does not say that
+    the file is built at all (a partial configuration): the makefile that names its
+    object under any variable, else the nearest one, decides them."""
+    found = rules(read, path, config, predefined)
+    if found.object is not None or found.makefile is None:
+        return found
+    pre = dict(predefined or {})
+    target = posixpath.splitext(path)[0] + ".o"
+    chosen: tuple[str, _Make, str, str] | None = None
+    for d in _directories(path):
+        kb = kbuild_file(read, d)
+        if kb is None:
+            continue
+        make = _Make(read, config, pre, d)
+        make.run(kb[1])
+        rel = posixpath.relpath(target, d)
+        named = any(rel in {posixpath.normpath(w) for w in make.words(v)} for v in list(make.vars))
+        if chosen is None or named:
+            chosen = (kb[0], make, d, rel)
+        if named:
+            break
+    if chosen is None:
+        return found
+    name, make, d, rel = chosen
+    flags, removed = _flags(read, make, path, d, rel, config, pre)
+    return Rules(path, None, found.why, name, flags, removed, tuple(a[2:] for a in flags if a.startswith("-I")))
+
+
+def untraced(r: Rules, ftrace: str) -> str | None:
+    """Why Kbuild builds ``r``'s file without ftrace's entry hook (``ftrace``: the
+    words of ``$(CC_FLAGS_FTRACE)``), None when it does not: removed by
+    ``ccflags-remove-y`` or ``CFLAGS_REMOVE_file.o`` and not added back by
+    ``CFLAGS_file.o``."""
+    gone = set(r.removed) & set(ftrace.split()) - set(r.flags)
+    if not gone:
+        return None
+    return f"{r.makefile} builds {r.path} without {' '.join(sorted(gone))} (ftrace's entry hook)"
 
 
 def _descended(read: Read, directory: str, config: Mapping[str, str], pre: Mapping[str, str]) -> str | None:

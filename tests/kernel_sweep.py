@@ -56,7 +56,7 @@ REASONS: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in {
     "always-inline": r"cannot patch \w+ \(line \d+\): it is __always_inline",
     "static inline": r"it is static inline, so its callers carry its code"
                      r"|a static inline the kernel kept out of line .* holds its address",
-    "built without ftrace": r"builds it without .*\(ftrace's entry hook\)",
+    "built without ftrace": r"builds \S+ without .*\(ftrace's entry hook\)",
     "not built": r"this kernel's configuration does not build",
     "no code change": r"changes no function|changes nothing|no function's code",
     "inlined everywhere": r"has no symbol \w+ \(inlined everywhere",

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,59 @@ def test_dependencies_name_every_earlier_release_and_agree_with_the_graph(tmp_pa
 def test_usage_errors_are_one_line(tmp_path):
     r = klpcc("analyze", "--format", "xml", "x")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("klpcc: error:")
+
+
+def test_a_function_moved_out_of_an_ifdef_unchanged_is_not_changed(tmp_path):
+    # kernel/sched/fair.c's is_core_idle left an '#ifdef CONFIG_NUMA_BALANCING' block
+    # in a stable update: every configuration that compiled it compiles the same code
+    base = ("#ifdef CONFIG_X\nstatic int a(void) { return 1; }\nstatic int f(void) { return 2; }\n#endif\n"
+            "int g(void) { return 3; }\n")
+    moved = ("static int f(void) { return 2; }\n#ifdef CONFIG_X\nstatic int a(void) { return 1; }\n#endif\n"
+             "int g(void) { return 4; }\n")
+    patches, src = make_series(tmp_path, {"x.c": base}, [{"x.c": moved}])
+    assert {e.key: e.change for e in analyze(opts(patches, src)).functions} == {"g": "modified"}
+    # the same code moved under another condition, or into one, still changes what is compiled
+    other = base.replace("#ifdef CONFIG_X", "#ifdef CONFIG_Y")
+    patches, src = make_series(tmp_path / "y", {"x.c": base}, [{"x.c": other}])
+    assert {e.key: e.change for e in analyze(opts(patches, src)).functions} == {
+        "x.c:a": "modified", "x.c:f": "modified"}
+
+
+NESTED = """\
+#ifndef GUARD_H
+#define GUARD_H
+#ifdef CONFIG_A
+static int a1(void) { return 1; }
+#if defined(CONFIG_B)
+static int b1(void) { return 2; }
+#elif CONFIG_C
+static int c1(void) { return 3; }
+#else
+static int d1(void) { return 4; }
+#endif
+static int a2(void) { return 5; }
+#else
+static int e1(void) { return 6; }
+#endif
+int z(void) { return 7; }
+#endif
+"""
+
+
+@pytest.mark.parametrize("line", [i for i, ln in enumerate(NESTED.splitlines()) if ln.startswith("#")
+                                  and "define" not in ln])
+def test_an_edited_conditional_line_changes_every_item_it_guards(line: int):
+    # the incremental parse must re-read every item whose #if branches an edit renames
+    from klpcc.c import CSource, LineEdit
+
+    lines = NESTED.encode().splitlines(keepends=True)
+    new = list(lines)
+    new[line] = new[line].replace(b"CONFIG_", b"CONFIG_X").replace(b"#else", b"#elif CONFIG_Q") \
+        .replace(b"#endif", b"#endif /* moved */")
+    src = CSource("x.h", lines)
+    old = src.items()
+    before, after = src.edit(new, [LineEdit(line, 1, line, 1)])
+
+    def count(items):
+        return Counter((it.kind, it.name, it.fingerprint) for it in items)
+    assert count(old) - count(before) + count(after) == count(CSource("x.h", new).items())

@@ -48,6 +48,8 @@ class Item:
     end_line: int  # 1-based, inclusive
     fingerprint: str
     macro: str | None = None  # the macro a macro-defined function is written with
+    code: str = ""  # the fingerprint of its tokens alone, without the #if branches around it ("": the same)
+    within: tuple[str, ...] = ()  # the #if branches around it, outermost first
 
 
 def _leaves(node: Node) -> Iterator[Node]:
@@ -422,7 +424,8 @@ def _placed(items: Iterable[Item], context: tuple[str, ...], lo: int, hi: int) -
     for it in items:
         if it.start_byte <= hi and it.end_byte >= lo:
             yield it if not context else dataclasses.replace(
-                it, fingerprint=in_context(it.fingerprint, context))
+                it, fingerprint=in_context(it.fingerprint, context), code=it.code or it.fingerprint,
+                within=(*context, *it.within))
 
 
 def _is_dead(container: Node, src: bytes) -> bool:

@@ -66,8 +66,11 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
     def emit(kind: str, name: str, static: bool, lo: int, hi: int, macro: str | None = None,
              ctx: tuple[str, ...] | None = None) -> None:
         end_line = line_of(hi - 1) if hi > lo else line_of(lo)
-        fp = in_context(fingerprint(data[lo:hi]), stmt_ctx if ctx is None else ctx)
-        items.append(Item(kind, name, static, lo, hi, line_of(lo), end_line, fp, macro))
+        code = fingerprint(data[lo:hi])
+        within = stmt_ctx if ctx is None else ctx
+        fp = in_context(code, within)
+        items.append(Item(kind, name, static, lo, hi, line_of(lo), end_line, fp, macro,
+                          "" if fp == code else code, tuple(within)))
 
     for m in _SCAN.finditer(masked):
         group = m.lastgroup
@@ -297,15 +300,15 @@ class Lexed:
         if shared is None:
             items, clean = _lexical_items(region, 0, len(region))
             shared = ([(it.kind, it.name, it.static, it.start_byte, it.end_byte, it.start_line,
-                        it.end_line, it.fingerprint, it.macro) for it in items], clean)
+                        it.end_line, it.fingerprint, it.macro, it.code, it.within) for it in items], clean)
             self._shared[key] = shared
             if len(self._shared) > self._limit:
                 self._shared.popitem(last=False)
         else:
             self._shared.move_to_end(key)
         shift = bisect_right(self.offsets, start) - 1  # lines before the region's line
-        got = ([Item(k, n, st, a + start, b + start, l1 + shift, l2 + shift, fp, m)
-                for k, n, st, a, b, l1, l2, fp, m in shared[0]], shared[1])
+        got = ([Item(k, n, st, a + start, b + start, l1 + shift, l2 + shift, fp, m, c, w)
+                for k, n, st, a, b, l1, l2, fp, m, c, w in shared[0]], shared[1])
         self.local[(start, end)] = got
         return got
 

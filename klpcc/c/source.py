@@ -8,6 +8,7 @@ than with the size of the files.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -138,6 +139,9 @@ class CSource:
 
         self.tree = new_tree
         mapper = _Mapper(blocks)
+        # an edited '#if' line changes the context of every item of its conditional
+        old_edits += _conditionals_edited(old_tree, old_data, old_edits)
+        new_edits += _conditionals_edited(new_tree, new_data, new_edits)
         old_ranges = old_edits + [mapper.to_old(a, b) for a, b in changed]
         while True:
             before = old_src.items(old_ranges)
@@ -148,6 +152,41 @@ class CSource:
             if _covered(back, widened_old):
                 return before, after
             old_ranges = widened_old + back
+
+
+_DIRECTIVE = re.compile(rb"^[ \t]*#[ \t]*(?:if|ifdef|ifndef|elif|elifdef|elifndef|else|endif)\b", re.M)
+_CHAIN_HEADS = frozenset({"preproc_if", "preproc_ifdef"})
+
+
+def _conditionals_edited(tree: Tree, data: bytes, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans of the conditionals whose directives the edits in ``ranges`` touch: the
+    innermost '#if' chain around each such edit, and every chain starting in it."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        line_start = data.rfind(b"\n", 0, lo) + 1
+        if not _DIRECTIVE.search(data, line_start, max(hi, lo + 1)):
+            continue
+        node, inner = tree.root_node, None
+        while True:  # down to the innermost chain around the edit
+            child = _first_child_ending_after(node, lo)
+            if child is None or child.start_byte > lo or child.end_byte < hi:
+                break
+            if child.type in _CHAIN_HEADS:
+                inner = child
+            node = child
+        if inner is not None:
+            out.append((inner.start_byte, inner.end_byte))
+        stack = [tree.root_node]
+        while stack:  # chains that start inside the edit
+            n = stack.pop()
+            for c in n.children:
+                if c.end_byte < lo or c.start_byte > hi:
+                    continue
+                if c.type in _CHAIN_HEADS and c.start_byte >= line_start:
+                    out.append((c.start_byte, c.end_byte))
+                elif c.type in _CHAIN_HEADS or c.type in ("preproc_else", "preproc_elif", "preproc_elifdef"):
+                    stack.append(c)
+    return out
 
 
 def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:

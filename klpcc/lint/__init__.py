@@ -7,6 +7,7 @@ earlier release (or the one installed) by the rules of atomic replace.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..compdb import CompileCommands
@@ -56,24 +57,27 @@ def release_facts(rep: Replay, upto: int, config: Config | None = None,
 
 def check(rep: Replay, release: int, installed: int | None = None,
           config: Config | None = None, commands: CompileCommands | None = None,
-          objects=None) -> LintResult:
+          objects=None, kernel_config: Mapping[str, str] | None = None) -> LintResult:
     """Lint ``release`` against ``installed`` or, without it, every earlier release.
     Every release up to the later of the two must have been kept in the replay.
-    With ``commands`` (a compilation database), struct layouts are the compiler's."""
+    With ``commands`` (a compilation database), struct layouts are the compiler's.
+    ``kernel_config`` (a kernel's ``.config``, read) is what Kbuild makefiles are read
+    with; without it, :data:`klpcc.kbuild.LIVEPATCH_CONFIG`."""
     layouts = Layouts(rep, commands) if commands is not None else None
     try:
-        return _check(rep, release, installed, config, layouts, objects)
+        return _check(rep, release, installed, config, layouts, objects, kernel_config)
     finally:
         if layouts is not None:
             layouts.close()
 
 
 def _check(rep: Replay, release: int, installed: int | None, config: Config | None,
-           layouts: Layouts | None, objects=None) -> LintResult:
+           layouts: Layouts | None, objects=None, kernel_config: Mapping[str, str] | None = None
+           ) -> LintResult:
     against = [installed] if installed is not None else list(range(1, release))
     x = Extractor(rep, layouts)
     facts = release_facts(rep, max(release, installed or 0), config, x)
-    checker = Checker(rep, x, facts, analyse(rep, release))
+    checker = Checker(rep, x, facts, analyse(rep, release), kernel_config)
     for k in against:
         if k == release:
             continue

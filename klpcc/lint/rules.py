@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .. import kbuild
 from ..c import Item, is_c_file, mask, parser
-from ..history import ADDED, MODIFIED, Analysis, Replay, item_key
+from ..history import ADDED, MODIFIED, Analysis, Replay, item_key, pick_variant
 from ..objects import is_readonly
 from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span
 from .locate import added_by, removed_by
@@ -108,8 +109,10 @@ RULES: tuple[Rule, ...] = (
          "Keep the signature and add a new function, or patch every caller in the same release."),
     Rule("U004", "unpatchable-function", ERROR,
          "The release changes a function a live patch cannot redirect.",
-         "__init/__exit code is discarded after use and notrace/noinstr functions cannot be "
-         "traced, so the change never takes effect.",
+         "__init/__exit code is discarded after use, and notrace/noinstr functions and the "
+         "functions of files the kernel's makefiles build without ftrace's flags "
+         "(CFLAGS_REMOVE_file.o, ccflags-remove-y) have no ftrace entry hook, so the change "
+         "never takes effect.",
          "Fix the callers, or carry the change in a callback."),
     Rule("U005", "header-inline-changed", ERROR,
          "A static inline function of a header changed while some callers are not patched.",
@@ -141,8 +144,11 @@ class Finding:
 
 class Checker:
     def __init__(self, rep: Replay, extractor: Extractor, facts: dict[int, ReleaseFacts],
-                 analysis: Analysis):
+                 analysis: Analysis, kernel_config: Mapping[str, str] | None = None):
         self.rep = rep
+        # the configuration Kbuild makefiles are read with (for the ftrace flags of a file)
+        self.kernel_config = dict(kernel_config if kernel_config is not None else kbuild.LIVEPATCH_CONFIG)
+        self._untraced: dict[str, str | None] = {}
         self.x = extractor
         self.facts = facts
         self.analysis = analysis
@@ -339,6 +345,10 @@ class Checker:
                 self.add("U004", f"{e.name}() is {marks[0]}: a live patch cannot redirect it; "
                          f"release {self.rname}'s change to it never takes effect", self._site(e),
                          key=(e.key,))
+            elif (why := self.untraced(e.file)) is not None:
+                self.add("U004", f"{e.name}() has no ftrace entry hook: {why}, so a live patch cannot "
+                         f"redirect it; release {self.rname}'s change to it never takes effect",
+                         self._site(e), key=(e.key,))
             inline = re.search(r"\b(inline|__inline__|__always_inline)\b", head_new)
             if inline and e.file.endswith(".h"):
                 pending.append(("U005", e, [("call", e.name)]))
@@ -418,6 +428,18 @@ class Checker:
 
     # -- helpers ----------------------------------------------------------------
 
+    def untraced(self, path: str) -> str | None:
+        """Why the kernel's makefiles build ``path`` (as release R has them) without
+        ftrace's entry hook; None for a file they build with it, or without makefiles."""
+        if not path.endswith(".c"):
+            return None
+        if path not in self._untraced:
+            def read(p: str) -> bytes | None:
+                return self.x.read(p, self.release)
+            r = kbuild.build_flags(read, path, self.kernel_config, {"CC_FLAGS_FTRACE": kbuild.CC_FLAGS_FTRACE})
+            self._untraced[path] = kbuild.untraced(r, kbuild.CC_FLAGS_FTRACE)
+        return self._untraced[path]
+
     def _site(self, e) -> Site | None:
         """The first line of the item that a patch changed (its first line when none)."""
         if e.lines is None:
@@ -433,12 +455,15 @@ class Checker:
         if data is None:
             return None
         items = self.x.items(e.file, data)
-        for it in items:
-            if item_key(e.file, it) == e.key:
-                after = max((o.end_byte for o in items if o.end_byte <= it.start_byte), default=0)
-                head_start = _head_start(data, it.start_byte, after)
-                return data[head_start:it.end_byte].decode("utf-8", "replace"), it
-        return None
+        track = self.rep.functions.get(e.key) or self.rep.outside.get(e.key)
+        other = () if track is None else \
+            track.base_signature if release else track.signature(self.release)
+        it = pick_variant((it for it in items if item_key(e.file, it) == e.key), other)
+        if it is None:
+            return None
+        after = max((o.end_byte for o in items if o.end_byte <= it.start_byte), default=0)
+        head_start = _head_start(data, it.start_byte, after)
+        return data[head_start:it.end_byte].decode("utf-8", "replace"), it
 
     def _head(self, e, release: int) -> str | None:
         found = self._item(e, release)

@@ -16,7 +16,7 @@ from .symbols import VMLINUX
 # the flags that give a function ftrace's entry hook: a file built without them
 # cannot be live patched
 _FTRACE = ("-pg", "-mfentry", "-mrecord-mcount", "-mnop-mcount", "-DCC_USING_FENTRY", "-DCC_USING_NOP_MCOUNT")
-_DEFAULT_FTRACE = "-pg -mfentry -mrecord-mcount"
+_DEFAULT_FTRACE = kbuild.CC_FLAGS_FTRACE
 
 
 def ftrace_flags(template: list[str] | None) -> str:
@@ -87,9 +87,4 @@ class Layout:
     def untraced(self, path: str) -> str | None:
         """Why the running functions of ``path`` have no ftrace entry hook (None: they do)."""
         r = self.rules(path)
-        if r is None:
-            return None
-        gone = set(r.removed) & set(self.ftrace.split()) - set(r.flags)  # CFLAGS_file.o may add them back
-        if not gone:
-            return None
-        return f"{r.makefile} builds it without {' '.join(sorted(gone))} (ftrace's entry hook)"
+        return None if r is None else kbuild.untraced(r, self.ftrace)
