@@ -440,7 +440,8 @@ def build_flags(read: Read, path: str, config: Mapping[str, str], predefined: Ma
         return found
     name, make, d, rel = chosen
     flags, removed = _flags(read, make, path, d, rel, config, pre)
-    return Rules(path, None, found.why, name, flags, removed, tuple(a[2:] for a in flags if a.startswith("-I")))
+    dirs = tuple(a[2:] for a in flags if a.startswith("-I"))
+    return Rules(path, None, found.why, name, flags, removed, dirs)
 
 
 def untraced(r: Rules, ftrace: str) -> str | None:

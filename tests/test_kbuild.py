@@ -110,7 +110,8 @@ CFLAGS_REMOVE_untraced.o = -DDIR
 
     layout = Layout(read, CFG, (), FTRACE["CC_FLAGS_FTRACE"])
     why = layout.untraced("sub/dir/plain.c")
-    assert why == "sub/dir/Makefile builds sub/dir/plain.c without -mfentry -mrecord-mcount -pg (ftrace's entry hook)"
+    assert why == ("sub/dir/Makefile builds sub/dir/plain.c without -mfentry -mrecord-mcount -pg "
+                   "(ftrace's entry hook)")
     assert layout.untraced("sub/dir/traced.c") is None
 
 

@@ -436,7 +436,8 @@ class Checker:
         if path not in self._untraced:
             def read(p: str) -> bytes | None:
                 return self.x.read(p, self.release)
-            r = kbuild.build_flags(read, path, self.kernel_config, {"CC_FLAGS_FTRACE": kbuild.CC_FLAGS_FTRACE})
+            pre = {"CC_FLAGS_FTRACE": kbuild.CC_FLAGS_FTRACE}
+            r = kbuild.build_flags(read, path, self.kernel_config, pre)
             self._untraced[path] = kbuild.untraced(r, kbuild.CC_FLAGS_FTRACE)
         return self._untraced[path]
 
