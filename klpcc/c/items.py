@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tree_sitter import Node
 
+from .language import macro_variable
 from .tokens import fingerprint, in_context, normalise, short_text
 
 if TYPE_CHECKING:
@@ -207,6 +208,9 @@ def _macro_function_item(headers: list[Node], body: Node, src: bytes) -> Item:
 
 
 def _declaration_item(node: Node, src: bytes) -> Item:
+    made = macro_variable(src[node.start_byte:node.end_byte])
+    if made is not None:  # static DEFINE_PER_CPU(struct rq, runqueues);
+        return _make(made[0], made[1], made[2], [node], src, macro=made[3])
     declarators = node.children_by_field_name("declarator")
     static = _has_static([node], declarators[0].start_byte if declarators else node.end_byte)
     if not declarators:
@@ -266,6 +270,9 @@ def _simple_item(node: Node, src: bytes) -> Item | None:
         keyword = kind.split("_")[0]
         return _make("type", f"{keyword} {_text(tag, src) or '<anonymous>'}", False, [node], src)
     if kind == "expression_statement":
+        made = macro_variable(src[node.start_byte:node.end_byte])
+        if made is not None:  # DEFINE_PER_CPU(struct rq, runqueues);
+            return _make(made[0], made[1], made[2], [node], src, macro=made[3])
         return _make("statement", _normalised_name(node, src), False, [node], src)
     if kind == "ERROR":
         return _make("unparsed", "", False, [node], src)

@@ -88,3 +88,51 @@ def mask_annotations(data: bytes) -> bytes:
 def _blank(m: re.Match[bytes]) -> bytes:
     text = m.group()
     return text if text.lstrip(b" \t").startswith(b"#") else b" " * len(text)
+
+
+# Kernel macros that define (or, DECLARE_PER_CPU, declare) one variable: the name the
+# compiler sees is an argument, not the macro.  Per-CPU macros take (type, name);
+# the others take the name first.
+_PER_CPU = r"(?:DEFINE|DECLARE)_PER_CPU(?:_[A-Z_]+)?"
+_NAME_FIRST = (
+    r"DEFINE_(?:MUTEX|SPINLOCK|RAW_SPINLOCK|RWLOCK|SEQLOCK|IDR|IDA|XARRAY(?:_[A-Z_]+)?|HASHTABLE|"
+    r"READ_MOSTLY_HASHTABLE|RATELIMIT_STATE|SEMAPHORE|STATIC_KEY_(?:TRUE|FALSE)(?:_RO)?|STATIC_SRCU|SRCU|"
+    r"TIMER|WAIT_QUEUE_HEAD|PERCPU_RWSEM|STATIC_PERCPU_RWSEM|WD_CLASS|WW_CLASS|WW_MUTEX_CLASS|"
+    r"LLIST_HEAD|CTL_TABLE_POLL|KLP_SHADOW\w*)|"
+    r"DECLARE_(?:RWSEM|WAIT_QUEUE_HEAD|BITMAP|WORK|DELAYED_WORK|DEFERRABLE_WORK|COMPLETION|"
+    r"KFIFO(?:_PTR)?|TASKLET(?:_OLD|_DISABLED|_DISABLED_OLD)?|SWAIT_QUEUE_HEAD)|"
+    r"(?:BLOCKING|ATOMIC|RAW|SRCU)_NOTIFIER_HEAD|H?LIST_HEAD|LLIST_HEAD|LIST_HEAD"
+)
+_MACRO_VARIABLE = re.compile(
+    rb"\s*(?P<storage>(?:(?:static|extern)\s+)?)(?:__\w+\s+)*(?P<macro>" + _PER_CPU.encode() + rb"|"
+    + _NAME_FIRST.encode() + rb")\s*\((?P<args>[^;{]*?)\)\s*(?:=[^;]*)?;?\s*\Z", re.S)
+
+
+def macro_variable(text: bytes) -> tuple[str, str, bool, str] | None:
+    """``(kind, name, static, macro)`` of a declaration written with a kernel macro that
+    defines one variable (``static DEFINE_PER_CPU(struct rq, runqueues);``): the
+    variable the compiler sees.  None for anything else."""
+    m = _MACRO_VARIABLE.match(text)
+    if m is None:
+        return None
+    args, depth, cur = [], 0, b""
+    for ch in m["args"]:
+        c = bytes([ch])
+        if c in b"([{":
+            depth += 1
+        elif c in b")]}":
+            depth -= 1
+        if c == b"," and depth == 0:
+            args.append(cur.strip())
+            cur = b""
+        else:
+            cur += c
+    args.append(cur.strip())
+    macro = m["macro"].decode()
+    per_cpu = re.fullmatch(_PER_CPU, macro) is not None
+    name = args[-1] if per_cpu and len(args) >= 2 else args[0]
+    if not re.fullmatch(rb"[A-Za-z_]\w*", name):
+        return None
+    kind = "prototype" if macro.startswith("DECLARE_PER_CPU") or m["storage"].startswith(b"extern") \
+        else "variable"
+    return kind, name.decode(), m["storage"].startswith(b"static"), macro

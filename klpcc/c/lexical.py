@@ -15,7 +15,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 
 from .items import Item, _is_macro_name, _macro_name
-from .language import mask_annotations
+from .language import macro_variable, mask_annotations
 from .text import COMMENT, LITERAL_TOKEN
 from .tokens import fingerprint, in_context, normalise, short_text
 
@@ -72,6 +72,14 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
         items.append(Item(kind, name, static, lo, hi, line_of(lo), end_line, fp, macro,
                           "" if fp == code else code, tuple(within)))
 
+    def emit_call(lo: int, hi: int) -> None:
+        """A macro call standing as a statement of its own, without ';'."""
+        made = macro_variable(data[lo:hi])
+        if made is not None:  # DEFINE_PER_CPU(struct rq, runqueues)
+            emit(made[0], made[1], made[2], lo, hi, made[3])
+        else:
+            emit("statement", short_text(data[lo:hi]), False, lo, hi)
+
     for m in _SCAN.finditer(masked):
         group = m.lastgroup
         if group == "comment":
@@ -103,7 +111,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             if depth == 0 and stmt and directive in (b"define", b"undef", b"include"):
                 # a statement-like macro call without ';' ends before such a line
                 if call_end >= 0:
-                    emit("statement", short_text(data[stmt_start:call_end]), False, stmt_start, call_end)
+                    emit_call(stmt_start, call_end)
                 else:
                     emit("unparsed", "", False, stmt_start, stmt[-1][2])
                 stmt, stmt_start, paren, call_end = [], -1, 0, -1
@@ -127,7 +135,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             # MACRO(...) then, on a later line, something that cannot continue it:
             # the call was a statement of its own, written without ';'
             if data.count(b"\n", call_end, lo) and tok not in (b"{", b";", b",", b"=", b"(", b")"):
-                emit("statement", short_text(data[stmt_start:call_end]), False, stmt_start, call_end)
+                emit_call(stmt_start, call_end)
                 stmt, stmt_start, paren = [], -1, 0
             call_end = -1
         if tok == b"{":
@@ -165,7 +173,7 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
     clean = depth == 0 and (not stmt or call_end >= 0)
     if stmt:
         if call_end >= 0:
-            emit("statement", short_text(data[stmt_start:call_end]), False, stmt_start, call_end)
+            emit_call(stmt_start, call_end)
         else:  # what is left open runs to the end of the region
             emit("unparsed", "", False, stmt_start, end if depth else stmt[-1][2])
     return items, clean
@@ -242,6 +250,10 @@ def _emit_function(stmt, lo: int, hi: int, emit) -> None:
 
 
 def _emit_declaration(stmt, lo: int, hi: int, data: bytes, emit) -> None:
+    made = macro_variable(data[lo:hi])
+    if made is not None:  # static DEFINE_PER_CPU(struct rq, runqueues);
+        emit(made[0], made[1], made[2], lo, hi, made[3])
+        return
     toks = [t for t, _, _ in stmt]
     short = short_text(data[lo:hi])
     static = b"static" in toks

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import kbuild
 from ..c import Item, is_c_file, mask, parser
-from ..history import ADDED, MODIFIED, Analysis, Replay, item_key, pick_variant
+from ..history import ADDED, MODIFIED, REMOVED, Analysis, Replay, item_key, pick_variant
 from ..objects import is_readonly
 from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span
 from .locate import added_by, removed_by
@@ -119,6 +119,12 @@ RULES: tuple[Rule, ...] = (
          "Every caller holds its own inlined copy of the old code; only patched callers get "
          "the change.",
          "Patch every caller listed in the same release."),
+    Rule("U008", "static-made-global", WARNING,
+         "A static function becomes global and gains callers in other files.",
+         "The running program has only its static copy: the patch carries a second, global one "
+         "for the new callers, and nothing redirects the static copy, so unpatched callers in its "
+         "file keep the old code (an error when the release also changes that code).",
+         "Keep the function static and add a global wrapper, or patch its callers in its file too."),
     Rule("U006", "inline-function-changed", WARNING,
          "An inline function changed: its callers may hold inlined copies of the old code.",
          "A function the compiler inlined has no single entry to redirect.",
@@ -136,10 +142,11 @@ class Finding:
     site: Site | None  # the source line in the release (or in the release it names)
     patch: tuple[str, int] | None  # the offending hunk line: (patch file, line)
     hint: str
+    level: str | None = None  # this finding's severity, where it is not the rule's
 
     @property
     def severity(self) -> str:
-        return self.rule.severity
+        return self.level or self.rule.severity
 
 
 class Checker:
@@ -149,6 +156,7 @@ class Checker:
         # the configuration Kbuild makefiles are read with (for the ftrace flags of a file)
         self.kernel_config = dict(kernel_config if kernel_config is not None else kbuild.LIVEPATCH_CONFIG)
         self._untraced: dict[str, str | None] = {}
+        self._moved: dict[str, str] = {}  # key of a type the release moves -> the file it left
         self.x = extractor
         self.facts = facts
         self.analysis = analysis
@@ -167,7 +175,8 @@ class Checker:
         return self.rep.releases[release - 1]
 
     def add(self, rule_id: str, message: str, site: Site | None, against: Iterable[int] = (),
-            patch: tuple[str, int] | None = None, key: tuple = (), hint: str | None = None) -> None:
+            patch: tuple[str, int] | None = None, key: tuple = (), hint: str | None = None,
+            level: str | None = None) -> None:
         rule = RULE[rule_id]
         if site is not None and patch is None:
             patch = added_by(self.rep, site.release, site.file, site.line)
@@ -179,11 +188,12 @@ class Checker:
             i = self._seen[dedupe]
             old = self.findings[i]
             merged = tuple(dict.fromkeys(old.against + names))
-            self.findings[i] = Finding(rule, message, self.rname, merged, site, patch, hint or rule.hint)
+            self.findings[i] = Finding(rule, message, self.rname, merged, site, patch, hint or rule.hint,
+                                       level)
             return
         if dedupe is not None:
             self._seen[dedupe] = len(self.findings)
-        self.findings.append(Finding(rule, message, self.rname, names, site, patch, hint or rule.hint))
+        self.findings.append(Finding(rule, message, self.rname, names, site, patch, hint or rule.hint, level))
 
     # -- states -----------------------------------------------------------------
 
@@ -322,8 +332,13 @@ class Checker:
         a = self.analysis
         patched_now = {e.key for e in a.functions if e.change in (MODIFIED, ADDED)}
         pending: list[tuple] = []
+        # a type the release moves to another file (a new header, say) is the same type
+        gone = {(e.kind, e.name): e for e in a.outside
+                if e.change == REMOVED and e.kind in ("type", "typedef")}
         for e in a.outside:
-            if e.change != MODIFIED:
+            if e.change == ADDED and (e.kind, e.name) in gone:
+                self._moved[e.key] = gone[e.kind, e.name].file
+            elif e.change != MODIFIED:
                 continue
             struct = e.kind == "type" and not e.name.startswith("enum ")
             if struct or (e.kind == "typedef" and self._defines_struct(e)):
@@ -356,6 +371,10 @@ class Checker:
                 pending.append(("U006", e, [("call", e.name)]))
             if head_old is not None and _signature(head_old) != _signature(head_new):
                 pending.append(("U003", e, [("call", e.name)]))
+        gone_static = {e.name: e for e in a.functions if e.change == REMOVED and e.static}
+        for e in a.functions:
+            if e.change == ADDED and not e.static and e.name in gone_static:
+                pending.append(("U008", e, [("call", e.name)]))
         if not pending:
             return
         touched = set(self.rep.snapshots.paths())
@@ -372,7 +391,9 @@ class Checker:
         for (rule_id, e, _), users in zip(pending, local):
             others = sorted({p for n in _plain_names(e.name) for p in elsewhere.get(n, [])
                              if p not in touched and p not in scanned})
-            if rule_id in ("U003", "U005") and e.static and not e.file.endswith(".h"):
+            if (rule_id in ("U003", "U005") and e.static or rule_id == "U001") and e.file.endswith(".c"):
+                # a static function, or a type a C file defines, is seen in that file alone
+                # (a type of the same name elsewhere is another type)
                 others = []
                 users = [u for u in users if u[1] == e.file]
             if rule_id != "U001":  # callers: calls in the body
@@ -387,7 +408,17 @@ class Checker:
                     continue
                 where = f"; unpatched code uses it: {listing}" if listing else ""
                 how = f" ({self._layout_detail[e.key]})" if e.key in self._layout_detail else ""
-                self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}){how}: "
+                stack = None if listing else self._stack_only(e, users)
+                if stack is not None:
+                    self.add("U001", f"release {self.rname} changes the layout of {e.name} ({e.file}){how}; "
+                             f"its objects live only on the stacks of functions the patch replaces "
+                             f"({', '.join(stack)}): none outlives the switch to the new code", site,
+                             key=(e.key,), level=NOTE, hint="Nothing to do: no object of the old layout "
+                             "is left once every task has switched.")
+                    continue
+                moved = f" (moved from {self._moved[e.key]})" if e.key in self._moved else ""
+                self.add("U001", f"release {self.rname} changes the layout of {e.name} "
+                         f"({e.file}{moved}){how}: "
                          f"objects the running program already has keep the old layout{where}",
                          site, key=(e.key,))
             elif rule_id == "U003" and listing:
@@ -397,6 +428,20 @@ class Checker:
                 self.add("U005", f"release {self.rname} changes static inline {e.name}() in header "
                          f"{e.file}; these callers hold inlined copies and must be patched with "
                          f"it: {listing}", site, key=(e.key,))
+            elif rule_id == "U008":
+                old = gone_static[e.name]
+                outside = sorted({fn for fn, path, _, _ in users if path != old.file and fn != e.name})
+                if not outside:
+                    continue
+                stay = sorted({fn for fn, path, is_patched, _ in users
+                               if path == old.file and not is_patched and fn != e.name})
+                changed = self._code_without_static(old, 0) != self._code_without_static(e, self.release)
+                keep = (f"; unpatched callers in {old.file} keep calling the static copy"
+                        f"{' without the change' if changed else ''}: {', '.join(stay)}") if stay else ""
+                self.add("U008", f"release {self.rname} makes static {e.name}() ({old.file}) global and "
+                         f"calls it from {', '.join(outside[:8])}{' ...' if len(outside) > 8 else ''}: the "
+                         f"running program has only its static copy{keep}", site, key=(e.key,),
+                         level=ERROR if changed and stay else None)
             elif rule_id == "U006":
                 who = listing or ", ".join(patched) or "none found"
                 self.add("U006", f"release {self.rname} changes inline function {e.name}() "
@@ -485,7 +530,7 @@ class Checker:
                 return False
             self._layout_detail[e.key] = old.differs(new)
             return True
-        new, old = self.x.view(e.file, self.release), self.x.view(e.file, 0)
+        new, old = self.x.view(e.file, self.release), self.x.view(self._moved.get(e.key, e.file), 0)
         if new is None or old is None:
             return True
         name = e.name.split(", ")[0]
@@ -506,6 +551,40 @@ class Checker:
             if old is not None and new is not None:
                 return old, new
         return None
+
+    def _code_without_static(self, e, release: int) -> str | None:
+        found = self._item(e, release)
+        if found is None:
+            return None
+        return " ".join(re.sub(r"\bstatic\b", " ", mask(found[0])).split())
+
+    def _stack_only(self, e, users: list[tuple[str, str, bool, bool]]) -> list[str] | None:
+        """The functions whose stack frames hold every object of the type ``e`` names,
+        when nothing else can: a type of one C file that no global, static local,
+        other type or allocation names, used only by functions the release patches
+        (None: its objects may persist)."""
+        if not e.file.endswith(".c") or not users or any(not u[2] or u[1] != e.file for u in users):
+            return None
+        view = self.x.view(e.file, self.release)
+        if view is None:
+            return None
+        names = e.name.split(", ")
+        needle = re.compile(r"\b(?:" + "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in names) + r")\b")
+        for it in view.items:
+            if it.kind == "function" or item_key(e.file, it) == e.key:
+                continue
+            lo, hi = char_span(view, it)
+            if needle.search(view.masked[lo:hi]):
+                return None  # a global, a member of another type, a typedef, a prototype
+        for it in view.items:
+            if it.kind != "function" or it.name not in {u[0] for u in users}:
+                continue
+            lo, hi = char_span(view, it)
+            body = view.masked[lo:hi]
+            if _ALLOCATION.search(body) or re.search(r"\bstatic\s+(?:const\s+)?" + needle.pattern, body) \
+                    or re.search(r"\bcontainer_of\b", body):
+                return None
+        return sorted({u[0] for u in users})
 
     def _defines_struct(self, e) -> bool:
         found = self._item(e, self.release)
@@ -548,6 +627,10 @@ class Checker:
         return out
 
 
+# calls that allocate memory that outlives the function (heap, per-CPU, caches)
+_ALLOCATION = re.compile(r"\b(?:k[mzv]?alloc\w*|kcalloc\w*|krealloc\w*|kmem_cache_\w*alloc\w*|v[mz]alloc\w*|"
+                         r"kv[mzc]?alloc\w*|devm_\w*alloc\w*|kmemdup\w*|malloc|calloc|realloc|"
+                         r"alloc_percpu\w*|__alloc_percpu\w*|mempool_alloc\w*)\s*\(")
 _SCAN_LIMIT = 200  # untouched files read to name the users of a changed type or function
 
 
