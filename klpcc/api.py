@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bundle as _bundle
+from . import kbuild, runtime
 from . import objects as _objects
-from . import runtime
 from .atomic import check_target
 from .compdb import CompileCommands
 from .emit.kernel import KernelBuild, KernelOptions, build_kernel
@@ -131,12 +131,16 @@ def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None
 
 
 def lint(opts: AnalyzeOptions, config: str | Path | None = None,
-         compile_commands: str | Path | None = None, objects: ObjectOptions | None = None) -> LintResult:
+         compile_commands: str | Path | None = None, objects: ObjectOptions | None = None,
+         kernel: str | Path | None = None) -> LintResult:
     """Check that release R can replace every earlier release (or ``--from`` K) by
     the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
     beside the series is used when there is one.  With ``compile_commands`` (a
     ``compile_commands.json`` for the base tree), struct layouts are the compiler's;
-    with ``objects``, the object-level check finds data the compiled release changes."""
+    with ``objects``, the object-level check finds data the compiled release changes.
+    ``kernel`` is a kernel build directory: its ``.config`` is what the Kbuild makefiles
+    are read with (which files are built without ftrace's entry hook)."""
+    kconfig = _kernel_config(kernel) if kernel is not None else None
     series, base, release, installed = _load(opts)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
@@ -144,7 +148,18 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
     report = run(analyse(rep, release)) if run is not None else None
-    return check(rep, release, installed, cfg, commands, report)
+    return check(rep, release, installed, cfg, commands, report, kconfig)
+
+
+def _kernel_config(kdir: str | Path) -> dict[str, str]:
+    """The ``.config`` of kernel build directory ``kdir``, read."""
+    path = Path(kdir) / ".config"
+    if not Path(kdir).is_dir():
+        raise KlpccError(f"{kdir}: no such kernel build directory")
+    try:
+        return kbuild.read_config(path.read_text(errors="replace"))
+    except OSError as exc:
+        raise KlpccError(f"{path}: cannot read the kernel's configuration: {exc.strerror or exc}") from None
 
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,

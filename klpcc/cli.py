@@ -198,20 +198,24 @@ EXIT_FINDINGS = 1
                    "(default: klpcc.toml beside the series).")
 @click.option("--compile-commands", "commands", metavar="JSON", type=click.Path(),
               help="compile_commands.json of the base tree: compare struct layouts as compiled.")
+@click.option("--kernel", "kdir", metavar="KDIR", type=click.Path(),
+              help="Kernel build directory whose .config the Kbuild makefiles are read with "
+                   "(default: a configuration with ftrace and livepatch on).")
 @click.option("-o", "--output", "output", metavar="FILE", type=click.Path(),
               help="Write the report to FILE instead of standard output.")
 @_object_options
 @_guard
 def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
              release: str | None, fuzz: int, installed: str | None, fmt: str, error_on: str,
-             config: str | None, commands: str | None, output: str | None, objects: str | None,
-             jobs: int | None, cache: str | None, no_cache: bool, binary: str | None) -> None:
+             config: str | None, commands: str | None, kdir: str | None, output: str | None,
+             objects: str | None, jobs: int | None, cache: str | None, no_cache: bool,
+             binary: str | None) -> None:
     """Check that release R can safely replace every earlier release (or K): system
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
     res = api.lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
-               _objects(objects, jobs, cache, no_cache, binary))
+                   _objects(objects, jobs, cache, no_cache, binary), kernel=kdir)
     if fmt == "json":
         text = dump_json(lint_json(res)) + "\n"
     elif fmt == "sarif":
