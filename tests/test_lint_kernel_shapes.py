@@ -147,8 +147,9 @@ def test_a_struct_that_only_lives_on_patched_stacks_is_a_note(tmp_path: Path):
     assert u001.severity == "note", u001.message
     assert "live only on the stacks" in u001.message
     # the same struct also allocated on the heap stays an error
-    heap = new.replace("static bool damon_va_young(", "static void *klpcc_keep(void)\n{\n\treturn kzalloc("
-                       "sizeof(struct damon_young_walk_private), GFP_KERNEL);\n}\n\nstatic bool damon_va_young(")
+    keep = ("static void *klpcc_keep(void)\n{\n\treturn kzalloc(sizeof(struct damon_young_walk_private), "
+            "GFP_KERNEL);\n}\n\n")
+    heap = new.replace("static bool damon_va_young(", keep + "static bool damon_va_young(")
     _, res = run(tmp_path / "heap", base, {"mm/damon/vaddr.c": heap})
     (u001,) = findings(res, "U001")
     assert u001.severity == "error"

@@ -747,7 +747,96 @@ def layout_key(text: str, constants: Constants) -> str:
                 return str(v)
         return word
     expanded = re.sub(r"\b[A-Za-z_]\w*\b", value, mask(text))
-    return type_fingerprint(expanded)
+    open_at, close_at = expanded.find("{"), expanded.rfind("}")
+    if open_at < 0 or close_at < open_at or \
+            not re.match(r"\s*(?:typedef\s+)?(?:struct|union)\b", expanded):
+        return type_fingerprint(expanded)
+    members = _members(expanded[open_at + 1:close_at])
+    return type_fingerprint(expanded[:open_at].split()[0] + "{" + members + "}")
+
+
+# integer types by size (x86_64): a member whose type changes within one of these
+# groups (u8 for unsigned char, s16 for u16) keeps the layout
+_INT_SIZES = {
+    **dict.fromkeys("char signed_char unsigned_char u8 s8 __u8 __s8 uint8_t int8_t".split(), "i1"),
+    **dict.fromkeys("short unsigned_short signed_short short_int unsigned_short_int u16 s16 __u16 __s16 "
+                    "__le16 __be16 uint16_t int16_t".split(), "i2"),
+    **dict.fromkeys("int unsigned signed unsigned_int signed_int u32 s32 __u32 __s32 __le32 __be32 "
+                    "uint32_t int32_t".split(), "i4"),
+    **dict.fromkeys("long unsigned_long signed_long long_int unsigned_long_int long_long unsigned_long_long "
+                    "u64 s64 __u64 __s64 __le64 __be64 uint64_t int64_t size_t ssize_t loff_t ktime_t "
+                    "uintptr_t".split(), "i8"),
+}
+_MEMBER_QUALIFIERS = frozenset({"const", "volatile", "__rcu", "__iomem", "__user", "__percpu", "__force",
+                                "register",
+                         "restrict", "__restrict"})
+
+
+def _members(body: str) -> str:
+    """The members of a struct or union body, each reduced to what decides its place
+    and size: names dropped, any pointer a pointer (function pointers too), qualifiers
+    dropped, integer types by size; array bounds, bit-field widths and attributes kept."""
+    out, depth, cur = [], 0, ""
+    for ch in body:
+        if ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            depth -= 1
+        if ch == ";" and depth == 0:
+            out.append(_member(cur))
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(_member(cur))
+    return ";".join(x for x in out if x)
+
+
+def _member(decl: str) -> str:
+    decl = decl.strip()
+    if not decl:
+        return ""
+    if "{" in decl:  # a nested struct or union: its members, then its declarators' shapes
+        o, c = decl.find("{"), decl.rfind("}")
+        rest = re.sub(r"[A-Za-z_]\w*", "", decl[c + 1:])
+        return decl[:o].split()[0] + "{" + _members(decl[o + 1:c]) + "}" + "".join(rest.split())
+    toks = [t for t in re.findall(r"[A-Za-z_]\w*|\d+|\S", decl) if t not in _MEMBER_QUALIFIERS]
+    if "(" in toks and "*" in toks[toks.index("("):]:  # int (*fn)(void)
+        return "ptr"
+    # declarators: split at top-level commas; the base type is what the first one starts with
+    parts, depth, cur = [], 0, []
+    for t in toks:
+        depth += t in "([" and 1 or 0
+        depth -= t in ")]" and 1 or 0
+        if t == "," and depth == 0:
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    parts.append(cur)
+    first = parts[0]
+    stop = next((i for i, t in enumerate(first) if t in ("*", "[", ":")), len(first))
+    words = [t for t in first[:stop] if re.fullmatch(r"[A-Za-z_]\w*", t)
+             and (not t.startswith("__") or t in _INT_SIZES)]
+    base_words = words[:-1] if len(words) > 1 else words
+    base = "_".join(w for w in base_words if w not in ("struct", "union", "enum")) or "?"
+    if base_words and base_words[0] in ("struct", "union", "enum"):
+        base = base_words[0] + " " + base
+    base = _INT_SIZES.get(base.replace("_int", "") if base not in _INT_SIZES else base, base)
+    if base in ("bool", "_Bool"):
+        base = "b1"
+    shapes = []
+    for i, part in enumerate(parts):
+        tail = part[stop:] if i == 0 else part
+        shape = "ptr" if "*" in tail[: tail.index("[") if "[" in tail else len(tail)] else base
+        dims = re.findall(r"\[[^\]]*\]", " ".join(tail).replace(" ", ""))
+        width = "".join(tail[tail.index(":"):]) if ":" in tail else ""
+        attrs = [t for t in part if t.startswith("__") and t not in _MEMBER_QUALIFIERS
+                 and t != "__attribute__"
+                 and not t.startswith("__u") and not t.startswith("__s") and not t.startswith("__le")
+                 and not t.startswith("__be")]
+        shapes.append(shape + "".join(dims) + width + "".join(f"@{a}" for a in attrs))
+    return ",".join(shapes)
 
 
 def _collect_types(items: list[Item], data: bytes, types: dict[str, str], constants: Constants,

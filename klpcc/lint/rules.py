@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .. import kbuild
 from ..c import Item, is_c_file, mask, parser
+from ..c.language import ANNOTATION_WORDS
 from ..history import ADDED, MODIFIED, REMOVED, Analysis, Replay, item_key, pick_variant
 from ..objects import is_readonly
 from .facts import ALLOCATING, Extractor, ReleaseFacts, ShadowUse, Site, char_span
@@ -443,7 +444,9 @@ class Checker:
                          f"running program has only its static copy{keep}", site, key=(e.key,),
                          level=ERROR if changed and stay else None)
             elif rule_id == "U006":
-                who = listing or ", ".join(patched) or "none found"
+                if not listing and patched:
+                    continue  # every caller found is patched with it: each carries the new copy
+                who = listing or "none found"
                 self.add("U006", f"release {self.rname} changes inline function {e.name}() "
                          f"({e.file}); callers that may hold an inlined copy and are not patched: "
                          f"{who}", site, key=(e.key,))
@@ -699,8 +702,12 @@ def _listing(functions: list[str], files: list[str], limit: int = 8) -> str:
 
 _INTEGER_WORDS = frozenset("signed unsigned short long int char".split())
 _STORAGE = re.compile(r"\b(static|inline|__inline__|__inline|__always_inline|extern|noinline|__cold|"
-                      r"__hot|__init|__exit|notrace|noinstr|__weak|__maybe_unused|__used|asmlinkage)\b|"
-                      r"__attribute__\s*\(\(.*?\)\)")
+                      r"__hot|__init|__exit|notrace|noinstr|__weak|__maybe_unused|__used|asmlinkage|"
+                      r"__(?:mod|mem|cpu|dev|net_)?init\w*|__(?:mem|cpu|dev|net_)?exit\w*|__ref\w*|"
+                      + "|".join(w for w in ANNOTATION_WORDS if w not in ("__user", "__kernel", "__iomem",
+                                                                          "__percpu", "__rcu", "__force",
+                                                                          "__bitwise"))
+                      + r")\b|__attribute__\s*\(\(.*?\)\)")
 
 
 def _canonical(text: str) -> str:
