@@ -155,15 +155,16 @@ def balanced(text: str, open_at: int) -> int:
     return -1
 
 
-def split_args(text: str) -> list[str]:
-    """Top-level comma-separated parts of ``text`` (an argument or initialiser list)."""
+def split_args(text: str, sep: str = ",") -> list[str]:
+    """Top-level ``sep``-separated parts of ``text`` (an argument or initialiser list;
+    with ``;``, the members of a struct body)."""
     out, depth, cur = [], 0, []
     for c in text:
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
-        if c == "," and depth == 0:
+        if c == sep and depth == 0:
             out.append("".join(cur).strip())
             cur = []
         else:
@@ -776,20 +777,7 @@ def _members(body: str) -> str:
     """The members of a struct or union body, each reduced to what decides its place
     and size: names dropped, any pointer a pointer (function pointers too), qualifiers
     dropped, integer types by size; array bounds, bit-field widths and attributes kept."""
-    out, depth, cur = [], 0, ""
-    for ch in body:
-        if ch in "({[":
-            depth += 1
-        elif ch in ")}]":
-            depth -= 1
-        if ch == ";" and depth == 0:
-            out.append(_member(cur))
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(_member(cur))
-    return ";".join(x for x in out if x)
+    return ";".join(x for x in map(_member, split_args(body, ";")) if x)
 
 
 def _member(decl: str) -> str:
