@@ -94,4 +94,5 @@ LINT_RULES = {
     "U005": ("header-inline-changed", "error"),
     "U006": ("inline-function-changed", "warning"),
     "U007": ("data-changed", "error"),
+    "U008": ("static-made-global", "warning"),
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -249,3 +250,23 @@ int make(void *obj)
     uses = doc["facts"]["0001-release-1"]["shadow"]
     assert {u["type"] for u in uses} == {"struct tally"}
     assert doc["findings"] == []
+
+
+@pytest.mark.parametrize("old, new, same", [
+    ("long hits; int flags;", "int64_t hits; /* per call */ int32_t flags;", True),
+    ("struct spi_master *master;", "struct spi_controller *host;", True),  # a pointer, renamed
+    ("bool slave_abort;", "bool target_abort;", True),
+    ("s16 len;", "u16 len;", True),
+    ("unsigned char buf[4];", "u8 buf[4];", True),
+    ("int (*lock)(struct ks *k, unsigned long *flags);", "void (*lock)(struct ks *k);", True),
+    ("const struct info *info;", "struct info *info;", True),
+    ("bool on;", "int on;", False),  # 1 byte -> 4
+    ("u32 term;", "u32 *term;", False),
+    ("int a; int b;", "int b;", False),
+    ("unsigned int a:1, b:2;", "unsigned int a:1, b:3;", False),
+    ("char key[16];", "char key[32];", False),
+    ("struct { int a; } u;", "struct { long a; } u;", False),
+])
+def test_layouts_compare_member_shapes(old: str, new: str, same: bool):
+    c = Constants([])
+    assert (layout_key(f"struct s {{ {old} }};", c) == layout_key(f"struct s {{ {new} }};", c)) is same
