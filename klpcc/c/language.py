@@ -58,7 +58,7 @@ ANNOTATION_WORDS = (
     "__randomize_layout", "__nonstring", "__deprecated", "__gnu_inline", "__malloc",
     "__attribute_const__", "__lockfunc", "__always_used", "__init_memblock",
     "__initdata_memblock", "fastcall", "__safe", "__noclone", "__no_stack_protector",
-    "__noinstr_section", "__nostackprotector",
+    "__noinstr_section", "__nostackprotector", "noinline_for_stack", "__noipa",
 )
 ANNOTATION_CALLS = (
     "__printf", "__scanf", "__acquires", "__releases", "__must_hold", "__section",

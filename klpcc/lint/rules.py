@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .. import kbuild
 from ..c import Item, is_c_file, mask, parser
+from ..c import tokens as c_tokens
 from ..c.language import ANNOTATION_WORDS
 from ..history import ADDED, MODIFIED, REMOVED, Analysis, Replay, item_key, pick_variant
 from ..objects import is_readonly
@@ -344,13 +345,13 @@ class Checker:
             struct = e.kind == "type" and not e.name.startswith("enum ")
             if struct or (e.kind == "typedef" and self._defines_struct(e)):
                 pending.append(("U001", e, [_type_needle(n) for n in e.name.split(", ")]))
-            elif e.kind == "variable":
+            elif e.kind == "variable" and not self._cosmetic(e):
                 self._globals_said.update(e.name.split(", "))
                 self.add("U002", f"release {self.rname} changes the initialiser or type of global "
                          f"{e.name} ({e.file}); the running program keeps its old value", self._site(e),
                          key=(e.key,))
         for e in a.functions:
-            if e.change != MODIFIED:
+            if e.change != MODIFIED or self._cosmetic(e):
                 continue
             head_new = self._head(e, r)
             head_old = self._head(e, 0)
@@ -385,9 +386,15 @@ class Checker:
         except OSError:
             elsewhere = {}
         # files of the base the series does not touch that name them: read them too,
-        # up to a limit, to name the functions there
-        extra = sorted({p for n in names for p in elsewhere.get(n, []) if p not in touched})
-        scanned = set(extra[:_SCAN_LIMIT])
+        # up to a limit per name (headers first: few, and where prototypes stand), to
+        # name the functions there
+        scanned: set[str] = set()
+        for n in sorted(names):
+            mine = sorted((p for p in elsewhere.get(n, []) if p not in touched),
+                          key=lambda p: (not p.endswith(".h"), p))
+            scanned.update(mine[:_SCAN_PER_NAME])
+            if len(scanned) >= _SCAN_LIMIT:
+                break
         local = self._local_users([p[2] for p in pending], patched_now, sorted(touched | scanned))
         for (rule_id, e, _), users in zip(pending, local):
             others = sorted({p for n in _plain_names(e.name) for p in elsewhere.get(n, [])
@@ -445,7 +452,11 @@ class Checker:
                          level=ERROR if changed and stay else None)
             elif rule_id == "U006":
                 if not listing and patched:
-                    continue  # every caller found is patched with it: each carries the new copy
+                    # every caller found is patched with it and carries the new copy, unless
+                    # a caller is inline itself, inlined in turn into unpatched code
+                    listing = ", ".join(self._through_inline(e.file, patched, patched_now))
+                    if not listing:
+                        continue
                 who = listing or "none found"
                 self.add("U006", f"release {self.rname} changes inline function {e.name}() "
                          f"({e.file}); callers that may hold an inlined copy and are not patched: "
@@ -555,6 +566,41 @@ class Checker:
                 return old, new
         return None
 
+    def _through_inline(self, path: str, callers: list[str], patched_now: set[str]) -> list[str]:
+        """Unpatched functions of ``path`` that call one of ``callers`` where that caller
+        is an inline function (so each may hold an inlined copy of it): "f (via g)"."""
+        view = self.x.view(path, self.release)
+        if view is None:
+            return []
+        fns = [it for it in view.items if it.kind == "function"]
+        inline = []
+        for it in fns:
+            if it.name in callers:
+                lo, hi = char_span(view, it)
+                body = view.masked[lo:hi]
+                head = body[:body.find("{")] if "{" in body else body
+                if re.search(r"\b(?:inline|__inline__|__always_inline)\b", view.text[lo:lo + len(head)]):
+                    inline.append(it.name)
+        if not inline:
+            return []
+        call = re.compile(r"\b(" + "|".join(map(re.escape, inline)) + r")\s*\(")
+        out = []
+        for it in fns:
+            if it.name in inline or item_key(path, it) in patched_now:
+                continue
+            lo, hi = char_span(view, it)
+            body = view.masked[lo:hi]
+            m = call.search(body, body.find("{") + 1 if "{" in body else 0)
+            if m:
+                out.append(f"{it.name} (via inline {m.group(1)})")
+        return sorted(set(out))
+
+    def _cosmetic(self, e) -> bool:
+        """Does release R change only how ``e`` is written (comments, annotations,
+        ``const``, another name of the same integer type), not what it compiles to?"""
+        old, new = self._item(e, 0), self._item(e, self.release)
+        return old is not None and new is not None and _code(old[0]) == _code(new[0])
+
     def _code_without_static(self, e, release: int) -> str | None:
         found = self._item(e, release)
         if found is None:
@@ -634,7 +680,8 @@ class Checker:
 _ALLOCATION = re.compile(r"\b(?:k[mzv]?alloc\w*|kcalloc\w*|krealloc\w*|kmem_cache_\w*alloc\w*|v[mz]alloc\w*|"
                          r"kv[mzc]?alloc\w*|devm_\w*alloc\w*|kmemdup\w*|malloc|calloc|realloc|"
                          r"alloc_percpu\w*|__alloc_percpu\w*|mempool_alloc\w*)\s*\(")
-_SCAN_LIMIT = 200  # untouched files read to name the users of a changed type or function
+_SCAN_LIMIT = 600  # untouched files read to name the users of changed types and functions
+_SCAN_PER_NAME = 24  # ... and of one of them
 
 
 def _head_start(data: bytes, start: int, after: int) -> int:
@@ -734,9 +781,40 @@ def _canonical(text: str) -> str:
     return " ".join(out)
 
 
+# the kernel's fixed-size integer types, as the C types they are
+_INT_ALIASES = {
+    **dict.fromkeys(("u8", "__u8", "uint8_t"), "unsigned char"),
+    **dict.fromkeys(("s8", "__s8", "int8_t"), "signed char"),
+    **dict.fromkeys(("u16", "__u16", "uint16_t"), "unsigned short"),
+    **dict.fromkeys(("s16", "__s16", "int16_t"), "short"),
+    **dict.fromkeys(("u32", "__u32", "uint32_t"), "unsigned int"),
+    **dict.fromkeys(("s32", "__s32", "int32_t"), "int"),
+    **dict.fromkeys(("u64", "__u64", "uint64_t"), "unsigned long long"),
+    **dict.fromkeys(("s64", "__s64", "int64_t"), "long long"),
+}
+_NOT_CODE = frozenset(ANNOTATION_WORDS) | {"const"}
+
+
+# a designated initialiser that sets a member to zero, as leaving it out does
+_ZERO_MEMBER = re.compile(r"\. \w+ = (?:0|false|NULL|\{ \}|\{ 0 \}|HLIST_HEAD_INIT|RB_ROOT|RB_ROOT_CACHED|"
+                          r"ATOMIC_INIT \( 0 \)|ATOMIC64_INIT \( 0 \)) (?:, |(?=\}))")
+
+
+def _code(text: str) -> str:
+    """What the compiler makes of a definition's text, as far as the text tells:
+    tokens without comments, annotations and ``const``, integer types by their C
+    names, members initialised to zero left out.  Two texts with the same code differ
+    only in how they are written."""
+    toks = [t.decode("utf-8", "surrogateescape") for t in c_tokens(text.encode("utf-8", "surrogateescape"))]
+    words = " ".join(_INT_ALIASES.get(t, t) for t in toks if t not in _NOT_CODE)
+    words = _ZERO_MEMBER.sub("", words + " ").replace(", }", "}")
+    return _canonical(words)
+
+
 def _signature(head: str) -> str:
     """A function's type from its head: return and parameter types, without names,
     storage classes and attributes (tree-sitter tells names from type names)."""
+    head = " ".join(_INT_ALIASES.get(w, w) for w in re.findall(r"[A-Za-z_]\w*|\S", head) if w != "const")
     src = (_STORAGE.sub(" ", head).strip() + ";").encode("utf-8", "surrogateescape")
     tree = parser().parse(src)
     fd = _first(tree.root_node, "function_declarator")
