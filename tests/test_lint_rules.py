@@ -1354,3 +1354,21 @@ def test_bad_toml_exits_2(tmp_path, text):
     assert code == 2, (code, out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("klpcc: error:") and "klpcc.toml" in err
+
+
+def test_u006_follows_a_patched_caller_that_is_inline_itself(tmp_path):
+    base = ("static inline int helper(int x)\n{\n\treturn x + 1;\n}\n\n"
+            "static inline int mid(int x)\n{\n\treturn helper(x) * 2;\n}\n\n"
+            "int top(int x)\n{\n\treturn mid(x);\n}\n")
+    rel = base.replace("return x + 1;", "return x + 2;")
+    rel = rel.replace("return helper(x) * 2;", "return helper(x) * 3;")
+    patches, src = make_series(tmp_path, {"a.c": base}, [{"a.c": rel}])
+    doc = json.loads(klpcc("lint", str(patches), "--source", str(src), "--format", "json").stdout)
+    u006 = {f["function"]: f["message"] for f in doc["findings"] if f["rule"] == "U006"}
+    assert "top (via inline mid)" in u006["helper"]
+    assert "top (a.c)" in u006["mid"]
+    # top patched too: every inlined copy is replaced, nothing to say
+    rel2 = rel.replace("return mid(x);", "return mid(x) + 0;")
+    patches, src = make_series(tmp_path / "b", {"a.c": base}, [{"a.c": rel2}])
+    doc = json.loads(klpcc("lint", str(patches), "--source", str(src), "--format", "json").stdout)
+    assert [f for f in doc["findings"] if f["rule"] == "U006"] == []

@@ -270,3 +270,33 @@ int make(void *obj)
 def test_layouts_compare_member_shapes(old: str, new: str, same: bool):
     c = Constants([])
     assert (layout_key(f"struct s {{ {old} }};", c) == layout_key(f"struct s {{ {new} }};", c)) is same
+
+
+@pytest.mark.parametrize("old, new, same", [
+    ("static void set_bit(unsigned int reg, u8 v) { x(reg, v); }",
+     "static void set_bit(u32 reg, unsigned char v) { x(reg, v); }", True),
+    ("void f(struct s *p) { g(p); }", "void f(const struct s *p) { g(p); }", True),
+    ("static int __init f(void) { return 0; }",
+     "static int __init __noipa f(void) { /* why */ return 0; }", True),
+    ("static struct soc s = { .a = 1, .b = x };",
+     "static struct soc s = { .a = 1, .b = x, .c = false, };", True),
+    ("static struct h s = { .lock = L };",
+     "static struct h s = { .ht = HLIST_HEAD_INIT, .lock = L };", True),
+    ("static struct soc s = { .a = 1 };", "static struct soc s = { .a = 1, .c = true };", False),
+    ("void f(int reg) { x(reg); }", "void f(u32 reg) { x(reg); }", False),  # int is s32
+    ("void f(void) { x(\"a\"); }", "void f(void) { x(\"b\"); }", False),
+])
+def test_code_tells_how_a_definition_is_written_from_what_it_compiles_to(old: str, new: str, same: bool):
+    from klpcc.lint.rules import _code
+
+    assert (_code(old) == _code(new)) is same
+
+
+def test_signatures_see_typedefs_of_one_integer_type_and_const_targets():
+    from klpcc.lint.rules import _signature
+
+    sig = _signature
+    assert sig("void f(unsigned int reg, const struct s *p)") == sig("void f(u32 r, struct s *q)")
+    assert sig("static int __modinit f(char *n)") == sig("static int __init_or_module f(char *n)")
+    assert sig("static void f(int reg)") != sig("static void f(long reg)")
+    assert sig("static void f(int reg)") != sig("static void f(int reg, int more)")
