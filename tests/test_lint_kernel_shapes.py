@@ -38,6 +38,12 @@ def findings(res, rule: str) -> list:
     return [f for f in res.findings if f.rule.id == rule]
 
 
+def block(text: str, first: str, last: str) -> tuple[int, int]:
+    """Where the block from the line ``first`` to the next ``last`` stands in ``text``."""
+    start = text.index(first)
+    return start, text.index(last, start) + len(last)
+
+
 def body_line(text: str, needle: str) -> int:
     return text[: text.index(needle)].count("\n") + 1
 
@@ -91,8 +97,7 @@ def test_a_function_moved_out_of_an_ifdef_is_not_changed(tmp_path: Path):
     # '#ifdef CONFIG_NUMA_BALANCING' block, unchanged
     base = real("kernel/sched/fair.c")
     text = base["kernel/sched/fair.c"]
-    start = text.index("static inline bool is_core_idle(int cpu)\n")
-    end = text.index("\n}\n", start) + 3
+    start, end = block(text, "static inline bool is_core_idle(int cpu)\n", "\n}\n")
     fn = text[start:end]
     outer = text.index("#ifdef CONFIG_NUMA_BALANCING\n")
     assert outer < start
@@ -160,8 +165,7 @@ def test_a_struct_moved_to_a_new_header_is_compared_with_itself(tmp_path: Path):
     # header, changing a member's type on the way
     base = real("kernel/cgroup/cpuset.c")
     text = base["kernel/cgroup/cpuset.c"]
-    start = text.index("struct cpuset {\n")
-    end = text.index("\n};\n", start) + 4
+    start, end = block(text, "struct cpuset {\n", "\n};\n")
     struct = text[start:end]
     assert "\tint relax_domain_level;\n" in struct
     header = "#ifndef CPUSET_INTERNAL_H\n#define CPUSET_INTERNAL_H\n" + \
