@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .api import AnalyzeOptions, analyze, compile_bundle, lint  # noqa: E402
-
 __all__ = ["AnalyzeOptions", "analyze", "compile_bundle", "lint", "__version__"]
+
+
+def __getattr__(name: str):
+    """The library's entry points, imported on first use (``klpcc --version`` needs none)."""
+    if name in ("AnalyzeOptions", "analyze", "compile_bundle", "lint"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'klpcc' has no attribute {name!r}")

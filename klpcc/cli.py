@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__, api
-from .api import AnalyzeOptions, Answer, KernelOptions, ObjectOptions, ProgramOptions
+from . import __version__
 from .atomic import write_atomic
 from .errors import KlpccError
-from .objects import text as objects_text
-from .objects import to_json as objects_json
-from .report import analysis_json, analysis_text, dump_json
+
+if TYPE_CHECKING:
+    from .api import Answer, ObjectOptions
+
+
+class _Lazy:
+    """A module imported on first use: ``klpcc --version`` and ``--help`` start without
+    the pipeline (tree-sitter, networkx, pyelftools, pycparser)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name, __package__), attr)
+
+
+api = _Lazy(".api")
+_objects = _Lazy(".objects")
+_report = _Lazy(".report")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -115,7 +131,7 @@ def _objects(objects: str | None, jobs: int | None, cache: str | None, no_cache:
             if value is not None:
                 raise KlpccError(f"{name} goes with --objects")
         return None
-    return ObjectOptions(objects, jobs, cache, no_cache, keep_source_only, _Progress(), binary)
+    return api.ObjectOptions(objects, jobs, cache, no_cache, keep_source_only, _Progress(), binary)
 
 
 @main.command("analyze")
@@ -132,7 +148,7 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     """Per-function net change of release R against the base: modified, added,
     removed, and nops (earlier fixes R reverts); with --objects, what the compiled
     code says changed."""
-    opts = AnalyzeOptions(series, source, git, release, installed, fuzz)
+    opts = api.AnalyzeOptions(series, source, git, release, installed, fuzz)
     obj = _objects(objects, jobs, cache, no_cache, binary)
     report = None
     if obj is not None:
@@ -140,14 +156,14 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     else:
         a = api.analyze(opts)
     if fmt == "json":
-        doc = analysis_json(a)
+        doc = _report.analysis_json(a)
         if report is not None:
-            doc["objects"] = objects_json(report)
-        click.echo(dump_json(doc))
+            doc["objects"] = _objects.to_json(report)
+        click.echo(_report.dump_json(doc))
     else:
-        click.echo(analysis_text(a), nl=False)
+        click.echo(_report.analysis_text(a), nl=False)
         if report is not None:
-            click.echo(objects_text(report), nl=False)
+            click.echo(_objects.text(report), nl=False)
     for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
 
@@ -170,7 +186,7 @@ def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
                 commands: str | None, objects: str | None, jobs: int | None, cache: str | None,
                 no_cache: bool, binary: str | None, keep_source_only: bool) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
-    a, res = api.compile_bundle(AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
+    a, res = api.compile_bundle(api.AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
                             force=force, config=config, compile_commands=commands,
                             objects=_objects(objects, jobs, cache, no_cache, binary, keep_source_only))
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
@@ -214,12 +230,12 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
-    res = api.lint(AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
+    res = api.lint(api.AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
                    _objects(objects, jobs, cache, no_cache, binary), kernel=kdir)
     if fmt == "json":
-        text = dump_json(lint_json(res)) + "\n"
+        text = _report.dump_json(lint_json(res)) + "\n"
     elif fmt == "sarif":
-        text = dump_json(lint_sarif(res)) + "\n"
+        text = _report.dump_json(lint_sarif(res)) + "\n"
     else:
         text = lint_text(res)
     if output:
@@ -293,10 +309,11 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
         if kdir or source_only or objects or kallsyms or no_replace:
             raise KlpccError("--binary builds a userspace patch object: --kernel, --object, --kallsyms, "
                              "--source-only and --no-replace are for the kernel")
-        built = api.build_program(ProgramOptions(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
-                                                 force, immediate, source_level))
+        options = api.ProgramOptions
+        built = api.build_program(options(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
+                                          force, immediate, source_level))
         if fmt == "json":
-            click.echo(dump_json(built.to_json()))
+            click.echo(_report.dump_json(built.to_json()))
             return
         click.echo(built.text(binary), nl=False)
         for n in built.notes:
@@ -306,10 +323,10 @@ def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replac
         raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG")
     if immediate:
         raise KlpccError("--immediate is for --binary: the kernel's livepatch has no immediate functions")
-    res = api.build_kernel(KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace,
+    res = api.build_kernel(api.KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace,
                                          source_only, name, kallsyms, _sympos(sympos), force, jobs,
                                          source_level))
-    click.echo(dump_json(res.to_json()) if fmt == "json" else res.text(), nl=fmt != "text")
+    click.echo(_report.dump_json(res.to_json()) if fmt == "json" else res.text(), nl=fmt != "text")
 
 
 @main.command("config")
@@ -336,7 +353,7 @@ def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _answer(ans: Answer, fmt: str) -> None:
     """Print the runtime's answer; a refusal exits 1 (in text, with the step that refused)."""
     if fmt == "json":
-        click.echo(dump_json(ans.doc))
+        click.echo(_report.dump_json(ans.doc))
     elif ans.ok:
         click.echo(ans.text(), nl=False)
     else:

@@ -140,3 +140,23 @@ def test_the_checkout_is_not_what_runs(installed):
     out = _run([str(bin_dir / "python"), "-c", "import klpcc.runtime as r; print(r.userspace())"], cwd=work)
     assert not out.stdout.strip().startswith(str(ROOT)), out.stdout
     assert sys.prefix != str(bin_dir.parent)
+
+
+def test_version_and_help_start_without_the_pipeline():
+    # start-up cost: `klpcc --version` imports neither the command line library nor the
+    # pipeline; `--help` imports the command line but not tree-sitter, networkx, ELF or C parsers
+    def imported(*args: str) -> tuple[str, set[str]]:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "klpcc", *args],
+                              capture_output=True, text=True, check=True)
+        mods = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+        return proc.stdout, mods
+
+    out, mods = imported("--version")
+    assert out.strip().startswith("klpcc, version ")
+    assert not {m for m in mods if m.startswith(("click", "klpcc.api", "tree_sitter"))}, sorted(mods)
+    out, mods = imported("--help")
+    assert "analyze" in out and "click" in mods
+    heavy = {m for m in mods
+             if m.split(".")[0] in ("tree_sitter", "networkx", "elftools", "pycparser", "unidiff")}
+    assert not heavy, sorted(heavy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .text import COMMENT, LITERAL_TOKEN, strip_comments
@@ -36,13 +37,28 @@ def tokens(text: bytes) -> list[bytes]:
 _FUNCTION_LIKE = re.compile(rb"\s*#\s*define\s+\w+\(")
 
 
+_MEMO: OrderedDict[bytes, str] = OrderedDict()  # content -> fingerprint, most recent last
+_MEMO_LIMIT = 1 << 16  # entries
+_MEMO_SMALL = 64  # shorter texts are keys themselves; longer ones by digest
+
+
 def fingerprint(text: bytes) -> str:
     """Fingerprint of a piece of C that ignores comments and whitespace (except the
-    one that tells ``#define F(x)`` from ``#define F (x)``)."""
+    one that tells ``#define F(x)`` from ``#define F (x)``).  Content-addressed: an
+    item whose bytes did not change is not tokenised again."""
+    key = bytes(text) if len(text) <= _MEMO_SMALL else hashlib.blake2b(text, digest_size=20).digest()
+    found = _MEMO.get(key)
+    if found is not None:
+        _MEMO.move_to_end(key)
+        return found
     toks = tokens(text)
     if _FUNCTION_LIKE.match(text):
         toks.append(b"#function-like")
-    return hashlib.blake2b(b"\x1f".join(toks), digest_size=12).hexdigest()
+    fp = hashlib.blake2b(b"\x1f".join(toks), digest_size=12).hexdigest()
+    _MEMO[key] = fp
+    if len(_MEMO) > _MEMO_LIMIT:
+        _MEMO.popitem(last=False)
+    return fp
 
 
 def in_context(fp: str, context: Sequence[str]) -> str:
