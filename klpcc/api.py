@@ -8,26 +8,36 @@ Every command has its call here: :func:`analyze` (and :func:`analyze_objects`),
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import bundle as _bundle
-from . import kbuild, runtime
-from . import objects as _objects
-from .atomic import check_target
-from .compdb import CompileCommands
-from .emit.kernel import KernelBuild, KernelOptions, build_kernel
-from .emit.userspace import Answer, ProgramBuild, ProgramOptions, build_program
-from .emit.userspace import client as _client
-from .emit.userspace import library as _library
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
-from .lint import LintResult, check
-from .lint.config import Config, find_config, load_config
-from .objects import ObjectReport
 from .series import Series, load
 from .trees import BaseTree, DirectoryTree
+
+if TYPE_CHECKING:
+    from .compdb import CompileCommands
+    from .emit.kernel import KernelBuild, KernelOptions, build_kernel
+    from .emit.userspace import Answer, ProgramBuild, ProgramOptions, build_program
+    from .lint import LintResult
+    from .lint.config import Config
+    from .objects import ObjectReport
+
+# the targets' names, imported on first use: analyze needs neither target, nor the ELF,
+# DWARF and C-type readers they bring
+_LAZY = {"KernelBuild": ".emit.kernel", "KernelOptions": ".emit.kernel", "build_kernel": ".emit.kernel",
+         "Answer": ".emit.userspace", "ProgramBuild": ".emit.userspace", "ProgramOptions": ".emit.userspace",
+         "build_program": ".emit.userspace"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ def _analysis(opts: AnalyzeOptions, series: Series, base: BaseTree, release: int
 
 
 def _config(opts: AnalyzeOptions, series: Series, config: str | Path | None) -> Config | None:
+    from .lint.config import find_config, load_config
+
     if config is None:
         found = find_config(list(opts.series), opts.git[0] if opts.git else None)
     else:
@@ -101,6 +113,8 @@ class ObjectOptions:
     def runner(self, base: BaseTree) -> Callable[[Analysis], ObjectReport]:
         """The check with these options, for a base tree (its database read now, so a
         bad one fails before any replay)."""
+        from . import objects as _objects
+
         commands = _commands(self.commands, base)
         assert commands is not None
         return lambda analysis: _objects.check(analysis, commands, jobs=self.jobs, cache=self.cache_dir,
@@ -110,6 +124,8 @@ class ObjectOptions:
     def cache_dir(self) -> Path | None:
         if self.no_cache:
             return None
+        from . import objects as _objects
+
         return Path(self.cache) if self.cache else _objects.default_cache()
 
 
@@ -122,6 +138,8 @@ def analyze_objects(opts: AnalyzeOptions, objects: ObjectOptions) -> tuple[Analy
 
 
 def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None:
+    from .compdb import CompileCommands
+
     if path is None:
         return None
     if not isinstance(base, DirectoryTree):
@@ -140,6 +158,8 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
     with ``objects``, the object-level check finds data the compiled release changes.
     ``kernel`` is a kernel build directory: its ``.config`` is what the Kbuild makefiles
     are read with (which files are built without ftrace's entry hook)."""
+    from .lint import check
+
     kconfig = _kernel_config(kernel) if kernel is not None else None
     series, base, release, installed = _load(opts)
     cfg = _config(opts, series, config)
@@ -153,6 +173,8 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
 
 def _kernel_config(kdir: str | Path) -> dict[str, str]:
     """The ``.config`` of kernel build directory ``kdir``, read."""
+    from . import kbuild
+
     path = Path(kdir) / ".config"
     if not Path(kdir).is_dir():
         raise KlpccError(f"{kdir}: no such kernel build directory")
@@ -168,6 +190,10 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     """Write the cumulative patch bundle of the selected release to ``outdir``: the
     manifest carries the release's states, callbacks and shadow variables and the
     lint findings against every earlier release."""
+    from . import bundle as _bundle
+    from .atomic import check_target
+    from .lint import check
+
     check_target(outdir, force)
     series, base, release, _ = _load(opts)
     cfg = _config(opts, series, config)
@@ -189,6 +215,9 @@ def config(*, cflags: bool = False, libs: bool = False, preload: bool = False, l
     the linker options of the runtime (``libs``, building it on demand), the runtime
     library's path for ``LD_PRELOAD`` (``preload``), the kernel loader's path
     (``loader``: ``klpcc-load``, as installed with klpcc); one line, in that order."""
+    from . import runtime
+    from .emit.userspace import library as _library
+
     if not (cflags or libs or preload or loader):
         raise KlpccError("say what to print: --cflags, --libs, --preload or --loader")
     parts = []
@@ -207,16 +236,22 @@ def apply(pid: int, patch: str | Path, timeout: float = 10.0, socket: str | None
     """Install the patch object ``patch`` in process ``pid`` (an atomic replace of
     whatever is installed), waiting up to ``timeout`` seconds for its threads to leave
     the functions being switched.  A refusal is an answer with ``ok`` false."""
+    from .emit.userspace import client as _client
+
     return _client.apply(pid, str(patch), timeout, socket)
 
 
 def status(pid: int, socket: str | None = None) -> Answer:
     """The patches installed in process ``pid``, their functions and states."""
+    from .emit.userspace import client as _client
+
     return _client.status(pid, socket)
 
 
 def disable(pid: int, timeout: float = 10.0, socket: str | None = None) -> Answer:
     """Back to the original code everywhere in process ``pid``."""
+    from .emit.userspace import client as _client
+
     return _client.disable(pid, timeout, socket)
 
 

@@ -33,7 +33,7 @@ class _Lazy:
 
 
 api = _Lazy(".api")
-_objects = _Lazy(".objects")
+_object_report = _Lazy(".objects")
 _report = _Lazy(".report")
 
 EXIT_BAD_INPUT = 2
@@ -158,12 +158,12 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
     if fmt == "json":
         doc = _report.analysis_json(a)
         if report is not None:
-            doc["objects"] = _objects.to_json(report)
+            doc["objects"] = _object_report.to_json(report)
         click.echo(_report.dump_json(doc))
     else:
         click.echo(_report.analysis_text(a), nl=False)
         if report is not None:
-            click.echo(_objects.text(report), nl=False)
+            click.echo(_object_report.text(report), nl=False)
     for w in a.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
 
