@@ -529,6 +529,26 @@ def test_kernel_function_names_agree_with_the_oracle():
     assert rate >= 0.995, f"{len(wrong)} of {total} names differ:\n" + "\n".join(wrong)
 
 
+def test_kernel_large_files_read_the_same_in_chunks():
+    """The lexical reading of a large region is remembered chunk by chunk (so that an
+    edit re-reads one chunk): on every large C file of the kernel tree, the chunks
+    read exactly as the whole file does."""
+    from klpcc.c import lexical
+
+    root, parsed = parsed_newest()
+    large = [(rel, data) for rel, (data, _) in parsed.items() if len(data) > lexical._CHUNKED]
+    chunked = 0
+    for rel, data in large:
+        got = lexical._chunked(data)
+        if got is None:
+            continue
+        chunked += 1
+        whole = lexical._lexical_items(data, 0, len(data))
+        assert got == ([lexical._row(it) for it in whole[0]], whole[1]), rel
+    print(f"\n[real-sources] {len(large)} files over {lexical._CHUNKED // 1024} KB, {chunked} read in chunks")
+    assert chunked >= len(large) // 2
+
+
 def _functions(parsed, rel: str) -> list[Item]:
     assert rel in parsed, f"{rel} missing from the extracted tree"
     return [it for it in parsed[rel][1] if it.kind == "function"]

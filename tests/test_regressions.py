@@ -260,3 +260,33 @@ def test_an_edited_conditional_line_changes_every_item_it_guards(line: int):
     def count(items):
         return Counter((it.kind, it.name, it.fingerprint) for it in items)
     assert count(old) - count(before) + count(after) == count(CSource("x.h", new).items())
+
+
+def _big_region(n: int) -> bytes:
+    parts = []
+    for i in range(n):
+        parts.append(f"#ifdef CONFIG_{i % 3}\nstatic int f{i}(int x)\n{{\n\treturn x + {i};\n}}\n\n"
+                     f"#else\nstatic int f{i}(int x)\n{{\n\treturn x;\n}}\n#endif\n\n"
+                     f"/*\n}}\n\n*/\nstruct s{i} {{\n\tint a;\n}};\n\n")
+    return "".join(parts).encode()
+
+
+@pytest.mark.parametrize("twist", ["plain", "open-if", "open-brace"])
+def test_a_large_region_scanned_in_chunks_reads_as_scanned_whole(twist: str):
+    # the lexical reading of a large region is remembered chunk by chunk; chunks end
+    # where the scan is at rest, and the conditionals open before one are part of its key
+    from klpcc.c import lexical
+
+    data = _big_region(600)
+    if twist == "open-if":  # a conditional open across many chunks
+        data = b"#if defined(CONFIG_OUTER)\n" + data + b"#endif\n"
+    elif twist == "open-brace":  # an initializer open across the first cut: scanned whole
+        data = b"static int table[] = {\n" + data
+    assert len(data) > lexical._CHUNKED
+    whole = lexical._lexical_items(data, 0, len(data))
+    chunked = lexical._chunked(data)
+    if twist == "open-brace":
+        assert chunked is None
+        return
+    assert chunked is not None
+    assert chunked == ([lexical._row(it) for it in whole[0]], whole[1])

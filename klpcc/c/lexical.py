@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from .items import Item, _is_macro_name, _macro_name
 from .language import macro_variable, mask_annotations
-from .text import COMMENT, LITERAL_TOKEN
+from .text import COMMENT, LITERAL_TOKEN, mask
 from .tokens import fingerprint, in_context, normalise, short_text
 
 _SCAN = re.compile(
@@ -40,19 +40,31 @@ def _is_word(tok: bytes) -> bool:
     return bool(tok) and (tok[0:1].isalpha() or tok[0:1] == b"_")
 
 
+# the conditionals open where a scan starts: (skip, dead_if, conds) as _scan keeps them
+State = tuple[tuple[bool, ...], tuple[bool, ...], tuple[tuple[str, str], ...]]
+
+
 def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]:
     """Items of ``data[start:end]`` found by a lexical scan, and whether the region
     ends cleanly (braces balanced, no item left open)."""
+    items, clean, _, _ = _scan(data, start, end, ((), (), ()))
+    return items, clean
+
+
+def _scan(data: bytes, start: int, end: int, state: State) -> tuple[list[Item], bool, State, bool]:
+    """:func:`_lexical_items` from inside the conditionals of ``state``; also the
+    conditionals open at the end, and whether the scan ends at rest there (no brace,
+    parenthesis or item open: the next text can be scanned on its own)."""
     masked = mask_annotations(data[start:end])
     items: list[Item] = []
     depth = 0  # braces
     paren = 0  # parentheses, at brace depth 0
     stmt: list[tuple[bytes, int, int]] = []  # depth-0 tokens of the current item
     stmt_start = -1
-    skip: list[bool] = []  # per open conditional: is this branch left unread?
-    dead_if: list[bool] = []  # per open conditional: is it '#if 0'?
+    skip: list[bool] = list(state[0])  # per open conditional: is this branch left unread?
+    dead_if: list[bool] = list(state[1])  # per open conditional: is it '#if 0'?
     call_end = -1  # end of a leading MACRO(...) call that may lack its ';'
-    conds: list[tuple[str, str]] = []  # per open conditional: (its '#if', the branch)
+    conds: list[tuple[str, str]] = list(state[2])  # per open conditional: (its '#if', the branch)
     stmt_ctx: tuple[str, ...] = ()  # the branches around the current item
     first_line = data.count(b"\n", 0, start) + 1
     newlines = [m.start() + start for m in re.finditer(b"\n", masked)]
@@ -171,12 +183,13 @@ def _lexical_items(data: bytes, start: int, end: int) -> tuple[list[Item], bool]
             _emit_declaration(stmt, stmt_start, hi, data, emit)
             stmt, stmt_start = [], -1
     clean = depth == 0 and (not stmt or call_end >= 0)
+    at_rest = depth == 0 and not stmt and paren == 0 and call_end < 0
     if stmt:
         if call_end >= 0:
             emit_call(stmt_start, call_end)
         else:  # what is left open runs to the end of the region
             emit("unparsed", "", False, stmt_start, end if depth else stmt[-1][2])
-    return items, clean
+    return items, clean, (tuple(skip), tuple(dead_if), tuple(conds)), at_rest
 
 
 def _closes_first_group(stmt: list[tuple[bytes, int, int]]) -> bool:
@@ -295,7 +308,7 @@ class Lexed:
     """Lexical scans of the regions of one text, remembered; scans of regions whose
     text was seen before (in an earlier version of the file) are reused."""
 
-    _shared: OrderedDict[bytes, tuple[list[tuple], bool]] = OrderedDict()
+    _shared: OrderedDict[bytes, tuple] = OrderedDict()
     _limit = 4096
 
     def __init__(self, offsets: list[int]):
@@ -308,19 +321,76 @@ class Lexed:
             return got
         region = src[start:end]
         key = hashlib.blake2b(region, digest_size=16).digest()
-        shared = self._shared.get(key)
+        shared = self._cached(key)
         if shared is None:
-            items, clean = _lexical_items(region, 0, len(region))
-            shared = ([(it.kind, it.name, it.static, it.start_byte, it.end_byte, it.start_line,
-                        it.end_line, it.fingerprint, it.macro, it.code, it.within) for it in items], clean)
-            self._shared[key] = shared
-            if len(self._shared) > self._limit:
-                self._shared.popitem(last=False)
-        else:
-            self._shared.move_to_end(key)
+            shared = _chunked(region) if len(region) > _CHUNKED else None
+            if shared is None:
+                items, clean = _lexical_items(region, 0, len(region))
+                shared = ([_row(it) for it in items], clean)
+            self._keep(key, shared)
         shift = bisect_right(self.offsets, start) - 1  # lines before the region's line
         got = ([Item(k, n, st, a + start, b + start, l1 + shift, l2 + shift, fp, m, c, w)
                 for k, n, st, a, b, l1, l2, fp, m, c, w in shared[0]], shared[1])
         self.local[(start, end)] = got
         return got
+
+    @classmethod
+    def _cached(cls, key: bytes):
+        found = cls._shared.get(key)
+        if found is not None:
+            cls._shared.move_to_end(key)
+        return found
+
+    @classmethod
+    def _keep(cls, key: bytes, value) -> None:
+        cls._shared[key] = value
+        if len(cls._shared) > cls._limit:
+            cls._shared.popitem(last=False)
+
+
+_CHUNKED = 32 * 1024  # a region larger than this is scanned in chunks, each remembered
+# where a chunk may end: after a line that is only a closing brace (the end of a
+# top-level function or type in most C), seen with comments and strings blanked
+_CHUNK_END = re.compile(rb"^\}[ \t]*;?[ \t]*\r?\n", re.M)
+
+
+def _row(it: Item) -> tuple:
+    return (it.kind, it.name, it.static, it.start_byte, it.end_byte, it.start_line, it.end_line,
+            it.fingerprint, it.macro, it.code, it.within)
+
+
+def _chunked(region: bytes) -> tuple[list[tuple], bool] | None:
+    """The scan of a large region as a sequence of chunks that end where the scan is
+    at rest, each looked up by its text and the conditionals open before it, so that
+    an edit re-scans the chunk it falls in, not the region.  None when a chunk does not
+    end at rest (the region is scanned whole instead)."""
+    cuts = [m.end() for m in _CHUNK_END.finditer(mask(region))]
+    bounds, last = [0], 0
+    for cut in cuts:  # chunks of at least a few KB
+        if cut - last >= 4096 and len(region) - cut >= 4096:
+            bounds.append(cut)
+            last = cut
+    if len(bounds) < 2:
+        return None
+    bounds.append(len(region))
+    rows: list[tuple] = []
+    state: State = ((), (), ())
+    clean = True
+    lines = 0
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        chunk = region[lo:hi]
+        key = hashlib.blake2b(chunk, digest_size=16).digest() + repr(state).encode()
+        got = Lexed._cached(key)
+        if got is None:
+            items, ok, after, at_rest = _scan(chunk, 0, len(chunk), state)
+            got = ([_row(it) for it in items], ok, after, at_rest)
+            Lexed._keep(key, got)
+        chunk_rows, clean, after, at_rest = got
+        if not at_rest and i < len(bounds) - 2:
+            return None
+        rows += [(k, n, st, a + lo, b + lo, l1 + lines, l2 + lines, fp, m, c, w)
+                 for k, n, st, a, b, l1, l2, fp, m, c, w in chunk_rows]
+        lines += chunk.count(b"\n")
+        state = after
+    return rows, clean
 
