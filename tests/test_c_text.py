@@ -56,3 +56,14 @@ def test_strip_comments_keeps_literals():
     assert strip_comments(b'f("http://x"); /* a */ // b\n') == b'f("http://x");    \n'
     assert strip_comments("a/**/b") == "a b"
 
+
+
+def test_tokens_skip_white_space_and_take_lone_punctuators_first():
+    # the tokeniser consumes runs of white space in one step and tries the punctuators
+    # no longer one begins with first; the tokens are those of maximal munch all the same
+    from klpcc.c import tokens
+
+    text = b"int  a[3] = { 1, 2 };\n\tx = y ? ~z : (w <<= 2) ... <: %> /* c */ s->t;\n"
+    assert tokens(text) == [b"int", b"a", b"[", b"3", b"]", b"=", b"{", b"1", b",", b"2", b"}", b";",
+                            b"x", b"=", b"y", b"?", b"~", b"z", b":", b"(", b"w", b"<<=", b"2", b")",
+                            b"...", b"<:", b"%>", b"s", b"->", b"t", b";"]

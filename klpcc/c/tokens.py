@@ -17,7 +17,9 @@ _PUNCTUATORS = sorted(
     key=len, reverse=True,
 )
 _TOKEN = re.compile(
-    (COMMENT + "|("
+    (r"\s+|"  # white space, skipped in one step (no token starts with it)
+     + COMMENT + "|("
+     + r"[,;(){}\[\]?~]|"  # punctuators no longer one starts with, first: the commonest
      + LITERAL_TOKEN  # string or character literal
      + r"|\.?[0-9](?:[eEpP][+-]|[A-Za-z0-9_.])*"  # preprocessing number
      + r"|[A-Za-z_][A-Za-z0-9_]*"  # identifier or keyword
