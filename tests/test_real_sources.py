@@ -549,6 +549,41 @@ def test_kernel_large_files_read_the_same_in_chunks():
     assert chunked >= len(large) // 2
 
 
+@pytest.mark.parametrize("rel", ["mm/page_alloc.c", "kernel/sched/fair.c", "kernel/trace/trace.c"])
+def test_kernel_files_edited_at_random_read_as_parsed_afresh(rel: str):
+    """Random line edits to large real files (brace, conditional and comment lines
+    among them, near the regions the parser recovers from): after each, the items the
+    incremental source reports as gone and new turn the items before into exactly those
+    of a fresh parse."""
+    import random
+
+    from klpcc.c import LineEdit
+
+    root, parsed = parsed_newest()
+    lines = parsed[rel][0].splitlines(keepends=True)
+    rng = random.Random(rel)
+    snippets = [b"}\n", b"{\n", b"#ifdef CONFIG_X\n", b"#endif\n", b"#else\n", b"static int x;\n",
+                b"\treturn 0;\n", b"int f(void)\n", b"__attribute__((noinline))\n", b"MACRO(a, b)\n",
+                b"/*\n", b"*/\n", b"\n"]
+
+    def key(it: Item) -> tuple:
+        return (it.kind, it.name, it.static, it.fingerprint)
+
+    src = CSource(rel, lines)
+    current = Counter(map(key, src.items()))
+    for step in range(30):
+        at, count = rng.randrange(len(lines)), rng.choice([0, 1, 1, 2, 3])
+        new = [rng.choice(snippets) if rng.random() < 0.6 else lines[rng.randrange(len(lines))]
+               for _ in range(rng.choice([0, 1, 1, 2]))]
+        lines = lines[:at] + new + lines[at + count:]
+        gone, came = src.edit(lines, [LineEdit(at, count, at, len(new))])
+        current.subtract(Counter(map(key, gone)))
+        current.update(Counter(map(key, came)))
+        current = +current
+        fresh = Counter(map(key, CSource(rel, lines).items()))
+        assert current == fresh, f"step {step}: line {at + 1}, {count} replaced by {new}"
+
+
 def _functions(parsed, rel: str) -> list[Item]:
     assert rel in parsed, f"{rel} missing from the extracted tree"
     return [it for it in parsed[rel][1] if it.kind == "function"]
