@@ -34,6 +34,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_series import CHILD  # the library call, timed in a fresh process
+
 CACHE = Path(os.environ.get("KLPCC_BENCH_CACHE") or Path.home() / ".cache" / "klpcc-bench")
 
 # project -> (the file that marks the directory kept, releases oldest first)
@@ -46,16 +48,6 @@ PROJECTS: dict[str, tuple[str, list[str]]] = {
         "1.14.4", "1.14.5", "1.14.6", "1.15.0"]),
 }
 
-CHILD = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-from klpcc.api import AnalyzeOptions, analyze
-t1 = time.perf_counter()
-a = analyze(AnalyzeOptions(series=[sys.argv[1]], source=sys.argv[2]))
-t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "analyze": t2 - t1, "functions": len(a.functions),
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-"""
 
 
 def fetch(name: str, version: str, marker: str) -> Path:
