@@ -290,3 +290,37 @@ def test_a_large_region_scanned_in_chunks_reads_as_scanned_whole(twist: str):
         return
     assert chunked is not None
     assert chunked == ([lexical._row(it) for it in whole[0]], whole[1])
+
+
+def _table_file(rows: int, directive: bool = False) -> bytes:
+    body = "".join(f"\t{{ {i}, 0x{i:04x}, \"r{i}\" }},\n" for i in range(rows))
+    if directive:
+        body = body.replace("\t{ 7, ", "#ifdef CONFIG_T\n\t{ 7, ", 1).replace("\t{ 8, ", "#endif\n\t{ 8, ", 1)
+    return ("static int before(void)\n{\n\treturn 1;\n}\n\n"
+            f"static const struct row rows[] = {{\n{body}}};\n\n"
+            "/* }; in a comment\n}; */\nint after(int x)\n{\n\treturn x;\n}\n").encode()
+
+
+@pytest.mark.parametrize("rows, directive, blanked",
+                         [(2000, False, True), (20, False, False), (2000, True, False)])
+def test_large_tables_are_blanked_for_the_parser_only(rows: int, directive: bool, blanked: bool):
+    # the body of a large file-scope initialiser is not parsed (a node per token), but
+    # its item and fingerprint are those of the real text, also across edits inside it
+    from klpcc.c import CSource, LineEdit
+    from klpcc.c.language import blank_tables, mask_annotations
+
+    data = _table_file(rows, directive)
+    parsed, spans = blank_tables(mask_annotations(data))
+    assert bool(spans) is blanked and len(parsed) == len(data)
+    assert parsed.count(b"\n") == data.count(b"\n")
+    lines = data.splitlines(keepends=True)
+    src = CSource("t.c", lines)
+    items = [(it.kind, it.name, it.fingerprint) for it in src.items()]
+    assert [i[:2] for i in items] == [("function", "before"), ("variable", "rows"), ("function", "after")]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(b"\t{ 5,"))
+    new = lines[:at] + [b"\t{ 5, 0x0005, \"changed\" },\n"] + lines[at + 1:]
+    gone, came = src.edit(new, [LineEdit(at, 1, at, 1)])
+    assert [it.name for it in gone] == ["rows"] and [it.name for it in came] == ["rows"]
+    fresh = CSource("t.c", new).items()
+    assert [(it.kind, it.name, it.fingerprint) for it in src.items()] == \
+        [(it.kind, it.name, it.fingerprint) for it in fresh]

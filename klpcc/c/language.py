@@ -136,3 +136,31 @@ def macro_variable(text: bytes) -> tuple[str, str, bool, str] | None:
     kind = "prototype" if macro.startswith("DECLARE_PER_CPU") or m["storage"].startswith(b"extern") \
         else "variable"
     return kind, name.decode(), m["storage"].startswith(b"static"), macro
+
+
+# A large brace initialiser at file scope (a table of thousands of numbers) costs the
+# parser a node per token and tells it nothing an item needs: its body is blanked for
+# the parse (same length, lines kept), from the line after `... = {` to a line
+# starting with `};`, when no line of it is a preprocessor directive.  Items keep the
+# fingerprints of the real text.
+_TABLE = re.compile(rb"^[^\s#/*][^\n]*=[ \t]*\{[ \t]*\n((?:(?![ \t]*#)(?!\};)[^\n]*\n)+?)\};", re.M)
+TABLE_MIN = 8192  # bytes of body below which nothing is blanked
+_BLANK = bytes(10 if b == 10 else 32 for b in range(256))  # every byte a space, but newlines
+
+
+def blank_tables(masked: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """``masked`` (annotations blanked) with the bodies of large file-scope brace
+    initialisers blanked too, and the byte spans blanked.  Comments and strings are
+    seen through when looking for the closing ``};``."""
+    if len(masked) < TABLE_MIN:
+        return masked, []
+    from .text import mask
+
+    spans = [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))
+             if m.end(1) - m.start(1) >= TABLE_MIN]
+    if not spans:
+        return masked, []
+    out = bytearray(masked)
+    for lo, hi in spans:
+        out[lo:hi] = masked[lo:hi].translate(_BLANK)
+    return bytes(out), spans

@@ -18,7 +18,7 @@ from itertools import accumulate
 from tree_sitter import Tree
 
 from .items import Item, _collect, _first_child_ending_after
-from .language import mask_annotations, parser
+from .language import blank_tables, mask_annotations, parser
 from .lexical import Lexed
 
 
@@ -49,13 +49,14 @@ def line_offsets(lines: Sequence[bytes]) -> list[int]:
 class CSource:
     """A C file parsed once and kept in step with its edits."""
 
-    __slots__ = ("path", "data", "tree", "_offsets", "_masked", "_all", "_lexed")
+    __slots__ = ("path", "data", "tree", "_offsets", "_masked", "_tables", "_all", "_lexed")
 
     def __init__(self, path: str, lines: Sequence[bytes]):
         self.path = path
         self.data = b"".join(lines)
         masked = mask_annotations(self.data)
-        self.tree: Tree = parser().parse(masked)
+        parsed, self._tables = blank_tables(masked)
+        self.tree: Tree = parser().parse(parsed)
         self._offsets = line_offsets(lines)
         # the masked text (same offsets as the text): it follows line edits line by line
         self._masked: bytes = masked
@@ -117,24 +118,31 @@ class CSource:
                 new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
             )
         masked_data = _follow(self._masked, old_offsets, new_lines, edits)
-        new_tree = parser().parse(masked_data, edited)
-        changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        parsed, tables = blank_tables(masked_data)
+        # a table blanked for the parser that an edit touches, on either side: its
+        # blanking can change outside the edit, which an incremental parse cannot follow
+        tables_edited = any(lo <= o1 and hi >= o0 for lo, hi in self._tables for o0, o1, _, _ in blocks) \
+            or any(lo <= n1 and hi >= n0 for lo, hi in tables for _, _, n0, n1 in blocks)
+        # a fresh parse at once when a table is edited: it will be needed anyway
+        new_tree = parser().parse(parsed) if tables_edited else parser().parse(parsed, edited)
+        changed = [] if tables_edited else \
+            [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
         old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
         new_edits = [(n0, n1) for _, _, n0, n1 in blocks] + changed
 
         old_src = CSource.__new__(CSource)
         old_src.path, old_src.data, old_src.tree = self.path, old_data, old_tree
-        old_src._offsets, old_src._masked = old_offsets, self._masked
+        old_src._offsets, old_src._masked, old_src._tables = old_offsets, self._masked, self._tables
         old_src._all, old_src._lexed = self._all, self._lexed
-        self.data, self._offsets, self._masked = new_data, new_offsets, masked_data
+        self.data, self._offsets, self._masked, self._tables = new_data, new_offsets, masked_data, tables
         self._all, self._lexed = None, Lexed(new_offsets)
 
-        if _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
+        if tables_edited or _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
             # Error recovery is not the same in an incremental parse as in a fresh
             # one.  Where the parser recovers from errors near an edit, parse afresh
             # and compare every item, so that what is found never depends on the
             # history of edits.
-            self.tree = parser().parse(masked_data)
+            self.tree = new_tree if tables_edited else parser().parse(parsed)
             return _difference(old_src.items(), self.items())
 
         self.tree = new_tree
