@@ -152,8 +152,9 @@ def blank_tables(masked: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     """``masked`` (annotations blanked) with the bodies of large file-scope brace
     initialisers blanked too, and the byte spans blanked.  Comments and strings are
     seen through when looking for the closing ``};``."""
-    if len(masked) < TABLE_MIN:
-        return masked, []
+    if len(masked) < TABLE_MIN or \
+            not any(m.end(1) - m.start(1) >= TABLE_MIN for m in _TABLE.finditer(masked)):
+        return masked, []  # no candidate even before comments and strings are seen through
     from .text import mask
 
     spans = [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))

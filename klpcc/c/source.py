@@ -250,7 +250,8 @@ def _follow(old_masked: bytes, old_offsets: Sequence[int], new_lines: Sequence[b
     pos = 0
     for e in edits:
         out.append(old_masked[old_offsets[pos]:old_offsets[e.old_start]])
-        out.extend(mask_annotations(ln) for ln in new_lines[e.new_start:e.new_start + e.new_count])
+        # one call for the lines of an edit: no pattern of the mask spans a line here
+        out.append(mask_annotations(b"".join(new_lines[e.new_start:e.new_start + e.new_count])))
         pos = e.old_start + e.old_count
     out.append(old_masked[old_offsets[pos]:])
     return b"".join(out)
