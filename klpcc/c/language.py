@@ -148,13 +148,30 @@ TABLE_MIN = 8192  # bytes of body below which nothing is blanked
 _BLANK = bytes(10 if b == 10 else 32 for b in range(256))  # every byte a space, but newlines
 
 
+_OPENS = re.compile(rb"=[ \t]*\{[ \t]*\n")
+
+
+def _large_brace_block(text: bytes) -> bool:
+    """Is there a line ending in ``= {`` whose next line starting ``};`` is at least
+    TABLE_MIN bytes on (a quick necessary condition for a table to blank)?"""
+    for m in _OPENS.finditer(text):
+        start = text.rfind(b"\n", 0, m.start()) + 1
+        if text[start:start + 1] in (b" ", b"\t", b"#", b"/", b"*", b"\n"):
+            continue  # not at file scope
+        close = text.find(b"\n};", m.end() - 1)
+        if close < 0:
+            return False
+        if close - m.end() >= TABLE_MIN:
+            return True
+    return False
+
+
 def blank_tables(masked: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     """``masked`` (annotations blanked) with the bodies of large file-scope brace
     initialisers blanked too, and the byte spans blanked.  Comments and strings are
     seen through when looking for the closing ``};``."""
-    if len(masked) < TABLE_MIN or \
-            not any(m.end(1) - m.start(1) >= TABLE_MIN for m in _TABLE.finditer(masked)):
-        return masked, []  # no candidate even before comments and strings are seen through
+    if len(masked) < TABLE_MIN or not _large_brace_block(masked):
+        return masked, []  # no candidate: nothing to blank
     from .text import mask
 
     spans = [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))
