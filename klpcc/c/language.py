@@ -9,6 +9,8 @@ import threading
 import tree_sitter_c
 from tree_sitter import Language, Parser, Tree
 
+from .text import mask
+
 C_LANGUAGE = Language(tree_sitter_c.language())
 
 #: File suffixes treated as C source.
@@ -172,8 +174,6 @@ def blank_tables(masked: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     seen through when looking for the closing ``};``."""
     if len(masked) < TABLE_MIN or not _large_brace_block(masked):
         return masked, []  # no candidate: nothing to blank
-    from .text import mask
-
     spans = [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))
              if m.end(1) - m.start(1) >= TABLE_MIN]
     if not spans:

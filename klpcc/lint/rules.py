@@ -602,10 +602,9 @@ class Checker:
         return old is not None and new is not None and _code(old[0]) == _code(new[0])
 
     def _code_without_static(self, e, release: int) -> str | None:
+        """:func:`_code` of ``e`` in ``release``, its storage class left out."""
         found = self._item(e, release)
-        if found is None:
-            return None
-        return " ".join(re.sub(r"\bstatic\b", " ", mask(found[0])).split())
+        return None if found is None else _code(re.sub(r"\bstatic\b", " ", found[0]))
 
     def _stack_only(self, e, users: list[tuple[str, str, bool, bool]]) -> list[str] | None:
         """The functions whose stack frames hold every object of the type ``e`` names,
