@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .lint import LintResult
     from .lint.config import Config
     from .objects import ObjectReport
+    from .review import Review
 
 # the targets' names, imported on first use: analyze needs neither target, nor the ELF,
 # DWARF and C-type readers they bring
@@ -184,6 +185,54 @@ def _kernel_config(kdir: str | Path) -> dict[str, str]:
         raise KlpccError(f"{path}: cannot read the kernel's configuration: {exc.strerror or exc}") from None
 
 
+def review(opts: AnalyzeOptions, *, config: str | Path | None = None,
+           compile_commands: str | Path | None = None, objects: ObjectOptions | None = None,
+           kernel: str | Path | None = None, lint: bool = True) -> Review:
+    """The review report of the selected release (render it with
+    :func:`klpcc.review.render`): the function x release matrix, the transition from
+    ``--from``, the lint of the release (as :func:`lint` runs it; none with ``lint``
+    false), what the compiled code says (with ``objects``), the release graph and the
+    diff of each function."""
+    from . import review as _review
+    from .lint import check
+
+    kconfig = _kernel_config(kernel) if kernel is not None else None
+    series, base, release, installed = _load(opts)
+    cfg = _config(opts, series, config) if lint else None
+    commands = _commands(compile_commands, base) if lint else None
+    run = objects.runner(base) if objects is not None else None
+    upto = max(release, installed or 0)
+    rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
+    analysis = analyse(rep, release, installed)
+    report = run(analysis) if run is not None else None
+    found = check(rep, release, installed, cfg, commands, report, kconfig) if lint else None
+    return _review.from_series(analysis, found, report)
+
+
+def review_bundle(bundle: str | Path) -> Review:
+    """The review report of a bundle ``klpcc compile`` wrote: what its manifest records
+    (matrix, lint, object-level report), the diff of each function from ``base/`` and
+    ``sources/``, and the hunks of the series where its patch files can still be read."""
+    from . import review as _review
+    from .manifest import read
+
+    return _review.from_bundle(read(bundle))
+
+
+def write_review(rv: Review, output: str | Path) -> Path:
+    """Write the report as one HTML file (atomically: a failure leaves no part of it)."""
+    from .atomic import write_atomic
+    from .review import render
+
+    text = render(rv)
+    try:  # a byte of a source that was not UTF-8 becomes U+FFFD
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+    write_atomic(output, data)
+    return Path(output)
+
+
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,
                    config: str | Path | None = None, compile_commands: str | Path | None = None,
                    objects: ObjectOptions | None = None) -> tuple[Analysis, LintResult]:
@@ -257,4 +306,4 @@ def disable(pid: int, timeout: float = 10.0, socket: str | None = None) -> Answe
 
 __all__ = ["AnalyzeOptions", "Answer", "KernelBuild", "KernelOptions", "ObjectOptions", "ProgramBuild",
            "ProgramOptions", "analyze", "analyze_objects", "apply", "build_kernel", "build_program",
-           "compile_bundle", "config", "disable", "lint", "status"]
+           "compile_bundle", "config", "disable", "lint", "review", "review_bundle", "status", "write_review"]

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -243,6 +244,51 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     else:
         click.echo(text, nl=False)
     sys.exit(EXIT_FINDINGS if res.fails(error_on) else 0)
+
+
+@main.command("report")
+@_series_options
+@click.option("--from", "installed", metavar="K",
+              help="Installed release: show the transition from it to R.")
+@click.option("--config", "config", metavar="TOML", type=click.Path(),
+              help="klpcc.toml for the lint (default: the one beside the series).")
+@click.option("--compile-commands", "commands", metavar="JSON", type=click.Path(),
+              help="The lint compares struct layouts as this compilation database builds them.")
+@click.option("--kernel", "kdir", metavar="KDIR", type=click.Path(),
+              help="The lint reads Kbuild makefiles with this kernel build's .config.")
+@click.option("--no-lint", is_flag=True, help="Leave the lint out of the report.")
+@click.option("-o", "--output", "output", metavar="FILE", required=True, type=click.Path(),
+              help="The HTML file to write.")
+@_object_options
+@_guard
+def report_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
+               release: str | None, fuzz: int, installed: str | None, config: str | None,
+               commands: str | None, kdir: str | None, no_lint: bool, output: str, objects: str | None,
+               jobs: int | None, cache: str | None, no_cache: bool, binary: str | None) -> None:
+    """One self-contained HTML page for reviewing release R: the function x release
+    matrix, what it backs out, the transition from K, the lint findings, what the
+    compiled code says, the release graph and the diff of each function.  Also from a
+    bundle: klpcc report BUNDLE -o FILE."""
+    bundle = series[0] if len(series) == 1 and (Path(series[0]) / "manifest.json").is_file() else None
+    if bundle is not None:
+        given = (("--source", source), ("--git", git), ("--release", release), ("--from", installed),
+                 ("--config", config), ("--compile-commands", commands), ("--kernel", kdir),
+                 ("--objects", objects), ("--fuzz", fuzz or None), ("--no-lint", no_lint or None))
+        for name, value in given:
+            if value is not None:
+                raise KlpccError(f"{bundle} is a bundle: it records one release as compiled, so {name} "
+                                 "does not apply (report on the series for that)")
+        rv = api.review_bundle(bundle)
+    else:
+        opts = api.AnalyzeOptions(series, source, git, release, installed, fuzz)
+        rv = api.review(opts, config=config, compile_commands=commands, kernel=kdir,
+                        objects=_objects(objects, jobs, cache, no_cache, binary), lint=not no_lint)
+    api.write_review(rv, output)
+    for w in rv.warnings:
+        click.echo(f"klpcc: warning: {w}", err=True)
+    n = len(rv.findings) if rv.findings is not None else 0
+    click.echo(f"{output}: release {rv.release}/{len(rv.releases)} {rv.release_name}: "
+               f"{len(rv.functions)} function(s), {n} lint finding(s)")
 
 
 def _object_map(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
