@@ -17,7 +17,7 @@ from ..lint.rules import RULES
 from ..manifest import Bundle, Change, Finding, lint_sections
 from ..report import change_of, clean
 from ..series import release_name
-from .model import DiffLine, Edge, Excerpt, FindingView, FunctionDiff, Review, Row
+from .model import MAX_COLUMNS, DiffLine, Edge, Excerpt, FindingView, FunctionDiff, Review, Row
 
 if TYPE_CHECKING:
     from ..lint import LintResult
@@ -320,6 +320,8 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
         if track is None:
             return out
         for c in track.changes:
+            if c.release <= release - MAX_COLUMNS:  # a column the page does not show
+                continue
             if c.release <= release and names[c.release - 1] in ch.touched and c.release not in out:
                 anchor = pt.mark(c.release, c.patch_line)
                 if anchor is not None:

@@ -10,9 +10,8 @@ from html import escape
 from ..history import ADDED, DROPPED, MODIFIED, NOP, REMOVED, UNCHANGED
 from ..lint.rules import SEVERITIES
 from .graph import release_graph_svg
-from .model import REPORT_VERSION, Excerpt, FindingView, Review, Row
+from .model import MAX_COLUMNS, REPORT_VERSION, Excerpt, FindingView, Review, Row
 
-MAX_COLUMNS = 100  # releases shown in the matrix (the last ones)
 _OPEN_ROWS = 40  # longer tables of changes outside functions start collapsed
 _OPEN_EXCERPT_LINES = 400  # a release's patch excerpts start open up to this many lines
 
@@ -29,6 +28,7 @@ _CSS = """
 --nop:#cdb8f0;--drop:#b9bec8;--same:#eef0f4;--cur:#1f4fa3}
 *{box-sizing:border-box}
 [id]{scroll-margin-top:48px}
+details>.body[id]{scroll-margin-top:84px}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--ink);margin:0;background:#fff}
 main{max-width:1280px;margin:0 auto;padding:0 20px 40px}
 header.top{background:var(--ink);color:#fff;padding:14px 20px}
@@ -51,7 +51,7 @@ color:var(--ink)}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid var(--line);padding:2px 6px;text-align:left;vertical-align:top}
-thead th{background:var(--bg);position:sticky;top:0}
+thead th{background:var(--bg)}
 table.matrix td.cell{text-align:center;min-width:24px;padding:2px 3px;font-family:ui-monospace,monospace}
 table.matrix td.cell a{color:inherit;text-decoration:none;display:block}
 table.matrix td.cell.t{font-weight:700}
@@ -79,7 +79,7 @@ pre .add{background:#e6f6e8}pre .del{background:#fbe8e6}pre .hh{background:#eef0
 pre .fh{color:var(--mute);font-weight:600}
 pre .gap{color:var(--mute);font-style:italic}
 pre .mark{box-shadow:inset 4px 0 0 #7a52c7}
-pre .l:target,.finding:target,details:target>summary{background:#fff3a8}
+pre .l:target,.finding:target,.body:target{background:#fff3a8}
 details{border:1px solid var(--line);margin:6px 0;padding:0 8px}
 details>summary{cursor:pointer;padding:4px 0}
 details[open]>summary{border-bottom:1px solid var(--line);margin-bottom:4px}
@@ -384,10 +384,11 @@ def _diffs(rv: Review) -> str:
         if row.compiled:
             body.append(f'<p>compiled code: {_e(_WHAT.get(row.compiled[0], row.compiled[0]))} '
                         f"({_e(row.compiled[1])})</p>")
-        out.append(f'<details id="{row.anchor}" class="diff c-{ch.change}"><summary><b>{_e(ch.name)}</b> '
+        # the id is inside: following a link to it opens the details (the browser reveals its target)
+        out.append(f'<details class="diff c-{ch.change}"><summary><b>{_e(ch.name)}</b> '
                    f'<span class="note">{_e(ch.file)}</span> '
                    f'<span class="k-{ch.change}">&nbsp;{_e(ch.change)}&nbsp;</span></summary>'
-                   + "".join(body) + "</details>")
+                   f'<div class="body" id="{row.anchor}">' + "".join(body) + "</div></details>")
     if len(out) == 1:
         out.append('<p class="note">No function to show.</p>')
     out.append("</section>")

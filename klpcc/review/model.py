@@ -9,6 +9,7 @@ from ..lint.rules import Rule
 from ..manifest import Change, Finding
 
 REPORT_VERSION = "klpcc.report/1"
+MAX_COLUMNS = 100  # releases the matrix shows (the last ones); older ones are not linked to either
 
 
 @dataclass(frozen=True, slots=True)
