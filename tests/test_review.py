@@ -141,7 +141,7 @@ def test_touched_cells_link_to_the_hunk_line_of_their_release(demo):
         release, line = (int(x) for x in target[1:].split("-"))
         assert release == int(a["data-release"])
         want = _patch_line(paths[release - 1], line)
-        assert page.text[target].endswith(want) and page.text[target].startswith(str(line))
+        assert page.text[target] == want
         assert want[:1] in "+-@d" or want.startswith("diff")
         linked += 1
     assert linked >= 8
@@ -177,7 +177,7 @@ def test_kernel_findings_link_to_their_patch_lines():
         release = _patch_paths(patches).index(f.patch[0]) + 1
         target = f"p{release}-{f.patch[1]}"
         assert target in page.ids, f"{f.rule.id}: no line {target}"
-        assert page.text[target].endswith(_patch_line(f.patch[0], f.patch[1]))
+        assert page.text[target] == _patch_line(f.patch[0], f.patch[1])
         assert page.find("a", href=f"#{target}", class_="patch-link")
     # grouped by severity, with the rule text and the hint
     assert "findings-error" in page.ids

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..c import CSource, Item, is_c_file, split_lines
 from ..errors import KlpccError
-from ..history import DROPPED, NOP, Analysis, item_key
+from ..history import ADDED, DROPPED, MODIFIED, NOP, Analysis, item_key
 from ..lint.rules import RULES
 from ..manifest import Bundle, Change, Finding, lint_sections
 from ..report import change_of, clean
@@ -29,6 +29,10 @@ _WINDOW = 12
 _HUNK = re.compile(r"@@ -\d{1,10}(?:,(\d{1,10}))? \+\d{1,10}(?:,(\d{1,10}))? @@")
 
 Texts = Callable[[str], tuple[bytes | None, bytes | None]]  # path -> (base, release)
+Span = tuple[int, int] | None
+# a change -> its lines in the base and in the release (None: it has none there), when
+# they are known without parsing; None: parse both versions to find them
+Spans = Callable[[Change], tuple[Span, Span] | None]
 
 
 # --------------------------------------------------------------------------- patches
@@ -173,38 +177,51 @@ def _shown(first: int, hunk: int, end: int, marks: Iterable[int]) -> list[tuple[
 class _Code:
     """Each function's text in the base and in the release."""
 
-    def __init__(self, texts: Texts):
+    def __init__(self, texts: Texts, spans: Spans | None = None):
         self._texts = texts
-        self._items: dict[tuple[int, str], tuple[list[bytes], list[Item]] | None] = {}
+        self._spans = spans
+        self._lines: dict[tuple[int, str], list[bytes] | None] = {}
+        self._items: dict[tuple[int, str], list[Item]] = {}
 
-    def _of(self, side: int, path: str) -> tuple[list[bytes], list[Item]] | None:
-        if (side, path) not in self._items:
+    def _file(self, side: int, path: str) -> list[bytes] | None:
+        if (side, path) not in self._lines:
             data = self._texts(path)[side]
-            if data is None:
-                got = None
-            else:
-                lines = split_lines(data)
-                got = (lines, CSource(path, lines).items() if is_c_file(path) else [])
-            self._items[(side, path)] = got
-        return self._items[(side, path)]
+            self._lines[(side, path)] = None if data is None else split_lines(data)
+        return self._lines[(side, path)]
+
+    def _text(self, lines: list[bytes], start: int, end: int) -> list[tuple[int, str]]:
+        return [(n, lines[n - 1].decode("utf-8", "replace").rstrip("\r\n"))
+                for n in range(start, min(end, len(lines)) + 1)]
 
     def lines(self, side: int, path: str, key: str) -> list[tuple[int, str]]:
-        got = self._of(side, path)
-        if got is None:
+        """The lines of every definition of ``key`` in ``path`` (each #if variant)."""
+        lines = self._file(side, path)
+        if lines is None:
             return []
-        lines, items = got
+        if (side, path) not in self._items:
+            self._items[(side, path)] = CSource(path, lines).items() if is_c_file(path) else []
         out: list[tuple[int, str]] = []
-        for it in sorted((it for it in items if item_key(path, it) == key), key=lambda it: it.start_line):
-            out.extend((n, lines[n - 1].decode("utf-8", "replace").rstrip("\r\n"))
-                       for n in range(it.start_line, it.end_line + 1) if n <= len(lines))
+        for it in sorted((it for it in self._items[(side, path)] if item_key(path, it) == key),
+                         key=lambda it: it.start_line):
+            out.extend(self._text(lines, it.start_line, it.end_line))
         return out
 
-    def diff(self, change: Change) -> FunctionDiff:
+    def _sides(self, change: Change) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         key = change.key or change.name
         files = change.files or ((change.file,) if change.file else ())
+        known = self._spans(change) if self._spans is not None and len(files) == 1 else None
+        if known is None:
+            return ([ln for f in files for ln in self.lines(0, f, key)],
+                    [ln for f in files for ln in self.lines(1, f, key)])
+        out: list[list[tuple[int, str]]] = []
+        for side, span in enumerate(known):
+            lines = self._file(side, files[0]) if span is not None else None
+            out.append([] if lines is None or span is None else self._text(lines, *span))
+        return out[0], out[1]
+
+    def diff(self, change: Change) -> FunctionDiff:
         try:
-            a = [ln for f in files for ln in self.lines(0, f, key)]
-            b = [ln for f in files for ln in self.lines(1, f, key)]
+            a, b = self._sides(change)
         except KlpccError as exc:
             return FunctionDiff(note=_NOTES.get(change.change) or f"no diff: {exc}")
         note = _NOTES.get(change.change)
@@ -259,9 +276,10 @@ def _edges(rows: Iterable[Row], index: dict[str, int]) -> tuple[Edge, ...]:
 def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, ...], release: int,
            installed: int | None, functions: list[Change], outside: list[Change],
            links: Callable[[Change, _Patches], dict[int, str]], patches: _Patches, texts: Texts,
+           spans: Spans | None,
            findings: tuple[Finding, ...] | None, lint_against: tuple[str, ...], lint_notes: tuple[str, ...],
            objects: dict | None, warnings: tuple[str, ...], notes: tuple[str, ...]) -> Review:
-    code = _Code(texts)
+    code = _Code(texts, spans)
     compiled = _compiled(objects)
     rows: list[Row] = []
     for i, ch in enumerate(functions, 1):
@@ -335,6 +353,19 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
             raise KlpccError(f"{path} as release {release} has it was not kept") from None
         return rep.base.read(path), now
 
+    def spans(ch: Change) -> tuple[Span, Span] | None:
+        """The replay's spans of a function with one definition on each side: in the
+        base (as it read the base) and in the release (the analysis's)."""
+        track = rep.functions.get(ch.key or "")
+        if track is None or len(track.base_signature) > 1 or len(track.signature(release)) > 1:
+            return None
+        base_span = rep.base_spans.get(track.key) if track.base_signature else None
+        if track.base_signature and base_span is None:
+            return None
+        if ch.change in (NOP, MODIFIED, ADDED):
+            return (base_span, ch.lines) if ch.lines is not None else None
+        return base_span, None
+
     findings = None
     against: tuple[str, ...] = ()
     lnotes: tuple[str, ...] = ()
@@ -349,7 +380,7 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
         functions=[change_of(e, list(names)) for e in analysis.functions],
         outside=[change_of(e, list(names)) for e in analysis.outside], links=links, patches=patches,
         texts=texts,
-        findings=findings, lint_against=against, lint_notes=lnotes,
+        spans=spans, findings=findings, lint_against=against, lint_notes=lnotes,
         objects=None if objects is None else objects_json(objects),
         warnings=tuple(analysis.warnings), notes=tuple(analysis.notes))
 
@@ -398,6 +429,6 @@ def from_bundle(bundle: Bundle) -> Review:
         origin=str(bundle.path), from_bundle=True, base=m.base.identity, releases=names,
         release=m.release_index,
         installed=None, functions=list(m.functions), outside=list(m.outside), links=links, patches=patches,
-        texts=texts, findings=m.findings if m.lint is not None else None,
+        texts=texts, spans=None, findings=m.findings if m.lint is not None else None,
         lint_against=m.lint.against if m.lint is not None else (), lint_notes=(), objects=m.objects,
         warnings=m.warnings, notes=())

@@ -73,13 +73,15 @@ ol.releases li.cur{font-weight:700;color:var(--cur)}
 .finding .hint{color:#244d22}
 .finding code.pl{display:block;white-space:pre-wrap;background:var(--bg);padding:2px 6px;margin:4px 0}
 pre{margin:0;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;overflow-x:auto}
-pre .l{display:block;white-space:pre}
-pre .l .n{display:inline-block;min-width:4.5em;color:var(--mute);user-select:none}
-pre .add{background:#e6f6e8}pre .del{background:#fbe8e6}pre .hh{background:#eef0f4;color:var(--mute)}
-pre .fh{color:var(--mute);font-weight:600}
-pre .gap{color:var(--mute);font-style:italic}
-pre .mark{box-shadow:inset 4px 0 0 #7a52c7}
-pre .l:target,.finding:target,.body:target{background:#fff3a8}
+pre>span{display:block;white-space:pre;min-height:1.4em}
+pre.num>span{counter-increment:ln}
+pre.num>span::before{content:counter(ln);display:inline-block;min-width:4.5em;color:var(--mute)}
+pre.num>span.g{counter-increment:none}pre.num>span.g::before{content:""}
+pre .a{background:#e6f6e8}pre .d{background:#fbe8e6}pre .h{background:#eef0f4;color:var(--mute)}
+pre .f{color:var(--mute);font-weight:600}
+pre .g{color:var(--mute);font-style:italic}
+pre .m{box-shadow:inset 4px 0 0 #7a52c7}
+pre>span:target,.finding:target,.body:target{background:#fff3a8}
 details{border:1px solid var(--line);margin:6px 0;padding:0 8px}
 details>summary{cursor:pointer;padding:4px 0}
 details[open]>summary{border-bottom:1px solid var(--line);margin-bottom:4px}
@@ -89,6 +91,9 @@ details[open]>summary{border-bottom:1px solid var(--line);margin-bottom:4px}
 svg.graph text{font-family:ui-monospace,monospace}
 footer{color:var(--mute);font-size:12px;margin-top:30px}
 """
+
+
+_LINE = {"+": " class=a", "-": " class=d", "@": " class=h", " ": ""}  # a diff line's class
 
 
 def _e(text: object) -> str:
@@ -375,9 +380,8 @@ def _diffs(rv: Review) -> str:
         if d.note:
             body.append(f'<p class="note">{_e(d.note)}</p>')
         if d.lines:
-            cls = {"+": "add", "-": "del", "@": "hh", " ": "ctx"}
             shown = (_e(ln.text if ln.kind == "@" else ln.kind + ln.text) for ln in d.lines)
-            body.append("<pre>" + "".join(f'<span class="l {cls[ln.kind]}">{text}</span>'
+            body.append("<pre>" + "".join(f"<span{_LINE[ln.kind]}>{text}</span>"
                                           for ln, text in zip(d.lines, shown)) + "</pre>")
         if d.omitted:
             body.append(f'<p class="note">⋯ {d.omitted} more line(s) of diff not shown</p>')
@@ -396,22 +400,25 @@ def _diffs(rv: Review) -> str:
 
 
 def _excerpt(x: Excerpt) -> str:
-    cls = {"+": "add", "-": "del", "@": "hh"}
+    """The lines of an excerpt, numbered by a CSS counter (a page of many hunks stays
+    small): the ``<pre>`` starts it, a gap sets it to the line before the next shown."""
     lines = []
     in_header = not x.lines or not x.lines[0][1].startswith("@@")  # the file's diff header first
-    for num, text in x.lines:
+    for i, (num, text) in enumerate(x.lines):
         if num is None:
-            lines.append(f'<span class="l gap">{_e(text)}</span>')
+            after = next((n for n, _ in x.lines[i + 1:] if n is not None), 1)
+            lines.append(f'<span class=g style="counter-set:ln {after - 1}">{_e(text)}</span>')
             continue
         in_header = in_header and not text.startswith("@@")
-        c = "fh" if in_header else "hh" if text.startswith("@@") else cls.get(text[:1], "ctx")
-        mark = num in x.marked
-        ident = f' id="p{x.release}-{num}"' if mark else ""
-        lines.append(f'<span class="l {c}{" mark" if mark else ""}"{ident}><span class="n">{num}</span>'
-                     f"{_e(text)}</span>")
+        c = "f" if in_header else "h" if text.startswith("@@") else {"+": "a", "-": "d"}.get(text[:1], "")
+        if num in x.marked:
+            lines.append(f'<span class="{c} m" id="p{x.release}-{num}">{_e(text)}</span>')
+        else:
+            lines.append(f"<span{' class=' + c if c else ''}>{_e(text)}</span>")
+    first = next((n for n, _ in x.lines if n is not None), 1)
     file = f" · {_e(x.file)}" if x.file else ""
     return (f'<div class="excerpt" id="{x.anchor}"><div class="cap">{_e(x.patch)}{file}</div>'
-            f"<pre>{''.join(lines)}</pre></div>")
+            f'<pre class="num" style="counter-reset:ln {first - 1}">{"".join(lines)}</pre></div>')
 
 
 def _patches(rv: Review) -> str:
