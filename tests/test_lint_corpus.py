@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from klpcc.api import AnalyzeOptions, analyze, lint
+from klpcc.api import AnalyzeOptions, analyze, lint, write_review
+from klpcc.review import from_series
 
+from .browser import chromium
 from .test_real_sources import KERNEL_SUBSET, fetch_kernel, write_series
 
 pytestmark = pytest.mark.slow
@@ -111,10 +113,17 @@ def _untraced_by_text(root: Path, path: str) -> bool:
     return any(m["file"] in (None, stem) for m in _REMOVE.finditer(makefile.read_text(errors="replace")))
 
 
+@pytest.fixture(scope="module")
+def analysed(series):
+    return {name: analyze(AnalyzeOptions(series=[str(p)], source=str(base)))
+            for name, (p, base) in series.items()}
+
+
 @pytest.mark.parametrize("name", list(SERIES))
-def test_every_changed_function_of_a_file_built_without_ftrace_is_reported(name: str, series, linted):
+def test_every_changed_function_of_a_file_built_without_ftrace_is_reported(name: str, series, linted,
+                                                                           analysed):
     patches, base = series[name]
-    a = analyze(AnalyzeOptions(series=[str(patches)], source=str(base)))
+    a = analysed[name]
     expected = sorted((e.file, e.name) for e in a.functions
                       if e.change == "modified" and e.file.endswith(".c") and _untraced_by_text(base, e.file))
     reported = {(f.site.file, f.site.function) for f in linted[name].findings
@@ -125,3 +134,34 @@ def test_every_changed_function_of_a_file_built_without_ftrace_is_reported(name:
     assert not missing, f"changed functions of files built without ftrace not reported: {missing}"
     if name == "kernel-mm-proc":
         assert len(expected) >= 10, "the series should change functions of kernel/trace and mm/kasan"
+
+
+_PAGE = """
+const missing = [...document.querySelectorAll('a[href^="#"]')]
+    .filter(a => !document.getElementById(a.getAttribute('href').slice(1))).length;
+return {rows: document.querySelectorAll('#function-matrix tbody tr').length,
+        findings: document.querySelectorAll('#findings .finding').length,
+        to_lines: document.querySelectorAll('#findings a.patch-link').length,
+        missing: missing, fetched: performance.getEntriesByType('resource').length};
+"""
+
+
+@pytest.mark.parametrize("name", list(SERIES))
+def test_the_review_report_of_a_real_series_opens_whole(name: str, analysed, linted, tmp_path):
+    """The report of a 6.1 point-release series (drivers/ and net/: 1,700 functions,
+    188 findings) is a page of a few MB whose every row, finding and link is there
+    once the browser has loaded it; how fast it opens is measured by
+    bench/bench_review.py."""
+    a, res = analysed[name], linted[name]
+    out = tmp_path / "report.html"
+    write_review(from_series(a, res), out)
+    size = out.stat().st_size
+    print(f"\n[review] {name}: {len(a.functions)} functions, {len(res.findings)} findings, "
+          f"{size / 1e6:.2f} MB")
+    assert size < 8_000_000
+    with chromium() as d:
+        d.get(out.as_uri())
+        got = d.execute_script(_PAGE)
+    assert got["rows"] == len(a.functions) and got["findings"] == len(res.findings)
+    assert got["to_lines"] == sum(1 for f in res.findings if f.patch is not None)
+    assert got["missing"] == 0 and got["fetched"] == 0
