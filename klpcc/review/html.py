@@ -4,6 +4,7 @@ external asset; long parts collapsed in ``<details>``.  The ids and classes list
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from html import escape
 
@@ -144,8 +145,18 @@ def _sections(rv: Review) -> list[tuple[str, str]]:
     return out
 
 
+def _shown_path(path: str) -> str:
+    """A path as the reader of the page knows it: relative to where klpcc ran, when
+    it lies below."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
 def _header(rv: Review, title: str) -> str:
-    base = rv.base.get("path", "")
+    base = _shown_path(rv.base.get("path", ""))
     if "commit" in rv.base:
         base += f" @ {rv.base['commit'][:12]}"
     direction = ""
@@ -160,7 +171,8 @@ def _header(rv: Review, title: str) -> str:
             f'<span class="sev-{s}">{sev.get(s, 0)} {s}{"s" if sev.get(s, 0) != 1 else ""}</span>'
             for s in SEVERITIES)
     return (f'<header class="top" id="summary"><h1>klpcc review · {_e(title)}</h1>'
-            f'<div class="meta">base <code>{_e(base)}</code>{direction} · '
+            f'<div class="meta">base <code title="{_e(rv.base.get("path", ""))}">{_e(base)}</code>'
+            f'{direction} · '
             f'{"bundle" if rv.from_bundle else "series"} <code>{_e(rv.origin)}</code></div>'
             f'<div class="counts">{badges}</div></header>')
 
@@ -263,7 +275,8 @@ def _matrix(rv: Review) -> str:
     out.append('<p class="legend">' + "".join(
         f'<span class="k-{k}">{_SYMBOL[k]} {k}</span>' for k in (*_KINDS, UNCHANGED))
         + "<span>* that release changed its code (links to its hunk)</span></p>")
-    out.append("<details><summary>Releases</summary><ol class=\"releases\">" + "".join(
+    opened = " open" if rv.release <= 12 else ""
+    out.append(f'<details{opened}><summary>Releases</summary><ol class="releases">' + "".join(
         f'<li{" class=cur" if i == rv.release else ""}>{_e(name)}</li>'
         for i, name in enumerate(rv.releases[: rv.release], 1)) + "</ol></details></section>")
     return "\n".join(out)
