@@ -5,6 +5,7 @@ The same pages opened in a real browser: tests/test_review_browser.py."""
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .conftest import FIXTURES
 from .helpers import klpcc, make_series
 
 KERNEL = FIXTURES / "kernel" / "patches", FIXTURES / "kernel" / "src"
+_LINE_ID = re.compile(r"#p\d+-\d+")  # a link to a line of a release's patch
 _VOID = {"meta", "br", "link", "img", "input", "hr", "circle", "path"}
 
 
@@ -328,3 +330,63 @@ def test_earlier_releases(demo, release):
     heads = [a for t, a in page.elements if t == "th" and "rel" in a.get("class", "").split()
              and "data-release" in a]
     assert [int(h["data-release"]) for h in heads] == list(range(1, release + 1))
+
+
+def test_a_bundle_whose_patches_are_gone_links_to_the_diffs(tmp_path):
+    """The series' patch files moved away after compile: the page still opens whole,
+    its cells and findings lead to the functions' diffs and it says why there are no
+    hunks."""
+    import shutil
+
+    patches, src = KERNEL
+    moved = shutil.copytree(patches, tmp_path / "patches")
+    out = tmp_path / "bundle"
+    assert klpcc("compile", str(moved), "--source", str(src), "-o", str(out)).returncode == 0
+    shutil.rmtree(moved)
+    rv = review_bundle(out)
+    assert not rv.excerpts and rv.findings
+    page = _page(rv)
+    _check_self_contained(page)
+    assert "could not be read from the paths the bundle records" in page.text["patches"]
+    assert not [a for t, a in page.elements if t == "a" and _LINE_ID.fullmatch(a.get("href", ""))]
+    assert len(page.find("a", class_="function-link")) == sum(1 for v in rv.findings if v.finding.function)
+
+
+def test_a_git_range(tmp_path):
+    """Releases from a git range: each cell of a commit that changed the function
+    leads to a line of that commit's own diff."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@e",
+                               "-c", "commit.gpgsign=false", *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    src = "int f(int x)\n{\n\treturn x;\n}\n\nint g(int x)\n{\n\treturn -x;\n}\n"
+    git("init", "-q", "-b", "main")
+    (repo / "a.c").write_text(src)
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    git("tag", "v1")
+    for subject, text in (("fix f", src.replace("return x;", "return x + 1;")),
+                          ("fix g", src.replace("return x;", "return x + 1;").replace("-x", "-x - 1")),
+                          ("revert f", src.replace("-x", "-x - 1"))):
+        (repo / "a.c").write_text(text)
+        git("commit", "-qam", subject)
+    out = tmp_path / "r.html"
+    res = klpcc("report", "--git", str(repo), "v1..main", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    page = Page(out.read_text())
+    _check_self_contained(page)
+    rows = {a["data-key"]: a["data-change"] for t, a in page.elements if t == "tr" and "data-key" in a}
+    assert rows == {"f": "nop", "g": "modified"}
+    commits = git("rev-list", "--reverse", "v1..main").split()
+    targets = [a["href"][1:] for t, a in page.elements if t == "a" and _LINE_ID.fullmatch(a.get("href", ""))]
+    assert len(targets) == 3  # f in commits 1 and 3, g in commit 2
+    for target in targets:
+        release, _ = (int(x) for x in target[1:].split("-"))
+        shown = git("show", "--format=", commits[release - 1]).splitlines()
+        assert page.text[target] in shown and page.text[target][:1] in "+-"
