@@ -97,17 +97,25 @@ def staged(outdir: str | Path) -> Iterator[Path]:
 
 def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` whole or not at all (text as UTF-8, undecodable bytes
-    kept as they were read)."""
+    kept as they were read).  A path that is not a regular file (``/dev/stdout``,
+    ``/dev/null``, a pipe) is written to as it is, not replaced."""
     target = absolute(path)
     if target.is_dir():
         raise KlpccError(f"{path} is a directory")
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    if target.exists() and not target.is_file():
+        with open(target, "wb") as fh:
+            fh.write(raw)
+        return
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     except FileNotFoundError:
         raise KlpccError(f"cannot write {path}: its directory does not exist") from None
+    except PermissionError:
+        raise KlpccError(f"cannot write {path}: permission denied in its directory") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+            fh.write(raw)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:

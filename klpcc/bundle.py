@@ -22,7 +22,7 @@ from .atomic import check_target, inside, staged
 from .c import is_c_file, split_lines
 from .errors import KlpccError
 from .history import MODIFIED, NOP, Analysis, dependencies
-from .manifest import OBJECTS_ORIGIN, Base, Change, FileChange, Manifest, SourceFile, lint_sections
+from .manifest import OBJECTS_ORIGIN, Base, Change, FileChange, Manifest, PatchFile, SourceFile, lint_sections
 
 if TYPE_CHECKING:
     from .lint import LintResult
@@ -155,6 +155,11 @@ def base_sources(analysis: Analysis, sources: dict[str, bytes]) -> dict[str, byt
     return out
 
 
+def _patch_file(release: int) -> str:
+    """Where the bundle keeps the patch of ``release`` (1-based)."""
+    return f"patches/{release:04d}.patch"
+
+
 def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | None = None,
              objects: ObjectReport | None = None, keep_source_only: bool = False,
              sources: dict[str, bytes] | None = None) -> Manifest:
@@ -179,6 +184,8 @@ def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | Non
         base_sources=tuple(SourceFile(p, blob_id(d)) for p, d in base_sources(analysis, sources).items()),
         dependencies=dependencies(rep, analysis.release),
         warnings=tuple(analysis.warnings),
+        patches=tuple(PatchFile(p.name, p.path, _patch_file(i), blob_id(p.data))
+                      for i, p in enumerate(rep.series.patches[: analysis.release], 1)),
     )
     if lint is not None:
         m = _with_lint(m, lint)
@@ -232,6 +239,9 @@ def write(analysis: Analysis, outdir: Path, *, force: bool = False,
     with staged(outdir) as tmp:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")
         (tmp / "manifest.json").write_text(dump_json(doc) + "\n", encoding="utf-8")
+        for i, p in enumerate(analysis.replay.series.patches[: analysis.release], 1):
+            inside(tmp, _patch_file(i)).parent.mkdir(exist_ok=True)
+            inside(tmp, _patch_file(i)).write_bytes(p.data)
         for folder, files in (("sources", sources), ("base", base_sources(analysis, sources))):
             for path, data in files.items():
                 dest = inside(tmp / folder, path)

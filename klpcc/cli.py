@@ -269,11 +269,19 @@ def report_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str]
     matrix, what it backs out, the transition from K, the lint findings, what the
     compiled code says, the release graph and the diff of each function.  Also from a
     bundle: klpcc report BUNDLE -o FILE."""
+    if not output:
+        raise KlpccError("-o needs a file name")
     bundle = series[0] if len(series) == 1 and (Path(series[0]) / "manifest.json").is_file() else None
+    if no_lint:
+        for name, value in (("--config", config), ("--compile-commands", commands), ("--kernel", kdir)):
+            if value is not None:
+                raise KlpccError(f"{name} is for the lint, and --no-lint leaves it out")
     if bundle is not None:
         given = (("--source", source), ("--git", git), ("--release", release), ("--from", installed),
                  ("--config", config), ("--compile-commands", commands), ("--kernel", kdir),
-                 ("--objects", objects), ("--fuzz", fuzz or None), ("--no-lint", no_lint or None))
+                 ("--objects", objects), ("--jobs", jobs), ("--cache", cache),
+                 ("--no-cache", no_cache or None), ("--binary", binary), ("--fuzz", fuzz or None),
+                 ("--no-lint", no_lint or None))
         for name, value in given:
             if value is not None:
                 raise KlpccError(f"{bundle} is a bundle: it records one release as compiled, so {name} "
@@ -286,9 +294,9 @@ def report_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str]
     api.write_review(rv, output)
     for w in rv.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)
-    n = len(rv.findings) if rv.findings is not None else 0
+    found = "not linted" if rv.findings is None else f"{len(rv.findings)} lint finding(s)"
     click.echo(f"{output}: release {rv.release}/{len(rv.releases)} {rv.release_name}: "
-               f"{len(rv.functions)} function(s), {n} lint finding(s)")
+               f"{len(rv.functions)} function(s), {found}")
 
 
 def _object_map(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -9,7 +9,9 @@ is wrong.  ``from_json(doc).to_json() == doc`` for every manifest klpcc writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +195,29 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
+class PatchFile:
+    """A release's patch as the bundle carries it (``patches/``), for the review page:
+    ``path`` is the patch as the series named it (what findings and ``patch`` fields
+    refer to), ``file`` its copy in the bundle."""
+
+    release: str
+    path: str
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"release": self.release, "path": self.path, "file": self.file, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, r: _Reader) -> PatchFile:
+        file = r.str("file")
+        if not re.fullmatch(r"patches/\d{4,}\.patch", file):
+            raise KlpccError(f"{r.shown}: malformed manifest: {r.where}.file {file!r} is not a patch of "
+                             "the bundle")
+        return cls(r.str("release"), r.str("path"), file, r.str("sha256"))
+
+
+@dataclass(frozen=True)
 class Site:
     file: str
     line: int
@@ -367,6 +392,7 @@ class Manifest:
     diff: str = "cumulative.diff"
     base_sources: tuple[SourceFile, ...] = ()  # base/: the base version of the changed sources
     immediate: tuple[str, ...] = ()  # functions klpcc.toml marks immediate for this release
+    patches: tuple[PatchFile, ...] = ()  # patches/: the patches of releases 1..R
     # from the lint (absent when the bundle was written without it)
     states: tuple[State, ...] | None = None
     callbacks: tuple[Callback, ...] | None = None
@@ -394,6 +420,7 @@ class Manifest:
             "sources": [s.to_json() for s in self.sources],
             **({"base_sources": [s.to_json() for s in self.base_sources]} if self.base_sources else {}),
             **({"immediate": list(self.immediate)} if self.immediate else {}),
+            **({"patches": [p.to_json() for p in self.patches]} if self.patches else {}),
             "dependencies": {k: list(v) for k, v in self.dependencies.items()},
             "warnings": list(self.warnings),
         }
@@ -416,15 +443,19 @@ class Manifest:
         if not all(isinstance(v, list) for v in deps.values()):
             raise KlpccError(f"{shown}: malformed manifest: manifest.dependencies holds a non-list")
         linted = r.has("lint")
+        name, index, releases = rel.str("name"), rel.int("index"), r.strings("releases")
+        if not 0 < index <= len(releases) or releases[index - 1] != name:
+            raise KlpccError(f"{shown}: malformed manifest: manifest.release ({index}, {name!r}) is not "
+                             f"one of manifest.releases ({len(releases)})")
         return cls(
-            generator=r.str("generator"), release=rel.str("name"), release_index=rel.int("index"),
-            releases=r.strings("releases"),
+            generator=r.str("generator"), release=name, release_index=index, releases=releases,
             base=Base.from_json(_Reader(r.get("base", dict, "an object"), "manifest.base", shown)),
             functions=r.objects("functions", Change.from_json), nops=r.strings("nops"),
             outside=r.objects("outside", Change.from_json), files=r.objects("files", FileChange.from_json),
             sources=r.objects("sources", SourceFile.from_json), dependencies=deps,
             base_sources=r.objects("base_sources", SourceFile.from_json, ()),
             immediate=r.strings("immediate", ()),
+            patches=r.objects("patches", PatchFile.from_json, ()),
             warnings=r.strings("warnings"), diff=r.str("diff"),
             states=r.objects("states", State.from_json, ()) if linted else None,
             callbacks=r.objects("callbacks", Callback.from_json, ()) if linted else None,
@@ -448,6 +479,24 @@ class Bundle:
             return (self.path / "sources" / path).read_bytes()
         except OSError as exc:
             raise KlpccError(f"{self.path}/sources/{path}: {exc.strerror}") from None
+
+    def patch(self, release: int) -> tuple[str, bytes] | None:
+        """The patch of ``release`` (1-based) as the series named it and its text, when
+        the bundle carries it (``patches/``)."""
+        m = self.manifest
+        if not 0 < release <= len(m.releases):
+            return None
+        entry = next((p for p in m.patches if p.release == m.releases[release - 1]), None)
+        if entry is None:
+            return None
+        try:
+            data = (self.path / entry.file).read_bytes()
+        except OSError as exc:
+            raise KlpccError(f"{self.path}/{entry.file}: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise KlpccError(f"{self.path}/{entry.file}: does not match the manifest's sha256 (the bundle "
+                             "was changed after klpcc compile wrote it)")
+        return entry.path, data
 
     @property
     def source_paths(self) -> list[str]:

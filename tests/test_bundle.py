@@ -157,10 +157,18 @@ def compile_to(out: Path, *args: str | Path) -> dict:
     r = invoke("compile", *args, "-o", out)
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in out.iterdir())
-    assert names in (["cumulative.diff", "manifest.json"], ["cumulative.diff", "manifest.json", "sources"],
-                     ["base", "cumulative.diff", "manifest.json", "sources"])
-    assert ("base" in names) == bool(json.loads((out / "manifest.json").read_text()).get("base_sources"))
-    return json.loads((out / "manifest.json").read_text())
+    assert names in (["cumulative.diff", "manifest.json", "patches"],
+                     ["cumulative.diff", "manifest.json", "patches", "sources"],
+                     ["base", "cumulative.diff", "manifest.json", "patches", "sources"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert ("base" in names) == bool(m.get("base_sources"))
+    # the patches of releases 1..R, byte for byte as the series has them
+    assert [p["release"] for p in m["patches"]] == m["releases"][: m["release"]["index"]]
+    for p in m["patches"]:  # (a git range's patches are commits, not files)
+        assert not Path(p["path"]).is_file() or (out / p["file"]).read_bytes() == Path(p["path"]).read_bytes()
+    assert sorted(q.name for q in (out / "patches").iterdir()) == \
+        sorted(Path(p["file"]).name for p in m["patches"])
+    return m
 
 
 def files_of(root: Path) -> dict[str, str]:

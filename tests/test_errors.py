@@ -313,7 +313,7 @@ def test_compile_force_replaces_the_output_whole(existing):
     r = invoke("compile", *GOOD, "--source", SRC, "-o", existing, "--force")
     assert r.exit_code == 0, r.output
     listed = sorted(p.name for p in existing.iterdir())
-    assert listed == ["base", "cumulative.diff", "manifest.json", "sources"]
+    assert listed == ["base", "cumulative.diff", "manifest.json", "patches", "sources"]
     assert [p.name for p in existing.parent.iterdir()] == ["bundle"]  # no temp dirs left
 
 
@@ -360,7 +360,8 @@ def test_compile_into_a_missing_directory_creates_it(tmp_path):
     target = tmp_path / "no" / "such" / "bundle"
     r = invoke("compile", *GOOD, "--source", SRC, "-o", target)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in target.iterdir()) == ["base", "cumulative.diff", "manifest.json", "sources"]
+    assert sorted(p.name for p in target.iterdir()) == ["base", "cumulative.diff", "manifest.json", "patches",
+                                                        "sources"]
 
 
 def test_failed_compile_into_a_missing_directory_creates_nothing(tmp_path):

@@ -332,24 +332,51 @@ def test_earlier_releases(demo, release):
     assert [int(h["data-release"]) for h in heads] == list(range(1, release + 1))
 
 
-def test_a_bundle_whose_patches_are_gone_links_to_the_diffs(tmp_path):
-    """The series' patch files moved away after compile: the page still opens whole,
-    its cells and findings lead to the functions' diffs and it says why there are no
-    hunks."""
+def test_a_bundle_carries_its_patches(tmp_path):
+    """The series' patch files change or go away after compile: the bundle's page
+    still quotes and links the lines as they were (the bundle carries the patches);
+    a bundle whose copy was altered is refused; one written without the patches links
+    to the functions' diffs and says why there are no hunks."""
     import shutil
 
     patches, src = KERNEL
     moved = shutil.copytree(patches, tmp_path / "patches")
+    original = {p.name: p.read_bytes() for p in moved.iterdir()}
     out = tmp_path / "bundle"
     assert klpcc("compile", str(moved), "--source", str(src), "-o", str(out)).returncode == 0
     shutil.rmtree(moved)
     rv = review_bundle(out)
-    assert not rv.excerpts and rv.findings
     page = _page(rv)
     _check_self_contained(page)
-    assert "could not be read from the paths the bundle records" in page.text["patches"]
+    quoted = 0
+    for v in rv.findings:
+        f = v.finding
+        assert v.link == f"p{_patch_index(f.patch)}-{f.patch_line}"
+        want = original[Path(f.patch).name].split(b"\n")[f.patch_line - 1].decode()
+        assert page.text[v.link] == want == v.patch_text
+        quoted += 1
+    assert quoted == 5
+    # a copy altered after compile
+    manifest = json.loads((out / "manifest.json").read_text())
+    copy = out / manifest["patches"][5]["file"]
+    copy.write_bytes(copy.read_bytes().replace(b"removals", b"remuvals"))
+    res = klpcc("report", str(out), "-o", str(tmp_path / "r.html"))
+    assert res.returncode == 2 and "does not match the manifest's sha256" in res.stderr
+    assert manifest["patches"][5]["file"] in res.stderr and not (tmp_path / "r.html").exists()
+    # a bundle without its patches (made before the bundle carried them)
+    del manifest["patches"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rv = review_bundle(out)
+    page = _page(rv)
+    _check_self_contained(page)
+    assert not rv.excerpts
+    assert "the bundle does not carry the series' patches" in page.text["patches"]
     assert not [a for t, a in page.elements if t == "a" and _LINE_ID.fullmatch(a.get("href", ""))]
     assert len(page.find("a", class_="function-link")) == sum(1 for v in rv.findings if v.finding.function)
+
+
+def _patch_index(path: str) -> int:
+    return int(Path(path).name[:4])
 
 
 def test_a_git_range(tmp_path):
@@ -390,3 +417,102 @@ def test_a_git_range(tmp_path):
         release, _ = (int(x) for x in target[1:].split("-"))
         shown = git("show", "--format=", commits[release - 1]).splitlines()
         assert page.text[target] in shown and page.text[target][:1] in "+-"
+
+
+def test_a_hand_made_manifest_cannot_put_markup_in_the_page(tmp_path):
+    patches, src = KERNEL
+    out = tmp_path / "bundle"
+    assert klpcc("compile", str(patches), "--source", str(src), "-o", str(out)).returncode == 0
+    m = json.loads((out / "manifest.json").read_text())
+    evil = 'x"><script>document.title="INJECTED"</script><b class="'
+    m["functions"][0]["change"] = evil
+    m["functions"][0]["history"][-1] = evil
+    m["lint"]["findings"][0]["severity"] = evil
+    (out / "manifest.json").write_text(json.dumps(m))
+    page_file = tmp_path / "r.html"
+    res = klpcc("report", str(out), "-o", str(page_file))
+    assert res.returncode == 0, res.stderr
+    text = page_file.read_text()
+    assert "<script" not in text and "&lt;script&gt;" in text
+    _check_self_contained(Page(text))
+    # a release index that is not one of the releases is a malformed manifest
+    m["release"]["index"] = 99
+    (out / "manifest.json").write_text(json.dumps(m))
+    res = klpcc("report", str(out), "-o", str(tmp_path / "s.html"))
+    assert res.returncode == 2 and "malformed manifest: manifest.release" in res.stderr
+    assert not (tmp_path / "s.html").exists()
+
+
+def test_a_function_moved_to_another_file_diffs_against_its_old_place(tmp_path):
+    a = "int f(int x)\n{\n\treturn x;\n}\n\nint g(int y)\n{\n\treturn y;\n}\n"
+    b = "/* b.c: unrelated */\nstatic int zz;\nint m(void)\n{\n\treturn zz;\n}\n"
+    patches, base = make_series(tmp_path, {"a.c": a, "b.c": b},
+                                [{"a.c": a.split("\n\nint g")[0] + "\n",
+                                  "b.c": b + "\nint g(int y)\n{\n\treturn y + 1;\n}\n"}])
+    out = tmp_path / "bundle"
+    assert klpcc("compile", str(patches), "--source", str(base), "-o", str(out)).returncode == 0
+    for rv in (review(AnalyzeOptions(series=[str(patches)], source=str(base))), review_bundle(out)):
+        row = next(r for r in rv.functions if r.change.name == "g")
+        changed = [(ln.kind, ln.text) for ln in row.diff.lines if ln.kind in "+-"]
+        assert changed == [("-", "\treturn y;"), ("+", "\treturn y + 1;")], rv.origin
+
+
+def test_special_output_files_are_written_not_replaced(demo, tmp_path):
+    """-o /dev/stdout or a pipe: written into, never renamed over."""
+    import os
+    import stat
+    import threading
+
+    patches, src = demo
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    res = klpcc("report", str(patches), "--source", str(src), "-o", str(fifo))
+    reader.join(30)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and got and got[0].startswith(b"<!DOCTYPE html>")
+
+
+def test_option_mistakes(demo, tmp_path):
+    patches, src = demo
+    bundle = tmp_path / "bundle"
+    assert klpcc("compile", str(patches), "--source", str(src), "-o", str(bundle)).returncode == 0
+    for args, message in (
+            (["report", str(bundle), "--jobs", "2", "-o", str(tmp_path / "a.html")], "--jobs does not apply"),
+            (["report", str(patches), "--source", str(src), "--no-lint", "--config", "x.toml",
+              "-o", str(tmp_path / "a.html")], "--config is for the lint"),
+            (["report", str(patches), "--source", str(src), "-o", ""], "-o needs a file name")):
+        res = klpcc(*args)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+    ok = klpcc("report", str(patches), "--source", str(src), "--no-lint", "-o", str(tmp_path / "b.html"))
+    assert ok.returncode == 0 and "not linted" in ok.stdout
+    assert "Not linted." in Page((tmp_path / "b.html").read_text()).text["findings"]
+
+
+def test_a_downgrade_says_what_goes_back(demo):
+    patches, src = demo
+    rv = review(AnalyzeOptions(series=[str(patches)], source=str(src), release=3, installed=5))
+    page = _page(rv)
+    _check_self_contained(page)
+    back = sorted(r.change.name for r in rv.functions if r.change.transition in ("nop", "drop"))
+    assert back and "Replacing release 5" in page.text["backout"]
+    assert all(name in page.text["backout"].split("Replacing release 5")[1] for name in back)
+    nodes = [a for t, a in page.elements if t == "g" and "data-release" in a]
+    assert [int(a["data-release"]) for a in nodes] == [1, 2, 3, 4, 5]
+
+
+def test_a_report_from_a_directory_that_is_gone(demo, tmp_path):
+    import subprocess
+    import sys
+
+    patches, src = demo
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    out = tmp_path / "r.html"
+    script = f'cd "{gone}" && rmdir "{gone}" && exec "$0" -m klpcc report "$1" --source "$2" -o "$3"'
+    res = subprocess.run(["sh", "-c", script, sys.executable, str(patches), str(src), str(out)],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert out.read_text().startswith("<!DOCTYPE html>")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -80,7 +80,7 @@ class _Patches:
             sections = _sections(lines)
             groups: dict[tuple[int, int, int, str | None], set[int]] = {}
             for m in sorted(self.marks[release]):
-                groups.setdefault(_section_of(sections, m - 1), set()).add(m)
+                groups.setdefault(_section_of(sections, m - 1, len(lines)), set()).add(m)
             for (first, hunk, end, file), marks in sorted(groups.items()):
                 shown = _shown(first, hunk, end, marks)
                 out.append(Excerpt(anchor=f"x{release}-{first + 1}", release=release, patch=patch, file=file,
@@ -145,11 +145,13 @@ def _diff_path(text: str) -> str | None:
     return path[2:] if path[:2] in ("a/", "b/") else path
 
 
-def _section_of(sections: list[tuple[int, int, int, str | None]], i: int) -> tuple[int, int, int, str | None]:
+def _section_of(sections: list[tuple[int, int, int, str | None]], i: int, n: int
+                ) -> tuple[int, int, int, str | None]:
     for sec in sections:
         if sec[0] <= i < sec[2]:
             return sec
-    return (max(0, i - 2), max(0, i - 2), i + 3, None)  # not in a hunk: a few lines around it
+    # not in a hunk (a rename, a binary change): a few lines around it
+    return (max(0, i - 2), max(0, i - 2), min(n, i + 3), None)
 
 
 def _shown(first: int, hunk: int, end: int, marks: Iterable[int]) -> list[tuple[int | None, int]]:
@@ -177,9 +179,10 @@ def _shown(first: int, hunk: int, end: int, marks: Iterable[int]) -> list[tuple[
 class _Code:
     """Each function's text in the base and in the release."""
 
-    def __init__(self, texts: Texts, spans: Spans | None = None):
+    def __init__(self, texts: Texts, spans: Spans | None = None, others: Iterable[str] = ()):
         self._texts = texts
         self._spans = spans
+        self._others = tuple(others)  # where else a function's base definition may be (it moved)
         self._lines: dict[tuple[int, str], list[bytes] | None] = {}
         self._items: dict[tuple[int, str], list[Item]] = {}
 
@@ -211,8 +214,10 @@ class _Code:
         files = change.files or ((change.file,) if change.file else ())
         known = self._spans(change) if self._spans is not None and len(files) == 1 else None
         if known is None:
-            return ([ln for f in files for ln in self.lines(0, f, key)],
-                    [ln for f in files for ln in self.lines(1, f, key)])
+            a = [ln for f in files for ln in self.lines(0, f, key)]
+            if not a and change.change != ADDED:  # it moved here from another file
+                a = next((got for f in self._others if f not in files and (got := self.lines(0, f, key))), [])
+            return a, [ln for f in files for ln in self.lines(1, f, key)]
         out: list[list[tuple[int, str]]] = []
         for side, span in enumerate(known):
             lines = self._file(side, files[0]) if span is not None else None
@@ -276,10 +281,11 @@ def _edges(rows: Iterable[Row], index: dict[str, int]) -> tuple[Edge, ...]:
 def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, ...], release: int,
            installed: int | None, functions: list[Change], outside: list[Change],
            links: Callable[[Change, _Patches], dict[int, str]], patches: _Patches, texts: Texts,
-           spans: Spans | None,
+           spans: Spans | None, others: Iterable[str],
            findings: tuple[Finding, ...] | None, lint_against: tuple[str, ...], lint_notes: tuple[str, ...],
-           objects: dict | None, warnings: tuple[str, ...], notes: tuple[str, ...]) -> Review:
-    code = _Code(texts, spans)
+           objects: dict | None, warnings: tuple[str, ...], notes: tuple[str, ...],
+           carries_patches: bool = True) -> Review:
+    code = _Code(texts, spans, others)
     compiled = _compiled(objects)
     rows: list[Row] = []
     for i, ch in enumerate(functions, 1):
@@ -288,9 +294,11 @@ def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, .
     others = [Row(anchor=f"item{i}", change=ch, links=links(ch, patches))
               for i, ch in enumerate(outside, 1)]
     index = {name: i for i, name in enumerate(releases, 1)}
-    by_function = {}
+    by_function: dict[tuple[str, str | None], str] = {}
     for row in rows:
-        by_function.setdefault(row.change.name, row.anchor)
+        by_function.setdefault((row.change.name, row.change.file), row.anchor)
+        by_function.setdefault((row.change.name, None), row.anchor)
+    named = Counter(row.change.name for row in rows)
     views: tuple[FindingView, ...] | None = None
     if findings is not None:
         rules = {r.id: r for r in RULES}
@@ -303,7 +311,9 @@ def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, .
                     link = patches.mark(r, f.patch_line)
                     text = patches.text(r, f.patch_line) if link else None
             if link is None and f.function is not None:
-                link = by_function.get(f.function)
+                link = by_function.get((f.function, f.file))
+                if link is None and named[f.function] == 1:
+                    link = by_function.get((f.function, None))
             out.append(FindingView(f, rules.get(f.rule), link, text))
         views = tuple(out)
     return Review(
@@ -311,7 +321,7 @@ def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, .
         releases=releases, release=release, installed=installed, functions=tuple(rows),
         outside=tuple(others), findings=views, lint_against=lint_against, lint_notes=lint_notes,
         objects=objects, edges=_edges(rows, index), excerpts=tuple(patches.excerpts()),
-        warnings=warnings, notes=notes)
+        warnings=warnings, notes=notes, carries_patches=carries_patches)
 
 
 def from_series(analysis: Analysis, lint: LintResult | None = None, objects: ObjectReport | None = None
@@ -359,6 +369,8 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
         track = rep.functions.get(ch.key or "")
         if track is None or len(track.base_signature) > 1 or len(track.signature(release)) > 1:
             return None
+        if track.base_signature and set(track.base_files) != {ch.file}:  # it moved: parse
+            return None
         base_span = rep.base_spans.get(track.key) if track.base_signature else None
         if track.base_signature and base_span is None:
             return None
@@ -380,36 +392,20 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
         functions=[change_of(e, list(names)) for e in analysis.functions],
         outside=[change_of(e, list(names)) for e in analysis.outside], links=links, patches=patches,
         texts=texts,
-        spans=spans, findings=findings, lint_against=against, lint_notes=lnotes,
+        spans=spans, others=sorted({p for r in range(1, release + 1) for p in rep.files_touched.get(r, ())}),
+        findings=findings, lint_against=against, lint_notes=lnotes,
         objects=None if objects is None else objects_json(objects),
         warnings=tuple(analysis.warnings), notes=tuple(analysis.notes))
 
 
 def from_bundle(bundle: Bundle) -> Review:
-    """The review of a bundle: what ``klpcc compile`` recorded.  The patches of the
-    series are linked to where the files the manifest names can still be read."""
+    """The review of a bundle: what ``klpcc compile`` recorded, and the patches it
+    carries (``patches/``; a bundle written without them has no hunks to link to)."""
     m = bundle.manifest
     names = tuple(m.releases)
     index = {name: i for i, name in enumerate(names, 1)}
-    files: dict[int, str] = {}
-    for ch in m.functions + m.outside:
-        if ch.patch is not None and ch.touched and ch.touched[-1] in index:
-            files.setdefault(index[ch.touched[-1]], ch.patch[0])
-    for f in m.findings:
-        if f.patch is not None and release_name(f.patch) in index:
-            files.setdefault(index[release_name(f.patch)], f.patch)
-
-    def read(r: int) -> tuple[str, bytes] | None:
-        path = files.get(r)
-        if path is None:
-            return None
-        try:
-            return path, Path(path).read_bytes()
-        except OSError:
-            return None
-
-    by_path = {q: r for r, q in files.items()}
-    patches = _Patches(names, read, by_path.get)
+    by_path = {p.path: index[p.release] for p in m.patches if p.release in index}
+    patches = _Patches(names, bundle.patch, by_path.get)
 
     def links(ch: Change, pt: _Patches) -> dict[int, str]:
         if ch.patch is None or not ch.touched or ch.touched[-1] not in index:
@@ -429,6 +425,6 @@ def from_bundle(bundle: Bundle) -> Review:
         origin=str(bundle.path), from_bundle=True, base=m.base.identity, releases=names,
         release=m.release_index,
         installed=None, functions=list(m.functions), outside=list(m.outside), links=links, patches=patches,
-        texts=texts, spans=None, findings=m.findings if m.lint is not None else None,
+        texts=texts, spans=None, others=sorted(carried), findings=m.findings if m.lint is not None else None,
         lint_against=m.lint.against if m.lint is not None else (), lint_notes=(), objects=m.objects,
-        warnings=m.warnings, notes=())
+        warnings=m.warnings, notes=(), carries_patches=bool(m.patches))

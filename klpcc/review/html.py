@@ -5,6 +5,7 @@ external asset; long parts collapsed in ``<details>``.  The ids and classes list
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from html import escape
 
@@ -76,7 +77,8 @@ ol.releases li.cur{font-weight:700;color:var(--cur)}
 pre{margin:0;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;overflow-x:auto}
 pre>span{display:block;white-space:pre;min-height:1.4em}
 pre.num>span{counter-increment:ln}
-pre.num>span::before{content:counter(ln);display:inline-block;min-width:4.5em;color:var(--mute)}
+pre.num>span::before{content:counter(ln);display:inline-block;min-width:4.5em;padding-left:8px;
+color:var(--mute)}
 pre.num>span.g{counter-increment:none}pre.num>span.g::before{content:""}
 pre .a{background:#e6f6e8}pre .d{background:#fbe8e6}pre .h{background:#eef0f4;color:var(--mute)}
 pre .f{color:var(--mute);font-weight:600}
@@ -95,6 +97,11 @@ footer{color:var(--mute);font-size:12px;margin-top:30px}
 
 
 _LINE = {"+": " class=a", "-": " class=d", "@": " class=h", " ": ""}  # a diff line's class
+
+
+def _cls(token: str) -> str:
+    """A value (a change kind, a severity) as a class name: nothing but a word."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", token)
 
 
 def _e(text: object) -> str:
@@ -150,7 +157,7 @@ def _shown_path(path: str) -> str:
     it lies below."""
     try:
         rel = os.path.relpath(path)
-    except ValueError:
+    except (ValueError, OSError):  # another drive, or no current directory any more
         return path
     return path if rel.startswith("..") else rel
 
@@ -189,6 +196,13 @@ def _backout(rv: Review) -> str:
     if not nops and not drops:
         out.append('<p class="callout ok">Nothing: every function an earlier release patched is still '
                    "patched by this one.</p>")
+    if rv.installed is not None:
+        back = [r for r in rv.functions if r.change.transition in ("nop", "drop")]
+        if back:
+            out.append(f'<div class="callout from">Replacing release {rv.installed} '
+                       f"(<code>{_e(rv.installed_name)}</code>): {len(back)} function(s) it patches go back "
+                       "to the original or away (see the <a href=\"#transition\">transition</a>): "
+                       + ", ".join(_link(r) for r in back) + "</div>")
     if nops:
         out.append(f'<div class="callout nops"><b>{len(nops)} nop{"s" if len(nops) != 1 else ""}</b>: '
                    "earlier releases patched these functions and this release has their original code "
@@ -198,9 +212,9 @@ def _backout(rv: Review) -> str:
         out.append(f'<div class="callout drops"><b>{len(drops)} dropped</b>: added by an earlier release and '
                    "gone again; the patch neither carries nor reverts them: "
                    + ", ".join(_link(r) for r in drops) + "</div>")
-    if rv.warnings:
+    if rv.warnings or rv.notes:
         out.append('<ul class="warnings">' + "".join(f"<li>warning: {_e(w)}</li>" for w in rv.warnings)
-                   + "</ul>")
+                   + "".join(f'<li class="note">note: {_e(n)}</li>' for n in rv.notes) + "</ul>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -233,11 +247,12 @@ def _cells(rv: Review, row: Row, cols: range) -> str:
         name = rv.releases[r - 1]
         t = name in touched
         sym = _SYMBOL.get(kind, "?") + ("*" if t else "")
-        cls = f"cell k-{kind}" + (" t" if t else "") + (" cur" if r == rv.release else "")
+        cls = f"cell k-{_cls(kind)}" + (" t" if t else "") + (" cur" if r == rv.release else "")
         tip = f"{name}: {kind}" + (" (this release changed its code)" if t else "")
         target = row.links.get(r) or (row.anchor if t and row.diff is not None else None)
         inner = f'<a href="#{target}">{_e(sym)}</a>' if target else _e(sym)
-        out.append(f'<td class="{cls}" data-release="{r}" data-kind="{kind}" title="{_e(tip)}">{inner}</td>')
+        out.append(f'<td class="{cls}" data-release="{r}" data-kind="{_e(kind)}" title="{_e(tip)}">'
+                   f"{inner}</td>")
     return "".join(out)
 
 
@@ -265,11 +280,12 @@ def _matrix(rv: Review) -> str:
             if with_t:
                 extra += f'<td class="transition">{_e(ch.transition or "")}</td>'
             if with_o:
-                extra += (f'<td class="compiled" title="{_e(row.compiled[1])}">{_e(row.compiled[0])}</td>'
-                          if row.compiled else "<td></td>")
-            out.append(f'<tr id="row-{row.anchor}" class="c-{ch.change}" data-key="{_e(ch.key or ch.name)}" '
-                       f'data-change="{ch.change}"><th scope="row">{_link(row)}</th><td>{_e(where)}</td>'
-                       f'{_cells(rv, row, cols)}<td class="now k-{ch.change}">{_e(ch.change)}</td>'
+                extra += (f'<td class="compiled" title="{_e(row.compiled[1])}">{_e(row.compiled[0])}'
+                          "</td>" if row.compiled else "<td></td>")
+            out.append(f'<tr id="row-{row.anchor}" class="c-{_cls(ch.change)}" '
+                       f'data-key="{_e(ch.key or ch.name)}" '
+                       f'data-change="{_e(ch.change)}"><th scope="row">{_link(row)}</th><td>{_e(where)}</td>'
+                       f'{_cells(rv, row, cols)}<td class="now k-{_cls(ch.change)}">{_e(ch.change)}</td>'
                        f"{extra}</tr>")
         out.append("</tbody></table></div>")
     out.append('<p class="legend">' + "".join(
@@ -278,7 +294,8 @@ def _matrix(rv: Review) -> str:
     opened = " open" if rv.release <= 12 else ""
     out.append(f'<details{opened}><summary>Releases</summary><ol class="releases">' + "".join(
         f'<li{" class=cur" if i == rv.release else ""}>{_e(name)}</li>'
-        for i, name in enumerate(rv.releases[: rv.release], 1)) + "</ol></details></section>")
+        for i, name in enumerate(rv.releases[: max(rv.release, rv.installed or 0)], 1))
+        + "</ol></details></section>")
     return "\n".join(out)
 
 
@@ -286,11 +303,11 @@ def _outside(rv: Review) -> str:
     cols = _columns(rv)
     head = "".join(f'<th class="rel{" cur" if r == rv.release else ""}">{r}</th>' for r in cols)
     rows = "".join(
-        f'<tr id="row-{row.anchor}" class="c-{row.change.change}" data-change="{row.change.change}">'
-        f"<td>{_e(row.change.kind)}</td><th scope=\"row\">{_e(row.change.name or '-')}</th>"
-        f'<td>{_e(row.change.file + (f":{row.change.lines[0]}" if row.change.lines else ""))}</td>'
-        f'{_cells(rv, row, cols)}<td class="now k-{row.change.change}">{_e(row.change.change)}</td></tr>'
-        for row in rv.outside)
+        f'<tr id="row-{row.anchor}" class="c-{_cls(ch.change)}" data-change="{_e(ch.change)}">'
+        f"<td>{_e(ch.kind)}</td><th scope=\"row\">{_e(ch.name or '-')}</th>"
+        f'<td>{_e(ch.file + (f":{ch.lines[0]}" if ch.lines else ""))}</td>'
+        f'{_cells(rv, row, cols)}<td class="now k-{_cls(ch.change)}">{_e(ch.change)}</td></tr>'
+        for row, ch in ((row, row.change) for row in rv.outside))
     opened = " open" if len(rv.outside) <= _OPEN_ROWS else ""
     return (f'<section id="outside"><h2>Changes outside functions</h2><details{opened}><summary>'
             f"{len(rv.outside)} type, variable, macro and other change(s)</summary>"
@@ -317,7 +334,7 @@ def _finding(i: int, v: FindingView) -> str:
     if v.rule is not None:
         rule = (f"<details><summary>rule {v.rule.id}: {_e(v.rule.summary)}</summary>"
                 f"<p>{_e(v.rule.description)}</p></details>")
-    return (f'<div class="finding sev-{f.severity}" id="finding-{i}" data-rule="{_e(f.rule)}">'
+    return (f'<div class="finding sev-{_cls(f.severity)}" id="finding-{i}" data-rule="{_e(f.rule)}">'
             f'<div><span class="rule">{_e(f.severity)} {_e(f.rule)} {_e(f.name)}</span> '
             f'<span class="note">{_e(where)}</span></div><div class="msg">{_e(f.message)}</div>'
             f'{patch}<div class="hint">hint: {_e(f.hint)}</div>{rule}</div>')
@@ -333,11 +350,13 @@ def _findings(rv: Review) -> str:
     out.append(f"<p>Release <code>{_e(rv.release_name)}</code> against {_e(against)}: "
                + ", ".join(f"{sev.get(s, 0)} {s}(s)" for s in SEVERITIES) + ".</p>")
     i = 0
-    for sev in SEVERITIES:
+    others = sorted({v.finding.severity for v in rv.findings} - set(SEVERITIES))  # from a hand-made manifest
+    for sev in (*SEVERITIES, *others):
         group = [v for v in rv.findings if v.finding.severity == sev]
         if not group:
             continue
-        out.append(f'<h3 class="sev-title" id="findings-{sev}">{sev.capitalize()}s ({len(group)})</h3>')
+        out.append(f'<h3 class="sev-title" id="findings-{_cls(sev)}">{_e(sev.capitalize())}s '
+                   f"({len(group)})</h3>")
         for v in group:
             i += 1
             out.append(_finding(i, v))
@@ -351,8 +370,8 @@ def _objects(rv: Review) -> str:
     obj = rv.objects or {}
     s = obj.get("summary", {})
     out = ['<section id="objects"><h2>What the compiled code says</h2>',
-           f"<p>{s.get('units', 0)} unit(s), {s.get('compiled', 0)} compiled, "
-           f"{s.get('cache_hits', 0)} from the cache.</p>"]
+           f"<p>{_e(s.get('units', 0))} unit(s), {_e(s.get('compiled', 0))} compiled, "
+           f"{_e(s.get('cache_hits', 0))} from the cache.</p>"]
     fns = obj.get("functions", [])
     if fns:
         out.append('<table class="objects"><thead><tr><th>function</th><th>file</th><th>verdict</th>'
@@ -378,8 +397,9 @@ def _graph(rv: Review) -> str:
     text = (f"{len(edges)} pair(s) of releases change the same functions; hover an arc for the functions."
             if edges else "No two releases change the same function.")
     return (f'<section id="graph"><h2>Release graph</h2><p>{text}</p><div class="scroll">'
-            f"{release_graph_svg(rv.releases, rv.release, rv.release, tuple(edges), rv.installed)}"
-            "</div></section>")
+            + release_graph_svg(rv.releases, max(rv.release, rv.installed or 0), rv.release, tuple(edges),
+                                rv.installed)
+            + "</div></section>")
 
 
 def _diffs(rv: Review) -> str:
@@ -402,9 +422,9 @@ def _diffs(rv: Review) -> str:
             body.append(f'<p>compiled code: {_e(_WHAT.get(row.compiled[0], row.compiled[0]))} '
                         f"({_e(row.compiled[1])})</p>")
         # the id is inside: following a link to it opens the details (the browser reveals its target)
-        out.append(f'<details class="diff c-{ch.change}"><summary><b>{_e(ch.name)}</b> '
+        out.append(f'<details class="diff c-{_cls(ch.change)}"><summary><b>{_e(ch.name)}</b> '
                    f'<span class="note">{_e(ch.file)}</span> '
-                   f'<span class="k-{ch.change}">&nbsp;{_e(ch.change)}&nbsp;</span></summary>'
+                   f'<span class="k-{_cls(ch.change)}">&nbsp;{_e(ch.change)}&nbsp;</span></summary>'
                    f'<div class="body" id="{row.anchor}">' + "".join(body) + "</div></details>")
     if len(out) == 1:
         out.append('<p class="note">No function to show.</p>')
@@ -440,8 +460,8 @@ def _patches(rv: Review) -> str:
     for x in rv.excerpts:
         by_release.setdefault(x.release, []).append(x)
     if not by_release:
-        note = ("the series' patch files could not be read from the paths the bundle records"
-                if rv.from_bundle else "nothing links to a patch line")
+        note = ("the bundle does not carry the series' patches (compile it again to have them)"
+                if rv.from_bundle and not rv.carries_patches else "nothing links to a patch line")
         out.append(f'<p class="note">No hunk to show: {note}.</p>')
     for r, xs in sorted(by_release.items()):
         size = sum(len(x.lines) for x in xs)

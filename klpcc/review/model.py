@@ -89,6 +89,7 @@ class Review:
     excerpts: tuple[Excerpt, ...]
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
+    carries_patches: bool = True  # a bundle written with patches/ (always true of a series)
 
     @property
     def release_name(self) -> str:
