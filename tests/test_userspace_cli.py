@@ -4,15 +4,14 @@ through the command line."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from .helpers import klpcc
+from .userspace_helpers import wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ROOT / "fixtures" / "demo" / "live" / "patches"
@@ -42,11 +41,7 @@ def running(tmp_path_factory):
     foreign = tmp / "r2-other.so"
     assert klpcc("build", str(bundle), "--binary", str(other_exe), "-o", str(foreign)).returncode == 0
     proc = subprocess.Popen([str(exe), "2", "50", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sock = Path(f"/tmp/.klpcc-{os.geteuid()}/{proc.pid}.sock")
-    for _ in range(100):
-        if sock.exists():
-            break
-        time.sleep(0.05)
+    wait_listening(proc.pid)
     yield proc.pid, good, foreign, tmp
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)

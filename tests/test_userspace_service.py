@@ -15,7 +15,6 @@ that release answers."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import klpcc
+from .userspace_helpers import wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ROOT / "fixtures" / "service" / "patches"
@@ -137,11 +137,7 @@ def test_under_load_each_step_answers_as_a_fresh_build(service):
     with open(log, "w") as out:
         proc = subprocess.Popen([str(exe), "16", "20", "0"], stdout=out, stderr=subprocess.STDOUT)
     try:
-        sock = Path(f"/tmp/.klpcc-{os.geteuid()}/{proc.pid}.sock")
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.02)
+        wait_listening(proc.pid)
         first = _after(log, 0)
         assert first[1:4] == fresh[0], (first, fresh[0])
         worker_original = first[4]

@@ -216,6 +216,23 @@ class Builder:
 # ---- the control socket ------------------------------------------------------------------------
 
 
+def wait_listening(pid: int, timeout: float = 10.0) -> None:
+    """Until the runtime in process ``pid`` listens (its socket found as the client
+    finds it)."""
+    from klpcc.emit.userspace.client import locate
+    from klpcc.errors import KlpccError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            locate(pid)
+            return
+        except KlpccError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def request(sock: Path, line: str, timeout: float = 120.0) -> dict:
     """Send one request line; return the answer (one line of JSON)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -1,14 +1,27 @@
 // SPDX-License-Identifier: MIT
 /*
  * control.c - the control socket.  A thread started by the constructor listens on
- * $KLPCC_SOCKET_DIR/<pid>.sock (default /tmp/.klpcc-<euid>, a directory of the euid that
- * nobody else may write) and serves one connection at a time: the client sends one
- * line, the runtime answers one line of JSON and closes.
+ * <dir>/<pid>.sock and serves one connection at a time: the client sends one line, the
+ * runtime answers one line of JSON and closes.
  *
+ *   apply-fd <timeout_ms> <name>   (the patch object's descriptor sent with SCM_RIGHTS)
  *   apply <timeout_ms> <absolute path>   status   disable <timeout_ms>
  *
- * Only the process's euid and root may talk to it (SO_PEERCRED).  The thread blocks
- * every signal, the stop signal included: it is the one thread never stopped.
+ * <dir> is $KLPCC_SOCKET_DIR, else a directory nobody else can create: /run/klpcc for
+ * root, $XDG_RUNTIME_DIR/klpcc or /run/user/<euid>/klpcc for others, else
+ * /tmp/.klpcc-<euid> -- and when another user took that name first, a fresh
+ * /tmp/.klpcc-<euid>.XXXXXX (clients find a process's socket through /proc, whatever
+ * the directory).  Every directory must belong to the euid and be writable by nobody
+ * else.
+ *
+ * Only the process's euid and root may talk to it (SO_PEERCRED, in this process's user
+ * namespace), or a peer that proves it may read this process's memory (and so could
+ * control it anyway): a refusal names the address of a random token, and a request
+ * prefixed "proof <token in hex> " is accepted.  Root of the host reaches a process in
+ * a container's user namespace that way; a container's root cannot reach the host's.
+ *
+ * The thread blocks every signal, the stop signal included: it is the one thread never
+ * stopped.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,54 +43,114 @@
 #define MAX_REQUEST (PATH_MAX + 64)
 #define MAX_TIMEOUT_MS (24ul * 3600 * 1000)
 
+#define WHY_LEN (PATH_MAX + 128)
+
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static char made_dir[PATH_MAX]; /* a directory of ours under /tmp, removed at exit */
 static int listen_fd = -1;
 static pid_t owner;
+static unsigned char proof[16]; /* what a peer that can read our memory can send back */
+static int proof_ready;
 
 static void remove_socket(void)
 {
 	/* A forked child inherits this handler but not the socket. */
-	if (getpid() == owner && socket_path[0])
+	if (getpid() == owner && socket_path[0]) {
 		unlink(socket_path);
+		if (made_dir[0])
+			rmdir(made_dir);
+	}
+}
+
+/* Is ``dir`` a directory of the euid that nobody else may write?  0, or -1 and why. */
+static int safe_dir(const char *dir, char *why)
+{
+	struct stat st;
+
+	if (lstat(dir, &st)) {
+		snprintf(why, WHY_LEN, "cannot stat %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(why, WHY_LEN, "%s is not a directory", dir);
+		return -1;
+	}
+	if (st.st_uid != geteuid()) {
+		snprintf(why, WHY_LEN, "%s belongs to uid %u, not to uid %u", dir, (unsigned)st.st_uid,
+			 (unsigned)geteuid());
+		return -1;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		snprintf(why, WHY_LEN, "%s is writable by group or others (mode %03o)", dir,
+			 (unsigned)(st.st_mode & 0777));
+		return -1;
+	}
+	return 0;
+}
+
+/* ``dir`` created (0700) if missing, and safe. */
+static int own_dir(const char *dir, char *why)
+{
+	if (mkdir(dir, 0700) && errno != EEXIST) {
+		snprintf(why, WHY_LEN, "cannot create %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	return safe_dir(dir, why);
+}
+
+/* ``dir`` = ``parent``/klpcc, where ``parent`` is a safe directory of ours. */
+static int under(char *dir, size_t len, const char *parent, char *why)
+{
+	int n = snprintf(dir, len, "%s/klpcc", parent);
+
+	if (n < 0 || (size_t)n >= len) {
+		snprintf(why, WHY_LEN, "%s is too long", parent);
+		return -1;
+	}
+	return safe_dir(parent, why) || own_dir(dir, why);
 }
 
 static int socket_dir(char *dir, size_t len)
 {
 	const char *env = getenv("KLPCC_SOCKET_DIR");
-	struct stat st;
-
+	char why[WHY_LEN], parent[64];
 	int n;
 
-	if (env && *env)
+	if (env && *env) {
 		n = snprintf(dir, len, "%s", env);
-	else
-		n = snprintf(dir, len, "/tmp/.klpcc-%u", (unsigned)geteuid());
-	if (n < 0 || (size_t)n >= len) {
-		klp_log("KLPCC_SOCKET_DIR is too long; not listening");
+		if (n < 0 || (size_t)n >= len) {
+			klp_log("KLPCC_SOCKET_DIR is too long; not listening");
+			return -1;
+		}
+		if (own_dir(dir, why)) {
+			klp_log("%s; not listening", why);
+			return -1;
+		}
+		return 0;
+	}
+	if (geteuid() == 0) {
+		if (!under(dir, len, "/run", why))
+			return 0;
+	} else {
+		const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+		if (xdg && *xdg && !under(dir, len, xdg, why))
+			return 0;
+		snprintf(parent, sizeof(parent), "/run/user/%u", (unsigned)geteuid());
+		if (!under(dir, len, parent, why))
+			return 0;
+	}
+	snprintf(dir, len, "/tmp/.klpcc-%u", (unsigned)geteuid());
+	if (!own_dir(dir, why))
+		return 0;
+	/* Another user took the name first: a fresh directory nobody else can have made. */
+	snprintf(dir, len, "/tmp/.klpcc-%u.XXXXXX", (unsigned)geteuid());
+	if (!mkdtemp(dir)) {
+		klp_log("%s, and cannot make another: %s; not listening", why, strerror(errno));
 		return -1;
 	}
-	if (mkdir(dir, 0700) && errno != EEXIST) {
-		klp_log("cannot create %s: %s; not listening", dir, strerror(errno));
-		return -1;
-	}
-	if (lstat(dir, &st)) {
-		klp_log("cannot stat %s: %s; not listening", dir, strerror(errno));
-		return -1;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		klp_log("%s is not a directory; not listening", dir);
-		return -1;
-	}
-	if (st.st_uid != geteuid()) {
-		klp_log("%s belongs to uid %u, not to uid %u; not listening", dir,
-			(unsigned)st.st_uid, (unsigned)geteuid());
-		return -1;
-	}
-	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-		klp_log("%s is writable by group or others (mode %03o); not listening", dir,
-			(unsigned)(st.st_mode & 0777));
-		return -1;
-	}
+	klp_log("%s; listening in %s instead", why, dir);
+	snprintf(made_dir, sizeof(made_dir), "%s", dir);
 	return 0;
 }
 
@@ -103,6 +177,8 @@ static int open_socket(void)
 	    listen(fd, 16)) {
 		klp_log("cannot listen on %s: %s", addr.sun_path, strerror(errno));
 		unlink(addr.sun_path);
+		if (made_dir[0])
+			rmdir(made_dir);
 		close(fd);
 		return -1;
 	}
@@ -180,7 +256,7 @@ static const char *parse_timeout(const char *s, unsigned long *ms)
 	return p;
 }
 
-static void dispatch(char *line, struct klp_json *j)
+static void dispatch(char *line, int passed, struct klp_json *j)
 {
 	struct klp_outcome out = { 0 };
 	unsigned long ms;
@@ -190,13 +266,24 @@ static void dispatch(char *line, struct klp_json *j)
 		klp_status(j);
 		return;
 	}
-	if (!strncmp(line, "apply ", 6)) {
+	if (!strncmp(line, "apply-fd ", 9)) {
+		rest = parse_timeout(line + 9, &ms);
+		if (!rest || *rest != ' ' || !rest[1]) {
+			refuse(j, "request", "usage: apply-fd <timeout_ms> <name>, with the descriptor");
+			return;
+		}
+		if (passed < 0) {
+			refuse(j, "request", "apply-fd came without a file descriptor (SCM_RIGHTS)");
+			return;
+		}
+		klp_apply(rest + 1, passed, ms, &out);
+	} else if (!strncmp(line, "apply ", 6)) {
 		rest = parse_timeout(line + 6, &ms);
 		if (!rest || *rest != ' ' || rest[1] != '/') {
 			refuse(j, "request", "usage: apply <timeout_ms> <absolute path>");
 			return;
 		}
-		klp_apply(rest + 1, ms, &out);
+		klp_apply(rest + 1, -1, ms, &out);
 	} else if (!strncmp(line, "disable ", 8)) {
 		rest = parse_timeout(line + 8, &ms);
 		if (!rest || *rest) {
@@ -213,17 +300,49 @@ static void dispatch(char *line, struct klp_json *j)
 	klp_outcome_free(&out);
 }
 
-/* Read one line (without its end); -1 if none arrived. */
-static int read_line(int fd, char *buf, size_t size)
+/* Keep the first descriptor a message carries in *passed; close any other. */
+static void take_fds(struct msghdr *mh, int *passed)
+{
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+		size_t n;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (*passed < 0)
+				*passed = fd;
+			else
+				close(fd);
+		}
+	}
+}
+
+/* Read one line (without its end), and the descriptor sent with it (else -1); -1 if no
+ * line arrived. */
+static int read_line(int fd, char *buf, size_t size, int *passed)
 {
 	size_t len = 0;
 
+	*passed = -1;
 	while (len < size - 1) {
-		ssize_t n = recv(fd, buf + len, size - 1 - len, 0);
+		union {
+			char buf[CMSG_SPACE(4 * sizeof(int))];
+			struct cmsghdr align;
+		} ctrl;
+		struct iovec iov = { buf + len, size - 1 - len };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.buf,
+				     .msg_controllen = sizeof(ctrl.buf) };
+		ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
 		char *nl;
 
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n >= 0)
+			take_fds(&mh, passed);
 		if (n <= 0)
 			break;
 		buf[len + (size_t)n] = 0;
@@ -243,6 +362,35 @@ static int read_line(int fd, char *buf, size_t size)
 	return 0;
 }
 
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A line "proof <32 hex digits> <request>": whether the token is ours (in time that does
+ * not depend on where it differs); *line moves to the request. */
+static int proven(char **line)
+{
+	unsigned char diff = 0;
+	char *p = *line;
+
+	if (strncmp(p, "proof ", 6))
+		return 0;
+	p += 6;
+	for (size_t i = 0; i < sizeof(proof); i++) {
+		int hi = hexval(p[2 * i]), lo = hi < 0 ? -1 : hexval(p[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return 0;
+		diff |= (unsigned char)(proof[i] ^ (hi << 4 | lo));
+	}
+	p += 2 * sizeof(proof);
+	if (*p != ' ')
+		return 0;
+	*line = p + 1;
+	return proof_ready && !diff;
+}
+
 static void serve(int fd)
 {
 	static char line[MAX_REQUEST];
@@ -250,25 +398,34 @@ static void serve(int fd)
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	struct klp_json j = { 0 };
-	char msg[128];
+	char msg[160], *request = line;
+	int passed, trusted;
 
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	/* The line is read in every case: closing with it unread would reset the connection
 	 * before the client reads the answer. */
-	int got = read_line(fd, line, sizeof(line));
+	int got = read_line(fd, line, sizeof(line), &passed);
 
+	trusted = !got && proven(&request);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || len != sizeof(cred)) {
 		refuse(&j, "request", "cannot read the peer's credentials");
-	} else if (cred.uid != geteuid() && cred.uid != 0) {
-		snprintf(msg, sizeof(msg), "uid %u may not control this process (uid %u or root only)",
-			 (unsigned)cred.uid, (unsigned)geteuid());
-		refuse(&j, "request", msg);
+	} else if (cred.uid != geteuid() && cred.uid != 0 && !trusted) {
+		snprintf(msg, sizeof(msg), "uid %u may not control this process (uid %u or root only, "
+			 "as this process's user namespace sees them)", (unsigned)cred.uid,
+			 (unsigned)geteuid());
+		klp_json_raw(&j, "{\"ok\":false,\"step\":\"request\",\"error\":");
+		klp_json_str(&j, msg);
+		if (proof_ready)
+			klp_json_fmt(&j, ",\"proof\":\"%p\"", (void *)proof);
+		klp_json_raw(&j, "}");
 	} else if (got) {
 		refuse(&j, "request", "no request line");
 	} else {
-		dispatch(line, &j);
+		dispatch(request, passed, &j);
 	}
+	if (passed >= 0)
+		close(passed);
 	send_line(fd, &j);
 	klp_json_free(&j);
 }
@@ -303,6 +460,7 @@ void klp_control_start(void)
 	listen_fd = open_socket();
 	if (listen_fd < 0)
 		return;
+	proof_ready = getrandom(proof, sizeof(proof), 0) == (ssize_t)sizeof(proof);
 	sigfillset(&all);
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

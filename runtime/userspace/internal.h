@@ -113,7 +113,8 @@ struct klp_outcome {
 	uint64_t stopped_us, total_us;
 };
 
-void klp_apply(const char *path, unsigned long timeout_ms, struct klp_outcome *out);
+/* Load and install the patch object ``path`` (read from ``fd`` when it is not -1). */
+void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out);
 void klp_disable(unsigned long timeout_ms, struct klp_outcome *out);
 void klp_status(struct klp_json *j);
 void klp_outcome_free(struct klp_outcome *out);

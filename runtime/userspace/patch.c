@@ -156,12 +156,12 @@ static int check_descriptor(struct patch *p, struct klp_outcome *out)
 
 /* Whether the file holds what its ELF headers say it does: dlopen's messages about a
  * truncated object are vague, and mapping one may fault later. */
-static int check_file(const char *path, off_t size, struct klp_outcome *out)
+static int check_file(const char *src, const char *path, off_t size, struct klp_outcome *out)
 {
 	Elf64_Ehdr eh;
 	Elf64_Phdr ph;
 	uint64_t need;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -1;
+	int fd = open(src, O_RDONLY | O_CLOEXEC), rc = -1;
 
 	if (fd < 0) {
 		fail(out, "read", "%s: %s", path, strerror(errno));
@@ -196,19 +196,30 @@ out:
 	return rc;
 }
 
-static struct patch *load(const char *path, struct klp_outcome *out)
+/*
+ * Load the patch object named ``path`` (for messages, status and telling objects
+ * apart) from ``fd`` when the client sent one (the file as the client sees it,
+ * whatever this process's filesystem is), else from ``path``.
+ */
+static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 {
 	struct patch *p;
 	struct link_map *lm;
 	const char *err;
+	char via[64];
+	const char *src = path;
 
+	if (fd >= 0) {
+		snprintf(via, sizeof(via), "/proc/self/fd/%d", fd);
+		src = via;
+	}
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->path = strdup(path))) {
 		free(p);
 		fail(out, "internal", "out of memory");
 		return NULL;
 	}
-	if (stat(path, &p->st)) {
+	if (fd >= 0 ? fstat(fd, &p->st) : stat(path, &p->st)) {
 		fail(out, "read", "%s: %s", path, strerror(errno));
 		goto drop;
 	}
@@ -216,7 +227,12 @@ static struct patch *load(const char *path, struct klp_outcome *out)
 		fail(out, "read", "%s: not a regular file", path);
 		goto drop;
 	}
-	if (check_file(path, p->st.st_size, out))
+	if (fd >= 0 && access(via, R_OK)) {
+		fail(out, "read", "%s: cannot be loaded from its descriptor (%s: %s): this process's "
+		     "filesystem has no /proc", path, via, strerror(errno));
+		goto drop;
+	}
+	if (check_file(src, path, p->st.st_size, out))
 		goto drop;
 	for (struct patch *q = loaded; q; q = q->next)
 		if (!strcmp(q->path, path) &&
@@ -231,7 +247,7 @@ static struct patch *load(const char *path, struct klp_outcome *out)
 			goto drop;
 		}
 	dlerror();
-	p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	p->handle = dlopen(src, RTLD_NOW | RTLD_LOCAL);
 	if (!p->handle) {
 		err = dlerror();
 		fail(out, "read", "%s", err ? err : "dlopen failed");
@@ -580,14 +596,14 @@ static void unload_unused(struct plan *pl, const struct patch *kept, const struc
 
 /* ---- apply, disable, status ------------------------------------------------------------------ */
 
-void klp_apply(const char *path, unsigned long timeout_ms, struct klp_outcome *out)
+void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out)
 {
 	uint64_t start = klp_now_us();
 	struct patch *p, *prev = installed;
 	struct plan pl = { 0 };
 	int rc;
 
-	p = load(path, out);
+	p = load(path, fd, out);
 	if (!p)
 		return;
 	if (resolve(p, out))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,34 +12,149 @@ from pathlib import Path
 
 from ...errors import KlpccError
 
+_HINT = "link it with `klpcc config --libs` or start it with LD_PRELOAD=$(klpcc config --preload)"
+_MAX_SUN_PATH = 107
 
-def socket_path(pid: int, explicit: str | None = None) -> Path:
-    """Where the runtime in process ``pid`` listens: ``$KLPCC_SOCKET_DIR`` (default
-    ``/tmp/.klpcc-<uid>``, the process's effective uid) ``/<pid>.sock``."""
-    if explicit:
-        return Path(explicit)
+
+def _status(pid: int) -> dict[str, list[str]]:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         raise KlpccError(f"no process {pid}") from None
     except OSError as exc:
         raise KlpccError(f"cannot read /proc/{pid}/status: {exc.strerror}") from None
-    uid = next((line.split()[2] for line in status.splitlines() if line.startswith("Uid:")), None)
-    base = os.environ.get("KLPCC_SOCKET_DIR") or f"/tmp/.klpcc-{uid}"
-    return Path(base) / f"{pid}.sock"
+    return {k: v.split() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
 
-def request(pid: int, line: str, *, wait: float, explicit: str | None = None) -> dict:
-    """Send one request to the runtime of ``pid``; its one-line JSON answer."""
-    path = socket_path(pid, explicit)
-    if not path.exists():
-        raise KlpccError(f"process {pid} runs no klpcc runtime ({path} does not exist): link it with "
-                         "`klpcc config --libs` or start it with LD_PRELOAD=$(klpcc config --preload)")
+def _same_ns(pid: int, kind: str) -> bool | None:
+    """Is process ``pid`` in our namespace of ``kind`` (None: cannot tell)?"""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def _listening(pid: int) -> list[str] | None:
+    """The paths (as the process sees them) of the Unix sockets process ``pid`` listens
+    on; None when this user may not look at its descriptors."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        table = Path(f"/proc/{pid}/net/unix").read_text(errors="replace").splitlines()[1:]
+    except PermissionError:
+        return None
+    except OSError:
+        return []
+    out = []
+    for line in table:
+        f = line.split(None, 7)
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000: listening
+        if len(f) == 8 and f[6] in inodes and int(f[3], 16) & 0x10000 and f[7].startswith("/"):
+            out.append(f[7])
+    return out
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to reach the runtime of a process: ``path`` to connect to from here, and
+    ``shown``, the socket as the process sees it."""
+
+    pid: int
+    path: Path
+    shown: str
+    other_userns: bool = False
+
+    def about(self) -> str:
+        return f"process {self.pid}" + (" (in another user namespace)" if self.other_userns else "")
+
+
+def locate(pid: int, explicit: str | None = None) -> Endpoint:
+    """Find the control socket of the runtime in process ``pid``, from the process's
+    point of view: the Unix socket it listens on named ``<its pid>.sock`` (through
+    ``/proc/PID/root`` when it has its own mount namespace: a private /tmp, a
+    container), else the conventional directories there; ``$KLPCC_SOCKET_DIR`` here
+    first when it is set."""
+    if explicit:
+        return Endpoint(pid, Path(explicit), explicit)
+    st = _status(pid)
+    nspid = (st.get("NSpid") or [str(pid)])[-1]  # its pid in its own pid namespace
+    uid = (st.get("Uid") or ["?", "?"])[1]
+    other_userns = _same_ns(pid, "user") is False
+    root = "" if _same_ns(pid, "mnt") else f"/proc/{pid}/root"
+    env = os.environ.get("KLPCC_SOCKET_DIR")
+    if env:
+        for name in dict.fromkeys((nspid, str(pid))):
+            if (Path(env) / f"{name}.sock").exists():
+                return Endpoint(pid, Path(env) / f"{name}.sock", f"{env}/{name}.sock", other_userns)
+    found = _listening(pid)
+    if found is None:  # not ours to look at: the usual places
+        found = [f"{d}/{nspid}.sock" for d in ("/run/klpcc", f"/run/user/{uid}/klpcc", f"/tmp/.klpcc-{uid}")]
+        found += sorted(str(p / f"{nspid}.sock")[len(root):]
+                        for p in Path(f"{root}/tmp").glob(f".klpcc-{uid}.*"))
+    mine = [p for p in found if p.rsplit("/", 1)[-1] == f"{nspid}.sock" and os.path.lexists(root + p)]
+    if mine:
+        return Endpoint(pid, Path(root + mine[0]), mine[0], other_userns)
+    raise KlpccError(_absent(pid, other_userns))
+
+
+def _absent(pid: int, other_userns: bool) -> str:
+    """Why no socket was found: no runtime in the process, or one that does not listen."""
+    who = f"process {pid}" + (" (in another user namespace)" if other_userns else "")
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except OSError as exc:
+        return (f"{who}: no klpcc socket found, and this user may not look into the process "
+                f"({exc.strerror}): run as its user or root")
+    if "libklpcc" in maps:
+        return (f"{who} runs the klpcc runtime, but it listens on no socket (its standard error "
+                "says why: 'not listening')")
+    return f"{who} runs no klpcc runtime: {_HINT}"
+
+
+def _connect(ep: Endpoint, wait: float) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)
+    target = str(ep.path)
+    dirfd = None
     try:
-        sock.connect(str(path))
-        sock.sendall(line.encode() + b"\n")
+        if len(target.encode()) > _MAX_SUN_PATH:  # through a descriptor of its directory
+            dirfd = os.open(os.path.dirname(target), os.O_PATH | os.O_CLOEXEC)
+            target = f"/proc/self/fd/{dirfd}/{os.path.basename(target)}"
+        sock.connect(target)
+        return sock
+    except PermissionError:
+        sock.close()
+        owner = ""
+        with contextlib.suppress(OSError):
+            owner = f" (it belongs to uid {os.stat(ep.path).st_uid})"
+        raise KlpccError(f"this user (uid {os.geteuid()}) may not open the klpcc socket of {ep.about()}, "
+                         f"{ep.shown}{owner}: run as the process's user or root") from None
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        raise KlpccError(f"the klpcc runtime of {ep.about()} does not answer: its socket {ep.shown} is "
+                         "there but nothing listens on it (the process is exiting, or stopped)") from None
+    except TimeoutError:
+        sock.close()
+        raise KlpccError(f"{ep.about()} did not answer within {wait:.0f} s") from None
+    except OSError as exc:
+        sock.close()
+        raise KlpccError(f"cannot talk to {ep.about()} at {ep.shown}: {exc.strerror or exc}") from None
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+
+
+def _exchange(ep: Endpoint, line: str, wait: float, fd: int | None) -> dict:
+    sock = _connect(ep, wait)
+    try:
+        if fd is None:
+            sock.sendall(line.encode() + b"\n")
+        else:
+            socket.send_fds(sock, [line.encode() + b"\n"], [fd])
         chunks = []
         while True:
             data = sock.recv(65536)
@@ -46,18 +162,48 @@ def request(pid: int, line: str, *, wait: float, explicit: str | None = None) ->
                 break
             chunks.append(data)
     except TimeoutError:
-        raise KlpccError(f"process {pid} did not answer within {wait:.0f} s") from None
+        raise KlpccError(f"{ep.about()} did not answer within {wait:.0f} s") from None
     except OSError as exc:
-        raise KlpccError(f"cannot talk to process {pid} at {path}: {exc.strerror or exc}") from None
+        raise KlpccError(f"cannot talk to {ep.about()} at {ep.shown}: {exc.strerror or exc}") from None
     finally:
         sock.close()
     text = b"".join(chunks).decode("utf-8", "replace").strip()
     try:
         doc = json.loads(text)
     except ValueError:
-        raise KlpccError(f"process {pid} answered something else than JSON: {text[:200]!r}") from None
+        raise KlpccError(f"process {ep.pid} answered something else than JSON: {text[:200]!r}") from None
     if not isinstance(doc, dict) or "ok" not in doc:
-        raise KlpccError(f"process {pid} answered an unexpected document: {text[:200]!r}")
+        raise KlpccError(f"process {ep.pid} answered an unexpected document: {text[:200]!r}")
+    return doc
+
+
+def _proof(pid: int, address: str) -> str | None:
+    """The runtime's token at ``address`` in process ``pid``, read from its memory: what
+    a user who may read (and so control) the process can send back; None when this user
+    may not."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(int(address, 16))
+            token = mem.read(16)
+    except (OSError, ValueError, OverflowError):
+        return None
+    return token.hex() if len(token) == 16 else None
+
+
+def request(pid: int, line: str, *, wait: float, explicit: str | None = None, fd: int | None = None) -> dict:
+    """Send one request to the runtime of ``pid`` (with the descriptor ``fd``); its
+    one-line JSON answer.  When the runtime does not know the caller's uid in its user
+    namespace (root of the host and a process in a container), the caller proves that
+    it may read the process's memory, if it may."""
+    ep = locate(pid, explicit)
+    doc = _exchange(ep, line, wait, fd)
+    if not doc.get("ok") and doc.get("step") == "request" and isinstance(doc.get("proof"), str):
+        token = _proof(pid, doc["proof"])
+        if token is not None:
+            return _exchange(ep, f"proof {token} {line}", wait, fd)
+        doc = {k: v for k, v in doc.items() if k != "proof"}
+        doc["error"] = f"{doc.get('error', '')}; this user may not read its memory either"
+    doc.pop("proof", None)
     return doc
 
 
@@ -111,12 +257,21 @@ def _status_text(doc: dict) -> str:
 
 
 def apply(pid: int, patch: str, timeout: float, explicit: str | None = None) -> Answer:
-    """Install the patch object ``patch`` in process ``pid``: an atomic replace."""
+    """Install the patch object ``patch`` in process ``pid``: an atomic replace.  The
+    object travels as an open descriptor, so the process loads it whatever its own
+    filesystem holds (a container, a chroot)."""
     path = Path(patch)
     if not path.is_file():
         raise KlpccError(f"no patch object {patch}")
-    return Answer("apply", request(pid, f"apply {int(timeout * 1000)} {path.resolve()}", wait=timeout + 30,
-                                   explicit=explicit))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KlpccError(f"cannot open the patch object {patch}: {exc.strerror}") from None
+    try:
+        return Answer("apply", request(pid, f"apply-fd {int(timeout * 1000)} {path.resolve()}",
+                                       wait=timeout + 30, explicit=explicit, fd=fd))
+    finally:
+        os.close(fd)
 
 
 def status(pid: int, explicit: str | None = None) -> Answer:
