@@ -38,6 +38,7 @@ struct patch {
 	struct patch *next;		/* loaded patches, newest first */
 	void *handle;
 	char *path;
+	int fd;				/* the descriptor it was loaded from (-1: its path) */
 	struct stat st;
 	const struct klpcc_patch *desc;
 	struct klp_object_map map;
@@ -90,6 +91,8 @@ static void free_patch(struct patch *p)
 {
 	if (p->handle)
 		dlclose(p->handle);
+	if (p->fd >= 0)
+		close(p->fd);
 	if (p->states)
 		klp_states_retire(p->states);
 	free(p->funcs);
@@ -209,15 +212,24 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 	char via[64];
 	const char *src = path;
 
-	if (fd >= 0) {
-		snprintf(via, sizeof(via), "/proc/self/fd/%d", fd);
-		src = via;
-	}
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->path = strdup(path))) {
 		free(p);
 		fail(out, "internal", "out of memory");
 		return NULL;
+	}
+	p->fd = -1;
+	if (fd >= 0) {
+		/* A descriptor of its own, held while the object is loaded: the loader knows
+		 * objects by name, and no two loaded patches then share a /proc/self/fd name. */
+		p->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (p->fd < 0) {
+			fail(out, "read", "%s: %s", path, strerror(errno));
+			goto drop;
+		}
+		snprintf(via, sizeof(via), "/proc/self/fd/%d", p->fd);
+		src = via;
+		fd = p->fd;
 	}
 	if (fd >= 0 ? fstat(fd, &p->st) : stat(path, &p->st)) {
 		fail(out, "read", "%s: %s", path, strerror(errno));
