@@ -84,20 +84,25 @@ def locate(pid: int, explicit: str | None = None) -> Endpoint:
     nspid = (st.get("NSpid") or [str(pid)])[-1]  # its pid in its own pid namespace
     uid = (st.get("Uid") or ["?", "?"])[1]
     other_userns = _same_ns(pid, "user") is False
-    root = "" if _same_ns(pid, "mnt") else f"/proc/{pid}/root"
+    same_mnt = _same_ns(pid, "mnt")
+    # paths the process sees, from here: through its root unless it shares our mounts
+    roots = [""] if same_mnt else [f"/proc/{pid}/root"] if same_mnt is False else [f"/proc/{pid}/root", ""]
     env = os.environ.get("KLPCC_SOCKET_DIR")
     if env:
         for name in dict.fromkeys((nspid, str(pid))):
             if (Path(env) / f"{name}.sock").exists():
                 return Endpoint(pid, Path(env) / f"{name}.sock", f"{env}/{name}.sock", other_userns)
     found = _listening(pid)
-    if found is None:  # not ours to look at: the usual places
-        found = [f"{d}/{nspid}.sock" for d in ("/run/klpcc", f"/run/user/{uid}/klpcc", f"/tmp/.klpcc-{uid}")]
-        found += sorted(str(p / f"{nspid}.sock")[len(root):]
-                        for p in Path(f"{root}/tmp").glob(f".klpcc-{uid}.*"))
-    mine = [p for p in found if p.rsplit("/", 1)[-1] == f"{nspid}.sock" and os.path.lexists(root + p)]
-    if mine:
-        return Endpoint(pid, Path(root + mine[0]), mine[0], other_userns)
+    for root in roots:
+        paths = found
+        if paths is None:  # not ours to look at: the usual places
+            dirs = ["/run/klpcc", f"/run/user/{uid}/klpcc", f"/tmp/.klpcc-{uid}"]
+            with contextlib.suppress(OSError):
+                dirs += sorted(f"/tmp/{p.name}" for p in Path(f"{root}/tmp").glob(f".klpcc-{uid}.*"))
+            paths = [f"{d}/{nspid}.sock" for d in dirs]
+        mine = [p for p in paths if p.rsplit("/", 1)[-1] == f"{nspid}.sock" and os.path.lexists(root + p)]
+        if mine:
+            return Endpoint(pid, Path(root + mine[0]), mine[0], other_userns)
     raise KlpccError(_absent(pid, other_userns))
 
 
