@@ -398,8 +398,8 @@ def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, loader: bool, 
 
 def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--socket", "sock", metavar="PATH", type=click.Path(),
-                      help="The runtime's socket (default: $KLPCC_SOCKET_DIR or /tmp/.klpcc-UID, "
-                           "then /PID.sock).")(fn)
+                      help="The runtime's socket (default: the one the process listens on, found "
+                           "from its own view of the filesystem).")(fn)
     return click.option("--pid", "pid", required=True, type=click.IntRange(min=1),
                         help="The process to talk to.")(fn)
 

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from klpcc.emit.userspace.client import locate
 from klpcc.emit.userspace.client import status as client_status
 from klpcc.errors import KlpccError
 
 from .helpers import klpcc
+from .test_schemas import ID_BASE, registry
 from .test_userspace_cli import SERIES, SRC, _service
 from .userspace_helpers import request, wait_listening
 
@@ -254,6 +256,8 @@ def test_a_user_namespace_whose_root_is_not_the_hosts(built):
         plain = request(ep.path, "status")
         assert (plain["ok"], plain["step"]) == (False, "request") and "uid 65534 may not" in plain["error"]
         assert plain["proof"].startswith("0x")
+        schema = {"$ref": f"{ID_BASE}runtime-answer.schema.json#/$defs/status"}
+        assert not list(Draft202012Validator(schema, registry=registry()).iter_errors(plain))
         _cycle(proc.pid, patch)
         # another user may not even look for its socket, nor read its memory
         got = _as_user(OTHER, lambda: client_status(proc.pid).doc)
