@@ -298,3 +298,32 @@ def test_a_containers_root_may_not_patch_the_hosts_process(built):
         assert res.returncode == 0 and "no patch installed" in res.stdout
     finally:
         _stop(proc, proc.pid)
+
+
+def test_messages_tell_apart_what_was_found(built, tmp_path):
+    """A runtime that listens on no socket (it said why on its stderr), and a socket
+    nothing listens on."""
+    import socket as sockets
+
+    tmp, exe, _ = built
+    bad = tmp_path / "open"
+    bad.mkdir(mode=0o777)
+    bad.chmod(0o777)
+    env = dict(_env(tmp), KLPCC_SOCKET_DIR=str(bad))
+    proc = subprocess.Popen([str(exe), "2", "50", "0"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "libklpcc" not in Path(f"/proc/{proc.pid}/maps").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        res = klpcc("status", "--pid", str(proc.pid))
+        want = f"process {proc.pid} runs the klpcc runtime, but it listens on no socket"
+        assert res.returncode == 2 and want in res.stderr, res.stderr
+    finally:
+        _stop(proc, proc.pid)
+    assert "writable by group or others" in proc.stderr.read()
+    stale = tmp_path / "stale.sock"
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as s:
+        s.bind(str(stale))  # bound, never listening
+        res = klpcc("status", "--pid", str(os.getpid()), "--socket", str(stale))
+    assert res.returncode == 2 and "does not answer" in res.stderr and str(stale) in res.stderr, res.stderr
