@@ -53,6 +53,10 @@ def built():
         patch = tmp / "r2.so"
         res = klpcc("build", str(bundle), "--binary", str(exe), "-o", str(patch))
         assert res.returncode == 0, res.stderr
+        res = klpcc("compile", str(SERIES), "--source", str(SRC), "-r", "3", "-o", str(tmp / "b3"))
+        assert res.returncode == 0, res.stderr
+        res = klpcc("build", str(tmp / "b3"), "--binary", str(exe), "-o", str(tmp / "r3.so"))
+        assert res.returncode == 0, res.stderr
         for p in tmp.iterdir():
             p.chmod(0o755)
         yield tmp, exe, patch
@@ -85,6 +89,10 @@ def _descendant(pid: int, name: str, timeout: float = 10.0) -> int:
 
 
 def _stop(proc: subprocess.Popen, pid: int) -> None:
+    """Kill the service (and what started it), and remove the socket a killed runtime
+    leaves behind."""
+    with contextlib.suppress(KlpccError, OSError):
+        locate(pid).path.unlink()  # through its root, whatever its mount namespace
     for p in (pid, proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
@@ -128,7 +136,8 @@ def test_private_tmp_and_run_from_the_host_and_from_inside(built):
         wait_listening(pid)
         ep = locate(pid)
         assert ep.shown == "/run/klpcc/1.sock" and str(ep.path) == f"/proc/{pid}/root/run/klpcc/1.sock"
-        assert not Path(ep.shown).exists()  # not on the host's filesystem
+        # not the host's /run/klpcc/1.sock (if the host has one)
+        assert not Path(ep.shown).exists() or os.stat(ep.shown).st_ino != ep.path.stat().st_ino
         _cycle(pid, patch)
         _cycle(pid, patch, inside=["nsenter", "--target", str(pid), "--mount", "--pid", "--"], target="1")
     finally:
@@ -285,15 +294,17 @@ def test_a_containers_root_may_not_patch_the_hosts_process(built):
         assert ep.shown == f"/run/klpcc/{proc.pid}.sock"
         got = _as_user(OTHER, lambda: client_status(proc.pid).doc, userns=True)
         assert got.startswith("error ") and "may not" in got, got
-        mode = ep.path.parent.stat().st_mode & 0o777
+        sock = Path(ep.shown)  # the host's own path: the other user may not go through /proc/PID/root
+        mode = sock.parent.stat().st_mode & 0o777
         try:
-            ep.path.parent.chmod(0o711)
-            ep.path.chmod(0o666)
-            got = _as_user(OTHER, lambda: client_status(proc.pid, str(ep.path)).doc, userns=True)
+            sock.parent.chmod(0o711)
+            sock.chmod(0o666)
+            got = _as_user(OTHER, lambda: client_status(proc.pid, str(sock)).doc, userns=True)
             assert got.startswith("ok ") and "may not control this process" in got, got
             assert "may not read its memory either" in got and "'ok': False" in got
         finally:
-            ep.path.parent.chmod(mode)
+            sock.chmod(0o600)
+            sock.parent.chmod(mode)
         res = klpcc("status", "--pid", str(proc.pid))
         assert res.returncode == 0 and "no patch installed" in res.stdout
     finally:
@@ -327,3 +338,113 @@ def test_messages_tell_apart_what_was_found(built, tmp_path):
         s.bind(str(stale))  # bound, never listening
         res = klpcc("status", "--pid", str(os.getpid()), "--socket", str(stale))
     assert res.returncode == 2 and "does not answer" in res.stderr and str(stale) in res.stderr, res.stderr
+
+
+def _installed(pid: int) -> list[str]:
+    res = klpcc("status", "--pid", str(pid), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    return [p["name"] for p in json.loads(res.stdout)["patches"] if p["state"] == "installed"]
+
+
+def test_the_same_object_twice_then_another_release(built):
+    """Loading through descriptors: applying one object twice, then the next release,
+    installs the next release (the loader knows objects by name and by file; each
+    apply loads a copy of its own)."""
+    tmp, exe, patch = built
+    proc = subprocess.Popen([str(exe), "2", "50", "0"], env=_env(tmp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(proc.pid)
+        for obj, name in ((patch, PATCH), (patch, PATCH), (tmp / "r3.so", "0003-shop-greeting-back-out"),
+                          (patch, PATCH)):
+            res = klpcc("apply", "--pid", str(proc.pid), str(obj), "--format", "json")
+            assert res.returncode == 0 and json.loads(res.stdout)["patch"] == name, res.stdout + res.stderr
+            assert _installed(proc.pid) == [name]
+    finally:
+        _stop(proc, proc.pid)
+
+
+def test_two_pid_namespaces_sharing_run(built):
+    """Two services that are both pid 1 of their own PID namespace and share /run: the
+    second listens beside the first (not over it), and each is patched alone."""
+    tmp, exe, patch = built
+    procs, pids = [], []
+    try:
+        for _ in range(2):
+            cmd = ["unshare", "--pid", "--fork", "--mount-proc", str(exe), "2", "50", "0"]
+            procs.append(subprocess.Popen(cmd, env=_env(tmp), stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            pids.append(_descendant(procs[-1].pid, "service"))
+            wait_listening(pids[-1])
+        shown = [locate(p).shown for p in pids]
+        assert shown[0] == "/run/klpcc/1.sock"
+        assert shown[1].startswith("/run/klpcc/1.") and shown[1] != shown[0]
+        res = klpcc("apply", "--pid", str(pids[0]), str(patch))
+        assert res.returncode == 0, res.stderr
+        assert _installed(pids[0]) == [PATCH] and _installed(pids[1]) == []
+    finally:
+        for proc, pid in zip(procs, pids):
+            _stop(proc, pid)
+
+
+def test_nothing_is_sent_to_a_socket_that_is_not_the_processs(built, tmp_path):
+    """A socket at the place given (or found) that another process listens on gets
+    neither the patch object nor a request."""
+    import socket as sockets
+
+    tmp, exe, patch = built
+    proc = subprocess.Popen([str(exe), "2", "50", "0"], env=_env(tmp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    fake = tmp_path / "fake.sock"
+    try:
+        wait_listening(proc.pid)
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as listener:
+            listener.bind(str(fake))
+            listener.listen(4)
+            res = klpcc("apply", "--pid", str(proc.pid), str(patch), "--socket", str(fake))
+            assert res.returncode == 2 and f"is not the klpcc socket of process {proc.pid}" in res.stderr
+            assert f"process {os.getpid()} listens on it" in res.stderr, res.stderr
+            listener.settimeout(2)
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(2)
+                assert conn.recv(100) == b""  # connected, and closed with nothing said
+        assert _installed(proc.pid) == []
+    finally:
+        _stop(proc, proc.pid)
+
+
+def test_an_object_the_process_could_not_open_and_a_plain_chroot(built):
+    """The object travels as the client's descriptor: a file only root may read goes
+    to a service of another user; and a service chrooted in the host's own mount
+    namespace is found through its root."""
+    tmp, exe, patch = built
+    private = tmp / "private"
+    private.mkdir(mode=0o700)
+    secret = private / "r2.so"
+    shutil.copy(patch, secret)
+    secret.chmod(0o600)
+    proc = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", str(exe),
+                             "2", "50", "0"], env=dict(_env(tmp), KLPCC_SOCKET_DIR=str(tmp / "socks")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp / "socks").mkdir(mode=0o700)
+    os.chown(tmp / "socks", USER, USER)
+    try:
+        wait_listening(proc.pid)
+        _cycle(proc.pid, secret)
+    finally:
+        _stop(proc, proc.pid)
+    root = _minimal_root(tmp, exe)
+    proc = subprocess.Popen(["chroot", str(root), "/service", "2", "50", "0"], env=_env(tmp),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(proc.pid)
+        ep = locate(proc.pid)
+        assert ep.shown == f"/run/klpcc/{proc.pid}.sock"
+        assert (root / "run/klpcc" / f"{proc.pid}.sock").exists()
+        assert _installed(proc.pid) == []
+        # its root has no /proc: a descriptor cannot be opened by name there, and it says so
+        res = klpcc("apply", "--pid", str(proc.pid), str(patch))
+        assert res.returncode == 1 and "this process has no /proc" in res.stderr, res.stderr
+    finally:
+        _stop(proc, proc.pid)

@@ -169,9 +169,11 @@ def test_apply_nop_downgrade_disable(env, prog):
 def test_requests_and_socket(env, prog):
     assert prog.request("frobnicate") == {
         "ok": False, "step": "request",
-        "error": "unknown request (apply <timeout_ms> <path> | status | disable <timeout_ms>)"}
-    for bad in ("apply 100 relative.so", "apply x /abs.so", "apply 100",
-                "disable", "disable x", "status now"):
+        "error": "unknown request (apply-fd <timeout_ms> <name> | apply <timeout_ms> <path> | status | "
+                 "disable <timeout_ms>)"}
+    for bad in ("apply 100 relative.so", "apply x /abs.so", "apply 100", "apply-fd 100 /abs.so",
+                "apply-fd 100", "apply-fd x /abs.so", "disable", "disable x", "status now",
+                "proof 00 status", "proof " + "0" * 32 + " status"):
         r = prog.request(bad)
         assert (r["ok"], r["step"]) == (False, "request"), (bad, r)
     # The socket is the process's, mode 0600, and goes away with it.

@@ -112,7 +112,7 @@ static int under(char *dir, size_t len, const char *parent, char *why)
 
 static int socket_dir(char *dir, size_t len)
 {
-	const char *env = getenv("KLPCC_SOCKET_DIR");
+	const char *env = secure_getenv("KLPCC_SOCKET_DIR");
 	char why[WHY_LEN], parent[64];
 	int n;
 
@@ -132,7 +132,7 @@ static int socket_dir(char *dir, size_t len)
 		if (!under(dir, len, "/run", why))
 			return 0;
 	} else {
-		const char *xdg = getenv("XDG_RUNTIME_DIR");
+		const char *xdg = secure_getenv("XDG_RUNTIME_DIR");
 
 		if (xdg && *xdg && !under(dir, len, xdg, why))
 			return 0;
@@ -154,6 +154,20 @@ static int socket_dir(char *dir, size_t len)
 	return 0;
 }
 
+/* Does something listen on the socket ``path``? */
+static int alive(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+
+	if (fd < 0)
+		return 0;
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	ok = !connect(fd, (struct sockaddr *)&a, sizeof(a));
+	close(fd);
+	return ok;
+}
+
 static int open_socket(void)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -171,6 +185,21 @@ static int open_socket(void)
 	if (fd < 0) {
 		klp_log("socket: %s; not listening", strerror(errno));
 		return -1;
+	}
+	if (alive(addr.sun_path)) {
+		/* A process with our pid in another PID namespace, sharing the directory: a
+		 * name of our own beside its (clients find the socket through /proc). */
+		unsigned char r[4] = { 0 };
+
+		if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+			r[0] = (unsigned char)time(NULL);
+		n = snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/%d.%02x%02x%02x%02x.sock", dir,
+			     (int)getpid(), r[0], r[1], r[2], r[3]);
+		if (n < 0 || (size_t)n >= sizeof(addr.sun_path)) {
+			klp_log("socket path in %s is too long; not listening", dir);
+			close(fd);
+			return -1;
+		}
 	}
 	unlink(addr.sun_path); /* a process with our pid that died without cleaning up */
 	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) || chmod(addr.sun_path, 0600) ||
@@ -292,8 +321,8 @@ static void dispatch(char *line, int passed, struct klp_json *j)
 		}
 		klp_disable(ms, &out);
 	} else {
-		refuse(j, "request", "unknown request (apply <timeout_ms> <path> | status | "
-				     "disable <timeout_ms>)");
+		refuse(j, "request", "unknown request (apply-fd <timeout_ms> <name> | apply <timeout_ms> "
+				     "<path> | status | disable <timeout_ms>)");
 		return;
 	}
 	answer_outcome(j, &out);
@@ -367,8 +396,9 @@ static int hexval(char c)
 	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* A line "proof <32 hex digits> <request>": whether the token is ours (in time that does
- * not depend on where it differs); *line moves to the request. */
+/* A line "proof <32 hex digits> <request>": 1 if the token is ours, -1 if it is not (in
+ * time that does not depend on where it differs), 0 for any other line; *line moves to
+ * the request. */
 static int proven(char **line)
 {
 	unsigned char diff = 0;
@@ -388,7 +418,7 @@ static int proven(char **line)
 	if (*p != ' ')
 		return 0;
 	*line = p + 1;
-	return proof_ready && !diff;
+	return proof_ready && !diff ? 1 : -1;
 }
 
 static void serve(int fd)
@@ -407,9 +437,11 @@ static void serve(int fd)
 	 * before the client reads the answer. */
 	int got = read_line(fd, line, sizeof(line), &passed);
 
-	trusted = !got && proven(&request);
+	trusted = got ? 0 : proven(&request);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || len != sizeof(cred)) {
 		refuse(&j, "request", "cannot read the peer's credentials");
+	} else if (trusted < 0) {
+		refuse(&j, "request", "the proof is not this process's token");
 	} else if (cred.uid != geteuid() && cred.uid != 0 && !trusted) {
 		snprintf(msg, sizeof(msg), "uid %u may not control this process (uid %u or root only, "
 			 "as this process's user namespace sees them)", (unsigned)cred.uid,

@@ -199,6 +199,33 @@ out:
 	return rc;
 }
 
+/* The object behind the descriptor a client sent, copied into a memfd; -1 on failure. */
+static int copy_object(int fd, off_t size, const char *path, struct klp_outcome *out)
+{
+	char buf[65536];
+	off_t at = 0;
+	int mfd = memfd_create("klpcc-patch", MFD_CLOEXEC);
+
+	if (mfd < 0) {
+		fail(out, "read", "%s: memfd_create: %s", path, strerror(errno));
+		return -1;
+	}
+	while (at < size) {
+		ssize_t n = pread(fd, buf, sizeof(buf), at);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0 || write(mfd, buf, (size_t)n) != n) {
+			fail(out, "read", "%s: cannot read it from the descriptor: %s", path,
+			     n < 0 ? strerror(errno) : n == 0 ? "it got shorter" : "cannot copy it");
+			close(mfd);
+			return -1;
+		}
+		at += n;
+	}
+	return mfd;
+}
+
 /*
  * Load the patch object named ``path`` (for messages, status and telling objects
  * apart) from ``fd`` when the client sent one (the file as the client sees it,
@@ -219,18 +246,6 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 		return NULL;
 	}
 	p->fd = -1;
-	if (fd >= 0) {
-		/* A descriptor of its own, held while the object is loaded: the loader knows
-		 * objects by name, and no two loaded patches then share a /proc/self/fd name. */
-		p->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-		if (p->fd < 0) {
-			fail(out, "read", "%s: %s", path, strerror(errno));
-			goto drop;
-		}
-		snprintf(via, sizeof(via), "/proc/self/fd/%d", p->fd);
-		src = via;
-		fd = p->fd;
-	}
 	if (fd >= 0 ? fstat(fd, &p->st) : stat(path, &p->st)) {
 		fail(out, "read", "%s: %s", path, strerror(errno));
 		goto drop;
@@ -239,10 +254,20 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 		fail(out, "read", "%s: not a regular file", path);
 		goto drop;
 	}
-	if (fd >= 0 && access(via, R_OK)) {
-		fail(out, "read", "%s: cannot be loaded from its descriptor (%s: %s): this process's "
-		     "filesystem has no /proc", path, via, strerror(errno));
-		goto drop;
+	if (fd >= 0) {
+		/* A copy of its own, held while the object is loaded: nobody can change the
+		 * code under it, it is a new file to the loader each time (which knows objects
+		 * by name and by file), and no two loaded patches share a /proc/self/fd name. */
+		p->fd = copy_object(fd, p->st.st_size, path, out);
+		if (p->fd < 0)
+			goto drop;
+		snprintf(via, sizeof(via), "/proc/self/fd/%d", p->fd);
+		src = via;
+		if (access(via, R_OK)) {
+			fail(out, "read", "%s: cannot be loaded from a descriptor (%s: %s): this process "
+			     "has no /proc", path, via, strerror(errno));
+			goto drop;
+		}
 	}
 	if (check_file(src, path, p->st.st_size, out))
 		goto drop;
@@ -265,6 +290,12 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 		fail(out, "read", "%s", err ? err : "dlopen failed");
 		goto drop;
 	}
+	for (struct patch *q = loaded; q; q = q->next)
+		if (fd >= 0 && q->handle == p->handle) {
+			fail(out, "internal", "%s: the loader answered with %s, loaded before", path,
+			     q->desc->name);
+			goto drop;
+		}
 	if (dlinfo(p->handle, RTLD_DI_LINKMAP, &lm) ||
 	    klp_object_map(lm->l_addr, lm->l_name, &p->map)) {
 		fail(out, "internal", "%s: cannot find the loaded object", path);

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,9 @@ def locate(pid: int, explicit: str | None = None) -> Endpoint:
     nspid = (st.get("NSpid") or [str(pid)])[-1]  # its pid in its own pid namespace
     uid = (st.get("Uid") or ["?", "?"])[1]
     other_userns = _same_ns(pid, "user") is False
-    same_mnt = _same_ns(pid, "mnt")
-    # paths the process sees, from here: through its root unless it shares our mounts
-    roots = [""] if same_mnt else [f"/proc/{pid}/root"] if same_mnt is False else [f"/proc/{pid}/root", ""]
+    # paths the process sees, from here: through its root (its mount namespace, its
+    # chroot), or as they are when this user may not go there and it shares our mounts
+    roots = [f"/proc/{pid}/root"] + ([""] if _same_ns(pid, "mnt") is not False else [])
     env = os.environ.get("KLPCC_SOCKET_DIR")
     if env:
         for name in dict.fromkeys((nspid, str(pid))):
@@ -100,10 +101,16 @@ def locate(pid: int, explicit: str | None = None) -> Endpoint:
             with contextlib.suppress(OSError):
                 dirs += sorted(f"/tmp/{p.name}" for p in Path(f"{root}/tmp").glob(f".klpcc-{uid}.*"))
             paths = [f"{d}/{nspid}.sock" for d in dirs]
-        mine = [p for p in paths if p.rsplit("/", 1)[-1] == f"{nspid}.sock" and os.path.lexists(root + p)]
+        mine = [p for p in paths if _named(p.rsplit("/", 1)[-1], nspid) and os.path.lexists(root + p)]
         if mine:
             return Endpoint(pid, Path(root + mine[0]), mine[0], other_userns)
     raise KlpccError(_absent(pid, other_userns))
+
+
+def _named(name: str, nspid: str) -> bool:
+    """Is ``name`` the runtime's socket of the process whose own pid is ``nspid``
+    (``PID.sock``, or ``PID.XXXXXXXX.sock`` beside another PID namespace's)?"""
+    return name == f"{nspid}.sock" or (name.startswith(f"{nspid}.") and name.endswith(".sock"))
 
 
 def _absent(pid: int, other_userns: bool) -> str:
@@ -130,6 +137,12 @@ def _connect(ep: Endpoint, wait: float) -> socket.socket:
             dirfd = os.open(os.path.dirname(target), os.O_PATH | os.O_CLOEXEC)
             target = f"/proc/self/fd/{dirfd}/{os.path.basename(target)}"
         sock.connect(target)
+        peer = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        if peer != ep.pid:  # nothing is sent to a socket that is not the process's own
+            sock.close()
+            whose = f"process {peer}" if peer else "a process this one cannot see"
+            raise KlpccError(f"the socket {ep.shown} is not the klpcc socket of {ep.about()}: {whose} "
+                             "listens on it")
         return sock
     except PermissionError:
         sock.close()
