@@ -32,6 +32,7 @@ from tests.userspace_helpers import (
     Func,
     Patch,
     Program,
+    as_user,
     build_program,
     build_runtime,
     simple,
@@ -223,32 +224,18 @@ def test_foreign_uid_refused(env, tmp_path):
     prog = Program(env.binary, tmp_path / "run", env={"KLPCC_SOCKET_DIR": str(sockdir)})
     prog.sock = sockdir / f"{prog.pid}.sock"
 
+    def ask(line: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(prog.sock))
+            s.sendall(line.encode() + b"\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return data.decode()
+
     def as_nobody(line: str) -> str:
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: become nobody and ask
-            try:
-                os.close(rfd)
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(10)
-                    s.connect(str(prog.sock))
-                    s.sendall(line.encode() + b"\n")
-                    data = b""
-                    while chunk := s.recv(4096):
-                        data += chunk
-                os.write(wfd, data)
-            except OSError as e:
-                os.write(wfd, f"error {e.errno}".encode())
-            finally:
-                os._exit(0)
-        os.close(wfd)
-        with os.fdopen(rfd, "rb") as f:
-            out = f.read().decode()
-        os.waitpid(pid, 0)
-        return out
+        return as_user(65534, lambda: ask(line))
 
     # The directory (0700) and the socket (0600) already keep other users out ...
     assert as_nobody(f"apply 1000 {p1}").startswith("error ")

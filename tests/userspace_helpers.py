@@ -8,6 +8,7 @@ symbol table (read with pyelftools), compiled as klpcc would compile them.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+
+from klpcc.errors import KlpccError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ROOT / "runtime" / "userspace"
@@ -220,7 +223,6 @@ def wait_listening(pid: int, timeout: float = 10.0) -> None:
     """Until the runtime in process ``pid`` listens (its socket found as the client
     finds it)."""
     from klpcc.emit.userspace.client import locate
-    from klpcc.errors import KlpccError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -319,3 +321,39 @@ class Program:
                 self.proc.wait()
         self._stderr.close()
         return self.proc.returncode
+
+
+def as_user(uid: int, fn, *, userns: bool = False) -> str:
+    """Run ``fn()`` in a child as ``uid`` (as the root of a new user namespace mapped to
+    ``uid`` with ``userns``: a container's root); what it returned, as text, or
+    "error ..." (a KlpccError or an OSError) or "crash ..." (anything else)."""
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            if userns:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self is ours again after setuid
+                if libc.unshare(0x10000000):  # CLONE_NEWUSER
+                    raise OSError(ctypes.get_errno(), "unshare")
+                Path("/proc/self/setgroups").write_text("deny")
+                Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+                Path("/proc/self/gid_map").write_text(f"0 {uid} 1")
+            try:
+                text = str(fn())
+            except (KlpccError, OSError) as exc:
+                text = f"error {exc}"
+            os.write(wfd, text.encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(wfd, f"crash {type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(child, 0)
+    return out
