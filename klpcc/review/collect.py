@@ -4,19 +4,19 @@ bundle (:func:`from_bundle`), into a :class:`~.model.Review`."""
 from __future__ import annotations
 
 import difflib
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..c import CSource, Item, is_c_file, split_lines
+from ..diffs import parse_patch
 from ..errors import KlpccError
 from ..history import ADDED, DROPPED, MODIFIED, NOP, Analysis, item_key
 from ..lint.rules import RULES
 from ..manifest import Bundle, Change, Finding, lint_sections
-from ..report import change_of, clean
-from ..series import release_name
+from ..report import change_of
+from ..series import Patch, release_name
 from .model import MAX_COLUMNS, DiffLine, Edge, Excerpt, FindingView, FunctionDiff, Review, Row
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 MAX_DIFF_LINES = 400  # per function; the rest is counted, not shown
 _WHOLE_HUNK = 120  # longer hunks show windows around the lines linked to
 _WINDOW = 12
-_HUNK = re.compile(r"@@ -\d{1,10}(?:,(\d{1,10}))? \+\d{1,10}(?:,(\d{1,10}))? @@")
 
 Texts = Callable[[str], tuple[bytes | None, bytes | None]]  # path -> (base, release)
 Span = tuple[int, int] | None
@@ -42,19 +41,23 @@ class _Patches:
     """The patches of the series (the ones that can be read) and the parts of them the
     report links to."""
 
-    def __init__(self, releases: tuple[str, ...], read: Callable[[int], tuple[str, bytes] | None],
-                 release_of: Callable[[str], int | None]):
+    def __init__(self, releases: tuple[str, ...], read: Callable[[int], Patch | None],
+                 release_of: Callable[[str], int | None], exists: Callable[[str], bool] | None = None):
         self.releases = releases
         self._read = read
         self.release_of = release_of  # a patch file's path, as shown -> its release
+        self._exists = exists  # does the base have this path (to tell -p0 from -p1)
         self._lines: dict[int, tuple[str, list[str]] | None] = {}
+        self._patch: dict[int, Patch] = {}
         self.marks: dict[int, set[int]] = {}
 
     def lines(self, release: int) -> tuple[str, list[str]] | None:
         if release not in self._lines:
             got = self._read(release)
             self._lines[release] = None if got is None else (
-                got[0], [ln.decode("utf-8", "replace").rstrip("\r") for ln in got[1].split(b"\n")])
+                got.path, [ln.decode("utf-8", "replace").rstrip("\r") for ln in got.data.split(b"\n")])
+            if got is not None:
+                self._patch[release] = got
         return self._lines[release]
 
     def mark(self, release: int, line: int | None) -> str | None:
@@ -77,7 +80,7 @@ class _Patches:
             got = self.lines(release)
             assert got is not None
             patch, lines = got
-            sections = _sections(lines)
+            sections = _sections(self._patch[release], lines, self._exists)
             groups: dict[tuple[int, int, int, str | None], set[int]] = {}
             for m in sorted(self.marks[release]):
                 groups.setdefault(_section_of(sections, m - 1, len(lines)), set()).add(m)
@@ -95,54 +98,23 @@ def line_id(release: int, line: int) -> str:
     return f"p{release}-{line}"
 
 
-def _sections(lines: list[str]) -> list[tuple[int, int, int, str | None]]:
-    """The hunks of a patch: (first line shown, hunk header, end, file), 0-based and
-    ``end`` exclusive; ``first`` is the file's diff header for its first hunk."""
+def _sections(patch: Patch, lines: list[str], exists: Callable[[str], bool] | None
+              ) -> list[tuple[int, int, int, str | None]]:
+    """The hunks of a patch, as the diff reader reads it: (first line shown, hunk
+    header, end, file), 0-based and ``end`` exclusive; ``first`` is the file's diff
+    header for its first hunk."""
+    try:
+        changes = parse_patch(patch, exists)
+    except KlpccError:  # it was read when the series was; a bundle's copy is checked by its hash
+        return []
     out: list[tuple[int, int, int, str | None]] = []
-    header: int | None = None
-    file: str | None = None
-    i, n = 0, len(lines)
-    while i < n:
-        t = lines[i]
-        m = _HUNK.match(t)
-        if m:
-            old = 1 if m.group(1) is None else int(m.group(1))
-            new = 1 if m.group(2) is None else int(m.group(2))
-            j = i + 1
-            while j < n and (old > 0 or new > 0):
-                c = lines[j][:1]
-                if c in (" ", ""):
-                    old, new = old - 1, new - 1
-                elif c == "-":
-                    old -= 1
-                elif c == "+":
-                    new -= 1
-                elif c != "\\":
-                    break
-                j += 1
-            while j < n and lines[j].startswith("\\"):
-                j += 1
-            out.append((i if header is None else header, i, j, file))
-            header = None
-            i = j
-            continue
-        if t.startswith("diff "):
-            header = i
-        elif t.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ "):
-            header = i if header is None else header
-            new_path = _diff_path(lines[i + 1][4:])
-            file = new_path if new_path is not None else _diff_path(t[4:])
-            i += 2
-            continue
-        i += 1
+    for fc in changes:
+        for i, h in enumerate(fc.hunks):
+            end = max((line for _, _, line in h.lines), default=h.patch_line)  # 1-based last = 0-based end
+            while end < len(lines) and lines[end].startswith("\\"):  # "\ No newline at end of file"
+                end += 1
+            out.append(((fc.patch_line if i == 0 else h.patch_line) - 1, h.patch_line - 1, end, fc.path))
     return out
-
-
-def _diff_path(text: str) -> str | None:
-    path = text.split("\t")[0].strip()
-    if path == "/dev/null":
-        return None
-    return path[2:] if path[:2] in ("a/", "b/") else path
 
 
 def _section_of(sections: list[tuple[int, int, int, str | None]], i: int, n: int
@@ -291,8 +263,8 @@ def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, .
     for i, ch in enumerate(functions, 1):
         rows.append(Row(anchor=f"fn{i}", change=ch, links=links(ch, patches), diff=code.diff(ch),
                         compiled=compiled.get((ch.name, ch.file)) or compiled.get((ch.name, None))))
-    others = [Row(anchor=f"item{i}", change=ch, links=links(ch, patches))
-              for i, ch in enumerate(outside, 1)]
+    outside_rows = [Row(anchor=f"item{i}", change=ch, links=links(ch, patches))
+                    for i, ch in enumerate(outside, 1)]
     index = {name: i for i, name in enumerate(releases, 1)}
     by_function: dict[tuple[str, str | None], str] = {}
     for row in rows:
@@ -319,7 +291,7 @@ def _build(*, origin: str, from_bundle: bool, base: dict, releases: tuple[str, .
     return Review(
         generator=f"klpcc {__version__}", origin=origin, from_bundle=from_bundle, base=dict(base),
         releases=releases, release=release, installed=installed, functions=tuple(rows),
-        outside=tuple(others), findings=views, lint_against=lint_against, lint_notes=lint_notes,
+        outside=tuple(outside_rows), findings=views, lint_against=lint_against, lint_notes=lint_notes,
         objects=objects, edges=_edges(rows, index), excerpts=tuple(patches.excerpts()),
         warnings=warnings, notes=notes, carries_patches=carries_patches)
 
@@ -336,11 +308,7 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
     release = analysis.release
     paths = {p.path: i for i, p in enumerate(rep.series.patches, 1)}
 
-    def read(r: int) -> tuple[str, bytes] | None:
-        p = rep.series.patches[r - 1]
-        return p.path, p.data
-
-    patches = _Patches(names, read, paths.get)
+    patches = _Patches(names, lambda r: rep.series.patches[r - 1], paths.get, rep.base.exists)
 
     def links(ch: Change, pt: _Patches) -> dict[int, str]:
         track = rep.functions.get(ch.key or "") or rep.outside.get(ch.key or "")
@@ -382,8 +350,8 @@ def from_series(analysis: Analysis, lint: LintResult | None = None, objects: Obj
     against: tuple[str, ...] = ()
     lnotes: tuple[str, ...] = ()
     if lint is not None:
-        findings = lint_sections(clean(lint_json(lint)) | {"states": [], "callbacks": [], "shadow": []}
-                                 )["lint"].findings
+        section = lint_json(lint) | {"states": [], "callbacks": [], "shadow": []}  # the findings only
+        findings = lint_sections(section)["lint"].findings
         against = tuple(lint.against)
         lnotes = tuple(lint.layout_notes) + tuple(lint.notes)
     return _build(
@@ -405,7 +373,12 @@ def from_bundle(bundle: Bundle) -> Review:
     names = tuple(m.releases)
     index = {name: i for i, name in enumerate(names, 1)}
     by_path = {p.path: index[p.release] for p in m.patches if p.release in index}
-    patches = _Patches(names, bundle.patch, by_path.get)
+    def read(r: int) -> Patch | None:
+        got = bundle.patch(r)
+        return None if got is None else Patch(names[r - 1], got[0], got[1])
+
+    known = {path for path, _ in m.base.files} | set(bundle.source_paths)
+    patches = _Patches(names, read, by_path.get, known.__contains__)
 
     def links(ch: Change, pt: _Patches) -> dict[int, str]:
         if ch.patch is None or not ch.touched or ch.touched[-1] not in index:
