@@ -222,14 +222,10 @@ def review_bundle(bundle: str | Path) -> Review:
 def write_review(rv: Review, output: str | Path) -> Path:
     """Write the report as one HTML file (atomically: a failure leaves no part of it)."""
     from .atomic import write_atomic
+    from .report import clean
     from .review import render
 
-    text = render(rv)
-    try:  # a byte of a source that was not UTF-8 becomes U+FFFD
-        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
-    except UnicodeEncodeError:
-        data = text.encode("utf-8", "replace")
-    write_atomic(output, data)
+    write_atomic(output, clean(render(rv)).encode("utf-8"))  # bytes not UTF-8 in a source: U+FFFD
     return Path(output)
 
 

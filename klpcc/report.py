@@ -85,7 +85,10 @@ def dump_json(doc: dict) -> str:
 def clean(value):
     """Strings as valid Unicode: bytes that were not UTF-8 in a source become U+FFFD."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+            return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
         return {clean(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -70,15 +70,19 @@ class Endpoint:
     other_userns: bool = False
 
     def about(self) -> str:
-        return f"process {self.pid}" + (" (in another user namespace)" if self.other_userns else "")
+        return _who(self.pid, self.other_userns)
+
+
+def _who(pid: int, other_userns: bool) -> str:
+    return f"process {pid}" + (" (in another user namespace)" if other_userns else "")
 
 
 def locate(pid: int, explicit: str | None = None) -> Endpoint:
     """Find the control socket of the runtime in process ``pid``, from the process's
-    point of view: the Unix socket it listens on named ``<its pid>.sock`` (through
-    ``/proc/PID/root`` when it has its own mount namespace: a private /tmp, a
-    container), else the conventional directories there; ``$KLPCC_SOCKET_DIR`` here
-    first when it is set."""
+    point of view: the Unix socket it listens on named ``<its pid>.sock``, reached
+    through ``/proc/PID/root`` (its mount namespace, its chroot), else the conventional
+    directories there; ``$KLPCC_SOCKET_DIR`` here first when it is set.  Whether the
+    socket really is the process's is checked on connecting."""
     if explicit:
         return Endpoint(pid, Path(explicit), explicit)
     st = _status(pid)
@@ -115,7 +119,7 @@ def _named(name: str, nspid: str) -> bool:
 
 def _absent(pid: int, other_userns: bool) -> str:
     """Why no socket was found: no runtime in the process, or one that does not listen."""
-    who = f"process {pid}" + (" (in another user namespace)" if other_userns else "")
+    who = _who(pid, other_userns)
     try:
         maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
     except OSError as exc:
