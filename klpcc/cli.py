@@ -336,9 +336,13 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
               help="The target's /proc/kallsyms (or System.map): symbol positions and inlined functions.")
 @click.option("--binary", "binary", metavar="PROG", type=click.Path(),
               help="Build a userspace patch object for this exact program (its build-id, symbols, DWARF).")
+@click.option("--library", "libraries", metavar="LIB.so", type=click.Path(), multiple=True,
+              help="Build a userspace patch object for this exact shared library (its build-id, symbols, "
+                   "DWARF); with --binary or repeated, one patch object changes them all. Repeatable.")
 @click.option("--cflags", "extra_cflags", metavar="FLAGS", default="",
-              help="--binary: options the program's sources need beyond what its DWARF records (-I, -D).")
-@click.option("--cc", "cc", metavar="CC", default="cc", show_default=True, help="--binary: the C compiler.")
+              help="--binary/--library: options the sources need beyond what the DWARF records (-I, -D).")
+@click.option("--cc", "cc", metavar="CC", default="cc", show_default=True,
+              help="--binary/--library: the C compiler.")
 @click.option("--sympos", metavar="FILE:NAME=N", multiple=True,
               help="Position of a static symbol whose name is defined several times. Repeatable.")
 @click.option("--immediate", metavar="FUNC", multiple=True,
@@ -354,29 +358,31 @@ def _sympos(values: tuple[str, ...]) -> tuple[tuple[str, str, int], ...]:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_guard
 def build_cmd(bundle: str, kdir: str | None, objects: tuple[str, ...], no_replace: bool, source_only: bool,
-              name: str | None, kallsyms: str | None, binary: str | None, extra_cflags: str, cc: str,
-              sympos: tuple[str, ...], immediate: tuple[str, ...], source_level: bool, outdir: str,
-              force: bool, jobs: int | None, fmt: str) -> None:
+              name: str | None, kallsyms: str | None, binary: str | None, libraries: tuple[str, ...],
+              extra_cflags: str, cc: str, sympos: tuple[str, ...], immediate: tuple[str, ...],
+              source_level: bool, outdir: str, force: bool, jobs: int | None, fmt: str) -> None:
     """Build the live patch of a bundle: a kernel livepatch module (--kernel) or a
-    patch object for a running program (--binary)."""
-    if binary:
+    patch object for running programs and shared libraries (--binary, --library)."""
+    if binary or libraries:
         if kdir or source_only or objects or kallsyms or no_replace:
-            raise KlpccError("--binary builds a userspace patch object: --kernel, --object, --kallsyms, "
-                             "--source-only and --no-replace are for the kernel")
+            raise KlpccError("--binary and --library build a userspace patch object: --kernel, --object, "
+                             "--kallsyms, --source-only and --no-replace are for the kernel")
         options = api.ProgramOptions
         built = api.build_program(options(bundle, binary, outdir, extra_cflags, cc, _sympos(sympos),
-                                          force, immediate, source_level))
+                                          force, immediate, source_level, libraries))
         if fmt == "json":
             click.echo(_report.dump_json(built.to_json()))
             return
-        click.echo(built.text(binary), nl=False)
+        click.echo(built.text(), nl=False)
         for n in built.notes:
             click.echo(f"klpcc: note: {n}", err=True)
         return
     if not kdir and not source_only:
-        raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG")
+        raise KlpccError("say what to build for: --kernel KDIR (or --source-only), or --binary PROG "
+                         "and/or --library LIB.so")
     if immediate:
-        raise KlpccError("--immediate is for --binary: the kernel's livepatch has no immediate functions")
+        raise KlpccError("--immediate is for --binary and --library: the kernel's livepatch has no immediate "
+                         "functions")
     res = api.build_kernel(api.KernelOptions(bundle, outdir, kdir, _object_map(objects), not no_replace,
                                          source_only, name, kallsyms, _sympos(sympos), force, jobs,
                                          source_level))

@@ -67,14 +67,19 @@ int main(int argc, char **argv)
 }
 
 
+class Object(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("build_id", ctypes.c_char_p)]
+
+
 class Func(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("offset", ctypes.c_ulong), ("size", ctypes.c_ulong),
-                ("new_func", ctypes.c_void_p), ("immediate", ctypes.c_int), ("why", ctypes.c_char_p)]
+                ("new_func", ctypes.c_void_p), ("immediate", ctypes.c_int), ("why", ctypes.c_char_p),
+                ("object", ctypes.c_uint)]
 
 
 class Ref(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("offset", ctypes.c_ulong),
-                ("slot", ctypes.POINTER(ctypes.c_void_p))]
+                ("slot", ctypes.POINTER(ctypes.c_void_p)), ("object", ctypes.c_uint)]
 
 
 class StateDecl(ctypes.Structure):
@@ -82,7 +87,8 @@ class StateDecl(ctypes.Structure):
 
 
 class Patch(ctypes.Structure):
-    _fields_ = [("abi", ctypes.c_uint), ("name", ctypes.c_char_p), ("build_id", ctypes.c_char_p),
+    _fields_ = [("abi", ctypes.c_uint), ("name", ctypes.c_char_p),
+                ("objects", ctypes.POINTER(Object)), ("nobjects", ctypes.c_uint),
                 ("funcs", ctypes.POINTER(Func)), ("nfuncs", ctypes.c_uint),
                 ("refs", ctypes.POINTER(Ref)), ("nrefs", ctypes.c_uint),
                 ("states", ctypes.POINTER(StateDecl)), ("nstates", ctypes.c_uint),
@@ -140,11 +146,13 @@ def test_descriptor_names_the_program_functions_with_their_offsets(built):
     assert funcs["calc"].why.decode() == "modified; inlined helper"
     assert funcs["untouched"].why.decode() == "inlined `helper` changed"
     assert {x["function"] for x in doc["added_by_inlining"]} == {"calc", "untouched"}
-    assert d.abi == 1 and d.nstates == 1 and (d.states[0].id, d.states[0].version) == (7, 3)
+    assert d.abi == 2 and d.nstates == 1 and (d.states[0].id, d.states[0].version) == (7, 3)
     with open(prog, "rb") as fh:
         note = next(n for s in ELFFile(fh).iter_sections() if s["sh_type"] == "SHT_NOTE"
                     for n in s.iter_notes() if n["n_type"] == "NT_GNU_BUILD_ID")
-    assert d.build_id.decode() == note["n_desc"] == doc["binary_build_id"]
+    assert d.nobjects == 1 and d.objects[0].name.decode() == prog.name
+    assert d.objects[0].build_id.decode() == note["n_desc"] == doc["binary_build_id"]
+    assert {f.object for f in funcs.values()} == {0} and doc["objects"][0]["kind"] == "program"
     manifest = json.loads(d.manifest.decode())
     assert manifest["schema"].startswith("klpcc.manifest/") and manifest["patch_object"]["functions"]
 

@@ -120,8 +120,11 @@ def test_apply_nop_downgrade_disable(env, prog):
     [patch] = st["patches"]
     assert patch == {
         "name": "r1", "path": str(p1), "state": "installed",
-        "functions": [{"name": "value", "immediate": False, "why": "modified"},
-                      {"name": "other", "immediate": False, "why": "modified"}],
+        "objects": [{"name": "program", "build_id": env.patches.build_id, "loaded": True}],
+        "functions": [{"name": "value", "object": "program", "pending": False, "immediate": False,
+                       "why": "modified"},
+                      {"name": "other", "object": "program", "pending": False, "immediate": False,
+                       "why": "modified"}],
         "states": [],
     }
     assert sorted(st["redirected"], key=lambda d: d["name"]) == [
@@ -171,9 +174,9 @@ def test_requests_and_socket(env, prog):
     assert prog.request("frobnicate") == {
         "ok": False, "step": "request",
         "error": "unknown request (apply-fd <timeout_ms> <name> | apply <timeout_ms> <path> | status | "
-                 "disable <timeout_ms>)"}
+                 "disable <timeout_ms> [<patch>])"}
     for bad in ("apply 100 relative.so", "apply x /abs.so", "apply 100", "apply-fd 100 /abs.so",
-                "apply-fd 100", "apply-fd x /abs.so", "disable", "disable x", "status now",
+                "apply-fd 100", "apply-fd x /abs.so", "disable", "disable x", "disable 100 ", "status now",
                 "proof 00 status", "proof " + "0" * 32 + " status"):
         r = prog.request(bad)
         assert (r["ok"], r["step"]) == (False, "request"), (bad, r)
@@ -703,7 +706,8 @@ def test_immediate_switches_under_a_running_thread(env, prog):
     assert r["ok"] and r["replaced"] == ["i1"] and r["unloaded"] == [], r
     st = prog.status()
     assert [(p["name"], p["state"]) for p in st["patches"]] == [("i2", "installed"), ("i1", "replaced")]
-    assert st["patches"][1]["functions"] == [{"name": "imm", "immediate": True, "why": "modified"}]
+    assert st["patches"][1]["functions"] == [{"name": "imm", "object": "program", "pending": False,
+                                              "immediate": True, "why": "modified"}]
     assert mapped(prog, i1)
     prog.cmd("unblock imm")
     assert wait_result(prog, "imm", 2) == 5 + STEP  # finished in i1's code, still loaded

@@ -111,7 +111,7 @@ class Patch:
     ref_offsets: dict[str, int] = field(default_factory=dict)
     build_id: str | None = None
     manifest: str | None = '{"release": "test"}'
-    abi: int = 1
+    abi: int = 2
     descriptor: str = "klpcc_patch_descriptor"  # the symbol's name
 
 
@@ -164,12 +164,13 @@ def patch_source(p: Patch, syms: dict[str, tuple[int, int]], bid: str) -> str:
         off, size = syms[f.name]
         off = p.offsets.get(f.name, off)
         entries.append(f'{{ "{f.name}", {off:#x}UL, {size}UL, (void *)klpp_{f.name}, '
-                       f'{int(f.immediate)}, {c_string(f.why)} }}')
+                       f'{int(f.immediate)}, {c_string(f.why)}, 0 }}')
     refs = []
     for r in p.refs:
         off = p.ref_offsets.get(r, syms[r][0])
-        refs.append(f'{{ "{r}", {off:#x}UL, &ref_{r} }}')
+        refs.append(f'{{ "{r}", {off:#x}UL, &ref_{r}, 0 }}')
     states = [f"{{ {i}, {v} }}" for i, v in p.states]
+    out.append(f'static const struct klpcc_object objects[] = {{ {{ "program", {c_string(p.build_id or bid)} }} }};')
     out.append("static const struct klpcc_func funcs[] = {\n  " + ",\n  ".join(entries or ["{0}"]) + "\n};")
     out.append("static const struct klpcc_ref refs[] = {\n  " + ",\n  ".join(refs or ["{0}"]) + "\n};")
     out.append("static const struct klpcc_state_decl states[] = {\n  "
@@ -179,7 +180,7 @@ def patch_source(p: Patch, syms: dict[str, tuple[int, int]], bid: str) -> str:
     out.append(
         f"const struct klpcc_patch {p.descriptor} = {{\n"
         f"  .abi = {p.abi}, .name = {c_string(p.name)},\n"
-        f"  .build_id = {c_string(p.build_id or bid)},\n"
+        f"  .objects = objects, .nobjects = 1,\n"
         f"  .funcs = funcs, .nfuncs = {len(entries)},\n"
         f"  .refs = refs, .nrefs = {len(refs)},\n"
         f"  .states = states, .nstates = {len(states)},\n"

@@ -5,7 +5,12 @@
  * runtime answers one line of JSON and closes.
  *
  *   apply-fd <timeout_ms> <name>   (the patch object's descriptor sent with SCM_RIGHTS)
- *   apply <timeout_ms> <absolute path>   status   disable <timeout_ms>
+ *   apply <timeout_ms> <absolute path>   status   disable <timeout_ms> [<patch>]
+ *
+ * The same thread does the runtime's own work, which threads of the program ask for and
+ * wait on (klp_control_sync): after a dlopen or dlclose, the objects that came or went
+ * (patch.c) and the patches installed for objects that came (store.c).  It does that
+ * even when it cannot listen.
  *
  * <dir> is $KLPCC_SOCKET_DIR, else a directory nobody else can create: /run/klpcc for
  * root, $XDG_RUNTIME_DIR/klpcc or /run/user/<euid>/klpcc for others, else
@@ -26,11 +31,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -44,6 +51,7 @@
 #define MAX_TIMEOUT_MS (24ul * 3600 * 1000)
 
 #define WHY_LEN (PATH_MAX + 128)
+#define SYNC_TIMEOUT_MS 10000ul /* patching a library as it loads */
 
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static char made_dir[PATH_MAX]; /* a directory of ours under /tmp, removed at exit */
@@ -51,6 +59,13 @@ static int listen_fd = -1;
 static pid_t owner;
 static unsigned char proof[16]; /* what a peer that can read our memory can send back */
 static int proof_ready;
+
+/* Work the program's threads ask the control thread for (klp_control_sync). */
+static int event_fd = -1;
+static pid_t control_tid;
+static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sync_done = PTHREAD_COND_INITIALIZER;
+static unsigned long sync_asked, sync_served;
 
 static void remove_socket(void)
 {
@@ -261,6 +276,8 @@ static void answer_outcome(struct klp_json *j, const struct klp_outcome *o)
 	klp_json_raw(j, o->unloaded.buf ? o->unloaded.buf : "");
 	klp_json_raw(j, "],\"nops\":[");
 	klp_json_raw(j, o->nops.buf ? o->nops.buf : "");
+	klp_json_raw(j, "],\"pending\":[");
+	klp_json_raw(j, o->pending.buf ? o->pending.buf : "");
 	klp_json_fmt(j, "],\"tries\":%u,\"parked\":%u,\"stopped_us\":%llu,\"total_us\":%llu}",
 		     o->tries, o->parked, (unsigned long long)o->stopped_us,
 		     (unsigned long long)o->total_us);
@@ -315,14 +332,14 @@ static void dispatch(char *line, int passed, struct klp_json *j)
 		klp_apply(rest + 1, -1, ms, &out);
 	} else if (!strncmp(line, "disable ", 8)) {
 		rest = parse_timeout(line + 8, &ms);
-		if (!rest || *rest) {
-			refuse(j, "request", "usage: disable <timeout_ms>");
+		if (!rest || (*rest && !rest[1])) {
+			refuse(j, "request", "usage: disable <timeout_ms> [<patch>]");
 			return;
 		}
-		klp_disable(ms, &out);
+		klp_disable(*rest ? rest + 1 : NULL, ms, &out);
 	} else {
 		refuse(j, "request", "unknown request (apply-fd <timeout_ms> <name> | apply <timeout_ms> "
-				     "<path> | status | disable <timeout_ms>)");
+				     "<path> | status | disable <timeout_ms> [<patch>])");
 		return;
 	}
 	answer_outcome(j, &out);
@@ -462,14 +479,42 @@ static void serve(int fd)
 	klp_json_free(&j);
 }
 
+/* What the program's threads asked for since the last time. */
+static void serve_sync(void)
+{
+	uint64_t n;
+	unsigned long asked;
+
+	if (read(event_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		return;
+	pthread_mutex_lock(&sync_lock);
+	asked = sync_asked;
+	pthread_mutex_unlock(&sync_lock);
+	klp_objects_sync(SYNC_TIMEOUT_MS);
+	klp_store_apply(SYNC_TIMEOUT_MS);
+	pthread_mutex_lock(&sync_lock);
+	sync_served = asked;
+	pthread_cond_broadcast(&sync_done);
+	pthread_mutex_unlock(&sync_lock);
+}
+
 static void *control_main(void *arg)
 {
 	(void)arg;
+	control_tid = klp_gettid();
 	for (;;) {
-		int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		struct pollfd pf[2] = { { event_fd, POLLIN, 0 }, { listen_fd, POLLIN, 0 } };
+		int fd;
 
+		if (poll(pf, listen_fd >= 0 ? 2 : 1, -1) < 0)
+			continue;
+		if (pf[0].revents)
+			serve_sync();
+		if (listen_fd < 0 || !(pf[1].revents & POLLIN))
+			continue;
+		fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EINTR && errno != ECONNABORTED) {
+			if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN) {
 				struct timespec ts = { 0, 100 * 1000 * 1000 };
 
 				nanosleep(&ts, NULL); /* EMFILE and the like: try later */
@@ -482,6 +527,23 @@ static void *control_main(void *arg)
 	return NULL;
 }
 
+void klp_control_sync(void)
+{
+	static const uint64_t one = 1;
+	unsigned long mine;
+
+	/* Not before the thread runs, not in a forked child (it has no control thread),
+	 * not from the control thread itself (a callback that loads a library). */
+	if (event_fd < 0 || getpid() != klp_prog.pid || klp_gettid() == control_tid)
+		return;
+	pthread_mutex_lock(&sync_lock);
+	mine = ++sync_asked;
+	if (write(event_fd, &one, sizeof(one)) == (ssize_t)sizeof(one))
+		while (sync_served < mine)
+			pthread_cond_wait(&sync_done, &sync_lock);
+	pthread_mutex_unlock(&sync_lock);
+}
+
 void klp_control_start(void)
 {
 	pthread_attr_t attr;
@@ -489,9 +551,12 @@ void klp_control_start(void)
 	sigset_t all, old;
 	int rc;
 
-	listen_fd = open_socket();
-	if (listen_fd < 0)
+	event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (event_fd < 0) {
+		klp_log("eventfd: %s; the runtime does not start", strerror(errno));
 		return;
+	}
+	listen_fd = open_socket();
 	proof_ready = getrandom(proof, sizeof(proof), 0) == (ssize_t)sizeof(proof);
 	sigfillset(&all);
 	pthread_attr_init(&attr);
@@ -502,10 +567,14 @@ void klp_control_start(void)
 	pthread_attr_destroy(&attr);
 	if (rc) {
 		klp_log("cannot start the control thread: %s", strerror(rc));
-		remove_socket();
-		socket_path[0] = 0;
-		close(listen_fd);
-		listen_fd = -1;
+		if (listen_fd >= 0) {
+			remove_socket();
+			socket_path[0] = 0;
+			close(listen_fd);
+			listen_fd = -1;
+		}
+		close(event_fd);
+		event_fd = -1;
 		return;
 	}
 	pthread_setname_np(thread, "klpcc-control");

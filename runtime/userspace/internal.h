@@ -4,8 +4,10 @@
  * the ABI is klpcc.h.
  *
  *   start.c       the constructor: the runtime's start
+ *   hooks.c       dlopen and dlclose: libraries that come and go
+ *   store.c       the patches installed for the program and libraries (klpcc install)
  *   util.c        logging, the clock, thread ids, futexes
- *   program.c     the program's identity (load bias, build-id, text), loaded objects
+ *   program.c     the loaded objects: program and libraries, build-ids, segments
  *   control.c     the control socket and its one-line protocol
  *   json.c        a small JSON writer for the answers
  *   patch.c       the apply/disable transaction, the patches loaded, their callbacks
@@ -34,6 +36,7 @@
 #define KLP_MAX_FRAMES 256	/* frames recorded per thread while stopped */
 #define KLP_MAX_THREADS 2048	/* threads a stop can hold */
 #define KLP_MAX_SEGS 16		/* PT_LOAD segments kept per object */
+#define KLP_MAX_INSTALLED 64	/* patches installed at once (over disjoint objects) */
 
 struct klp_range {
 	uintptr_t lo, hi;	/* [lo, hi) */
@@ -52,15 +55,21 @@ void klp_futex_wake_all(_Atomic unsigned *word);
 
 /* ---- program.c --------------------------------------------------------------- */
 
-struct klp_program {
-	pid_t pid;
-	uintptr_t bias;			/* dlpi_addr of the main program */
+/* A loaded object that patches may change: the program or a shared library. */
+struct klp_module {
+	uintptr_t bias;			/* dlpi_addr */
+	char path[256];			/* dlpi_name ("" for the program) */
 	char build_id[129];		/* lowercase hex, "" if none */
 	struct klp_range text[KLP_MAX_SEGS];	/* executable PT_LOADs */
 	int text_prot[KLP_MAX_SEGS];	/* their PROT_* */
 	int ntext;
 	struct klp_range load[KLP_MAX_SEGS];	/* every PT_LOAD */
 	int nload;
+};
+
+struct klp_program {
+	pid_t pid;
+	struct klp_module main;		/* the program */
 	int stop_signal;		/* set by start.c */
 };
 
@@ -68,10 +77,15 @@ extern struct klp_program klp_prog;
 
 /* Fill klp_prog (but its stop_signal) from the main program's headers. */
 void klp_program_identify(void);
-/* The index of the program's executable segment holding [lo, hi), or -1. */
-int klp_text_segment(uintptr_t lo, uintptr_t hi);
-/* Whether [lo, hi) lies inside one PT_LOAD of the program. */
-int klp_in_program(uintptr_t lo, uintptr_t hi);
+/* Call fn for every loaded object, the program first, until it returns non-zero (which
+ * is returned).  Takes the loader's list lock: never while the world is stopped. */
+int klp_modules_each(int (*fn)(const struct klp_module *, void *), void *arg);
+/* The first loaded object with this build-id: 0, or -1 if none. */
+int klp_module_find(const char *build_id, struct klp_module *m);
+/* The index of the object's executable segment holding [lo, hi), or -1. */
+int klp_module_text(const struct klp_module *m, uintptr_t lo, uintptr_t hi);
+/* Whether [lo, hi) lies inside one PT_LOAD of the object. */
+int klp_module_holds(const struct klp_module *m, uintptr_t lo, uintptr_t hi);
 /* A loaded object's segments, found by its dlpi_addr and dlpi_name. */
 struct klp_object_map {
 	struct klp_range seg[KLP_MAX_SEGS];	/* PT_LOAD */
@@ -100,6 +114,22 @@ void klp_json_free(struct klp_json *j);
 /* ---- control.c ------------------------------------------------------------------ */
 
 void klp_control_start(void);
+/* Have the control thread look at the objects loaded (after a dlopen or dlclose, and at
+ * the start) and wait until it did; nothing in a thread that cannot wait for it. */
+void klp_control_sync(void);
+
+/* ---- hooks.c ------------------------------------------------------------------------ */
+
+/* The dynamic linker's dlopen and dlclose (the runtime's own loads go through these;
+ * the program's through the runtime's dlopen and dlclose, which sync afterwards). */
+void *klp_real_dlopen(const char *file, int mode);
+int klp_real_dlclose(void *handle);
+
+/* ---- store.c ------------------------------------------------------------------------ */
+
+/* Apply the patches installed (klpcc install) for loaded objects no installed patch
+ * changes yet, once per object. */
+void klp_store_apply(unsigned long timeout_ms);
 
 /* ---- patch.c ---------------------------------------------------------------------- */
 
@@ -109,13 +139,20 @@ struct klp_outcome {
 	char error[512];
 	char *patch;
 	struct klp_json replaced, unloaded, nops;	/* comma-separated JSON strings */
+	struct klp_json pending;	/* functions whose object is not loaded */
 	unsigned tries, parked;
 	uint64_t stopped_us, total_us;
 };
 
 /* Load and install the patch object ``path`` (read from ``fd`` when it is not -1). */
 void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out);
-void klp_disable(unsigned long timeout_ms, struct klp_outcome *out);
+/* Disable the installed patch called `name` (NULL: the only one installed). */
+void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome *out);
+/* After objects came or went: forget the sites of objects unloaded, switch those of
+ * objects loaded since to the installed patches' code. */
+void klp_objects_sync(unsigned long timeout_ms);
+/* Whether an installed patch changes the object with this build-id. */
+int klp_covered(const char *build_id);
 void klp_status(struct klp_json *j);
 void klp_outcome_free(struct klp_outcome *out);
 
@@ -136,16 +173,20 @@ int klp_is_patch_compatible(const struct klpcc_patch *patch, const struct klp_st
 /* A patch's states once it is unloaded: freed when no klpcc_get_state may still read them. */
 void klp_states_retire(struct klp_states *s);
 /* Whose states klpcc_get_state / klpcc_get_prev_state answer from. */
-void klp_state_set_installed(const struct klp_states *s);
+/* `s` is installed, in place of `replaces` (NULL: beside the others); s NULL with
+ * `replaces`: it is no longer installed.  -1 when KLP_MAX_INSTALLED are installed. */
+int klp_state_install(const struct klp_states *s, const struct klp_states *replaces);
 void klp_state_set_context(const struct klp_states *cur, const struct klp_states *prev);
 
 /* ---- redirect.c ---------------------------------------------------------------------- */
 
-/* One function of the program that the runtime has redirected at some point. */
+/* One function of a loaded object that the runtime has redirected at some point. */
 struct klp_site {
 	uintptr_t entry;
 	unsigned long size;
 	char *name;
+	int prot;				/* its text segment's PROT_* */
+	struct klp_range span;			/* its object's PT_LOADs: slots are near it */
 	unsigned char orig[KLPCC_ENTRY_BYTES];	/* the five NOPs */
 	unsigned char cur[KLPCC_ENTRY_BYTES];	/* what the entry holds now */
 	uintptr_t slot;				/* far-jump slot, 0 until needed */
@@ -166,8 +207,10 @@ struct klp_write {
 
 /* The site at `entry`: NULL and an error if the entry holds bytes the runtime did not
  * write (neither the five NOPs nor its own jump). */
-struct klp_site *klp_site_lookup(uintptr_t entry, unsigned long size, const char *name,
-				 char *err, size_t errlen);
+struct klp_site *klp_site_lookup(const struct klp_module *m, uintptr_t entry, unsigned long size,
+				 const char *name, char *err, size_t errlen);
+/* The object of the site was unloaded: forget it (its slot stays unused). */
+void klp_site_forget(struct klp_site *site);
 struct klp_site *klp_site_find(uintptr_t entry);
 /* Visit every site (for status). */
 void klp_sites_each(void (*fn)(const struct klp_site *, void *), void *arg);

@@ -6,7 +6,7 @@
  * A program is built with `klpcc config --cflags` and linked with `klpcc config --libs`
  * (or runs with LD_PRELOAD=libklpcc.so); the runtime starts with the process and listens
  * on a Unix socket for `klpcc apply|status|disable --pid PID`.  A patch object is a
- * shared object made by `klpcc build BUNDLE --binary PROG`; it exports
+ * shared object made by `klpcc build BUNDLE --binary PROG` (or `--library LIB.so`); it exports
  * `klpcc_patch_descriptor` (below) and nothing needs to call it.
  */
 #ifndef KLPCC_H
@@ -69,22 +69,33 @@ void klpcc_shadow_free_all(unsigned long id, klpcc_shadow_dtor_t dtor);
 
 /* ---- the patch object's descriptor (written by klpcc build) ------------------- */
 
-#define KLPCC_ABI 1
+#define KLPCC_ABI 2
 #define KLPCC_ENTRY_BYTES 5 /* -fpatchable-function-entry=5,0: five one-byte NOPs */
 
+/* An object the patch changes: the program or a shared library, as the kernel's
+ * klp_object.  It is matched by build-id among the objects the process has loaded; a
+ * library loaded later (dlopen) is patched as it loads, one unloaded takes its
+ * redirects with it. */
+struct klpcc_object {
+	const char *name;      /* its file name (for messages and status) */
+	const char *build_id;  /* its GNU build-id, lowercase hex */
+};
+
 struct klpcc_func {
-	const char *name;      /* the program's symbol (for messages and status) */
-	unsigned long offset;  /* its st_value in the program (PIE: from the load base) */
+	const char *name;      /* the object's symbol (for messages and status) */
+	unsigned long offset;  /* its st_value in the object (from its load base) */
 	unsigned long size;    /* its st_size */
 	void *new_func;        /* the replacement, in the patch object */
 	int immediate;         /* skip the stack check for this function */
 	const char *why;       /* "modified", or why klpcc added it ("inlined foo", ...) */
+	unsigned int object;   /* index in klpcc_patch.objects */
 };
 
-struct klpcc_ref {            /* a static of the program the patch code uses */
+struct klpcc_ref {            /* a static of an object the patch code uses */
 	const char *name;
-	unsigned long offset;  /* its st_value in the program */
+	unsigned long offset;  /* its st_value in the object */
 	void **slot;           /* where the runtime stores its address before anything runs */
+	unsigned int object;   /* index in klpcc_patch.objects */
 };
 
 struct klpcc_state_decl {
@@ -95,7 +106,8 @@ struct klpcc_state_decl {
 struct klpcc_patch {
 	unsigned int abi;               /* KLPCC_ABI */
 	const char *name;               /* the release */
-	const char *build_id;           /* the program's GNU build-id, lowercase hex */
+	const struct klpcc_object *objects;
+	unsigned int nobjects;
 	const struct klpcc_func *funcs;
 	unsigned int nfuncs;
 	const struct klpcc_ref *refs;

@@ -3,14 +3,24 @@
  * patch.c - the apply and disable transactions, with the kernel's atomic-replace
  * semantics, and the patches loaded.
  *
- * apply: load the object, check its descriptor, the build-id, every original's entry
- * and every ref; store the refs; check the states against the installed patch; run
- * pre_patch; then one switch moves every function of the new patch to its replacement
- * and gives every function the installed patch redirected, and the new one does not
- * carry, its NOPs back.  post_patch runs after the switch; the replaced patch is
- * unloaded unless a thread may still run its code (an immediate function, or a frame
- * inside it at the final stop).  Until the switch nothing the program can see changes;
- * after a failure before it, the new object is unloaded and the installed patch stays.
+ * A patch changes objects (the program, shared libraries), each matched by build-id
+ * among the objects the process has loaded.  A new patch replaces the installed patch
+ * that changes one of its objects (patches of disjoint objects, the program's and a
+ * library's, are installed side by side).
+ *
+ * apply: load the object, check its descriptor, find its objects, check every original's
+ * entry and every ref of those loaded; store the refs; check the states against the
+ * patch it replaces; run pre_patch; then one switch moves every function of the new
+ * patch to its replacement and gives every function the replaced patch redirected, and
+ * the new one does not carry, its NOPs back.  post_patch runs after the switch; the
+ * replaced patch is unloaded unless a thread may still run its code (an immediate
+ * function, or a frame inside it at the final stop).  Until the switch nothing the
+ * program can see changes; after a failure before it, the new object is unloaded and
+ * the installed patch stays.
+ *
+ * Objects that come and go (klp_objects_sync, after a dlopen or dlclose): the functions
+ * of a library loaded after the apply are switched as it loads; a library unloaded
+ * takes its redirects with it and its functions wait for it again.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -30,8 +40,14 @@
 
 struct pfunc {
 	const struct klpcc_func *f;
-	struct klp_site *site;
+	struct klp_site *site;		/* NULL while its object is not loaded */
 	uintptr_t copy_lo, copy_hi;	/* the replacement's code */
+};
+
+struct pobj {
+	const struct klpcc_object *o;
+	int loaded;			/* its functions have sites, its refs are stored */
+	struct klp_module mod;		/* where it is loaded, when it is */
 };
 
 struct patch {
@@ -44,12 +60,14 @@ struct patch {
 	struct klp_object_map map;
 	struct pfunc *funcs;
 	unsigned nfuncs;
+	struct pobj *objs;
+	unsigned nobjs;
 	struct klp_states *states;
 	int has_immediate;
+	int installed;			/* in force (else replaced, still loaded) */
 };
 
 static struct patch *loaded;
-static struct patch *installed;
 static unsigned long applies;
 
 /* Record why the request failed; returns -1. */
@@ -83,6 +101,7 @@ void klp_outcome_free(struct klp_outcome *out)
 	klp_json_free(&out->replaced);
 	klp_json_free(&out->unloaded);
 	klp_json_free(&out->nops);
+	klp_json_free(&out->pending);
 }
 
 /* ---- loading and checking -------------------------------------------------------------- */
@@ -90,12 +109,13 @@ void klp_outcome_free(struct klp_outcome *out)
 static void free_patch(struct patch *p)
 {
 	if (p->handle)
-		dlclose(p->handle);
+		klp_real_dlclose(p->handle);
 	if (p->fd >= 0)
 		close(p->fd);
 	if (p->states)
 		klp_states_retire(p->states);
 	free(p->funcs);
+	free(p->objs);
 	free(p->path);
 	free(p);
 }
@@ -120,15 +140,28 @@ static int check_descriptor(struct patch *p, struct klp_outcome *out)
 	if (!m || *m != '{')
 		return fail(out, "descriptor", "%s: the manifest is %s", d->name,
 			    !m || !*m ? "missing" : "not a JSON object");
-	if (!d->build_id)
-		return fail(out, "descriptor", "%s: no build-id", d->name);
+	if (!d->nobjects || !d->objects)
+		return fail(out, "descriptor", "%s: no object", d->name);
 	if ((d->nfuncs && !d->funcs) || (d->nrefs && !d->refs) || (d->nstates && !d->states))
 		return fail(out, "descriptor", "%s: a table is missing", d->name);
+	for (unsigned i = 0; i < d->nobjects; i++) {
+		const struct klpcc_object *o = &d->objects[i];
+
+		if (!o->name || !o->build_id || !*o->build_id ||
+		    strspn(o->build_id, "0123456789abcdef") != strlen(o->build_id))
+			return fail(out, "descriptor", "%s: object %u has no name or build-id", d->name, i);
+		for (unsigned k = 0; k < i; k++)
+			if (!strcmp(d->objects[k].build_id, o->build_id))
+				return fail(out, "descriptor", "%s: build-id %s listed twice", d->name,
+					    o->build_id);
+	}
 	for (unsigned i = 0; i < d->nfuncs; i++) {
 		const struct klpcc_func *f = &d->funcs[i];
 
 		if (!f->name || !*f->name)
 			return fail(out, "descriptor", "%s: function %u has no name", d->name, i);
+		if (f->object >= d->nobjects)
+			return fail(out, "descriptor", "%s: function %s has no object", d->name, f->name);
 		if (!f->new_func || !holds_code(p, f->new_func))
 			return fail(out, "descriptor",
 				    "%s: the replacement of %s is not code of the patch object",
@@ -137,7 +170,7 @@ static int check_descriptor(struct patch *p, struct klp_outcome *out)
 	for (unsigned i = 0; i < d->nrefs; i++) {
 		const struct klpcc_ref *r = &d->refs[i];
 
-		if (!r->name || !r->slot ||
+		if (!r->name || !r->slot || r->object >= d->nobjects ||
 		    !klp_object_holds(&p->map, (uintptr_t)r->slot, (uintptr_t)(r->slot + 1),
 				      PROT_WRITE))
 			return fail(out, "descriptor", "%s: ref %s has no writable slot in the object",
@@ -284,7 +317,7 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 			goto drop;
 		}
 	dlerror();
-	p->handle = dlopen(src, RTLD_NOW | RTLD_LOCAL);
+	p->handle = klp_real_dlopen(src, RTLD_NOW | RTLD_LOCAL);
 	if (!p->handle) {
 		err = dlerror();
 		fail(out, "read", "%s", err ? err : "dlopen failed");
@@ -335,55 +368,128 @@ static void copy_range(const struct patch *p, struct pfunc *pf)
 		}
 }
 
+/* Match the functions and refs of object k, loaded as m: sites for the functions (their
+ * entries checked), the refs' addresses checked and stored.  -1 and why in err. */
+static int attach_object(struct patch *p, unsigned k, const struct klp_module *m, char *err,
+			 size_t errlen)
+{
+	const struct klpcc_patch *d = p->desc;
+
+	for (unsigned i = 0; i < d->nrefs; i++) {
+		const struct klpcc_ref *r = &d->refs[i];
+		uintptr_t addr = m->bias + r->offset;
+
+		if (r->object == k && (addr < m->bias || !klp_module_holds(m, addr, addr + 1))) {
+			snprintf(err, errlen, "ref %s: offset %#lx is outside %s", r->name, r->offset,
+				 d->objects[k].name);
+			return -1;
+		}
+	}
+	for (unsigned i = 0; i < p->nfuncs; i++) {
+		struct pfunc *pf = &p->funcs[i];
+		uintptr_t entry = m->bias + pf->f->offset;
+
+		if (pf->f->object != k)
+			continue;
+		for (unsigned n = 0; n < i; n++)
+			if (p->funcs[n].f->object == k && p->funcs[n].f->offset == pf->f->offset) {
+				snprintf(err, errlen, "%s: listed twice (as %s)", pf->f->name,
+					 p->funcs[n].f->name);
+				goto undo;
+			}
+		if (pf->f->size < KLPCC_ENTRY_BYTES || entry < m->bias) {
+			snprintf(err, errlen, "%s: offset %#lx size %lu is outside the text of %s",
+				 pf->f->name, pf->f->offset, pf->f->size, d->objects[k].name);
+			goto undo;
+		}
+		pf->site = klp_site_lookup(m, entry, pf->f->size, pf->f->name, err, errlen);
+		if (!pf->site)
+			goto undo;
+	}
+	for (unsigned i = 0; i < d->nrefs; i++)
+		if (d->refs[i].object == k)
+			*d->refs[i].slot = (void *)(m->bias + d->refs[i].offset);
+	p->objs[k].mod = *m;
+	p->objs[k].loaded = 1;
+	return 0;
+undo:
+	for (unsigned i = 0; i < p->nfuncs; i++)
+		if (p->funcs[i].f->object == k)
+			p->funcs[i].site = NULL; /* a site made here holds its NOPs: harmless */
+	return -1;
+}
+
 static int resolve(struct patch *p, struct klp_outcome *out)
 {
 	const struct klpcc_patch *d = p->desc;
 	char err[256];
+	unsigned present = 0;
 
-	if (!klp_prog.build_id[0])
-		return fail(out, "build-id", "the program has no GNU build-id");
-	if (strcasecmp(d->build_id, klp_prog.build_id))
-		return fail(out, "build-id", "%s was built for build-id %s, this program is %s",
-			    d->name, d->build_id, klp_prog.build_id);
 	p->funcs = calloc(d->nfuncs ? d->nfuncs : 1, sizeof(*p->funcs));
-	if (!p->funcs)
+	p->objs = calloc(d->nobjects, sizeof(*p->objs));
+	if (!p->funcs || !p->objs)
 		return fail(out, "internal", "out of memory");
 	p->nfuncs = d->nfuncs;
+	p->nobjs = d->nobjects;
 	for (unsigned i = 0; i < d->nfuncs; i++) {
-		const struct klpcc_func *f = &d->funcs[i];
-		struct pfunc *pf = &p->funcs[i];
-		uintptr_t entry = klp_prog.bias + f->offset;
-
-		if (f->size < KLPCC_ENTRY_BYTES || entry < klp_prog.bias ||
-		    klp_text_segment(entry, entry + f->size) < 0)
-			return fail(out, "symbol",
-				    "%s: offset %#lx size %lu is outside the program's text", f->name,
-				    f->offset, f->size);
-		for (unsigned k = 0; k < i; k++)
-			if (p->funcs[k].f->offset == f->offset)
-				return fail(out, "symbol", "%s: listed twice (as %s)", f->name,
-					    p->funcs[k].f->name);
-		pf->f = f;
-		pf->site = klp_site_lookup(entry, f->size, f->name, err, sizeof(err));
-		if (!pf->site)
-			return fail(out, "symbol", "%s", err);
-		copy_range(p, pf);
-		p->has_immediate |= !!f->immediate;
+		p->funcs[i].f = &d->funcs[i];
+		copy_range(p, &p->funcs[i]);
+		p->has_immediate |= !!d->funcs[i].immediate;
 	}
-	for (unsigned i = 0; i < d->nrefs; i++) {
-		uintptr_t addr = klp_prog.bias + d->refs[i].offset;
+	for (unsigned k = 0; k < d->nobjects; k++) {
+		struct klp_module m;
 
-		if (addr < klp_prog.bias || !klp_in_program(addr, addr + 1))
-			return fail(out, "symbol", "ref %s: offset %#lx is outside the program",
-				    d->refs[i].name, d->refs[i].offset);
+		p->objs[k].o = &d->objects[k];
+		if (klp_module_find(d->objects[k].build_id, &m))
+			continue; /* a library not loaded (yet): its functions wait for it */
+		present++;
+		if (attach_object(p, k, &m, err, sizeof(err)))
+			return fail(out, "symbol", "%s", err);
+	}
+	if (!present) {
+		if (d->nobjects == 1)
+			return fail(out, "build-id", "%s was built for %s, build-id %s; this process "
+				    "has no object with that build-id (the program is %s)", d->name,
+				    d->objects[0].name, d->objects[0].build_id,
+				    klp_prog.main.build_id[0] ? klp_prog.main.build_id : "without one");
+		return fail(out, "build-id", "%s was built for %u objects (%s, build-id %s, ...), none "
+			    "of which this process has loaded", d->name, d->nobjects, d->objects[0].name,
+			    d->objects[0].build_id);
 	}
 	return 0;
 }
 
-static void store_refs(const struct patch *p)
+/* Whether two patches change an object in common. */
+static int overlap(const struct patch *a, const struct patch *b)
 {
-	for (unsigned i = 0; i < p->desc->nrefs; i++)
-		*p->desc->refs[i].slot = (void *)(klp_prog.bias + p->desc->refs[i].offset);
+	for (unsigned i = 0; i < a->nobjs; i++)
+		for (unsigned k = 0; k < b->nobjs; k++)
+			if (!strcmp(a->objs[i].o->build_id, b->objs[k].o->build_id))
+				return 1;
+	return 0;
+}
+
+/* The installed patch `p` replaces: the one changing an object of p (NULL: none). */
+static int replaced_by(const struct patch *p, struct patch **prev, struct klp_outcome *out)
+{
+	unsigned n = 0;
+
+	*prev = NULL;
+	for (struct patch *q = loaded; q; q = q->next) {
+		if (!q->installed)
+			continue;
+		n++;
+		if (!overlap(p, q))
+			continue;
+		if (*prev)
+			return fail(out, "request", "%s changes objects of two installed patches, %s and "
+				    "%s: disable one of them first", p->desc->name, (*prev)->desc->name,
+				    q->desc->name);
+		*prev = q;
+	}
+	if (!*prev && n >= KLP_MAX_INSTALLED)
+		return fail(out, "request", "%u patches are installed, the most the runtime holds", n);
+	return 0;
 }
 
 /* The new patch must keep every state of the installed one at the same version or later;
@@ -478,7 +584,7 @@ static void add_busy(struct plan *pl, uintptr_t lo, uintptr_t hi, const struct k
 
 static const struct pfunc *func_at(const struct patch *p, const struct klp_site *site)
 {
-	for (unsigned i = 0; p && i < p->nfuncs; i++)
+	for (unsigned i = 0; p && site && i < p->nfuncs; i++)
 		if (p->funcs[i].site == site)
 			return &p->funcs[i];
 	return NULL;
@@ -504,8 +610,13 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 	if (!pl->writes || !pl->busy || !pl->entries)
 		return fail(out, "internal", "out of memory");
 	for (unsigned i = 0; next && i < next->nfuncs; i++) {
-		const struct pfunc *pf = &next->funcs[i], *old = func_at(prev, pf->site);
-		struct klp_write *w = &pl->writes[pl->nwrites++];
+		const struct pfunc *pf = &next->funcs[i], *old;
+		struct klp_write *w;
+
+		if (!pf->site)
+			continue; /* its object is not loaded */
+		old = func_at(prev, pf->site);
+		w = &pl->writes[pl->nwrites++];
 
 		if (klp_write_prepare(w, pf->site, (uintptr_t)pf->f->new_func, err, sizeof(err)))
 			return fail(out, "internal", "%s", err);
@@ -523,7 +634,7 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 		const struct pfunc *old = &prev->funcs[i];
 		struct klp_write *w;
 
-		if (func_at(next, old->site))
+		if (!old->site || func_at(next, old->site))
 			continue;
 		w = &pl->writes[pl->nwrites++];
 		if (klp_write_prepare(w, old->site, 0, err, sizeof(err)))
@@ -542,13 +653,21 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 	return 0;
 }
 
-/* Every loaded patch but `keep` may be unloaded if no frame lies in it at the final stop. */
-static int plan_watch(struct plan *pl, const struct patch *keep, struct klp_outcome *out)
+/* Whether a loaded patch other than `keep` may go after a switch that takes `gone` out of
+ * force: a replaced one, or `gone` (another patch installed for other objects stays). */
+static int may_go(const struct patch *p, const struct patch *keep, const struct patch *gone)
+{
+	return p != keep && (!p->installed || p == gone);
+}
+
+/* Those patches may be unloaded if no frame lies in them at the final stop. */
+static int plan_watch(struct plan *pl, const struct patch *keep, const struct patch *gone,
+		      struct klp_outcome *out)
 {
 	size_t np = 0, nr = 0;
 
 	for (struct patch *p = loaded; p; p = p->next)
-		if (p != keep) {
+		if (may_go(p, keep, gone)) {
 			np++;
 			nr += p->map.nseg;
 		}
@@ -559,7 +678,7 @@ static int plan_watch(struct plan *pl, const struct patch *keep, struct klp_outc
 	if (!pl->watched || !pl->watch || !pl->watch_group || !pl->hit)
 		return fail(out, "internal", "out of memory");
 	for (struct patch *p = loaded; p; p = p->next) {
-		if (p == keep)
+		if (!may_go(p, keep, gone))
 			continue;
 		for (int s = 0; s < p->map.nseg; s++) {
 			pl->watch[pl->nwatch] = p->map.seg[s];
@@ -642,19 +761,18 @@ static void unload_unused(struct plan *pl, const struct patch *kept, const struc
 void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out)
 {
 	uint64_t start = klp_now_us();
-	struct patch *p, *prev = installed;
+	struct patch *p, *prev;
 	struct plan pl = { 0 };
 	int rc;
 
 	p = load(path, fd, out);
 	if (!p)
 		return;
-	if (resolve(p, out))
+	if (resolve(p, out) || replaced_by(p, &prev, out))
 		goto drop;
-	store_refs(p);
 	if (take_states(p, prev, out))
 		goto drop;
-	if (plan_switch(&pl, p, prev, &out->nops, out) || plan_watch(&pl, p, out))
+	if (plan_switch(&pl, p, prev, &out->nops, out) || plan_watch(&pl, p, prev, out))
 		goto drop;
 	rc = run_callback(p, prev, PRE_PATCH);
 	if (rc) {
@@ -669,11 +787,16 @@ void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_ou
 	p->next = loaded;
 	loaded = p;
 	/* Installed before post_patch runs: klpcc_get_state answers from p all along. */
-	installed = p;
-	klp_state_set_installed(p->states);
+	p->installed = 1;
+	if (prev)
+		prev->installed = 0;
+	klp_state_install(p->states, prev ? prev->states : NULL);
 	run_callback(p, prev, POST_PATCH);
 	if (prev)
 		list_add(&out->replaced, prev->desc->name);
+	for (unsigned i = 0; i < p->nfuncs; i++)
+		if (!p->funcs[i].site)
+			list_add(&out->pending, p->funcs[i].f->name);
 	unload_unused(&pl, p, prev, out);
 	applies++;
 	out->patch = strdup(p->desc->name);
@@ -685,17 +808,42 @@ drop:
 	free_patch(p);
 }
 
-void klp_disable(unsigned long timeout_ms, struct klp_outcome *out)
+/* The installed patch called `name`, or the only one installed when name is NULL. */
+static struct patch *installed_named(const char *name, struct klp_outcome *out)
+{
+	struct patch *found = NULL;
+	struct klp_json names = { 0 };
+	unsigned n = 0;
+
+	for (struct patch *q = loaded; q; q = q->next) {
+		if (!q->installed)
+			continue;
+		n++;
+		list_add(&names, q->desc->name);
+		if (!name || !strcmp(q->desc->name, name))
+			found = q;
+	}
+	if (!n)
+		fail(out, "request", "no patch is installed");
+	else if (name && !found)
+		fail(out, "request", "no installed patch is called %s (installed: %s)", name,
+		     names.failed ? "?" : names.buf);
+	else if (!name && n > 1)
+		fail(out, "request", "%u patches are installed (%s): name the one to disable", n,
+		     names.failed ? "?" : names.buf);
+	klp_json_free(&names);
+	return out->step ? NULL : found;
+}
+
+void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome *out)
 {
 	uint64_t start = klp_now_us();
-	struct patch *p = installed;
+	struct patch *p = installed_named(name, out);
 	struct plan pl = { 0 };
 
-	if (!p) {
-		fail(out, "request", "no patch is installed");
+	if (!p)
 		return;
-	}
-	if (plan_switch(&pl, NULL, p, &out->nops, out) || plan_watch(&pl, NULL, out))
+	if (plan_switch(&pl, NULL, p, &out->nops, out) || plan_watch(&pl, NULL, p, out))
 		goto out;
 	run_callback(p, NULL, PRE_UNPATCH);
 	if (switch_functions(&pl, timeout_ms, out)) {
@@ -704,13 +852,137 @@ void klp_disable(unsigned long timeout_ms, struct klp_outcome *out)
 		goto out;
 	}
 	run_callback(p, NULL, POST_UNPATCH);
-	installed = NULL;
-	klp_state_set_installed(NULL);
+	p->installed = 0;
+	klp_state_install(NULL, p->states);
 	out->patch = strdup(p->desc->name);
 	unload_unused(&pl, NULL, p, out);
 	out->total_us = klp_now_us() - start;
 out:
 	plan_free(&pl);
+}
+
+/* ---- objects that come and go ---------------------------------------------------------------- */
+
+/* Whether object k of p is still loaded where it was attached, its entries as the runtime
+ * left them (a library unloaded and loaded again at the same place has fresh NOPs). */
+static int still_there(const struct patch *p, unsigned k)
+{
+	struct klp_module m;
+
+	if (klp_module_find(p->objs[k].o->build_id, &m) || m.bias != p->objs[k].mod.bias)
+		return 0;
+	for (unsigned i = 0; i < p->nfuncs; i++) {
+		const struct pfunc *pf = &p->funcs[i];
+
+		if (pf->f->object == k && pf->site &&
+		    memcmp((const void *)pf->site->entry, pf->site->cur, KLPCC_ENTRY_BYTES))
+			return 0;
+	}
+	return 1;
+}
+
+/* Object k of p went away: every loaded patch forgets its sites there. */
+static void detach_object(struct patch *p, unsigned k)
+{
+	for (unsigned i = 0; i < p->nfuncs; i++) {
+		struct klp_site *site = p->funcs[i].site;
+
+		if (p->funcs[i].f->object != k || !site)
+			continue;
+		for (struct patch *q = loaded; q; q = q->next)
+			for (unsigned n = 0; n < q->nfuncs; n++)
+				if (q->funcs[n].site == site)
+					q->funcs[n].site = NULL;
+		klp_site_forget(site);
+	}
+	for (struct patch *q = loaded; q; q = q->next)
+		for (unsigned n = 0; n < q->nobjs; n++)
+			if (!strcmp(q->objs[n].o->build_id, p->objs[k].o->build_id))
+				q->objs[n].loaded = 0;
+}
+
+/* Object k of the installed patch p was loaded: switch its functions to p's code. */
+static void arrive(struct patch *p, unsigned k, unsigned long timeout_ms)
+{
+	struct klp_outcome out = { 0 };
+	struct plan pl = { 0 };
+	struct klp_module m;
+	size_t max = p->nfuncs + 1;
+	char err[256];
+
+	if (klp_module_find(p->objs[k].o->build_id, &m))
+		return;
+	if (attach_object(p, k, &m, err, sizeof(err))) {
+		klp_log("%s: cannot patch %s as it loads: %s", p->desc->name, m.path, err);
+		return;
+	}
+	pl.writes = calloc(max, sizeof(*pl.writes));
+	pl.busy = calloc(2 * max, sizeof(*pl.busy));
+	pl.entries = calloc(max, sizeof(*pl.entries));
+	if (!pl.writes || !pl.busy || !pl.entries) {
+		fail(&out, "internal", "out of memory");
+		goto undo;
+	}
+	for (unsigned i = 0; i < p->nfuncs; i++) {
+		const struct pfunc *pf = &p->funcs[i];
+		struct klp_write *w;
+
+		if (pf->f->object != k || !pf->site)
+			continue;
+		w = &pl.writes[pl.nwrites++];
+		if (klp_write_prepare(w, pf->site, (uintptr_t)pf->f->new_func, err, sizeof(err))) {
+			fail(&out, "internal", "%s", err);
+			goto undo;
+		}
+		w->owner = p;
+		w->owner_name = p->desc->name;
+		if (!pf->f->immediate)
+			add_busy(&pl, pf->site->entry, pf->site->entry + pf->site->size, pf->f,
+				 "the original", pf->f->why);
+	}
+	for (size_t i = 0; i < pl.nwrites; i++)
+		pl.entries[i] = pl.writes[i].site->entry;
+	qsort(pl.entries, pl.nwrites, sizeof(*pl.entries), cmp_uintptr);
+	if (!switch_functions(&pl, timeout_ms, &out)) {
+		plan_free(&pl);
+		return;
+	}
+undo:
+	klp_log("%s: cannot patch %s as it loads (%s): %s", p->desc->name, m.path, out.step,
+		out.error);
+	for (unsigned i = 0; i < p->nfuncs; i++)
+		if (p->funcs[i].f->object == k)
+			p->funcs[i].site = NULL;
+	p->objs[k].loaded = 0;
+	plan_free(&pl);
+}
+
+void klp_objects_sync(unsigned long timeout_ms)
+{
+	for (struct patch *p = loaded; p; p = p->next)
+		for (unsigned k = 0; k < p->nobjs; k++)
+			if (p->objs[k].loaded && !still_there(p, k))
+				detach_object(p, k);
+	for (struct patch *p = loaded; p; p = p->next)
+		for (unsigned k = 0; p->installed && k < p->nobjs; k++)
+			if (!p->objs[k].loaded)
+				arrive(p, k, timeout_ms);
+}
+
+int klp_covered(const char *build_id)
+{
+	for (const struct patch *p = loaded; p; p = p->next)
+		for (unsigned k = 0; p->installed && k < p->nobjs; k++)
+			if (!strcasecmp(p->objs[k].o->build_id, build_id))
+				return 1;
+	return 0;
+}
+
+/* ---- status ---------------------------------------------------------------------------------- */
+
+static const char *object_name(const struct patch *p, unsigned k)
+{
+	return p->objs[k].o->name;
 }
 
 static void status_patch(struct klp_json *j, const struct patch *p)
@@ -719,13 +991,24 @@ static void status_patch(struct klp_json *j, const struct patch *p)
 	klp_json_str(j, p->desc->name);
 	klp_json_raw(j, ",\"path\":");
 	klp_json_str(j, p->path);
-	klp_json_fmt(j, ",\"state\":\"%s\",\"functions\":[", p == installed ? "installed" : "replaced");
+	klp_json_fmt(j, ",\"state\":\"%s\",\"objects\":[", p->installed ? "installed" : "replaced");
+	for (unsigned k = 0; k < p->nobjs; k++) {
+		klp_json_raw(j, k ? ",{\"name\":" : "{\"name\":");
+		klp_json_str(j, object_name(p, k));
+		klp_json_raw(j, ",\"build_id\":");
+		klp_json_str(j, p->objs[k].o->build_id);
+		klp_json_fmt(j, ",\"loaded\":%s}", p->objs[k].loaded ? "true" : "false");
+	}
+	klp_json_raw(j, "],\"functions\":[");
 	for (unsigned i = 0; i < p->nfuncs; i++) {
 		const struct klpcc_func *f = p->funcs[i].f;
 
 		klp_json_raw(j, i ? ",{\"name\":" : "{\"name\":");
 		klp_json_str(j, f->name);
-		klp_json_fmt(j, ",\"immediate\":%s,\"why\":", f->immediate ? "true" : "false");
+		klp_json_raw(j, ",\"object\":");
+		klp_json_str(j, object_name(p, f->object));
+		klp_json_fmt(j, ",\"pending\":%s,\"immediate\":%s,\"why\":",
+			     p->funcs[i].site ? "false" : "true", f->immediate ? "true" : "false");
 		klp_json_str(j, f->why);
 		klp_json_raw(j, "}");
 	}
@@ -760,21 +1043,18 @@ void klp_status(struct klp_json *j)
 	int first = 1;
 
 	klp_json_fmt(j, "{\"ok\":true,\"pid\":%d,\"build_id\":", (int)klp_prog.pid);
-	klp_json_str(j, klp_prog.build_id);
+	klp_json_str(j, klp_prog.main.build_id);
 	klp_json_fmt(j, ",\"applies\":%lu,\"rewound\":%lu,\"patches\":[", applies,
 		     klp_transition_rewinds());
-	if (installed) {
-		status_patch(j, installed);
-		first = 0;
-	}
-	for (const struct patch *p = loaded; p; p = p->next) {
-		if (p == installed)
-			continue;
-		if (!first)
-			klp_json_raw(j, ",");
-		status_patch(j, p);
-		first = 0;
-	}
+	for (int pass = 0; pass < 2; pass++)
+		for (const struct patch *p = loaded; p; p = p->next) {
+			if (p->installed != !pass)
+				continue;
+			if (!first)
+				klp_json_raw(j, ",");
+			status_patch(j, p);
+			first = 0;
+		}
 	klp_json_raw(j, "],\"redirected\":[");
 	klp_sites_each(status_site, &sites);
 	klp_json_raw(j, "]}");

@@ -5,9 +5,10 @@
  * redirect replaces them with one instruction, `E9 rel32`.  When the replacement lies
  * within +-2 GB of the entry the jump goes straight there.  Otherwise it goes to a
  * 16-byte slot, `FF 25 00 00 00 00` then the 8-byte absolute target, in a page mapped
- * within +-2 GB of the program's text; each function gets its own slot, kept for the
- * life of the process, whose target is rewritten by later switches (and set back to the
- * original's body, entry + 5, when the function gets its NOPs back).
+ * within +-2 GB of its object's text (the program's or a library's); each function gets
+ * its own slot, kept while its object is loaded, whose target is rewritten by later
+ * switches (and set back to the original's body, entry + 5, when the function gets its
+ * NOPs back).  A library unloaded takes its sites with it (klp_site_forget).
  *
  * Writes are prepared before the world stops (slots allocated, pages made writable)
  * and stored while it is stopped: klp_writes_commit only copies bytes.
@@ -62,11 +63,17 @@ void klp_sites_each(void (*fn)(const struct klp_site *, void *), void *arg)
 		fn(sites[i], arg);
 }
 
-struct klp_site *klp_site_lookup(uintptr_t entry, unsigned long size, const char *name, char *err,
-				 size_t errlen)
+struct klp_site *klp_site_lookup(const struct klp_module *m, uintptr_t entry, unsigned long size,
+				 const char *name, char *err, size_t errlen)
 {
 	struct klp_site *site = klp_site_find(entry);
+	int seg = klp_module_text(m, entry, entry + size);
 
+	if (seg < 0) {
+		snprintf(err, errlen, "%s: %#lx size %lu is outside the text of %s", name,
+			 (unsigned long)(entry - m->bias), size, m->path[0] ? m->path : "the program");
+		return NULL;
+	}
 	if (site) {
 		if (memcmp((const void *)entry, site->cur, KLPCC_ENTRY_BYTES)) {
 			snprintf(err, errlen, "%s: its entry holds bytes the runtime did not write",
@@ -101,6 +108,14 @@ struct klp_site *klp_site_lookup(uintptr_t entry, unsigned long size, const char
 	}
 	site->entry = entry;
 	site->size = size;
+	site->prot = m->text_prot[seg];
+	site->span = (struct klp_range){ UINTPTR_MAX, 0 };
+	for (int i = 0; i < m->nload; i++) {
+		if (m->load[i].lo < site->span.lo)
+			site->span.lo = m->load[i].lo;
+		if (m->load[i].hi > site->span.hi)
+			site->span.hi = m->load[i].hi;
+	}
 	memcpy(site->orig, nops, KLPCC_ENTRY_BYTES);
 	memcpy(site->cur, nops, KLPCC_ENTRY_BYTES);
 	sites[nsites++] = site;
@@ -110,17 +125,22 @@ oom:
 	return NULL;
 }
 
-/* Where every entry of the program can reach with a rel32: [lo, hi). */
-static void reach(uintptr_t *lo, uintptr_t *hi)
+void klp_site_forget(struct klp_site *site)
 {
-	uintptr_t plo = UINTPTR_MAX, phi = 0, margin = (uintptr_t)1 << 20;
+	for (size_t i = 0; i < nsites; i++)
+		if (sites[i] == site) {
+			sites[i] = sites[--nsites];
+			free(site->name);
+			free(site); /* its slot, if any, stays unused */
+			return;
+		}
+}
 
-	for (int i = 0; i < klp_prog.ntext; i++) {
-		if (klp_prog.text[i].lo < plo)
-			plo = klp_prog.text[i].lo;
-		if (klp_prog.text[i].hi > phi)
-			phi = klp_prog.text[i].hi;
-	}
+/* Where every entry of the site's object can reach with a rel32: [lo, hi). */
+static void reach(const struct klp_site *site, uintptr_t *lo, uintptr_t *hi)
+{
+	uintptr_t plo = site->span.lo, phi = site->span.hi, margin = (uintptr_t)1 << 20;
+
 	*lo = phi > NEAR - margin ? phi - (NEAR - margin) : page_size();
 	if (*lo < (uintptr_t)1 << 16)
 		*lo = (uintptr_t)1 << 16;
@@ -141,18 +161,12 @@ static int try_map(uintptr_t addr)
 	return 1;
 }
 
-/* A page for slots near the program: below it first (the heap grows above). */
-static uintptr_t map_slot_page(void)
+/* A page for slots near the site's object: below it first (the heap grows above). */
+static uintptr_t map_slot_page(const struct klp_site *site)
 {
-	uintptr_t lo, hi, plo = UINTPTR_MAX, phi = 0, a;
+	uintptr_t lo, hi, plo = site->span.lo, phi = site->span.hi, a;
 
-	reach(&lo, &hi);
-	for (int i = 0; i < klp_prog.nload; i++) {
-		if (klp_prog.load[i].lo < plo)
-			plo = klp_prog.load[i].lo;
-		if (klp_prog.load[i].hi > phi)
-			phi = klp_prog.load[i].hi;
-	}
+	reach(site, &lo, &hi);
 	for (a = (plo & ~(SEARCH_STEP - 1)) - SEARCH_STEP; a >= lo && a < plo; a -= SEARCH_STEP)
 		if (try_map(a))
 			return a;
@@ -165,11 +179,16 @@ static uintptr_t map_slot_page(void)
 
 static int new_slot(struct klp_site *site, char *err, size_t errlen)
 {
-	struct slot_page *pg = nslot_pages ? &slot_pages[nslot_pages - 1] : NULL;
+	struct slot_page *pg = NULL;
 	unsigned char *s;
-	uintptr_t body = site->entry + KLPCC_ENTRY_BYTES;
+	uintptr_t body = site->entry + KLPCC_ENTRY_BYTES, lo, hi;
 
-	if (!pg || pg->used == page_size() / SLOT_SIZE) {
+	reach(site, &lo, &hi);
+	for (size_t i = 0; i < nslot_pages && !pg; i++)
+		if (slot_pages[i].used < page_size() / SLOT_SIZE && slot_pages[i].base >= lo &&
+		    slot_pages[i].base + page_size() <= hi)
+			pg = &slot_pages[i];
+	if (!pg) {
 		struct slot_page *v = realloc(slot_pages, (nslot_pages + 1) * sizeof(*v));
 		uintptr_t base;
 
@@ -178,10 +197,10 @@ static int new_slot(struct klp_site *site, char *err, size_t errlen)
 			return -1;
 		}
 		slot_pages = v;
-		base = map_slot_page();
+		base = map_slot_page(site);
 		if (!base) {
 			snprintf(err, errlen,
-				 "%s: no free page within 2 GB of the program for a jump slot",
+				 "%s: no free page within 2 GB of its object for a jump slot",
 				 site->name);
 			return -1;
 		}
@@ -243,28 +262,23 @@ int klp_write_prepare(struct klp_write *w, struct klp_site *site, uintptr_t targ
 	return 0;
 }
 
-static int page_prot(uintptr_t page)
-{
-	for (size_t i = 0; i < nslot_pages; i++)
-		if (slot_pages[i].base == page)
-			return PROT_READ | PROT_EXEC;
-	for (int i = 0; i < klp_prog.ntext; i++)
-		if (page + page_size() > klp_prog.text[i].lo && page < klp_prog.text[i].hi)
-			return klp_prog.text_prot[i];
-	return PROT_READ | PROT_EXEC;
-}
-
-/* Every page a write touches: the entry's (two if the five bytes straddle) and its slot's. */
-static size_t pages_of(const struct klp_write *w, uintptr_t out[3])
+/* Every page a write touches, with the protection it gets back: the entry's (two if the
+ * five bytes straddle) and its slot's. */
+static size_t pages_of(const struct klp_write *w, uintptr_t out[3], int prot[3])
 {
 	uintptr_t mask = ~(page_size() - 1), e = w->site->entry;
 	size_t n = 0;
 
+	prot[n] = w->site->prot;
 	out[n++] = e & mask;
-	if (((e + KLPCC_ENTRY_BYTES - 1) & mask) != out[0])
+	if (((e + KLPCC_ENTRY_BYTES - 1) & mask) != out[0]) {
+		prot[n] = w->site->prot;
 		out[n++] = (e + KLPCC_ENTRY_BYTES - 1) & mask;
-	if (w->site->slot)
+	}
+	if (w->site->slot) {
+		prot[n] = PROT_READ | PROT_EXEC;
 		out[n++] = w->site->slot & mask;
+	}
 	return n;
 }
 
@@ -274,10 +288,11 @@ static int set_prot(const struct klp_write *w, size_t n, int writable, char *err
 
 	for (size_t i = 0; i < n; i++) {
 		uintptr_t pages[3];
-		size_t np = pages_of(&w[i], pages);
+		int back[3];
+		size_t np = pages_of(&w[i], pages, back);
 
 		for (size_t k = 0; k < np; k++) {
-			int prot = writable ? PROT_READ | PROT_WRITE | PROT_EXEC : page_prot(pages[k]);
+			int prot = writable ? PROT_READ | PROT_WRITE | PROT_EXEC : back[k];
 
 			if (mprotect((void *)pages[k], page_size(), prot) && !rc) {
 				rc = -1;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
  * start.c - the runtime's start, as the library's constructor: find the program, pick
- * the stop signal (KLPCC_SIGNAL), install its handler, start the control thread.  If
- * any of it fails the runtime logs why and the program runs on unpatchable.
+ * the stop signal (KLPCC_SIGNAL), install its handler, start the control thread and
+ * wait while it applies the patches installed for the program and its libraries
+ * (store.c), so that they are in force before main.  If any of it fails the runtime
+ * logs why and the program runs on unpatchable.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,4 +56,5 @@ __attribute__((constructor)) static void klp_start(void)
 	if (klp_transition_init(klp_prog.stop_signal))
 		return;
 	klp_control_start();
+	klp_control_sync();
 }

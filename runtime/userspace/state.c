@@ -2,7 +2,8 @@
 /*
  * state.c - klpcc_get_state and klpcc_get_prev_state.  During the callbacks of a patch
  * being applied (or disabled) the answers come from that patch and, for the previous
- * state, from the patch it replaces; otherwise from the patch installed.  And whether
+ * state, from the patch it replaces; otherwise from the patches installed (one per set
+ * of objects: the program's patch, a library's).  And whether
  * a patch's states let it replace the patch installed.
  *
  * Program threads may ask while the control thread switches patches, so an unloaded
@@ -16,7 +17,7 @@
 
 #include "internal.h"
 
-static const struct klp_states *_Atomic installed;
+static const struct klp_states *_Atomic installed[KLP_MAX_INSTALLED];
 static const struct klp_states *_Atomic context;
 static const struct klp_states *_Atomic previous;
 static _Atomic long readers;
@@ -80,10 +81,20 @@ void klp_states_retire(struct klp_states *s)
 	reclaim();
 }
 
-void klp_state_set_installed(const struct klp_states *s)
+int klp_state_install(const struct klp_states *s, const struct klp_states *replaces)
 {
-	atomic_store(&installed, s);
-	reclaim();
+	for (int i = 0; i < KLP_MAX_INSTALLED; i++)
+		if (replaces && atomic_load(&installed[i]) == replaces) {
+			atomic_store(&installed[i], s);
+			reclaim();
+			return 0;
+		}
+	for (int i = 0; s && i < KLP_MAX_INSTALLED; i++)
+		if (!atomic_load(&installed[i])) {
+			atomic_store(&installed[i], s);
+			return 0;
+		}
+	return s ? -1 : 0;
 }
 
 void klp_state_set_context(const struct klp_states *cur, const struct klp_states *prev)
@@ -95,11 +106,15 @@ void klp_state_set_context(const struct klp_states *cur, const struct klp_states
 KLP_API struct klpcc_state *klpcc_get_state(unsigned long id)
 {
 	const struct klp_states *s;
-	struct klpcc_state *st;
+	struct klpcc_state *st = NULL;
 
 	atomic_fetch_add(&readers, 1);
 	s = atomic_load(&context);
-	st = klp_states_find(s ? s : atomic_load(&installed), id);
+	if (s)
+		st = klp_states_find(s, id);
+	else
+		for (int i = 0; i < KLP_MAX_INSTALLED && !(st = klp_states_find(atomic_load(&installed[i]), id)); i++)
+			;
 	atomic_fetch_sub(&readers, 1);
 	return st;
 }

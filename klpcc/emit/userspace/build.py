@@ -1,8 +1,9 @@
-"""Userspace target: a bundle becomes a patch object (a shared object) for one exact
-program, which the runtime in that program (``runtime/userspace``) installs with an
-atomic replace.
+"""Userspace target: a bundle becomes a patch object (a shared object) for exact builds
+of a program and of shared libraries (its objects, each matched by build-id), which the
+runtime in the processes running them (``runtime/userspace``) installs with an atomic
+replace.
 
-1. the program's ELF: build-id, symbols (statics per file), DWARF inlining;
+1. each object's ELF: build-id, symbols (statics per file), DWARF inlining;
 2. the functions to patch: the release's modified functions, and every function of
    the program into which one of them was inlined (it carries the old code);
 3. :mod:`.source` writes the units; this module writes the descriptor unit
@@ -29,9 +30,10 @@ from .. import policy
 from ..cgen import c_literal, c_string, callback_trampoline
 from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
 from ..units import CALLBACK_KINDS, Unit, refuse_carried_code
-from .program import Program, read_program
+from .program import Program, Targets, read_targets
 from .source import HEADER, ProgramResolver, ProgramUnitWriter
 
+MANIFEST_SECTION = ".klpcc.manifest"
 _IMMEDIATE = re.compile(r"\bKLPCC_IMMEDIATE\s*\(\s*(\w+)\s*\)")
 # options of the program's units that the patch object is compiled with too
 _KEPT = re.compile(r"^-(O[0-3sgz]?|m\S+|std=\S+|f(?!PIE|pie|PIC|pic|patchable-function-entry)\S+|g\S*)$")
@@ -39,12 +41,13 @@ _KEPT = re.compile(r"^-(O[0-3sgz]?|m\S+|std=\S+|f(?!PIE|pie|PIC|pic|patchable-fu
 
 @dataclass(frozen=True)
 class ProgramOptions:
-    """``klpcc build --binary``: the bundle, the program it is for, the patch object to
-    write; extra compiler options (``-I``, ``-D`` the program was built with), the
-    compiler, and ``(file, name, pos)`` positions of statics defined twice."""
+    """``klpcc build --binary/--library``: the bundle, the program and the shared
+    libraries it is for (its objects), the patch object to write; extra compiler options
+    (``-I``, ``-D`` the objects were built with), the compiler, and ``(file, name, pos)``
+    positions of statics defined twice."""
 
     bundle: str
-    binary: str
+    binary: str | None
     output: str
     cflags: str = ""
     cc: str = "cc"
@@ -52,6 +55,17 @@ class ProgramOptions:
     force: bool = False
     immediate: tuple[str, ...] = ()  # functions that may switch while threads run in them
     source_level: bool = False  # decide the function set from the source alone (no compiled comparison)
+    libraries: tuple[str, ...] = ()  # shared libraries the patch changes
+
+
+@dataclass(frozen=True)
+class PatchObjectTarget:
+    """One object the patch changes."""
+
+    kind: str  # "program" or "library"
+    path: str
+    name: str  # the file's name, as status shows it
+    build_id: str
 
 
 @dataclass
@@ -63,13 +77,14 @@ class PatchFunction:
     new: str
     why: str
     immediate: bool = False
+    object: int = 0  # index in ProgramBuild.objects
 
 
 @dataclass
 class ProgramBuild:
     release: str
     output: Path
-    build_id: str
+    objects: list[PatchObjectTarget]
     functions: list[PatchFunction] = field(default_factory=list)
     inlining: list[dict] = field(default_factory=list)  # functions added because of inlining
     refs: list[dict] = field(default_factory=list)
@@ -81,14 +96,21 @@ class ProgramBuild:
     decided_by: str = "source"  # "objects" (the program's flags), "bundle" (compile --objects) or "source"
     compare: dict = field(default_factory=dict)  # units, compiled, cached, seconds
 
+    @property
+    def build_id(self) -> str:
+        return self.objects[0].build_id
+
     def to_json(self) -> dict:
         return {
             "schema": "klpcc.patch-object/1",
             "release": self.release,
             "output": str(self.output),
             "binary_build_id": self.build_id,
+            "objects": [{"kind": o.kind, "path": o.path, "name": o.name, "build_id": o.build_id}
+                        for o in self.objects],
             "functions": [{"name": f.name, "file": f.file, "offset": f.offset, "size": f.size, "new": f.new,
-                           "why": f.why, "immediate": f.immediate} for f in self.functions],
+                           "why": f.why, "immediate": f.immediate, "object": self.objects[f.object].name}
+                          for f in self.functions],
             "added_by_inlining": self.inlining,
             "refs": self.refs,
             "nops": self.nops,
@@ -100,13 +122,14 @@ class ProgramBuild:
                              "notes": [n for n in self.notes if " the patch" in n], **self.compare},
         }
 
-    def text(self, binary: str) -> str:
-        """What ``klpcc build --binary`` prints (its notes go to standard error)."""
-        lines = [f"{self.output}: patch object for {binary} (build-id {self.build_id[:12]}), "
-                 f"release {self.release}"]
+    def text(self) -> str:
+        """What ``klpcc build --binary/--library`` prints (its notes go to standard error)."""
+        what = ", ".join(f"{o.path} (build-id {o.build_id[:12]})" for o in self.objects)
+        lines = [f"{self.output}: patch object for {what}, release {self.release}"]
         for f in self.functions:
             flag = ", immediate" if f.immediate else ""
-            lines.append(f"  patch  {f.name}  ({f.file}; {f.why}{flag})")
+            where = f"{self.objects[f.object].name}: " if len(self.objects) > 1 else ""
+            lines.append(f"  patch  {f.name}  ({where}{f.file}; {f.why}{flag})")
         for r in self.refs:
             lines.append(f"  uses the program's  {r['name']}  ({r['file']})")
         for c in self.copied:
@@ -129,32 +152,34 @@ def _file_flags(prog: Program, path: str) -> list[str]:
     return [t for t in producer.split() if _KEPT.match(t)]
 
 
-def _compared(b: manifest.Bundle, prog: Program, opts: ProgramOptions) -> CompiledSet | None:
-    """Both sides of every unit compiled with the program's own options (its DWARF's
+def _compared(b: manifest.Bundle, targets: Targets, opts: ProgramOptions) -> CompiledSet | None:
+    """Both sides of every unit compiled with its object's own options (its DWARF's
     ``DW_AT_producer``, plus ``--cflags``), where they can be."""
-    if opts.source_level or b.manifest.objects is not None or not prog.producers:
+    if opts.source_level or b.manifest.objects is not None or not all(o.producers for o in targets.objects):
         return None
     extra = shlex.split(opts.cflags)
     include = runtime.userspace()
 
     def command(path: str, root: Path) -> Command:
         # klpcc.h first, as every unit of the patch has it: KLPCC_STATE and the like expand
-        flags = (opts.cc, *_file_flags(prog, path), *extra, f"-I{include}", "-include", str(include / HEADER))
+        flags = (opts.cc, *_file_flags(targets.of(path), path), *extra, f"-I{include}", "-include",
+                 str(include / HEADER))
         return Command(str(root), flags, str(root / path))
 
     return compare_bundle(b, command, cache=default_cache())
 
 
-def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions, compiled: CompiledSet | None
+def _plan(b: manifest.Bundle, targets: Targets, opts: ProgramOptions, compiled: CompiledSet | None
           ) -> tuple[policy.Plan, list[str]]:
     """The release's plan: the compiled code's function set, with every function the
-    program's DWARF says holds an inlined copy of a changed one; notes."""
+    object's DWARF says holds an inlined copy of a changed one; notes."""
     p = policy.plan(b.manifest)
     changed = [(path, name) for path, fns in p.functions.items() for name, ch in fns.items()
                if ch == "modified"]
     notes: list[str] = decide(p, compiled) if compiled is not None else []
     sympos = {(f, n): pos for f, n, pos in opts.sympos}
-    for path, name in changed:  # what the source changed: the program's DWARF says where it was inlined
+    for path, name in changed:  # what the source changed: the object's DWARF says where it was inlined
+        prog = targets.of(path)
         for caller in sorted(prog.inlined_into(name)):
             units = prog.units.get(caller, set())
             home = next((s for s in b.source_paths if s.endswith(".c")
@@ -171,19 +196,20 @@ def _plan(b: manifest.Bundle, prog: Program, opts: ProgramOptions, compiled: Com
                 p.why[(home, caller)] = p.why.get((home, caller), "modified") + f"; inlined {name}"
 
     def present(path: str, name: str) -> bool:
-        return prog.find(path, name, sympos.get((path, name), 0)) is not None
+        return targets.of(path).find(path, name, sympos.get((path, name), 0)) is not None
 
     notes += not_redirected(p, present, compiled)
     if compiled is None:  # from the source alone: the program's DWARF is the evidence
         for path, name in changed:
-            into = sorted(prog.inlined_into(name))
+            into = sorted(targets.of(path).inlined_into(name))
             if p.functions[path].get(name) == "modified" and not present(path, name) and into:
                 p.functions[path][name] = "added"
                 notes.append(f"{name} ({path}) has no symbol of its own in the program; its DWARF says it "
                              f"was inlined into {', '.join(into)}, which are patched")
-    if not prog.producers:
-        notes.append("the program has no DWARF (-g): the function set is the source's, and functions a "
-                     "changed function was inlined into cannot be found; build it with klpcc config --cflags")
+    for o in targets.objects:
+        if not o.producers:
+            notes.append(f"{o.path} has no DWARF (-g): the function set is the source's, and functions a "
+                         "changed function was inlined into cannot be found; build it with klpcc config --cflags")
     return p, notes
 
 
@@ -197,13 +223,16 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
         for kind in u.callbacks:
             ret = "int" if kind == "pre_patch" else "void"
             out.append(f"extern {ret} (*const klpcc_cb_{kind}_{u.index})(void);")
-    out += ["", "static const struct klpcc_func klpcc_funcs[] = {"]
+    out += ["", "static const struct klpcc_object klpcc_objects[] = {"]
+    for o in build.objects:
+        out.append(f'\t{{ "{c_string(o.name)}", "{o.build_id}" }},')
+    out += ["};", "", "static const struct klpcc_func klpcc_funcs[] = {"]
     for f in build.functions:
         out.append(f'\t{{ "{f.name}", {f.offset:#x}UL, {f.size}UL, (void *){f.new}, {int(f.immediate)}, '
-                   f'"{c_string(f.why)}" }},')
+                   f'"{c_string(f.why)}", {f.object} }},')
     out += ["\t{ 0 }", "};", "", "static const struct klpcc_ref klpcc_refs[] = {"]
     for r in build.refs:
-        out.append(f'\t{{ "{r["name"]}", {r["offset"]:#x}UL, &{r["slot"]} }},')
+        out.append(f'\t{{ "{r["name"]}", {r["offset"]:#x}UL, &{r["slot"]}, {r["object"]} }},')
     out += ["\t{ 0 }", "};", "", "static const struct klpcc_state_decl klpcc_states[] = {"]
     out += [f"\t{{ {i}UL, {v} }}," for i, v in build.states]
     out += ["\t{ 0 }", "};"]
@@ -219,32 +248,40 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
     out += ["", '__attribute__((visibility("default")))',
             "const struct klpcc_patch klpcc_patch_descriptor = {",
             "\t.abi = KLPCC_ABI,", f'\t.name = "{c_string(build.release)}",',
-            f'\t.build_id = "{build.build_id}",',
+            f"\t.objects = klpcc_objects, .nobjects = {len(build.objects)},",
             f"\t.funcs = klpcc_funcs, .nfuncs = {len(build.functions)},",
             f"\t.refs = klpcc_refs, .nrefs = {len(build.refs)},",
             f"\t.states = klpcc_states, .nstates = {len(build.states)},",
             *[f"\t.{k} = {v}," for k, v in hooks.items()],
-            "\t.manifest = " + c_literal(manifest) + ",", "};", ""]
+            "\t.manifest = " + c_literal(manifest) + ",", "};", "",
+            "/* the same manifest where `klpcc install` reads it, without loading the object */",
+            f'__attribute__((used, section("{MANIFEST_SECTION}")))',
+            "static const char klpcc_manifest_note[] = " + c_literal(manifest) + ";", ""]
     return "\n".join(out)
 
 
 def build_program(opts: ProgramOptions) -> ProgramBuild:
-    """Write the patch object of a bundle for the program ``opts.binary``."""
+    """Write the patch object of a bundle for the program ``opts.binary`` and the shared
+    libraries ``opts.libraries``."""
     b = manifest.read(opts.bundle)
     m = b.manifest
     states = policy.check(m)
     atomic.check_file_target(opts.output, opts.force)
-    prog = read_program(opts.binary)
+    if not opts.binary and not opts.libraries:
+        raise KlpccError("say which objects the patch changes: --binary PROG, --library LIB.so, or both")
+    targets = read_targets(opts.binary, opts.libraries)
     sympos = {(f, n): p for f, n, p in opts.sympos}
-    compiled = _compared(b, prog, opts)
-    p, notes = _plan(b, prog, opts, compiled)
+    compiled = _compared(b, targets, opts)
+    p, notes = _plan(b, targets, opts, compiled)
     in_source = {n for path in p.functions
                  for n in _IMMEDIATE.findall(b.source(path).decode("utf-8", "replace"))}
     stuck(p, compiled, in_source | set(m.immediate), opts.immediate,
           "Build it with --immediate {name} to switch it while threads run in it (their running frames keep "
           "the old code, new calls get the new)")
     decided = "objects" if compiled else "bundle" if m.objects is not None else "source"
-    build = ProgramBuild(m.release, atomic.absolute(opts.output), prog.build_id, nops=list(m.nops),
+    objects = [PatchObjectTarget(kind, o.path, os.path.basename(o.path), o.build_id)
+               for kind, o in zip(targets.kinds, targets.objects, strict=True)]
+    build = ProgramBuild(m.release, atomic.absolute(opts.output), objects, nops=list(m.nops),
                          states=states, notes=notes, decided_by=decided)
     if compiled is not None:
         build.compare = compiled.summary()
@@ -254,6 +291,8 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     sources = set(b.source_paths)
     for i, path in enumerate(sorted(p.functions), 1):
         unit = Unit(i, path, "program")
+        home = targets.index(path)
+        prog = targets.objects[home]
         seen = compiled.unit(path) if compiled else None
         writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                    ProgramResolver(prog, sympos, path), seen)
@@ -265,14 +304,14 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
         for old, new, _ in unit.patched:
             sym = prog.find(path, old, sympos.get((path, old), 0))
             if sym is None or not sym.function:
-                raise KlpccError(f"the program has no function {old}", file=path)
+                raise KlpccError(f"{prog.path} has no function {old}", file=path)
             reason = p.why.get((path, old), "modified")
             build.functions.append(PatchFunction(old, path, sym.offset, sym.size, new, reason,
-                                                 old in immediate))
+                                                 old in immediate, home))
             if "inlined " in reason or "may have inlined" in reason:
                 build.inlining.append({"function": old, "file": path, "why": reason})
         for slot, sym in writer.refs.items():
-            refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path}
+            refs[slot] = {"name": sym.name, "offset": sym.offset, "slot": slot, "file": path, "object": home}
         build.copied += [{"file": path, "what": c} for c in unit.copied]
         build.callbacks += [{"file": path, "kind": k, "callback": fn} for k, fn in unit.callbacks.items()]
     policy.check_units(m, units)
@@ -281,14 +320,14 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     out = atomic.absolute(opts.output)
     scratch = out.parent if out.parent.exists() else None
     with tempfile.TemporaryDirectory(prefix=".klpcc-build-", dir=scratch) as t:
-        data = _compile_object(Path(t), b, units, build, prog, opts, embedded, p.added)
+        data = _compile_object(Path(t), b, units, build, targets, opts, embedded, p.added)
     if not out.parent.is_dir():
         raise KlpccError(f"cannot write {out}: its directory does not exist")
     atomic.write_atomic(out, data, 0o755)
     return build
 
 
-def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: ProgramBuild, prog: Program,
+def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: ProgramBuild, targets: Targets,
                     opts: ProgramOptions, embedded: dict, added: dict[str, set[str]]) -> bytes:
     """The patch object's bytes, compiled and linked in ``tmp``."""
     include = runtime.userspace()
@@ -307,7 +346,7 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
         src = atomic.inside(tmp / "src", u.path)
         src.write_text(u.text, encoding="utf-8", errors="surrogateescape")
         obj = tmp / f"unit{u.index}.o"
-        cc([*_file_flags(prog, u.path), *extra, "-fPIC", "-fno-semantic-interposition",
+        cc([*_file_flags(targets.of(u.path), u.path), *extra, "-fPIC", "-fno-semantic-interposition",
             "-Wno-unused-function", "-Wno-unused-variable", f"-I{include}", f"-I{src.parent}", "-c", u.path,
             "-o", str(obj)], "compiling the patch", cwd=tmp / "src")
         objects.append(str(obj))
@@ -317,12 +356,12 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
     so = tmp / "patch.so"
     cc(["-shared", "-Wl,-Bsymbolic-functions", "-Wl,--build-id", "-o", str(so), str(tmp / "desc.o"),
         *objects], "linking the patch object")
-    _check_object(so, prog, units, added)
+    _check_object(so, targets, units, added)
     return so.read_bytes()
 
 
-def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, set[str]]) -> None:
-    """The patch object must not carry its own copy of program data it should share."""
+def _check_object(so: Path, targets: Targets, units: list[Unit], added: dict[str, set[str]]) -> None:
+    """The patch object must not carry its own copy of its objects' data it should share."""
     from elftools.elf.elffile import ELFFile
 
     with open(so, "rb") as fh:
@@ -331,17 +370,19 @@ def _check_object(so: Path, prog: Program, units: list[Unit], added: dict[str, s
         for sym in dynsym.iter_symbols() if dynsym else ():
             if sym["st_shndx"] != "SHN_UNDEF" or not sym.name:
                 continue
-            mine = next((u.path for u in units if (os.path.basename(u.path), sym.name) in prog.locals), None)
-            if mine is not None or sym.name in prog.globals:
-                raise KlpccError(f"the patch refers to the program's {sym.name} directly (through a macro?), "
-                                 "which a patch object cannot link against; use it in the function's code",
-                                 file=mine)
+            mine = next((u.path for u in units
+                         if (os.path.basename(u.path), sym.name) in targets.of(u.path).locals), None)
+            owner = targets.of(mine) if mine else next((o for o in targets.objects if sym.name in o.globals), None)
+            if owner is not None:
+                raise KlpccError(f"the patch refers to {os.path.basename(owner.path)}'s {sym.name} directly "
+                                 "(through a macro?), which a patch object cannot link against; use it in the "
+                                 "function's code", file=mine)
         symtab = elf.get_section_by_name(".symtab")
         for sym in symtab.iter_symbols() if symtab else ():
             if sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] == "SHN_UNDEF":
                 continue
             for u in units:
-                own = prog.locals.get((os.path.basename(u.path), sym.name))
+                own = targets.of(u.path).locals.get((os.path.basename(u.path), sym.name))
                 if own and not own[0].function and sym.name not in added.get(u.path, set()):
                     raise KlpccError(f"the patch object has its own copy of the program's static {sym.name} "
                                      "(used through a macro?); the patched code must use the program's",

@@ -59,6 +59,52 @@ class Program:
         return out
 
 
+@dataclass
+class Targets:
+    """The objects one patch object changes: the program and shared libraries, each
+    matched by the runtime by its build-id (the kernel's ``klp_object``).  Each unit of
+    the bundle belongs to the one object whose symbol table or DWARF has a file of its
+    name."""
+
+    objects: list[Program]
+    kinds: list[str]  # "program" or "library"
+
+    def index(self, path: str) -> int:
+        if len(self.objects) == 1:
+            return 0
+        base = posixpath.basename(path)
+        found = [i for i, o in enumerate(self.objects)
+                 if any(f == base for f, _ in o.locals) or any(posixpath.basename(u) == base
+                                                              for u in o.producers)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(self.objects[i].path for i in found)
+            raise KlpccError(f"is compiled into more than one of the objects the patch is built for ({names}): "
+                             "build one patch object per object", file=path)
+        names = ", ".join(o.path for o in self.objects)
+        raise KlpccError(f"is in none of the objects the patch is built for ({names}): none has a file of "
+                         "that name in its symbols or DWARF", file=path)
+
+    def of(self, path: str) -> Program:
+        return self.objects[self.index(path)]
+
+
+def read_targets(binary: str | None, libraries: tuple[str, ...]) -> Targets:
+    paths = ([binary] if binary else []) + list(libraries)
+    objects = [read_program(p) for p in paths]
+    seen: dict[str, str] = {}
+    for o in objects:
+        if o.build_id in seen:
+            raise KlpccError(f"has the build-id of {seen[o.build_id]}: the same object given twice", patch=o.path)
+        seen[o.build_id] = o.path
+    kinds = (["program"] if binary else []) + ["library"] * len(libraries)
+    for o, kind in zip(objects, kinds, strict=True):
+        if kind == "library" and not o.pie:
+            raise KlpccError("is not a shared library (ELF type ET_EXEC)", patch=o.path)
+    return Targets(objects, kinds)
+
+
 def read_program(path: str | Path) -> Program:
     from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
     from elftools.elf.elffile import ELFFile
