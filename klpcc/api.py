@@ -2,8 +2,10 @@
 
 Every command has its call here: :func:`analyze` (and :func:`analyze_objects`),
 :func:`compile_bundle`, :func:`lint`, :func:`build_kernel` and :func:`build_program`
-(the two targets), :func:`config`, and :func:`apply`, :func:`status`, :func:`disable`
-(a running program's runtime).  Errors are raised as :class:`klpcc.errors.KlpccError`.
+(the two targets), :func:`config`, :func:`apply`, :func:`status`, :func:`disable`
+(a running program's runtime) and their forms for many processes (:func:`apply_all`,
+:func:`status_all`, :func:`disable_all`), and :func:`install` and :func:`uninstall`
+(patches kept across restarts and reboots).  Errors are raised as :class:`klpcc.errors.KlpccError`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ if TYPE_CHECKING:
     from .compdb import CompileCommands
     from .emit.kernel import KernelBuild, KernelOptions, build_kernel
     from .emit.userspace import Answer, ProgramBuild, ProgramOptions, build_program
+    from .emit.userspace.processes import Fleet
     from .lint import LintResult
     from .lint.config import Config
     from .objects import ObjectReport
     from .review import Review
+    from .store import Installed
 
 # the targets' names, imported on first use: analyze needs neither target, nor the ELF,
 # DWARF and C-type readers they bring
 _LAZY = {"KernelBuild": ".emit.kernel", "KernelOptions": ".emit.kernel", "build_kernel": ".emit.kernel",
          "Answer": ".emit.userspace", "ProgramBuild": ".emit.userspace", "ProgramOptions": ".emit.userspace",
-         "build_program": ".emit.userspace"}
+         "build_program": ".emit.userspace", "Fleet": ".emit.userspace.processes", "Installed": ".store"}
 
 
 def __getattr__(name: str) -> Any:
@@ -293,13 +297,63 @@ def status(pid: int, socket: str | None = None) -> Answer:
     return _client.status(pid, socket)
 
 
-def disable(pid: int, timeout: float = 10.0, socket: str | None = None) -> Answer:
-    """Back to the original code everywhere in process ``pid``."""
+def disable(pid: int, timeout: float = 10.0, socket: str | None = None, name: str | None = None) -> Answer:
+    """Back to the original code in process ``pid``: the installed patch called ``name``,
+    or the only one installed."""
     from .emit.userspace import client as _client
 
-    return _client.disable(pid, timeout, socket)
+    return _client.disable(pid, timeout, socket, name)
 
 
-__all__ = ["AnalyzeOptions", "Answer", "KernelBuild", "KernelOptions", "ObjectOptions", "ProgramBuild",
-           "ProgramOptions", "analyze", "analyze_objects", "apply", "build_kernel", "build_program",
-           "compile_bundle", "config", "disable", "lint", "review", "review_bundle", "status", "write_review"]
+def apply_all(patch: str | Path, timeout: float = 10.0, *, pids: list[int] | None = None,
+              library: str | None = None) -> Fleet:
+    """Install the patch object in every process of ``pids``, or in every process of this
+    user (every process, for root) that maps the exact build of ``library``; each
+    process answers (``klpcc.processes/1``).  Processes that map the library without the
+    runtime, or another build of it, are listed as not patchable."""
+    from .emit.userspace import processes as _processes
+
+    if not Path(patch).is_file():
+        raise KlpccError(f"no patch object {patch}")
+    lib = _processes.library(library) if library else None
+    return _processes.apply_many(str(patch), timeout, list(pids or []), lib)
+
+
+def disable_all(pids: list[int], timeout: float = 10.0, name: str | None = None) -> Fleet:
+    """:func:`disable` in every process of ``pids``; each answers."""
+    from .emit.userspace import processes as _processes
+
+    return _processes.disable_many(pids, timeout, name)
+
+
+def status_all() -> Fleet:
+    """Every process of this user (every process, for root) that runs the runtime, with
+    its status, and every patch installed in the stores (:func:`install`)."""
+    from . import store as _store
+    from .emit.userspace import processes as _processes
+
+    return _processes.status_all(_store.records())
+
+
+def install(path: str | Path, *, state_dir: str | None = None, force: bool = False,
+            kernel: bool = False) -> Installed:
+    """Record a patch object (applied when a process of its program or libraries starts)
+    or, with ``kernel``, a livepatch module (loaded at boot by ``klpcc-load --all``) in
+    the store; see :mod:`klpcc.store`."""
+    from . import store as _store
+
+    return _store.install(str(path), state_dir, force, kernel)
+
+
+def uninstall(target: str | Path, *, state_dir: str | None = None, kernel: bool = False) -> Installed:
+    """Remove from the store what :func:`install` recorded for ``target``."""
+    from . import store as _store
+
+    return _store.uninstall(str(target), state_dir, kernel)
+
+
+__all__ = ["AnalyzeOptions", "Answer", "Fleet", "Installed", "KernelBuild", "KernelOptions", "ObjectOptions",
+           "ProgramBuild", "ProgramOptions", "analyze", "analyze_objects", "apply", "apply_all",
+           "build_kernel",
+           "build_program", "compile_bundle", "config", "disable", "disable_all", "install", "lint", "review",
+           "review_bundle", "status", "status_all", "uninstall", "write_review"]

@@ -402,14 +402,6 @@ def config_cmd(want_cflags: bool, want_libs: bool, preload: bool, loader: bool, 
     click.echo(api.config(cflags=want_cflags, libs=want_libs, preload=preload, loader=loader, cc=cc))
 
 
-def _pid_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--socket", "sock", metavar="PATH", type=click.Path(),
-                      help="The runtime's socket (default: the one the process listens on, found "
-                           "from its own view of the filesystem).")(fn)
-    return click.option("--pid", "pid", required=True, type=click.IntRange(min=1),
-                        help="The process to talk to.")(fn)
-
-
 def _answer(ans: Answer, fmt: str) -> None:
     """Print the runtime's answer; a refusal exits 1 (in text, with the step that refused)."""
     if fmt == "json":
@@ -422,35 +414,128 @@ def _answer(ans: Answer, fmt: str) -> None:
         sys.exit(EXIT_FINDINGS)
 
 
+def _fleet(fleet: Any, fmt: str) -> None:
+    """Print the answers of many processes; exit 1 when a process the patch was for did
+    not get it (refused, no runtime, not reachable)."""
+    click.echo(_report.dump_json(fleet.to_json()) if fmt == "json" else fleet.text(), nl=fmt == "json")
+    if fleet.failed:
+        sys.exit(EXIT_FINDINGS)
+
+
+_SOCKET = click.option("--socket", "sock", metavar="PATH", type=click.Path(),
+                       help="The runtime's socket (default: the one the process listens on, found from "
+                            "its own "
+                            "view of the filesystem); with one --pid.")
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                       show_default=True)
+
+
+def _one_pid(pids: tuple[int, ...], sock: str | None, what: str) -> int | None:
+    if not pids:
+        raise KlpccError(f"say which processes: --pid PID (repeatable){what}")
+    if sock and len(pids) > 1:
+        raise KlpccError("--socket names one process's socket: give one --pid with it")
+    return pids[0] if len(pids) == 1 else None
+
+
 @main.command("apply")
 @click.argument("patch", type=click.Path())
-@_pid_options
+@click.option("--pid", "pids", multiple=True, type=click.IntRange(min=1),
+              help="A process to install the patch in. Repeatable: each process answers.")
+@click.option("--all-mapping", "all_mapping", metavar="LIB.so", type=click.Path(),
+              help="Every process of this user (every process, for root) that maps this exact library build.")
+@_SOCKET
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
               help="Seconds to wait for the threads to leave the functions being switched.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_FORMAT
 @_guard
-def apply_cmd(patch: str, pid: int, sock: str | None, timeout: float, fmt: str) -> None:
-    """Install PATCH in process PID: an atomic replace of whatever is installed."""
+def apply_cmd(patch: str, pids: tuple[int, ...], all_mapping: str | None, sock: str | None, timeout: float,
+              fmt: str) -> None:
+    """Install PATCH in processes: an atomic replace of the patch installed for its objects."""
+    if all_mapping:
+        if pids or sock:
+            raise KlpccError("--all-mapping finds the processes itself: leave out --pid and --socket")
+        _fleet(api.apply_all(patch, timeout, library=all_mapping), fmt)
+        return
+    pid = _one_pid(pids, sock, " or --all-mapping LIB.so")
+    if pid is None:
+        _fleet(api.apply_all(patch, timeout, pids=list(pids)), fmt)
+        return
     _answer(api.apply(pid, patch, timeout, sock), fmt)
 
 
 @main.command("disable")
-@_pid_options
+@click.option("--pid", "pids", multiple=True, type=click.IntRange(min=1),
+              help="A process to disable the patch in. Repeatable: each process answers.")
+@click.option("--patch", "name", metavar="NAME",
+              help="The installed patch to disable (needed when a process has several: a program's and a "
+                   "library's).")
+@_SOCKET
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_FORMAT
 @_guard
-def disable_cmd(pid: int, sock: str | None, timeout: float, fmt: str) -> None:
-    """Back to the original code everywhere in process PID."""
-    _answer(api.disable(pid, timeout, sock), fmt)
+def disable_cmd(pids: tuple[int, ...], name: str | None, sock: str | None, timeout: float, fmt: str) -> None:
+    """Back to the original code in processes."""
+    pid = _one_pid(pids, sock, "")
+    if pid is None:
+        _fleet(api.disable_all(list(pids), timeout, name), fmt)
+        return
+    _answer(api.disable(pid, timeout, sock, name), fmt)
 
 
 @main.command("status")
-@_pid_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--pid", "pid", type=click.IntRange(min=1), help="The process to ask.")
+@click.option("--all", "everything", is_flag=True,
+              help="Every process of this user (every process, for root) that runs the runtime, and what is "
+                   "installed (klpcc install).")
+@_SOCKET
+@_FORMAT
 @_guard
-def status_cmd(pid: int, sock: str | None, fmt: str) -> None:
-    """The patches installed in process PID, their functions and states."""
+def status_cmd(pid: int | None, everything: bool, sock: str | None, fmt: str) -> None:
+    """The patches installed in a process, their functions and states."""
+    if everything:
+        if pid or sock:
+            raise KlpccError("--all asks every process: leave out --pid and --socket")
+        _fleet(api.status_all(), fmt)
+        return
+    if not pid:
+        raise KlpccError("say which process: --pid PID, or --all")
     _answer(api.status(pid, sock), fmt)
+
+
+@main.command("install")
+@click.argument("patch", type=click.Path())
+@click.option("--kernel", is_flag=True,
+              help="PATCH is a livepatch module, loaded at boot by klpcc-load --all.")
+@click.option("--state-dir", metavar="DIR", type=click.Path(),
+              help="The store (default: $KLPCC_STATE_DIR, else ~/.local/state/klpcc, or /var/lib/klpcc "
+                   "for root).")
+@click.option("--force", is_flag=True, help="Install an older release of the series than the one installed.")
+@_FORMAT
+@_guard
+def install_cmd(patch: str, kernel: bool, state_dir: str | None, force: bool, fmt: str) -> None:
+    """Keep PATCH in force across restarts (a patch object: applied when a process of its
+    program or library starts) or reboots (--kernel: a livepatch module)."""
+    done = api.install(patch, state_dir=state_dir, force=force, kernel=kernel)
+    click.echo(_report.dump_json(done.to_json()) if fmt == "json" else done.text(), nl=fmt == "json")
+
+
+@main.command("uninstall")
+@click.argument("target", type=click.Path())
+@click.option("--kernel", is_flag=True, help="TARGET is a livepatch module or a kernel release.")
+@click.option("--state-dir", metavar="DIR", type=click.Path(), help="The store (as for install).")
+@_FORMAT
+@_guard
+def uninstall_cmd(target: str, kernel: bool, state_dir: str | None, fmt: str) -> None:
+    """Stop applying a patch at start (TARGET: the patch object, or the program or library
+    it is for) or at boot (--kernel). Processes running keep what they have: klpcc disable."""
+    done = api.uninstall(target, state_dir=state_dir, kernel=kernel)
+    if fmt == "json":
+        click.echo(_report.dump_json(done.to_json()))
+    elif done.changes:
+        click.echo(done.text(), nl=False)
+    else:
+        click.echo(f"nothing was installed for {target} in {done.store}")
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -68,7 +68,7 @@ int main(int argc, char **argv)
 
 
 class Object(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("build_id", ctypes.c_char_p)]
+    _fields_ = [("name", ctypes.c_char_p), ("build_id", ctypes.c_char_p), ("library", ctypes.c_int)]
 
 
 class Func(ctypes.Structure):

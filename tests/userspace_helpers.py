@@ -170,7 +170,8 @@ def patch_source(p: Patch, syms: dict[str, tuple[int, int]], bid: str) -> str:
         off = p.ref_offsets.get(r, syms[r][0])
         refs.append(f'{{ "{r}", {off:#x}UL, &ref_{r}, 0 }}')
     states = [f"{{ {i}, {v} }}" for i, v in p.states]
-    out.append(f'static const struct klpcc_object objects[] = {{ {{ "program", {c_string(p.build_id or bid)} }} }};')
+    out.append("static const struct klpcc_object objects[] = "
+               f'{{ {{ "program", {c_string(p.build_id or bid)}, 0 }} }};')
     out.append("static const struct klpcc_func funcs[] = {\n  " + ",\n  ".join(entries or ["{0}"]) + "\n};")
     out.append("static const struct klpcc_ref refs[] = {\n  " + ",\n  ".join(refs or ["{0}"]) + "\n};")
     out.append("static const struct klpcc_state_decl states[] = {\n  "

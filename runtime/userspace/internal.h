@@ -252,6 +252,9 @@ struct klp_transition {
 };
 
 int klp_transition_init(int sig);
+/* The thread in the runtime's constructor, while it waits there (else 0): a stack of it
+ * that the unwinder cannot follow to the end is not busy for that (start.c). */
+extern pid_t klp_starting_tid;
 /* 0: switched; -1: a thread stayed (t->error); -2: internal error (t->error). */
 int klp_transition_run(struct klp_transition *t);
 unsigned long klp_transition_rewinds(void);

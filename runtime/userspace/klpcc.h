@@ -79,6 +79,7 @@ void klpcc_shadow_free_all(unsigned long id, klpcc_shadow_dtor_t dtor);
 struct klpcc_object {
 	const char *name;      /* its file name (for messages and status) */
 	const char *build_id;  /* its GNU build-id, lowercase hex */
+	int library;           /* a shared library (it may be loaded later); 0: the program */
 };
 
 struct klpcc_func {

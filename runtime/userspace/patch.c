@@ -423,7 +423,6 @@ static int resolve(struct patch *p, struct klp_outcome *out)
 {
 	const struct klpcc_patch *d = p->desc;
 	char err[256];
-	unsigned present = 0;
 
 	p->funcs = calloc(d->nfuncs ? d->nfuncs : 1, sizeof(*p->funcs));
 	p->objs = calloc(d->nobjects, sizeof(*p->objs));
@@ -437,24 +436,18 @@ static int resolve(struct patch *p, struct klp_outcome *out)
 		p->has_immediate |= !!d->funcs[i].immediate;
 	}
 	for (unsigned k = 0; k < d->nobjects; k++) {
+		const struct klpcc_object *o = &d->objects[k];
 		struct klp_module m;
 
-		p->objs[k].o = &d->objects[k];
-		if (klp_module_find(d->objects[k].build_id, &m))
+		p->objs[k].o = o;
+		if (!o->library && strcasecmp(o->build_id, klp_prog.main.build_id))
+			return fail(out, "build-id", "%s was built for %s, build-id %s; this program is %s",
+				    d->name, o->name, o->build_id,
+				    klp_prog.main.build_id[0] ? klp_prog.main.build_id : "without one");
+		if (klp_module_find(o->build_id, &m))
 			continue; /* a library not loaded (yet): its functions wait for it */
-		present++;
 		if (attach_object(p, k, &m, err, sizeof(err)))
 			return fail(out, "symbol", "%s", err);
-	}
-	if (!present) {
-		if (d->nobjects == 1)
-			return fail(out, "build-id", "%s was built for %s, build-id %s; this process "
-				    "has no object with that build-id (the program is %s)", d->name,
-				    d->objects[0].name, d->objects[0].build_id,
-				    klp_prog.main.build_id[0] ? klp_prog.main.build_id : "without one");
-		return fail(out, "build-id", "%s was built for %u objects (%s, build-id %s, ...), none "
-			    "of which this process has loaded", d->name, d->nobjects, d->objects[0].name,
-			    d->objects[0].build_id);
 	}
 	return 0;
 }

@@ -14,6 +14,8 @@
 
 #include "internal.h"
 
+pid_t klp_starting_tid;
+
 /* KLPCC_SIGNAL: a number, or SIGRTMIN+N / RTMIN+N. */
 static int stop_signal(void)
 {
@@ -56,5 +58,7 @@ __attribute__((constructor)) static void klp_start(void)
 	if (klp_transition_init(klp_prog.stop_signal))
 		return;
 	klp_control_start();
+	klp_starting_tid = klp_gettid();
 	klp_control_sync();
+	klp_starting_tid = 0;
 }

@@ -277,8 +277,16 @@ def _check_traced(unit: Unit, compiled: CompiledSet) -> None:
                          "live patch cannot redirect it", file=unit.path)
 
 
+def series_id(releases: tuple[str, ...] | list[str]) -> str:
+    """Which series a release belongs to, for telling newer from older releases of it
+    (``klpcc install``): a digest of its first release's name."""
+    import hashlib
+
+    return hashlib.sha256(releases[0].encode("utf-8", "surrogateescape")).hexdigest()[:16] if releases else ""
+
+
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
-               replace: bool, imports: tuple[str, ...] = ()) -> str:
+               replace: bool, imports: tuple[str, ...] = (), index: int = 0, series: str = "") -> str:
     """The C unit holding the module's ``klp_patch``."""
     objects: dict[str, list[Unit]] = {}
     for u in units:
@@ -325,7 +333,10 @@ def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[in
             "module_init(klpcc_init);", "module_exit(klpcc_exit);", 'MODULE_LICENSE("GPL");',
             *(f"MODULE_IMPORT_NS({ns});" for ns in imports),
             'MODULE_INFO(livepatch, "Y");',
-            f'MODULE_DESCRIPTION("klpcc cumulative live patch, release {c_string(release)}");', ""]
+            f'MODULE_DESCRIPTION("klpcc cumulative live patch, release {c_string(release)}");',
+            *([f'MODULE_INFO(klpcc_release, "{c_string(release)}");',
+               f'MODULE_INFO(klpcc_release_index, "{index}");',
+               f'MODULE_INFO(klpcc_series, "{series}");'] if index else []), ""]
     return "\n".join(out)
 
 
@@ -397,7 +408,8 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         # the symbol namespaces of the exports the units name (EXPORT_SYMBOL_NS): imported
         ns = namespaces(flags_kdir) if flags_kdir is not None else {}
         imports = tuple(sorted({ns[w] for u in units for w in set(re.findall(r"\w+", u.text)) if w in ns}))
-        (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace, imports))
+        (tmp / "klpcc_patch.c").write_text(patch_unit(name, m.release, units, states, opts.replace, imports,
+                                                                 m.release_index, series_id(m.releases)))
         unit_paths = {u.path for u in units}
         for path in b.source_paths:  # headers, and C files a unit includes
             if path not in unit_paths:

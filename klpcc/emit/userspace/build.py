@@ -209,7 +209,8 @@ def _plan(b: manifest.Bundle, targets: Targets, opts: ProgramOptions, compiled: 
     for o in targets.objects:
         if not o.producers:
             notes.append(f"{o.path} has no DWARF (-g): the function set is the source's, and functions a "
-                         "changed function was inlined into cannot be found; build it with klpcc config --cflags")
+                         "changed function was inlined into cannot be found; build it with klpcc config "
+                         "--cflags")
     return p, notes
 
 
@@ -225,7 +226,7 @@ def descriptor_unit(build: ProgramBuild, units: list[Unit], manifest: str) -> st
             out.append(f"extern {ret} (*const klpcc_cb_{kind}_{u.index})(void);")
     out += ["", "static const struct klpcc_object klpcc_objects[] = {"]
     for o in build.objects:
-        out.append(f'\t{{ "{c_string(o.name)}", "{o.build_id}" }},')
+        out.append(f'\t{{ "{c_string(o.name)}", "{o.build_id}", {int(o.kind == "library")} }},')
     out += ["};", "", "static const struct klpcc_func klpcc_funcs[] = {"]
     for f in build.functions:
         out.append(f'\t{{ "{f.name}", {f.offset:#x}UL, {f.size}UL, (void *){f.new}, {int(f.immediate)}, '
@@ -372,11 +373,12 @@ def _check_object(so: Path, targets: Targets, units: list[Unit], added: dict[str
                 continue
             mine = next((u.path for u in units
                          if (os.path.basename(u.path), sym.name) in targets.of(u.path).locals), None)
-            owner = targets.of(mine) if mine else next((o for o in targets.objects if sym.name in o.globals), None)
+            owner = targets.of(mine) if mine else next(
+                (o for o in targets.objects if sym.name in o.globals), None)
             if owner is not None:
                 raise KlpccError(f"the patch refers to {os.path.basename(owner.path)}'s {sym.name} directly "
-                                 "(through a macro?), which a patch object cannot link against; use it in the "
-                                 "function's code", file=mine)
+                                 "(through a macro?), which a patch object cannot link against; use it in "
+                                 "the function's code", file=mine)
         symtab = elf.get_section_by_name(".symtab")
         for sym in symtab.iter_symbols() if symtab else ():
             if sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] == "SHN_UNDEF":

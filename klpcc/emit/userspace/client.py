@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...errors import KlpccError
 
-_HINT = "link it with `klpcc config --libs` or start it with LD_PRELOAD=$(klpcc config --preload)"
+HINT = "link it with `klpcc config --libs` or start it with LD_PRELOAD=$(klpcc config --preload)"
 _MAX_SUN_PATH = 107
 
 
@@ -128,7 +128,7 @@ def _absent(pid: int, other_userns: bool) -> str:
     if "libklpcc" in maps:
         return (f"{who} runs the klpcc runtime, but it listens on no socket (its standard error "
                 "says why: 'not listening')")
-    return f"{who} runs no klpcc runtime: {_HINT}"
+    return f"{who} runs no klpcc runtime: {HINT}"
 
 
 def _connect(ep: Endpoint, wait: float) -> socket.socket:
@@ -258,6 +258,8 @@ class Answer:
             extra.append("reverted " + ", ".join(doc["nops"]))
         if doc.get("unloaded"):
             extra.append("unloaded " + ", ".join(doc["unloaded"]))
+        if doc.get("pending"):
+            extra.append("switched when their library loads: " + ", ".join(doc["pending"]))
         timing = f" in {doc['total_us'] / 1000:.1f} ms" if "total_us" in doc else ""
         done = {"apply": "applied", "disable": "disabled"}[self.action]
         return f"{done} {doc.get('patch', '')}{timing}" + (f" ({'; '.join(extra)})" if extra else "") + "\n"
@@ -270,8 +272,12 @@ def _status_text(doc: dict) -> str:
         lines.append("  no patch installed")
     for p in doc.get("patches", []):
         lines.append(f"  {p['name']}  {p['state']}  {p.get('path', '')}")
+        for o in p.get("objects", []):
+            lines.append(f"    object {o['name']} (build-id {str(o['build_id'])[:12]})"
+                         + ("" if o.get("loaded") else ": not loaded"))
         for f in p.get("functions", []):
             flag = ", immediate" if f.get("immediate") else ""
+            flag += ", waiting for its library" if f.get("pending") else ""
             lines.append(f"    {f['name']}  ({f.get('why', '')}{flag})")
         for st in p.get("states", []):
             lines.append(f"    state {st['id']} version {st['version']}")
@@ -301,7 +307,10 @@ def status(pid: int, explicit: str | None = None) -> Answer:
     return Answer("status", request(pid, "status", wait=30, explicit=explicit))
 
 
-def disable(pid: int, timeout: float, explicit: str | None = None) -> Answer:
-    """Back to the original code everywhere in process ``pid``."""
-    return Answer("disable", request(pid, f"disable {int(timeout * 1000)}", wait=timeout + 30,
-                                     explicit=explicit))
+def disable(pid: int, timeout: float, explicit: str | None = None, name: str | None = None) -> Answer:
+    """Back to the original code in process ``pid``: the patch called ``name``, or the
+    only one installed."""
+    if name is not None and (not name or "\n" in name or "\r" in name):
+        raise KlpccError(f"--patch {name!r}: not a patch name (empty, or more than one line)")
+    line = f"disable {int(timeout * 1000)}" + (f" {name}" if name else "")
+    return Answer("disable", request(pid, line, wait=timeout + 30, explicit=explicit))

@@ -80,7 +80,8 @@ class Targets:
             return found[0]
         if found:
             names = ", ".join(self.objects[i].path for i in found)
-            raise KlpccError(f"is compiled into more than one of the objects the patch is built for ({names}): "
+            raise KlpccError(f"is compiled into more than one of the objects the patch is built for "
+                             f"({names}): "
                              "build one patch object per object", file=path)
         names = ", ".join(o.path for o in self.objects)
         raise KlpccError(f"is in none of the objects the patch is built for ({names}): none has a file of "
@@ -96,7 +97,8 @@ def read_targets(binary: str | None, libraries: tuple[str, ...]) -> Targets:
     seen: dict[str, str] = {}
     for o in objects:
         if o.build_id in seen:
-            raise KlpccError(f"has the build-id of {seen[o.build_id]}: the same object given twice", patch=o.path)
+            raise KlpccError(f"has the build-id of {seen[o.build_id]}: the same object given twice",
+                             patch=o.path)
         seen[o.build_id] = o.path
     kinds = (["program"] if binary else []) + ["library"] * len(libraries)
     for o, kind in zip(objects, kinds, strict=True):
@@ -126,12 +128,11 @@ def read_program(path: str | Path) -> Program:
 
 
 def _build_id(elf, shown: str) -> str:
-    for sec in elf.iter_sections():
-        if sec["sh_type"] != "SHT_NOTE":
-            continue
-        for note in sec.iter_notes():
-            if note["n_type"] == "NT_GNU_BUILD_ID":
-                return note["n_desc"]
+    from ...elfinfo import build_id_of
+
+    found = build_id_of(elf)
+    if found:
+        return found
     raise KlpccError("has no GNU build-id: link it with -Wl,--build-id (klpcc config --libs does)",
                      patch=shown)
 
