@@ -373,8 +373,11 @@ def _check_object(so: Path, targets: Targets, units: list[Unit], added: dict[str
                 continue
             mine = next((u.path for u in units
                          if (os.path.basename(u.path), sym.name) in targets.of(u.path).locals), None)
+            # a library's exported symbol is the dynamic linker's to resolve; a program
+            # exports nothing
             owner = targets.of(mine) if mine else next(
-                (o for o in targets.objects if sym.name in o.globals), None)
+                (o for o, kind in zip(targets.objects, targets.kinds, strict=True)
+                 if kind == "program" and sym.name in o.globals), None)
             if owner is not None:
                 raise KlpccError(f"the patch refers to {os.path.basename(owner.path)}'s {sym.name} directly "
                                  "(through a macro?), which a patch object cannot link against; use it in "

@@ -70,14 +70,14 @@ class Targets:
     kinds: list[str]  # "program" or "library"
 
     def index(self, path: str) -> int:
-        if len(self.objects) == 1:
-            return 0
         base = posixpath.basename(path)
         found = [i for i, o in enumerate(self.objects)
                  if any(f == base for f, _ in o.locals) or any(posixpath.basename(u) == base
                                                               for u in o.producers)]
         if len(found) == 1:
             return found[0]
+        if len(self.objects) == 1 and not self.objects[0].producers:
+            return 0  # no DWARF to tell: the one object it is
         if found:
             names = ", ".join(self.objects[i].path for i in found)
             raise KlpccError(f"is compiled into more than one of the objects the patch is built for "
