@@ -442,6 +442,6 @@ def test_bad_inputs(built, store, tmp_path):
         assert words in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
     assert not (store / "userspace").exists()
     env = {**os.environ, "KLPCC_STATE_DIR": ""}
-    r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(built.r1)], capture_output=True, text=True,
-                       env=env, check=False)
+    r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(built.r1)], capture_output=True,
+                       text=True, env=env, check=False)
     assert r.returncode == 2 and "KLPCC_STATE_DIR is set and empty" in r.stderr
