@@ -445,3 +445,106 @@ def test_bad_inputs(built, store, tmp_path):
     r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(built.r1)], capture_output=True,
                        text=True, env=env, check=False)
     assert r.returncode == 2 and "KLPCC_STATE_DIR is set and empty" in r.stderr
+
+
+# ---- a real library: markupsafe's C accelerator in Python processes --------------------------
+
+# MarkupSafe 3.0.2 fixed escaping a str subclass (PyUnicode_CheckExact -> PyUnicode_Check in
+# escape_unicode); 3.0.1's accelerator fails with SystemError.  The extension module is a
+# shared library CPython dlopens; the processes run the runtime with LD_PRELOAD.
+APP = """\
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+
+class Sub(str):
+    pass
+
+def esc(x):
+    import _speedups
+    try:
+        return repr(_speedups._escape_inner(x))
+    except Exception as e:
+        return type(e).__name__
+
+def work():
+    while True:
+        esc("<a href='x'>"); esc(Sub("<b>"))
+
+if sys.argv[2] == "now":
+    import _speedups
+    for _ in range(3):
+        threading.Thread(target=work, daemon=True).start()
+print("start " + (esc(Sub("<i>")) if sys.argv[2] == "now" else "-"), flush=True)
+for line in sys.stdin:
+    if line.strip() == "import":
+        import _speedups
+        print("imported", flush=True)
+    else:
+        print(esc("<a&'\\">") + " " + esc(Sub("<b>")) + " " + esc(Sub("")), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def speedups(tmp_path_factory):
+    import sysconfig
+
+    from .test_real_sources import fetch_sdists, write_series
+
+    tmp = tmp_path_factory.mktemp("markupsafe")
+    old, new = fetch_sdists("markupsafe", ("3.0.1", "3.0.2"), "src/markupsafe")
+    patches = write_series(tmp, [old, new], ["0001-markupsafe-3.0.2"], ["src/markupsafe"])
+    include = sysconfig.get_paths()["include"]
+    assert (Path(include) / "Python.h").exists(), f"{include}/Python.h is missing (apt-get install python3-dev)"
+    cflags = klpcc("config", "--cflags").stdout.split()
+    ext, fresh = tmp / "ext", tmp / "fresh"
+    for out, src, flags in ((ext, old, cflags), (fresh, new, [])):
+        out.mkdir()
+        _cc("-O2", *flags, f"-I{include}", "-fPIC", "-shared", "-Wl,--build-id", "-o", out / "_speedups.so",
+            src / "src" / "markupsafe" / "_speedups.c")
+    r = klpcc("compile", str(patches), "--source", str(old), "-o", str(tmp / "bundle"))
+    assert r.returncode == 0, r.stderr
+    fix = tmp / "fix.so"
+    r = klpcc("build", str(tmp / "bundle"), "--library", str(ext / "_speedups.so"), "--cflags", f"-I{include}",
+              "-o", str(fix))
+    assert r.returncode == 0, r.stderr
+    app = tmp / "app.py"
+    app.write_text(APP)
+    expected = Proc([sys.executable, str(app), str(fresh), "now"])
+    answer = expected.ask("ask")
+    expected.stop()
+    return tmp, app, ext, fix, answer, expected.first
+
+
+def _python(app: Path, ext: Path, when: str) -> Proc:
+    env = {**os.environ, "LD_PRELOAD": klpcc("config", "--preload").stdout.strip()}
+    p = Proc([sys.executable, str(app), str(ext), when], env=env)
+    wait_listening(p.pid)
+    return p
+
+
+def test_a_real_library_fix_in_running_python_processes(speedups, store):
+    tmp, app, ext, fix, expected, first = speedups
+    assert "SystemError" not in expected and expected.endswith("'&lt;b&gt;' ''")
+    running = [_python(app, ext, "now") for _ in range(3)]
+    later = _python(app, ext, "later")
+    try:
+        assert all(p.ask("ask") != expected for p in running)  # 3.0.1: SystemError
+        r = klpcc("apply", str(fix), "--all-mapping", str(ext / "_speedups.so"), "--format", "json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        done = {p["pid"]: p["result"] for p in json.loads(r.stdout)["processes"]}
+        assert done == {p.pid: "applied" for p in running}  # `later` does not map it yet
+        assert all(p.ask("ask") == expected for p in running)
+        # applied before the import: patched as CPython loads it
+        r = klpcc("apply", "--pid", str(later.pid), str(fix), "--format", "json")
+        assert json.loads(r.stdout)["pending"] == ["escape_unicode"], r.stdout
+        assert later.ask("import") == "imported" and later.ask("ask") == expected
+        # installed: a process started later comes up patched
+        assert klpcc("install", str(fix)).returncode == 0
+        again = _python(app, ext, "now")
+        try:
+            assert again.first == first and again.ask("ask") == expected
+        finally:
+            assert "applied 0001-markupsafe-3.0.2, installed for" in again.stop()
+    finally:
+        for p in (*running, later):
+            p.stop()

@@ -131,7 +131,9 @@ class ProgramBuild:
             where = f"{self.objects[f.object].name}: " if len(self.objects) > 1 else ""
             lines.append(f"  patch  {f.name}  ({where}{f.file}; {f.why}{flag})")
         for r in self.refs:
-            lines.append(f"  uses the program's  {r['name']}  ({r['file']})")
+            o = self.objects[r["object"]]
+            whose = "the program's" if o.kind == "program" else f"{o.name}'s"
+            lines.append(f"  uses {whose}  {r['name']}  ({r['file']})")
         for c in self.copied:
             lines.append(f"  copied  {c['what']}")
         for i, v in self.states:
@@ -291,9 +293,9 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     refs: dict[str, dict] = {}
     sources = set(b.source_paths)
     for i, path in enumerate(sorted(p.functions), 1):
-        unit = Unit(i, path, "program")
         home = targets.index(path)
         prog = targets.objects[home]
+        unit = Unit(i, path, "program" if targets.kinds[home] == "program" else os.path.basename(prog.path))
         seen = compiled.unit(path) if compiled else None
         writer = ProgramUnitWriter(unit, b.source(path), p.functions[path], p.added.get(path, set()),
                                    ProgramResolver(prog, sympos, path), seen)
@@ -363,6 +365,7 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
 
 def _check_object(so: Path, targets: Targets, units: list[Unit], added: dict[str, set[str]]) -> None:
     """The patch object must not carry its own copy of its objects' data it should share."""
+    from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
 
     with open(so, "rb") as fh:
@@ -384,11 +387,14 @@ def _check_object(so: Path, targets: Targets, units: list[Unit], added: dict[str
                                  "the function's code", file=mine)
         symtab = elf.get_section_by_name(".symtab")
         for sym in symtab.iter_symbols() if symtab else ():
-            if sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] == "SHN_UNDEF":
+            if sym["st_info"]["type"] != "STT_OBJECT" or not isinstance(sym["st_shndx"], int):
                 continue
+            if not elf.get_section(sym["st_shndx"])["sh_flags"] & SH_FLAGS.SHF_WRITE:
+                continue  # read-only data (a __func__ string, a table): a copy is the same
             for u in units:
-                own = targets.of(u.path).locals.get((os.path.basename(u.path), sym.name))
+                owner = targets.of(u.path)
+                own = owner.locals.get((os.path.basename(u.path), sym.name))
                 if own and not own[0].function and sym.name not in added.get(u.path, set()):
-                    raise KlpccError(f"the patch object has its own copy of the program's static {sym.name} "
-                                     "(used through a macro?); the patched code must use the program's",
-                                     file=u.path)
+                    raise KlpccError(f"the patch object has its own copy of {os.path.basename(owner.path)}'s "
+                                     f"static {sym.name} (used through a macro?); the patched code must use "
+                                     "the original", file=u.path)
