@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from . import test_userspace_cli
+from . import test_userspace_cli, test_userspace_library
 from .helpers import LINT_RULES, klpcc, make_series, write_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +45,14 @@ FORMATS = {
     "kernel-build": "klpcc.kernel-build/1",
     "patch-object": "klpcc.patch-object/1",
     "runtime-answer": None,
+    "processes": "klpcc.processes/1",
+    "install": "klpcc.install/1",
 }
 
 # the live demo's service running, and patch objects for it and for another build of it
 running = test_userspace_cli.running
+# a library, programs using it, patch objects for it
+built = test_userspace_library.built
 
 
 # =========================================================================== the schemas
@@ -359,9 +363,37 @@ def live(running, tmp_path_factory) -> dict[str, dict]:
     return {"patch-object": objects, "runtime-answer": answers}
 
 
+@pytest.fixture(scope="module")
+def library_outputs(built, tmp_path_factory) -> dict[str, dict[str, dict]]:
+    """Many processes at once (a library build mapped with and without the runtime, and
+    another build of it) and a store: what apply --all-mapping, status --all, disable
+    of several processes, install and uninstall print."""
+    lib = built.lib
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KLPCC_STATE_DIR", str(tmp_path_factory.mktemp("store")))
+        procs = [test_userspace_library.Proc([str(exe)]) for exe in (built.taxd, built.plain, built.other)]
+        try:
+            for p in (procs[0], procs[2]):
+                test_userspace_library.wait_listening(p.pid)
+            install = {"install": run_json("install", built.r1, "--format", "json"),
+                       "install-replace": run_json("install", built.r2, "--format", "json")}
+            fleet = {"all-mapping": run_json("apply", built.r1, "--all-mapping", lib, "--format", "json",
+                                             codes=(1,)),
+                     "status-all": run_json("status", "--all", "--format", "json"),
+                     "disable-many": run_json("disable", "--pid", procs[0].pid, "--pid", procs[1].pid,
+                                              "--format", "json", codes=(1,))}
+            install["uninstall"] = run_json("uninstall", built.r2, "--format", "json")
+        finally:
+            for p in procs:
+                p.stop()
+    return {"processes": fleet, "install": install}
+
+
 def outputs(request: pytest.FixtureRequest, schema: str) -> dict[str, dict]:
     if schema in ("patch-object", "runtime-answer"):
         return request.getfixturevalue("live")[schema]
+    if schema in ("processes", "install"):
+        return request.getfixturevalue("library_outputs")[schema]
     return request.getfixturevalue(f"{schema.replace('-build', '')}_outputs")
 
 
@@ -375,6 +407,8 @@ CASES = {
     "patch-object": ("r2", "r4"),
     "runtime-answer": ("status-unpatched", "apply-another-build", "apply", "status", "apply-replace",
                        "status-replaced", "disable", "disable-nothing"),
+    "processes": ("all-mapping", "status-all", "disable-many"),
+    "install": ("install", "install-replace", "uninstall"),
 }
 
 
@@ -469,6 +503,15 @@ SHOWN: dict[str, list[tuple[str, Callable[[dict[str, dict]], object]]]] = {
         ("refusals", lambda d: {d["apply-another-build"]["step"], d["disable-nothing"]["step"]} == {
             "build-id", "request"}),
     ],
+    "processes": [
+        ("every kind of result", lambda d: {p["result"] for doc in d.values() for p in doc["processes"]} >= {
+            "applied", "no-runtime", "different-build", "status", "disabled"}),
+        ("the library and the store", lambda d: d["all-mapping"]["library"] and d["status-all"]["installed"]),
+    ],
+    "install": [
+        ("installed, replaced, removed", lambda d: {r["action"] for doc in d.values() for r in doc["records"]}
+         >= {"installed", "replaced", "removed"}),
+    ],
 }
 
 
@@ -555,12 +598,20 @@ BROKEN = [
      "is not valid under any of the given schemas"),
     ("runtime-answer", "status", "a patch state unknown", lambda d: d["patches"][0].update(state="active"),
      "is not valid under any of the given schemas"),
-    ("runtime-answer", "status", "two installed patches", lambda d: d["patches"].append(d["patches"][0]),
+    ("runtime-answer", "status", "an object without its build-id",
+     lambda d: d["patches"][0]["objects"][0].pop("build_id"), "is not valid under any of the given schemas"),
+    ("runtime-answer", "apply", "pending dropped", lambda d: d.pop("pending"),
      "is not valid under any of the given schemas"),
     ("runtime-answer", "apply-another-build", "an unknown step", lambda d: d.update(step="loading"),
      "is not valid under any of the given schemas"),
     ("runtime-answer", "apply", "an error in a success", lambda d: d.update(error="x"),
      "is not valid under any of the given schemas"),
+    ("processes", "all-mapping", "a result unknown", lambda d: d["processes"][0].update(result="patched"),
+     "'patched' is not one of"),
+    ("processes", "all-mapping", "a refusal without its reason",
+     lambda d: [p.pop("error", None) for p in d["processes"]], "'error' is a required property"),
+    ("install", "install", "an action unknown", lambda d: d["records"][0].update(action="added"),
+     "'added' is not one of"),
 ]
 
 
