@@ -494,7 +494,8 @@ def speedups(tmp_path_factory):
     old, new = fetch_sdists("markupsafe", ("3.0.1", "3.0.2"), "src/markupsafe")
     patches = write_series(tmp, [old, new], ["0001-markupsafe-3.0.2"], ["src/markupsafe"])
     include = sysconfig.get_paths()["include"]
-    assert (Path(include) / "Python.h").exists(), f"{include}/Python.h is missing (apt-get install python3-dev)"
+    assert (Path(include) / "Python.h").exists(), (
+        f"{include}/Python.h is missing (apt-get install python3-dev)")
     cflags = klpcc("config", "--cflags").stdout.split()
     ext, fresh = tmp / "ext", tmp / "fresh"
     for out, src, flags in ((ext, old, cflags), (fresh, new, [])):
@@ -504,8 +505,8 @@ def speedups(tmp_path_factory):
     r = klpcc("compile", str(patches), "--source", str(old), "-o", str(tmp / "bundle"))
     assert r.returncode == 0, r.stderr
     fix = tmp / "fix.so"
-    r = klpcc("build", str(tmp / "bundle"), "--library", str(ext / "_speedups.so"), "--cflags", f"-I{include}",
-              "-o", str(fix))
+    r = klpcc("build", str(tmp / "bundle"), "--library", str(ext / "_speedups.so"),
+              "--cflags", f"-I{include}", "-o", str(fix))
     assert r.returncode == 0, r.stderr
     app = tmp / "app.py"
     app.write_text(APP)
