@@ -210,8 +210,8 @@ show() {
 
 def _script(exec_line: str, body: str) -> str:
     # the unit's line first, as the early boot runs it, then what the test looks at
-    return (GUEST_LIB.replace("NAME", NAME) + "show start\n" + f"run execstart sh -c {shlex.quote(exec_line)}\n"
-            + "show boot\n" + body)
+    return (GUEST_LIB.replace("NAME", NAME) + "show start\n"
+            + f"run execstart sh -c {shlex.quote(exec_line)}\n" + "show boot\n" + body)
 
 
 BOOT1 = f"""
@@ -310,7 +310,7 @@ def test_a_broken_module_is_one_line_naming_it(reboots):
     path = f"/broken-store/kernel/{reboots.kernel.release}/klpcc_broken.ko"
     assert len(out) == 2 and out[-1] == "rc=1", out
     assert out[0].startswith(f"err: klpcc-load: insmod {path} failed: "), out
-    # the patch loaded at boot stays
+    # the patch loaded at boot is untouched: still there to disable
     assert reboots.step(0, "disable")[-1] == "rc=0"
 
 
