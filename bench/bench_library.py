@@ -122,7 +122,8 @@ def apply_figures(lib: Path, taxd: Path, fix: Path, counts: list[int]) -> None:
         try:
             for p in procs:
                 wait_listening(p.pid)
-            base = statistics.median(timed(lambda p=p: klpcc("status", "--pid", str(p.pid))) for p in procs[:3])
+            base = statistics.median(timed(lambda p=p: klpcc("status", "--pid", str(p.pid)))
+                                     for p in procs[:3])
             took = timed(lambda: klpcc("apply", str(fix), "--all-mapping", str(lib)))
             print(f"  N={n:3d}: {took * 1000:7.1f} ms in all, {took / n * 1000:6.1f} ms per process; "
                   f"status of one process {base * 1000:6.1f} ms: x{took / base:.1f} for N, "
@@ -136,8 +137,10 @@ def start_figures(quick: Path, bare: Path, fix: Path, starts: int, tmp: Path) ->
     env = {**os.environ, "KLPCC_STATE_DIR": str(tmp / "store")}
 
     def median_start(exe: Path) -> float:
-        return statistics.median(timed(lambda: subprocess.run([str(exe)], env=env, check=False,
-                                                              stderr=subprocess.DEVNULL)) for _ in range(starts))
+        def once() -> None:
+            subprocess.run([str(exe)], env=env, check=False, stderr=subprocess.DEVNULL)
+
+        return statistics.median(timed(once) for _ in range(starts))
 
     none, runtime = median_start(bare), median_start(quick)
     r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(fix)], env=env, capture_output=True,

@@ -2,8 +2,9 @@
 
 * ``userspace/``: ``libklpcc.so``, the in-process runtime, built on demand with the
   system compiler (``klpcc config --libs``), and ``klpcc.h``, its ABI and patch API;
-* ``kernel/``: ``klpcc-load``, the loader, and ``klpcc_livepatch.h``, what patch code
-  of a livepatch module uses.
+* ``kernel/``: ``klpcc-load``, the loader, ``klpcc-load.service``, the systemd unit that
+  loads the installed module at boot (``klpcc-load --all``), and ``klpcc_livepatch.h``,
+  what patch code of a livepatch module uses.
 
 They are package data: found through this package wherever klpcc is installed.
 """

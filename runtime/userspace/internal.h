@@ -114,8 +114,8 @@ void klp_json_free(struct klp_json *j);
 /* ---- control.c ------------------------------------------------------------------ */
 
 void klp_control_start(void);
-/* Have the control thread look at the objects loaded (after a dlopen or dlclose, and at
- * the start) and wait until it did; nothing in a thread that cannot wait for it. */
+/* Have the control thread look at the objects loaded (after a dlopen or dlclose) and
+ * wait until it did; nothing in a thread that cannot wait for it. */
 void klp_control_sync(void);
 
 /* ---- hooks.c ------------------------------------------------------------------------ */
@@ -252,9 +252,6 @@ struct klp_transition {
 };
 
 int klp_transition_init(int sig);
-/* The thread in the runtime's constructor, while it waits there (else 0): a stack of it
- * that the unwinder cannot follow to the end is not busy for that (start.c). */
-extern pid_t klp_starting_tid;
 /* 0: switched; -1: a thread stayed (t->error); -2: internal error (t->error). */
 int klp_transition_run(struct klp_transition *t);
 unsigned long klp_transition_rewinds(void);

@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 /*
  * start.c - the runtime's start, as the library's constructor: find the program, pick
- * the stop signal (KLPCC_SIGNAL), install its handler, start the control thread and
- * wait while it applies the patches installed for the program and its libraries
- * (store.c), so that they are in force before main.  If any of it fails the runtime
- * logs why and the program runs on unpatchable.
+ * the stop signal (KLPCC_SIGNAL), install its handler, apply the patches installed for
+ * the program and its libraries (store.c) so that they are in force before main, and
+ * start the control thread.  The constructor's thread applies them itself: it is the
+ * thread that stops the others (a stop from the control thread would find it inside
+ * the dynamic linker's start code, which has no unwind information), and a runtime
+ * loaded by dlopen may load patch objects from its constructor (the loader's lock is
+ * the thread's own).  If any of it fails the runtime logs why and the program runs on
+ * unpatchable.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,7 +18,7 @@
 
 #include "internal.h"
 
-pid_t klp_starting_tid;
+#define STORE_TIMEOUT_MS 10000ul /* applying the patches installed, at start */
 
 /* KLPCC_SIGNAL: a number, or SIGRTMIN+N / RTMIN+N. */
 static int stop_signal(void)
@@ -57,8 +61,6 @@ __attribute__((constructor)) static void klp_start(void)
 	}
 	if (klp_transition_init(klp_prog.stop_signal))
 		return;
+	klp_store_apply(STORE_TIMEOUT_MS);
 	klp_control_start();
-	klp_starting_tid = klp_gettid();
-	klp_control_sync();
-	klp_starting_tid = 0;
 }

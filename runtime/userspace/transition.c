@@ -84,10 +84,7 @@ static uintptr_t entry_window(const struct klp_transition *t, uintptr_t pc)
 static void judge(const struct klp_transition *t, const struct klp_slot *s, struct verdict *v)
 {
 	*v = (struct verdict){ .outer = -1 };
-	/* The thread that starts the runtime waits in its constructor while the patches
-	 * installed for the program are applied: below the frames the unwinder sees there
-	 * is only the dynamic linker's start code, which has no unwind information. */
-	if (!s->reliable && atomic_load(&s->tid) != klp_starting_tid) {
+	if (!s->reliable) {
 		v->busy = 1;
 		return;
 	}
