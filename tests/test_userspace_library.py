@@ -549,3 +549,53 @@ def test_a_real_library_fix_in_running_python_processes(speedups, store):
     finally:
         for p in (*running, later):
             p.stop()
+
+
+PLUGIN_HOST_C = """\
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		void *h = dlopen(argv[i], RTLD_NOW);
+		printf("%s: %s\\n", argv[i], h ? "found" : dlerror());
+	}
+	return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("how", ["linked", "preloaded"])
+@pytest.mark.parametrize("tag", ["runpath", "rpath"])
+def test_dlopen_searches_as_its_caller(built, tmp_path, how, tag):
+    """The runtime's dlopen finds what the C library's finds for the program: a name
+    without a slash in the program's RUNPATH or RPATH ($ORIGIN/plugins), a path with
+    $ORIGIN, LD_LIBRARY_PATH before RUNPATH."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "other").mkdir()
+    for d in ("plugins", "other"):
+        src = tmp_path / f"{d}.c"
+        src.write_text(f'const char *where(void) {{ return "{d}"; }}\n')
+        _cc("-fPIC", "-shared", "-o", tmp_path / d / "libplug.so", src)
+    host = tmp_path / "host.c"
+    host.write_text(PLUGIN_HOST_C)
+    flag = "--enable-new-dtags" if tag == "runpath" else "--disable-new-dtags"
+    libs = built.libs if how == "linked" else []
+    _cc("-o", tmp_path / "host", host, f"-Wl,{flag},-rpath,$ORIGIN/plugins", *libs)
+    env = dict(os.environ)
+    if how == "preloaded":
+        env["LD_PRELOAD"] = klpcc("config", "--preload").stdout.strip()
+    names = ["libplug.so", "$ORIGIN/plugins/libplug.so", "libnothing.so"]
+    out = subprocess.run([str(tmp_path / "host"), *names], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    assert out[:2] == ["libplug.so: found", "$ORIGIN/plugins/libplug.so: found"], out
+    assert out[2].startswith("libnothing.so: libnothing.so: cannot open shared object file"), out
+    if tag == "runpath":  # LD_LIBRARY_PATH comes first; with RPATH, the RPATH does
+        env["LD_LIBRARY_PATH"] = str(tmp_path / "other")
+        code = 'const char *(*w)(void) = dlsym(h, "where"); printf("%s\\n", w());'
+        host.write_text(PLUGIN_HOST_C.replace('printf("%s: %s\\n", argv[i], h ? "found" : dlerror());',
+                                              code))
+        _cc("-o", tmp_path / "host", host, f"-Wl,{flag},-rpath,$ORIGIN/plugins", *libs)
+        out = subprocess.run([str(tmp_path / "host"), "libplug.so"], capture_output=True, text=True, env=env,
+                             check=True).stdout
+        assert out == "other\n"

@@ -52,6 +52,7 @@
 
 #define WHY_LEN (PATH_MAX + 128)
 #define SYNC_TIMEOUT_MS 10000ul /* patching a library as it loads */
+#define SYNC_WAIT_S 2 /* the longest a dlopen waits for the control thread */
 
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static char made_dir[PATH_MAX]; /* a directory of ours under /tmp, removed at exit */
@@ -64,7 +65,7 @@ static int proof_ready;
 static int event_fd = -1;
 static pid_t control_tid;
 static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sync_done = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t sync_done;
 static unsigned long sync_asked, sync_served;
 
 static void remove_socket(void)
@@ -531,26 +532,38 @@ void klp_control_sync(void)
 {
 	static const uint64_t one = 1;
 	unsigned long mine;
+	struct timespec until;
+	int late = 0;
 
 	/* Not before the thread runs, not in a forked child (it has no control thread),
 	 * not from the control thread itself (a callback that loads a library). */
 	if (event_fd < 0 || getpid() != klp_prog.pid || klp_gettid() == control_tid)
 		return;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += SYNC_WAIT_S;
 	pthread_mutex_lock(&sync_lock);
 	mine = ++sync_asked;
 	if (write(event_fd, &one, sizeof(one)) == (ssize_t)sizeof(one))
-		while (sync_served < mine)
-			pthread_cond_wait(&sync_done, &sync_lock);
+		while (sync_served < mine && !late)
+			late = pthread_cond_timedwait(&sync_done, &sync_lock, &until) == ETIMEDOUT;
 	pthread_mutex_unlock(&sync_lock);
+	if (late)
+		klp_log("the runtime is busy (a request): what the last dlopen or dlclose changed is "
+			"patched once it is done");
 }
 
 void klp_control_start(void)
 {
 	pthread_attr_t attr;
+	pthread_condattr_t ca;
 	pthread_t thread;
 	sigset_t all, old;
 	int rc;
 
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sync_done, &ca);
+	pthread_condattr_destroy(&ca);
 	event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (event_fd < 0) {
 		klp_log("eventfd: %s; the runtime does not start", strerror(errno));

@@ -209,8 +209,9 @@ struct klp_write {
  * write (neither the five NOPs nor its own jump). */
 struct klp_site *klp_site_lookup(const struct klp_module *m, uintptr_t entry, unsigned long size,
 				 const char *name, char *err, size_t errlen);
-/* The object of the site was unloaded: forget it (its slot stays unused). */
-void klp_site_forget(struct klp_site *site);
+/* An object was unloaded: forget every site in [lo, hi) (their slots stay unused),
+ * after unref() let go of each. */
+void klp_sites_forget_range(uintptr_t lo, uintptr_t hi, void (*unref)(struct klp_site *));
 struct klp_site *klp_site_find(uintptr_t entry);
 /* Visit every site (for status). */
 void klp_sites_each(void (*fn)(const struct klp_site *, void *), void *arg);

@@ -48,6 +48,8 @@ struct pobj {
 	const struct klpcc_object *o;
 	int loaded;			/* its functions have sites, its refs are stored */
 	struct klp_module mod;		/* where it is loaded, when it is */
+	uintptr_t failed_bias;		/* patching it failed as it loaded there: not again */
+	char error[600];		/* why */
 };
 
 struct patch {
@@ -294,7 +296,9 @@ static struct patch *load(const char *path, int fd, struct klp_outcome *out)
 		p->fd = copy_object(fd, p->st.st_size, path, out);
 		if (p->fd < 0)
 			goto drop;
-		snprintf(via, sizeof(via), "/proc/self/fd/%d", p->fd);
+		/* The loader names the object after this path: /proc/<pid>, not /proc/self,
+		 * so that a debugger reading the name opens our descriptor, not its own. */
+		snprintf(via, sizeof(via), "/proc/%d/fd/%d", (int)getpid(), p->fd);
 		src = via;
 		if (access(via, R_OK)) {
 			fail(out, "read", "%s: cannot be loaded from a descriptor (%s: %s): this process "
@@ -482,6 +486,13 @@ static int replaced_by(const struct patch *p, struct patch **prev, struct klp_ou
 	}
 	if (!*prev && n >= KLP_MAX_INSTALLED)
 		return fail(out, "request", "%u patches are installed, the most the runtime holds", n);
+	/* klpcc_get_state answers from every patch installed: one id, one owner. */
+	for (struct patch *q = loaded; q; q = q->next)
+		for (unsigned i = 0; q->installed && q != *prev && i < p->desc->nstates; i++)
+			if (klp_states_find(q->states, p->desc->states[i].id))
+				return fail(out, "state", "%s declares state %lu, which %s (installed beside "
+					    "it, for other objects) declares too", p->desc->name,
+					    p->desc->states[i].id, q->desc->name);
 	return 0;
 }
 
@@ -640,8 +651,14 @@ static int plan_switch(struct plan *pl, const struct patch *next, const struct p
 		add_busy(pl, old->copy_lo, old->copy_hi, old->f, "the installed copy",
 			 "reverted to the original (a nop)");
 	}
-	for (size_t i = 0; i < pl->nwrites; i++)
-		pl->entries[i] = pl->writes[i].site->entry;
+	for (size_t i = 0; i < pl->nwrites; i++) {
+		const struct klp_site *site = pl->writes[i].site;
+
+		if (memcmp((const void *)site->entry, site->cur, KLPCC_ENTRY_BYTES))
+			return fail(out, "symbol", "%s: its entry holds bytes the runtime did not write "
+				    "(a breakpoint?)", site->name);
+		pl->entries[i] = site->entry;
+	}
 	qsort(pl->entries, pl->nwrites, sizeof(*pl->entries), cmp_uintptr);
 	return 0;
 }
@@ -751,7 +768,35 @@ static void unload_unused(struct plan *pl, const struct patch *kept, const struc
 
 /* ---- apply, disable, status ------------------------------------------------------------------ */
 
+struct pins {
+	void **v;
+	size_t n;
+};
+
+static void apply_pinned(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out);
+static void disable_pinned(const char *name, unsigned long timeout_ms, struct klp_outcome *out);
+static void pin(struct pins *pins);
+static void unpin(struct pins *pins);
+
 void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out)
+{
+	struct pins pins;
+
+	pin(&pins);
+	apply_pinned(path, fd, timeout_ms, out);
+	unpin(&pins);
+}
+
+void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome *out)
+{
+	struct pins pins;
+
+	pin(&pins);
+	disable_pinned(name, timeout_ms, out);
+	unpin(&pins);
+}
+
+static void apply_pinned(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out)
 {
 	uint64_t start = klp_now_us();
 	struct patch *p, *prev;
@@ -828,7 +873,7 @@ static struct patch *installed_named(const char *name, struct klp_outcome *out)
 	return out->step ? NULL : found;
 }
 
-void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome *out)
+static void disable_pinned(const char *name, unsigned long timeout_ms, struct klp_outcome *out)
 {
 	uint64_t start = klp_now_us();
 	struct patch *p = installed_named(name, out);
@@ -856,10 +901,13 @@ out:
 
 /* ---- objects that come and go ---------------------------------------------------------------- */
 
-/* Whether object k of p is still loaded where it was attached, its entries as the runtime
- * left them (a library unloaded and loaded again at the same place has fresh NOPs). */
+/* Where object k of p is loaded now, at the same place as when it was attached, with its
+ * entries not fresh (a library unloaded and loaded again at the same place has its NOPs
+ * back): 1; gone, moved or reloaded: 0.  An entry holding something else (a debugger's
+ * breakpoint) is not the object's going. */
 static int still_there(const struct patch *p, unsigned k)
 {
+	static const unsigned char nops[KLPCC_ENTRY_BYTES] = { 0x90, 0x90, 0x90, 0x90, 0x90 };
 	struct klp_module m;
 
 	if (klp_module_find(p->objs[k].o->build_id, &m) || m.bias != p->objs[k].mod.bias)
@@ -867,27 +915,30 @@ static int still_there(const struct patch *p, unsigned k)
 	for (unsigned i = 0; i < p->nfuncs; i++) {
 		const struct pfunc *pf = &p->funcs[i];
 
-		if (pf->f->object == k && pf->site &&
-		    memcmp((const void *)pf->site->entry, pf->site->cur, KLPCC_ENTRY_BYTES))
+		if (pf->f->object == k && pf->site && !memcmp((const void *)pf->site->entry, nops,
+							      KLPCC_ENTRY_BYTES) &&
+		    memcmp(pf->site->cur, nops, KLPCC_ENTRY_BYTES))
 			return 0;
 	}
 	return 1;
 }
 
-/* Object k of p went away: every loaded patch forgets its sites there. */
+static void unref_site(struct klp_site *site)
+{
+	for (struct patch *q = loaded; q; q = q->next)
+		for (unsigned n = 0; n < q->nfuncs; n++)
+			if (q->funcs[n].site == site)
+				q->funcs[n].site = NULL;
+}
+
+/* Object k of p went away: every site in it is forgotten (every patch's, applied or
+ * not), and every patch's functions there wait for it again. */
 static void detach_object(struct patch *p, unsigned k)
 {
-	for (unsigned i = 0; i < p->nfuncs; i++) {
-		struct klp_site *site = p->funcs[i].site;
+	const struct klp_module *m = &p->objs[k].mod;
 
-		if (p->funcs[i].f->object != k || !site)
-			continue;
-		for (struct patch *q = loaded; q; q = q->next)
-			for (unsigned n = 0; n < q->nfuncs; n++)
-				if (q->funcs[n].site == site)
-					q->funcs[n].site = NULL;
-		klp_site_forget(site);
-	}
+	for (int s = 0; s < m->nload; s++)
+		klp_sites_forget_range(m->load[s].lo, m->load[s].hi, unref_site);
 	for (struct patch *q = loaded; q; q = q->next)
 		for (unsigned n = 0; n < q->nobjs; n++)
 			if (!strcmp(q->objs[n].o->build_id, p->objs[k].o->build_id))
@@ -895,19 +946,16 @@ static void detach_object(struct patch *p, unsigned k)
 }
 
 /* Object k of the installed patch p was loaded: switch its functions to p's code. */
-static void arrive(struct patch *p, unsigned k, unsigned long timeout_ms)
+static void arrive(struct patch *p, unsigned k, const struct klp_module *m, unsigned long timeout_ms)
 {
 	struct klp_outcome out = { 0 };
 	struct plan pl = { 0 };
-	struct klp_module m;
 	size_t max = p->nfuncs + 1;
 	char err[256];
 
-	if (klp_module_find(p->objs[k].o->build_id, &m))
-		return;
-	if (attach_object(p, k, &m, err, sizeof(err))) {
-		klp_log("%s: cannot patch %s as it loads: %s", p->desc->name, m.path, err);
-		return;
+	if (attach_object(p, k, m, err, sizeof(err))) {
+		fail(&out, "symbol", "%s", err);
+		goto failed;
 	}
 	pl.writes = calloc(max, sizeof(*pl.writes));
 	pl.busy = calloc(2 * max, sizeof(*pl.busy));
@@ -941,13 +989,17 @@ static void arrive(struct patch *p, unsigned k, unsigned long timeout_ms)
 		return;
 	}
 undo:
-	klp_log("%s: cannot patch %s as it loads (%s): %s", p->desc->name, m.path, out.step,
-		out.error);
 	for (unsigned i = 0; i < p->nfuncs; i++)
 		if (p->funcs[i].f->object == k)
 			p->funcs[i].site = NULL;
 	p->objs[k].loaded = 0;
 	plan_free(&pl);
+failed:
+	/* Not again while it stays loaded there: every dlopen would wait for it. */
+	p->objs[k].failed_bias = m->bias;
+	snprintf(p->objs[k].error, sizeof(p->objs[k].error), "%s: %s", out.step, out.error);
+	klp_log("%s: cannot patch %s as it loads (%s): %s", p->desc->name, m->path, out.step,
+		out.error);
 }
 
 void klp_objects_sync(unsigned long timeout_ms)
@@ -957,9 +1009,25 @@ void klp_objects_sync(unsigned long timeout_ms)
 			if (p->objs[k].loaded && !still_there(p, k))
 				detach_object(p, k);
 	for (struct patch *p = loaded; p; p = p->next)
-		for (unsigned k = 0; p->installed && k < p->nobjs; k++)
-			if (!p->objs[k].loaded)
-				arrive(p, k, timeout_ms);
+		for (unsigned k = 0; p->installed && k < p->nobjs; k++) {
+			struct pobj *o = &p->objs[k];
+			struct klp_module m;
+			void *pin;
+
+			if (o->loaded || klp_module_find(o->o->build_id, &m))
+				continue;
+			if (o->failed_bias == m.bias && o->error[0])
+				continue;
+			o->error[0] = 0;
+			/* Held while it is patched: nobody unloads it under the writes. */
+			pin = m.path[0] ? klp_real_dlopen(m.path, RTLD_NOW | RTLD_NOLOAD) : NULL;
+			if (m.path[0] && !pin)
+				continue; /* gone meanwhile */
+			if (!klp_module_find(o->o->build_id, &m))
+				arrive(p, k, &m, timeout_ms);
+			if (pin)
+				klp_real_dlclose(pin);
+		}
 }
 
 int klp_covered(const char *build_id)
@@ -969,6 +1037,38 @@ int klp_covered(const char *build_id)
 			if (!strcasecmp(p->objs[k].o->build_id, build_id))
 				return 1;
 	return 0;
+}
+
+/* The libraries the loaded patches are attached to, held (dlopen RTLD_NOLOAD) while a
+ * transaction writes their entries; objects that went before they could be held are
+ * detached.  The handles are given back with unpin(). */
+static void pin(struct pins *pins)
+{
+	size_t max = 0;
+
+	for (struct patch *p = loaded; p; p = p->next)
+		max += p->nobjs;
+	pins->v = calloc(max + 1, sizeof(*pins->v));
+	pins->n = 0;
+	for (struct patch *p = loaded; p && pins->v; p = p->next)
+		for (unsigned k = 0; k < p->nobjs; k++) {
+			const struct pobj *o = &p->objs[k];
+
+			if (o->loaded && o->mod.path[0])
+				pins->v[pins->n++] = klp_real_dlopen(o->mod.path, RTLD_NOW | RTLD_NOLOAD);
+		}
+	for (struct patch *p = loaded; p; p = p->next)
+		for (unsigned k = 0; k < p->nobjs; k++)
+			if (p->objs[k].loaded && !still_there(p, k))
+				detach_object(p, k);
+}
+
+static void unpin(struct pins *pins)
+{
+	for (size_t i = 0; i < pins->n; i++)
+		if (pins->v[i])
+			klp_real_dlclose(pins->v[i]);
+	free(pins->v);
 }
 
 /* ---- status ---------------------------------------------------------------------------------- */
@@ -990,7 +1090,12 @@ static void status_patch(struct klp_json *j, const struct patch *p)
 		klp_json_str(j, object_name(p, k));
 		klp_json_raw(j, ",\"build_id\":");
 		klp_json_str(j, p->objs[k].o->build_id);
-		klp_json_fmt(j, ",\"loaded\":%s}", p->objs[k].loaded ? "true" : "false");
+		klp_json_fmt(j, ",\"loaded\":%s", p->objs[k].loaded ? "true" : "false");
+		if (p->objs[k].error[0]) {
+			klp_json_raw(j, ",\"error\":");
+			klp_json_str(j, p->objs[k].error);
+		}
+		klp_json_raw(j, "}");
 	}
 	klp_json_raw(j, "],\"functions\":[");
 	for (unsigned i = 0; i < p->nfuncs; i++) {

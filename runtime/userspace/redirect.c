@@ -125,15 +125,20 @@ oom:
 	return NULL;
 }
 
-void klp_site_forget(struct klp_site *site)
+void klp_sites_forget_range(uintptr_t lo, uintptr_t hi, void (*unref)(struct klp_site *))
 {
-	for (size_t i = 0; i < nsites; i++)
-		if (sites[i] == site) {
-			sites[i] = sites[--nsites];
-			free(site->name);
-			free(site); /* its slot, if any, stays unused */
-			return;
+	for (size_t i = 0; i < nsites;) {
+		struct klp_site *site = sites[i];
+
+		if (site->entry < lo || site->entry >= hi) {
+			i++;
+			continue;
 		}
+		unref(site);
+		sites[i] = sites[--nsites];
+		free(site->name);
+		free(site); /* its slot, if any, stays unused */
+	}
 }
 
 /* Where every entry of the site's object can reach with a rel32: [lo, hi). */

@@ -6,7 +6,8 @@
  *
  * A store is a directory; the patch installed for the object with build-id B is
  * <store>/userspace/B.so (a patch object, or a link to one).  The stores are
- * $KLPCC_STATE_DIR alone when it is set (set and empty: none); otherwise, for a user
+ * $KLPCC_STATE_DIR alone when it is set (set and empty, or not an absolute path: none);
+ * otherwise, for a user
  * other than root, $XDG_STATE_HOME/klpcc (else ~/.local/state/klpcc) and then
  * /var/lib/klpcc; for root, /var/lib/klpcc.  The first store with a record for an
  * object wins.  A store is trusted only when <store>/userspace is a directory of the
@@ -69,8 +70,17 @@ static int stores(char dirs[MAX_STORES][PATH_MAX])
 	const char *env = secure_getenv("KLPCC_STATE_DIR"), *xdg, *home;
 	int n = 0;
 
-	if (env)
+	if (env) {
+		if (*env && *env != '/') {
+			static int said;
+
+			if (!said++)
+				klp_log("KLPCC_STATE_DIR=%s is not an absolute path: no patch installed is "
+					"applied", env);
+			return 0;
+		}
 		return *env && snprintf(dirs[0], PATH_MAX, "%s", env) < PATH_MAX ? 1 : 0;
+	}
 	if (geteuid() != 0) {
 		xdg = secure_getenv("XDG_STATE_HOME");
 		home = secure_getenv("HOME");
@@ -87,6 +97,7 @@ static int stores(char dirs[MAX_STORES][PATH_MAX])
 /* The installed patch object for `build_id`, opened; -1 if there is none to trust. */
 static int open_record(const char *build_id, char *path, size_t len)
 {
+	static int untrusted_said[MAX_STORES];
 	char dirs[MAX_STORES][PATH_MAX], dir[PATH_MAX];
 	int n = stores(dirs);
 
@@ -100,8 +111,9 @@ static int open_record(const char *build_id, char *path, size_t len)
 		if (lstat(dir, &st))
 			continue;
 		if (!S_ISDIR(st.st_mode) || !trusted(&st)) {
-			klp_log("%s is not a directory of uid %u or root that only its owner may "
-				"write; its patches are not applied", dir, (unsigned)geteuid());
+			if (!untrusted_said[i]++)
+				klp_log("%s is not a directory of uid %u or root that only its owner may "
+					"write; its patches are not applied", dir, (unsigned)geteuid());
 			continue;
 		}
 		fd = open(path, O_RDONLY | O_CLOEXEC);
