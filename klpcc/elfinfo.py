@@ -60,6 +60,10 @@ def section(path: str, name: str) -> bytes | None:
             return None if sec is None else sec.data()
     except FileNotFoundError:
         raise KlpccError("no such file", patch=path) from None
+    except IsADirectoryError:
+        raise KlpccError("is a directory", patch=path) from None
+    except PermissionError:
+        raise KlpccError("cannot read it: permission denied", patch=path) from None
     except _errors() as exc:
         raise KlpccError(f"is not an ELF file klpcc can read: {exc}", patch=path) from None
 

@@ -20,9 +20,12 @@ installed is refused without ``force``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,8 @@ _KREL = re.compile(r"^[A-Za-z0-9._+~-]+$")
 def stores() -> list[Path]:
     env = os.environ.get("KLPCC_STATE_DIR")
     if env is not None:
+        if env and not env.startswith("/"):
+            raise KlpccError(f"KLPCC_STATE_DIR={env} is not an absolute path (the runtime would ignore it)")
         return [Path(env)] if env else []
     out = []
     if os.geteuid() != 0:
@@ -51,7 +56,7 @@ def stores() -> list[Path]:
 
 def primary(state_dir: str | None) -> Path:
     if state_dir:
-        return Path(state_dir)
+        return Path(state_dir).absolute()
     found = stores()
     if not found:
         raise KlpccError("KLPCC_STATE_DIR is set and empty: there is no store to install in "
@@ -59,17 +64,42 @@ def primary(state_dir: str | None) -> Path:
     return found[0]
 
 
-def _mkdirs(path: Path) -> None:
-    """``path`` and its parents, writable by their owner only (the runtime trusts a store
-    nobody else may write)."""
+def _trusted(st: os.stat_result) -> bool:
+    """The runtime's rule for a store's directory and files (runtime/userspace/store.c):
+    the euid's or root's, and nobody else may write."""
+    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
+
+
+def _mkdirs(area: Path) -> None:
+    """``area`` (``<store>/userspace`` or a kernel release's directory) and ``objects/``
+    under a userspace one, created 0755 whatever the umask, and checked with the
+    runtime's rule: a store it would not trust is refused, not filled."""
+    created = []
+    for d in reversed([area, *area.parents]):
+        if not d.exists():
+            created.append(d)
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+        area.mkdir(parents=True, exist_ok=True)
+        for d in created:
+            os.chmod(d, 0o755)
     except OSError as exc:
-        raise KlpccError(f"cannot create {path}: {exc.strerror}") from None
-    st = path.stat()
-    if st.st_mode & 0o022:
-        raise KlpccError(f"{path} is writable by group or others (mode {st.st_mode & 0o777:03o}): the "
-                         "runtime would not trust it")
+        raise KlpccError(f"cannot create {area}: {exc.strerror}") from None
+    st = os.lstat(area)
+    if not stat.S_ISDIR(st.st_mode) or not _trusted(st):
+        raise KlpccError(f"{area} is not a directory of uid {os.geteuid()} or root that only its owner may "
+                         "write (a link, or group- or world-writable): the runtime would not trust it")
+
+
+@contextlib.contextmanager
+def _locked(area: Path) -> Iterator[None]:
+    """One install or uninstall at a time in a store (``_collect`` would remove what a
+    concurrent install has not linked yet)."""
+    fd = os.open(area / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _link(record: Path, target: str) -> None:
@@ -152,6 +182,15 @@ def _release(doc: dict) -> str:
     return str((doc.get("release") or {}).get("name", "?"))
 
 
+def _keys(doc: dict) -> list[dict]:
+    """The objects a patch object is recorded for: the program alone when it has one (the
+    patch covers the libraries it carries when that program runs; other programs keep
+    the libraries' own records), else every library."""
+    objects = doc["patch_object"]["objects"]
+    program = [o for o in objects if o.get("kind") == "program"]
+    return program or objects
+
+
 def install_userspace(patch: str, state_dir: str | None = None, force: bool = False) -> Installed:
     doc = elfinfo.patch_manifest(patch)
     data = _read(patch)
@@ -159,35 +198,37 @@ def install_userspace(patch: str, state_dir: str | None = None, force: bool = Fa
     area = store / USERSPACE
     name = f"{hashlib.sha256(data).hexdigest()}.so"
     done = Installed(store, str(Path(patch).resolve()), _release(doc))
-    plan = []
-    for obj in doc["patch_object"]["objects"]:
-        record = area / f"{obj['build_id']}.so"
-        old = None
-        if record.exists():
-            try:
-                old = elfinfo.patch_manifest(str(record))
-            except KlpccError:
-                old = None
-        if old is not None and os.path.realpath(record) == os.path.realpath(area / OBJECTS / name):
-            plan.append((record, Change(obj["name"], obj["build_id"], "unchanged", done.release,
-                                        done.release)))
-            continue
-        if old is not None and _order(doc, old) < 0 and not force:
-            raise KlpccError(f"a newer release ({_release(old)}) is installed for {obj['name']} (build-id "
-                             f"{obj['build_id'][:12]}) in {store}; --force installs the older {done.release}",
-                             patch=patch)
-        action = "replaced" if record.is_symlink() or record.exists() else "installed"
-        plan.append((record, Change(obj["name"], obj["build_id"], action, done.release,
-                                    _release(old) if old else None)))
     _mkdirs(area / OBJECTS)
-    target = area / OBJECTS / name
-    if not target.exists():
-        atomic.write_atomic(target, data, 0o644)
-    for record, change in plan:
-        if change.action != "unchanged":
-            _link(record, f"{OBJECTS}/{name}")
-        done.changes.append(change)
-    _collect(area)
+    _mkdirs(area)
+    with _locked(area):
+        plan = []
+        for obj in _keys(doc):
+            record = area / f"{obj['build_id']}.so"
+            if record.is_dir():
+                raise KlpccError(f"{record} is a directory, not a record", patch=patch)
+            old = None
+            if record.exists():
+                with contextlib.suppress(KlpccError):
+                    old = elfinfo.patch_manifest(str(record))
+            if old is not None and os.path.realpath(record) == os.path.realpath(area / OBJECTS / name):
+                plan.append((record, Change(obj["name"], obj["build_id"], "unchanged", done.release,
+                                            done.release)))
+                continue
+            if old is not None and _order(doc, old) < 0 and not force:
+                raise KlpccError(f"a newer release ({_release(old)}) is installed for {obj['name']} "
+                                 f"(build-id {obj['build_id'][:12]}) in {store}; --force installs the older "
+                                 f"{done.release}", patch=patch)
+            action = "replaced" if record.is_symlink() or record.exists() else "installed"
+            plan.append((record, Change(obj["name"], obj["build_id"], action, done.release,
+                                        _release(old) if old else None)))
+        target = area / OBJECTS / name
+        if not target.exists():
+            atomic.write_atomic(target, data, 0o644)
+        for record, change in plan:
+            if change.action != "unchanged":
+                _link(record, f"{OBJECTS}/{name}")
+            done.changes.append(change)
+        _collect(area)
     return done
 
 
@@ -244,10 +285,10 @@ def uninstall(path: str, state_dir: str | None = None, kernel: bool = False) -> 
     done = Installed(store, path, "")
     if kernel:
         krel = path
-        if os.path.exists(path):
+        if os.path.isfile(path):
             vm = elfinfo.modinfo(path).get("vermagic", "").split()
             krel = vm[0] if vm else ""
-        if not _KREL.match(krel):
+        if not _KREL.match(krel) or krel in (".", ".."):
             raise KlpccError("neither a livepatch module nor a kernel release", patch=path)
         area = store / KERNEL / krel
         for p in sorted(area.glob("*.ko")) if area.is_dir() else []:
@@ -261,25 +302,37 @@ def uninstall(path: str, state_dir: str | None = None, kernel: bool = False) -> 
     if elfinfo.section(path, elfinfo.PATCH_MANIFEST) is not None:
         doc = elfinfo.patch_manifest(path)
         wanted = hashlib.sha256(_read(path)).hexdigest()
-        keys = [(o["name"], o["build_id"]) for o in doc["patch_object"]["objects"]]
+        keys = [(o["name"], o["build_id"]) for o in _keys(doc)]
     else:
         bid = elfinfo.build_id(path)
         if bid is None:
             raise KlpccError("is neither a klpcc patch object nor a program or library with a GNU build-id",
                              patch=path)
         wanted, keys = None, [(os.path.basename(path), bid)]
-    for name, bid in keys:
-        record = area / f"{bid}.so"
-        if not record.is_symlink() and not record.exists():
-            continue
-        if wanted is not None and Path(os.path.realpath(record)).stem != wanted:
-            continue  # another patch is in force for it: not this one's to remove
-        with contextlib.suppress(KlpccError):
-            done.release = _release(elfinfo.patch_manifest(str(record)))
-        record.unlink()
-        done.changes.append(Change(name, bid, "removed", done.release, done.release))
-    _collect(area)
+    if not area.is_dir():
+        return done
+    with _locked(area):
+        for name, bid in keys:
+            record = area / f"{bid}.so"
+            if not record.is_symlink() and not record.exists():
+                continue
+            if wanted is not None and Path(os.path.realpath(record)).stem != wanted:
+                continue  # another patch is in force for it: not this one's to remove
+            with contextlib.suppress(KlpccError):
+                done.release = _release(elfinfo.patch_manifest(str(record)))
+            record.unlink()
+            done.changes.append(Change(name, bid, "removed", done.release, done.release))
+        _collect(area)
     return done
+
+
+def _trusted_record(area: Path, record: Path) -> bool:
+    """Whether the runtime (or klpcc-load) would apply this record."""
+    try:
+        return (stat.S_ISDIR(os.lstat(area).st_mode) and _trusted(os.lstat(area))
+                and stat.S_ISREG(os.stat(record).st_mode) and _trusted(os.stat(record)))
+    except OSError:
+        return False
 
 
 def records() -> list[dict]:
@@ -294,7 +347,7 @@ def records() -> list[dict]:
             objects = {o["build_id"]: o["name"] for o in doc.get("patch_object", {}).get("objects", [])}
             out.append({"store": str(store), "kind": "userspace", "key": record.stem,
                         "object": objects.get(record.stem, "?"), "release": _release(doc) if doc else "?",
-                        "patch": os.path.realpath(record)})
+                        "patch": os.path.realpath(record), "trusted": _trusted_record(area, record)})
         kernel = store / KERNEL
         for mod in sorted(kernel.glob("*/*.ko")) if kernel.is_dir() else []:
             info: dict = {}
@@ -302,5 +355,5 @@ def records() -> list[dict]:
                 info = elfinfo.modinfo(str(mod))
             out.append({"store": str(store), "kind": "kernel", "key": mod.parent.name,
                         "object": f"kernel {mod.parent.name}", "release": info.get("klpcc_release", mod.stem),
-                        "patch": str(mod)})
+                        "patch": str(mod), "trusted": _trusted_record(mod.parent, mod)})
     return out

@@ -375,14 +375,17 @@ def library_outputs(built, tmp_path_factory) -> dict[str, dict[str, dict]]:
         try:
             for p in (procs[0], procs[2]):
                 test_userspace_library.wait_listening(p.pid)
+            older = tmp_path_factory.mktemp("older") / "r1-both.so"
+            run_json("build", built.tmp / "b1", "--binary", built.taxd, "--library", lib, "-o", older,
+                     "--format", "json")
             install = {"install": run_json("install", built.r1, "--format", "json"),
-                       "install-replace": run_json("install", built.r2, "--format", "json")}
-            fleet = {"all-mapping": run_json("apply", built.r1, "--all-mapping", lib, "--format", "json",
-                                             codes=(1,)),
+                       "install-program": run_json("install", built.r2, "--format", "json"),
+                       "install-replace": run_json("install", older, "--force", "--format", "json")}
+            fleet = {"all-mapping": run_json("apply", built.r1, "--all-mapping", lib, "--format", "json"),
                      "status-all": run_json("status", "--all", "--format", "json"),
                      "disable-many": run_json("disable", "--pid", procs[0].pid, "--pid", procs[1].pid,
                                               "--format", "json", codes=(1,))}
-            install["uninstall"] = run_json("uninstall", built.r2, "--format", "json")
+            install["uninstall"] = run_json("uninstall", older, "--format", "json")
         finally:
             for p in procs:
                 p.stop()
@@ -408,7 +411,7 @@ CASES = {
     "runtime-answer": ("status-unpatched", "apply-another-build", "apply", "status", "apply-replace",
                        "status-replaced", "disable", "disable-nothing"),
     "processes": ("all-mapping", "status-all", "disable-many"),
-    "install": ("install", "install-replace", "uninstall"),
+    "install": ("install", "install-program", "install-replace", "uninstall"),
 }
 
 

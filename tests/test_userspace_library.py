@@ -276,7 +276,8 @@ def test_every_process_mapping_the_library(built, store):
     try:
         before = a.taxes()
         r = klpcc("apply", str(built.r1), "--all-mapping", str(built.lib), "--format", "json")
-        assert r.returncode == 1, r.stderr  # a process maps the build without the runtime
+        # a process that maps the build without the runtime is reported, not a failure
+        assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         results = {p["pid"]: p["result"] for p in doc["processes"]}
         assert results == {a.pid: "applied", b.pid: "applied", plain.pid: "no-runtime",
@@ -382,20 +383,38 @@ def test_installed_patches_come_back_after_a_restart(built, store):
         assert q.ask("load") == "loaded" and q.taxes() == built.expected
     finally:
         q.stop()
-    # a newer release replaces it; the older one is refused without --force
-    assert klpcc("install", str(built.r2)).returncode == 0
-    r = klpcc("install", str(built.r1))
-    assert r.returncode == 2 and "a newer release (0002-release-2) is installed for libtax.so" in r.stderr
-    assert klpcc("install", str(built.r1), "--force").returncode == 0
+    # a patch of the program and the library is recorded for the program alone: it
+    # covers the library when taxd runs; other programs keep the library's own record
+    r = json.loads(klpcc("install", str(built.r2), "--format", "json").stdout)
+    assert [(x["object"], x["action"]) for x in r["records"]] == [("taxd", "installed")]
+    p = _started([str(built.taxd)])
+    try:
+        assert p.ask("banner") == "taxd 2" and p.taxes() == built.expected
+    finally:
+        assert "applied 0002-release-2, installed for the program" in p.stop()
+    q = _started([str(built.taxdl), str(built.lib)])
+    try:
+        assert q.ask("load") == "loaded" and q.taxes() == built.expected
+    finally:
+        assert "applied 0001-release-1" in q.stop()
+    # an older release of the series for the program is refused without --force
+    older = built.tmp / "r1-both.so"
+    if not older.exists():
+        assert klpcc("build", str(built.tmp / "b1"), "--binary", str(built.taxd), "--library",
+                     str(built.lib), "-o", str(older)).returncode == 0
+    r = klpcc("install", str(older))
+    assert r.returncode == 2 and "a newer release (0002-release-2) is installed for taxd" in r.stderr, r.stderr
+    assert klpcc("install", str(older), "--force").returncode == 0
     listed = json.loads(klpcc("status", "--all", "--format", "json").stdout)["installed"]
-    assert {(x["object"], x["release"]) for x in listed} == {("libtax.so", "0001-release-1"),
-                                                             ("taxd", "0002-release-2")}
-    # objects no record points at are gone
+    assert {(x["object"], x["release"], x["trusted"]) for x in listed} == {
+        ("libtax.so", "0001-release-1", True), ("taxd", "0001-release-1", True)}
+    # objects no record points at are gone (r2's)
     assert len(list((store / "userspace" / "objects").iterdir())) == 2
     r = klpcc("uninstall", str(built.lib))
     assert r.returncode == 0 and r.stdout.startswith("removed 0001-release-1 for libtax.so")
     assert "nothing was installed" in klpcc("uninstall", str(built.lib)).stdout
-    assert klpcc("uninstall", str(built.r2)).stdout.startswith("removed 0002-release-2 for taxd")
+    assert "nothing was installed" in klpcc("uninstall", str(built.r2)).stdout  # not the one in force
+    assert klpcc("uninstall", str(built.taxd)).stdout.startswith("removed 0001-release-1 for taxd")
     p = _started([str(built.taxd)])
     try:
         assert p.first == unpatched
@@ -431,6 +450,9 @@ def test_bad_inputs(built, store, tmp_path):
         (["install", "--kernel", str(built.r1)], "is not a kernel module (no .modinfo section)"),
         (["apply", str(built.r1), "--all-mapping", str(built.lib), "--pid", "1"], "--all-mapping finds"),
         (["apply", str(built.r1), "--all-mapping", str(junk)], "has no GNU build-id"),
+        (["apply", str(built.r1), "--all-mapping", str(built.other_lib)], "is for libtax.so"),
+        (["install", "--kernel", str(tmp_path)], "is a directory"),
+        (["uninstall", "--kernel", ".."], "neither a livepatch module nor a kernel release"),
         (["apply", str(built.r1)], "say which processes"),
         (["apply", str(built.r1), "--pid", "1", "--pid", "2", "--socket", "/x"], "--socket names one"),
         (["status"], "say which process: --pid PID, or --all"),
@@ -441,6 +463,13 @@ def test_bad_inputs(built, store, tmp_path):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert words in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
     assert not (store / "userspace").exists()
+    # processes named that are not there: the command fails
+    r = klpcc("apply", str(built.r1), "--pid", "999999990", "--pid", "999999991")
+    assert r.returncode == 1 and "2 gone" in r.stdout, r.stdout + r.stderr
+    env = {**os.environ, "KLPCC_STATE_DIR": "relative/state"}
+    r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(built.r1)], capture_output=True,
+                       text=True, env=env, check=False)
+    assert r.returncode == 2 and "KLPCC_STATE_DIR=relative/state is not an absolute path" in r.stderr
     env = {**os.environ, "KLPCC_STATE_DIR": ""}
     r = subprocess.run([sys.executable, "-m", "klpcc", "install", str(built.r1)], capture_output=True,
                        text=True, env=env, check=False)

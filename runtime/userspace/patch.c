@@ -785,6 +785,9 @@ void klp_apply(const char *path, int fd, unsigned long timeout_ms, struct klp_ou
 	pin(&pins);
 	apply_pinned(path, fd, timeout_ms, out);
 	unpin(&pins);
+	/* Libraries loaded unseen meanwhile (by the C library itself, in a dlmopen
+	 * namespace) get the installed patches' code now. */
+	klp_objects_sync(timeout_ms);
 }
 
 void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome *out)
@@ -794,6 +797,7 @@ void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome 
 	pin(&pins);
 	disable_pinned(name, timeout_ms, out);
 	unpin(&pins);
+	klp_objects_sync(timeout_ms);
 }
 
 static void apply_pinned(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out)

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * store.c - the patches installed for the program and its libraries (`klpcc install`),
- * applied by the control thread when the process starts, before main, and when a
- * library is loaded later.
+ * applied when the process starts, before main (by the constructor's thread), and when
+ * a library is loaded later (by the control thread).
  *
  * A store is a directory; the patch installed for the object with build-id B is
  * <store>/userspace/B.so (a patch object, or a link to one).  The stores are

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ... import elfinfo
 from ...elfinfo import build_id as file_build_id
 from ...errors import KlpccError
 from . import client
@@ -21,7 +22,10 @@ SCHEMA = "klpcc.processes/1"
 APPLIED, DISABLED, STATUS = "applied", "disabled", "status"
 REFUSED, NO_RUNTIME, OTHER_BUILD, UNREACHABLE, GONE = (
     "refused", "no-runtime", "different-build", "unreachable", "gone")
-FAILED = {REFUSED, NO_RUNTIME, UNREACHABLE}  # a process the patch was for that did not get it
+# a process that did not get what was asked: found by --all-mapping, or named with --pid
+# (then a process without the runtime, or gone, was asked for too)
+FAILED = {REFUSED, UNREACHABLE}
+FAILED_NAMED = FAILED | {NO_RUNTIME, GONE}
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,11 @@ class Fleet:
     library: Library | None = None
     processes: list[ProcessResult] = field(default_factory=list)
     installed: list[dict] | None = None  # status --all: the store's records
+    named: bool = False  # the processes were named (--pid), not found
 
     @property
     def failed(self) -> bool:
-        return any(p.result in FAILED for p in self.processes)
+        return any(p.result in (FAILED_NAMED if self.named else FAILED) for p in self.processes)
 
     def to_json(self) -> dict:
         out: dict = {"schema": SCHEMA, "action": self.action, "patch": self.patch,
@@ -103,7 +108,9 @@ class Fleet:
             lines.append(f"{len(self.processes)} processes: {what}")
         for r in self.installed or ():
             key = f" (build-id {r['key'][:12]})" if r["kind"] == "userspace" else ""
-            lines.append(f"installed in {r['store']}: {r['object']}{key}: {r['release']} ({r['patch']})")
+            warn = "" if r["trusted"] else ": NOT APPLIED, the store or the file may be written by others"
+            lines.append(f"installed in {r['store']}: {r['object']}{key}: {r['release']} "
+                         f"({r['patch']}){warn}")
         if self.installed == [] and not self.processes:
             lines.append("no process runs the klpcc runtime, and nothing is installed")
         return "\n".join(lines) + "\n"
@@ -227,8 +234,12 @@ def mapping(lib: Library) -> tuple[list[int], list[ProcessResult]]:
 
 def apply_many(patch: str, timeout: float, pids: list[int], lib: Library | None,
                socket: str | None = None) -> Fleet:
-    fleet = Fleet("apply", str(Path(patch).resolve()), lib)
+    fleet = Fleet("apply", str(Path(patch).resolve()), lib, named=lib is None)
     if lib is not None:
+        objects = elfinfo.patch_manifest(patch)["patch_object"]["objects"]
+        if lib.build_id not in {o["build_id"] for o in objects}:
+            what = ", ".join(f"{o['name']} ({o['build_id'][:12]})" for o in objects)
+            raise KlpccError(f"is for {what}, not for {lib.path} (build-id {lib.build_id[:12]})", patch=patch)
         pids, other = mapping(lib)
         fleet.processes += other
     _each(pids, lambda pid: client.apply(pid, patch, timeout, socket).doc, APPLIED, fleet)
@@ -237,7 +248,7 @@ def apply_many(patch: str, timeout: float, pids: list[int], lib: Library | None,
 
 
 def disable_many(pids: list[int], timeout: float, name: str | None, socket: str | None = None) -> Fleet:
-    fleet = Fleet("disable")
+    fleet = Fleet("disable", named=True)
     _each(pids, lambda pid: client.disable(pid, timeout, socket, name).doc, DISABLED, fleet)
     return fleet
 
