@@ -403,7 +403,8 @@ def test_installed_patches_come_back_after_a_restart(built, store):
         assert klpcc("build", str(built.tmp / "b1"), "--binary", str(built.taxd), "--library",
                      str(built.lib), "-o", str(older)).returncode == 0
     r = klpcc("install", str(older))
-    assert r.returncode == 2 and "a newer release (0002-release-2) is installed for taxd" in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert "a newer release (0002-release-2) is installed for taxd" in r.stderr
     assert klpcc("install", str(older), "--force").returncode == 0
     listed = json.loads(klpcc("status", "--all", "--format", "json").stdout)["installed"]
     assert {(x["object"], x["release"], x["trusted"]) for x in listed} == {
