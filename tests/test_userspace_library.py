@@ -629,3 +629,28 @@ def test_dlopen_searches_as_its_caller(built, tmp_path, how, tag):
         out = subprocess.run([str(tmp_path / "host"), "libplug.so"], capture_output=True, text=True, env=env,
                              check=True).stdout
         assert out == "other\n"
+
+
+def test_patches_side_by_side_may_not_share_a_state_id(built, tmp_path):
+    """klpcc_get_state answers from every patch installed: a state id has one owner."""
+    lib_state = {"lib/tax.c": LIB_FIX["lib/tax.c"] + "\nKLPCC_STATE(5, 1);\n"}
+    prog_state = {"main.c": PROGRAM_ONLY["main.c"] + "\nKLPCC_STATE(5, 1);\n"}
+    objects = {}
+    for name, release, target in (("lib", lib_state, ["--library", built.lib]),
+                                  ("prog", prog_state, ["--binary", built.taxd])):
+        patches, src = make_series(tmp_path / name, BASE, [release], names=[f"0001-{name}-state"])
+        bundle = tmp_path / f"b-{name}"
+        assert klpcc("compile", str(patches), "--source", str(src), "-o", str(bundle)).returncode == 0
+        objects[name] = tmp_path / f"{name}.so"
+        r = klpcc("build", str(bundle), *map(str, target), "-o", str(objects[name]))
+        assert r.returncode == 0, r.stderr
+    p = _started([str(built.taxd)])
+    try:
+        assert klpcc("apply", "--pid", str(p.pid), str(objects["lib"])).returncode == 0
+        r = klpcc("apply", "--pid", str(p.pid), str(objects["prog"]))
+        assert r.returncode == 1, r.stdout
+        assert ("apply failed at state: 0001-prog-state declares state 5, which 0001-lib-state (installed "
+                "beside it, for other objects) declares too") in r.stderr
+        assert p.ask("banner") == "taxd 1" and p.taxes() == built.expected
+    finally:
+        p.stop()
