@@ -84,10 +84,14 @@ def _mkdirs(area: Path) -> None:
             os.chmod(d, 0o755)
     except OSError as exc:
         raise KlpccError(f"cannot create {area}: {exc.strerror}") from None
-    st = os.lstat(area)
+    _check_dir(area)
+
+
+def _check_dir(d: Path) -> None:
+    st = os.lstat(d)
     if not stat.S_ISDIR(st.st_mode) or not _trusted(st):
-        raise KlpccError(f"{area} is not a directory of uid {os.geteuid()} or root that only its owner may "
-                         "write (a link, or group- or world-writable): the runtime would not trust it")
+        raise KlpccError(f"{d} is not a directory of uid {os.geteuid()} or root that only its owner may "
+                         "write (a link, or group- or world-writable): it would not be trusted")
 
 
 @contextlib.contextmanager
@@ -247,27 +251,31 @@ def install_kernel(module: str, state_dir: str | None = None, force: bool = Fals
     area = store / KERNEL / krel
     release = info.get("klpcc_release", modname)
     done = Installed(store, str(Path(module).resolve()), release)
-    previous = sorted(area.glob("*.ko")) if area.is_dir() else []
-    old_info = {}
-    for p in previous:
-        with contextlib.suppress(KlpccError):
-            old_info = elfinfo.modinfo(str(p))
-    same_series = old_info.get("klpcc_series") and old_info.get("klpcc_series") == info.get("klpcc_series")
-    if same_series and not force and int(old_info.get("klpcc_release_index", "0") or 0) > int(
-            info.get("klpcc_release_index", "0") or 0):
-        raise KlpccError(f"a newer release ({old_info.get('klpcc_release')}) is installed for kernel {krel} "
-                         f"in {store}; --force installs the older {release}", patch=module)
-    target = area / f"{modname}.ko"
-    unchanged = target.is_file() and target.read_bytes() == data
     _mkdirs(area)
-    if not unchanged:
-        atomic.write_atomic(target, data, 0o644)
-    for p in previous:  # one cumulative module per kernel: the new one replaces them all
-        if p != target:
-            p.unlink()
-    was = old_info.get("klpcc_release") or (previous[0].stem if previous else None)
-    done.changes.append(Change(f"kernel {krel}", krel, "unchanged" if unchanged else
-                               "replaced" if previous else "installed", release, was))
+    for d in (store, store / KERNEL):  # klpcc-load --all trusts the whole path
+        _check_dir(d)
+    with _locked(store / KERNEL):
+        previous = sorted(area.glob("*.ko"))
+        old_info: dict[str, str] = {}
+        for p in previous:
+            with contextlib.suppress(KlpccError):
+                old_info = elfinfo.modinfo(str(p))
+        series = old_info.get("klpcc_series")
+        same_series = series and series == info.get("klpcc_series")
+        if same_series and not force and int(old_info.get("klpcc_release_index", "0") or 0) > int(
+                info.get("klpcc_release_index", "0") or 0):
+            raise KlpccError(f"a newer release ({old_info.get('klpcc_release')}) is installed for kernel "
+                             f"{krel} in {store}; --force installs the older {release}", patch=module)
+        target = area / f"{modname}.ko"
+        unchanged = target.is_file() and target.read_bytes() == data
+        if not unchanged:
+            atomic.write_atomic(target, data, 0o644)
+        for p in previous:  # one cumulative module per kernel: the new one replaces them all
+            if p != target:
+                p.unlink()
+        was = old_info.get("klpcc_release") or (previous[0].stem if previous else None)
+        done.changes.append(Change(f"kernel {krel}", krel, "unchanged" if unchanged else
+                                   "replaced" if previous else "installed", release, was))
     return done
 
 
@@ -291,12 +299,17 @@ def uninstall(path: str, state_dir: str | None = None, kernel: bool = False) -> 
         if not _KREL.match(krel) or krel in (".", ".."):
             raise KlpccError("neither a livepatch module nor a kernel release", patch=path)
         area = store / KERNEL / krel
-        for p in sorted(area.glob("*.ko")) if area.is_dir() else []:
-            rel = elfinfo.modinfo(str(p)).get("klpcc_release", p.stem)
-            p.unlink()
-            done.changes.append(Change(f"kernel {krel}", krel, "removed", rel, rel))
-        with contextlib.suppress(OSError):
-            area.rmdir()
+        if not area.is_dir():
+            return done
+        with _locked(store / KERNEL):
+            for p in sorted(area.glob("*.ko")):
+                rel = p.stem
+                with contextlib.suppress(KlpccError):
+                    rel = elfinfo.modinfo(str(p)).get("klpcc_release", p.stem)
+                p.unlink()
+                done.changes.append(Change(f"kernel {krel}", krel, "removed", rel, rel))
+            with contextlib.suppress(OSError):
+                area.rmdir()
         return done
     area = store / USERSPACE
     if elfinfo.section(path, elfinfo.PATCH_MANIFEST) is not None:
@@ -326,10 +339,11 @@ def uninstall(path: str, state_dir: str | None = None, kernel: bool = False) -> 
     return done
 
 
-def _trusted_record(area: Path, record: Path) -> bool:
-    """Whether the runtime (or klpcc-load) would apply this record."""
+def _trusted_record(dirs: tuple[Path, ...], record: Path) -> bool:
+    """Whether the runtime (its store's userspace/) or klpcc-load (the store, kernel/ and
+    the release's directory) would apply this record."""
     try:
-        return (stat.S_ISDIR(os.lstat(area).st_mode) and _trusted(os.lstat(area))
+        return (all(stat.S_ISDIR(os.lstat(d).st_mode) and _trusted(os.lstat(d)) for d in dirs)
                 and stat.S_ISREG(os.stat(record).st_mode) and _trusted(os.stat(record)))
     except OSError:
         return False
@@ -347,7 +361,7 @@ def records() -> list[dict]:
             objects = {o["build_id"]: o["name"] for o in doc.get("patch_object", {}).get("objects", [])}
             out.append({"store": str(store), "kind": "userspace", "key": record.stem,
                         "object": objects.get(record.stem, "?"), "release": _release(doc) if doc else "?",
-                        "patch": os.path.realpath(record), "trusted": _trusted_record(area, record)})
+                        "patch": os.path.realpath(record), "trusted": _trusted_record((area,), record)})
         kernel = store / KERNEL
         for mod in sorted(kernel.glob("*/*.ko")) if kernel.is_dir() else []:
             info: dict = {}
@@ -355,5 +369,5 @@ def records() -> list[dict]:
                 info = elfinfo.modinfo(str(mod))
             out.append({"store": str(store), "kind": "kernel", "key": mod.parent.name,
                         "object": f"kernel {mod.parent.name}", "release": info.get("klpcc_release", mod.stem),
-                        "patch": str(mod), "trusted": _trusted_record(mod.parent, mod)})
+                        "patch": str(mod), "trusted": _trusted_record((store, kernel, mod.parent), mod)})
     return out

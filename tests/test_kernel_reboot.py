@@ -339,3 +339,42 @@ def test_klpcc_load_0_on_the_command_line_skips_it(reboots):
     assert (boot["enabled"], boot["patches"], boot["modules"]) == ("absent", "", "")
     # the store is still there: only the boot skipped it
     assert any(line.endswith(f" {NAME}.ko") for line in reboots.boots[2].lines("L:")), reboots.boots[2].output
+
+
+def _fake_module(out: Path, name: str, krel: str, index: int, series: str = "s1") -> Path:
+    """An ELF object with a livepatch module's modinfo: what install --kernel reads."""
+    src = out.with_suffix(".c")
+    info = [f"name={name}", f"vermagic={krel} SMP preempt mod_unload modversions", "livepatch=Y",
+            f"klpcc_release=r{index}", f"klpcc_release_index={index}", f"klpcc_series={series}"]
+    src.write_text("".join(f'__attribute__((section(".modinfo"), used)) static const char m{i}[] = "{v}";\n'
+                           for i, v in enumerate(info)))
+    subprocess.run(["cc", "-c", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_the_kernel_store(tmp_path):
+    """install --kernel keeps one module per kernel release, newest of its series, in a
+    store klpcc-load would trust; uninstall by module or release."""
+    store = tmp_path / "store"
+    m1 = _fake_module(tmp_path / "lp1.ko", "klpcc_r1", "6.1.0-test", 1)
+    m2 = _fake_module(tmp_path / "lp2.ko", "klpcc_r2", "6.1.0-test", 2)
+    run = lambda *a: klpcc(*map(str, a), "--state-dir", str(store))  # noqa: E731
+    r = run("install", "--kernel", m2, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["records"] == [{"object": "kernel 6.1.0-test", "key": "6.1.0-test",
+                                                "action": "installed", "release": "r2", "previous": None}]
+    r = run("install", "--kernel", m1)
+    assert r.returncode == 2 and "a newer release (r2) is installed for kernel 6.1.0-test" in r.stderr
+    r = run("install", "--kernel", m1, "--force")
+    assert r.returncode == 0 and r.stdout.startswith("replaced r1 for kernel 6.1.0-test"), r.stdout
+    assert sorted(p.name for p in (store / "kernel" / "6.1.0-test").glob("*.ko")) == ["klpcc_r1.ko"]
+    # a store klpcc-load would not trust is not filled
+    os.chmod(store / "kernel", 0o777)
+    r = run("install", "--kernel", m2)
+    assert r.returncode == 2 and "kernel is not a directory of uid" in r.stderr, r.stderr
+    os.chmod(store / "kernel", 0o755)
+    r = run("uninstall", "--kernel", "6.1.0-test")
+    assert r.returncode == 0 and r.stdout.startswith("removed r1 for kernel 6.1.0-test"), r.stdout
+    assert not (store / "kernel" / "6.1.0-test").exists()
+    r = run("uninstall", "--kernel", "..")
+    assert r.returncode == 2 and "neither a livepatch module nor a kernel release" in r.stderr

@@ -654,3 +654,44 @@ def test_patches_side_by_side_may_not_share_a_state_id(built, tmp_path):
         assert p.ask("banner") == "taxd 1" and p.taxes() == built.expected
     finally:
         p.stop()
+
+
+def _entry_offset(lib: Path, name: str) -> int:
+    """The file offset of function ``name``'s entry in ``lib``."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(lib, "rb") as fh:
+        elf = ELFFile(fh)
+        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == name)
+        seg = next(g for g in elf.iter_segments() if g["p_type"] == "PT_LOAD"
+                   and g["p_vaddr"] <= sym["st_value"] < g["p_vaddr"] + g["p_filesz"])
+        return sym["st_value"] - seg["p_vaddr"] + seg["p_offset"]
+
+
+def test_a_library_that_failed_to_patch_is_patched_when_loaded_again(built, tmp_path):
+    """A copy of the build whose entry is not the five NOPs cannot be patched as it loads:
+    said once, in status too; unloaded and the right file loaded at that path, it is."""
+    deep = tmp_path / ("d" * 120) / ("e" * 120)  # a path longer than 256 characters
+    deep.mkdir(parents=True)
+    lib = deep / "libtax.so"
+    data = bytearray(built.lib.read_bytes())
+    data[_entry_offset(built.lib, "tax")] = 0xCC  # a breakpoint, same build-id
+    lib.write_bytes(bytes(data))
+    p = _started([str(built.taxdl), str(lib)])
+    try:
+        assert klpcc("apply", "--pid", str(p.pid), str(built.r1)).returncode == 0
+        assert p.ask("load") == "loaded"
+        [patch] = json.loads(klpcc("status", "--pid", str(p.pid), "--format", "json").stdout)["patches"]
+        [obj] = patch["objects"]
+        assert not obj["loaded"] and "five NOPs" in obj["error"], obj
+        assert p.ask("unload") == "0"
+        tmp = deep / "new.so"
+        tmp.write_bytes(built.lib.read_bytes())
+        tmp.rename(lib)
+        assert p.ask("load") == "loaded"
+        assert p.taxes() == built.expected  # patched as it loaded, at a path of 260 characters
+        [patch] = json.loads(klpcc("status", "--pid", str(p.pid), "--format", "json").stdout)["patches"]
+        assert patch["objects"][0]["loaded"] and "error" not in patch["objects"][0]
+    finally:
+        err = p.stop()
+    assert err.count("cannot patch") == 1, err

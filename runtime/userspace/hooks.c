@@ -11,11 +11,13 @@
  *
  * The dynamic linker searches a name without a slash, and expands $ORIGIN, as its
  * caller sees them (the caller's DT_RUNPATH or DT_RPATH, its directory): here the caller
- * would be this library, so the name is resolved for the real caller first.
+ * would be this library, so the name is resolved for the real caller first, in the
+ * directories the loader itself lists for it (dlinfo RTLD_DI_SERINFO).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <link.h>
 #include <stddef.h>
@@ -50,37 +52,12 @@ int klp_real_dlclose(void *handle)
 	return real ? real(handle) : -1;
 }
 
-/* The directory of the object `lm` (the program's when it has no name). */
-static int origin(const struct link_map *lm, char *out, size_t len)
-{
-	char *slash;
-
-	if (lm->l_name && lm->l_name[0]) {
-		if (!realpath(lm->l_name, out))
-			return -1;
-	} else {
-		ssize_t n = readlink("/proc/self/exe", out, len - 1);
-
-		if (n <= 0)
-			return -1;
-		out[n] = 0;
-	}
-	slash = strrchr(out, '/');
-	if (!slash)
-		return -1;
-	if (slash == out)
-		out[1] = 0; /* the root directory */
-	else
-		*slash = 0;
-	return 0;
-}
-
 /* `in` with $ORIGIN and ${ORIGIN} replaced by `dir`; -1 if it does not fit. */
-static int expand(const char *in, size_t inlen, const char *dir, char *out, size_t len)
+static int expand(const char *in, const char *dir, char *out, size_t len)
 {
 	size_t o = 0;
 
-	for (size_t i = 0; i < inlen;) {
+	for (size_t i = 0; in[i];) {
 		size_t skip = !strncmp(in + i, "${ORIGIN}", 9) ? 9 : !strncmp(in + i, "$ORIGIN", 7) ? 7 : 0;
 		const char *piece = skip ? dir : in + i;
 		size_t n = skip ? strlen(dir) : 1;
@@ -95,67 +72,89 @@ static int expand(const char *in, size_t inlen, const char *dir, char *out, size
 	return 0;
 }
 
-/* The first directory of the colon-separated `list` holding `file`, as a path in out. */
-static int search(const char *list, const char *file, const char *dir, char *out, size_t len)
+/* Whether `path` is an ELF object this process can load (the loader skips others). */
+static int loadable(const char *path)
 {
-	char path[PATH_MAX];
+	ElfW(Ehdr) eh;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ok;
 
-	for (const char *p = list; p && *p;) {
-		const char *end = strchrnul(p, ':');
-
-		if (end > p && (!strstr(p, "ORIGIN") || dir) &&
-		    !expand(p, (size_t)(end - p), dir ? dir : "", path, sizeof(path)) &&
-		    snprintf(out, len, "%s/%s", path, file) < (int)len && !access(out, F_OK))
-			return 0;
-		p = *end ? end + 1 : end;
-	}
-	return -1;
+	if (fd < 0)
+		return 0;
+	ok = pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh) && !memcmp(eh.e_ident, ELFMAG, SELFMAG) &&
+	     eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_machine == EM_X86_64;
+	close(fd);
+	return ok;
 }
 
-static const char *dyn_string(const struct link_map *lm, ElfW(Sxword) tag)
+/* The directories the loader searches for `who` (LD_LIBRARY_PATH, its RUNPATH or its
+ * RPATH and its loaders', the system's), as it says itself; NULL if it cannot. */
+static Dl_serinfo *search_list(void *who)
 {
-	uintptr_t strtab = 0;
-	long off = -1;
+	Dl_serinfo size, *info;
 
-	for (const ElfW(Dyn) *d = lm->l_ld; d && d->d_tag != DT_NULL; d++) {
-		if (d->d_tag == DT_STRTAB)
-			strtab = d->d_un.d_ptr < lm->l_addr ? lm->l_addr + d->d_un.d_ptr : d->d_un.d_ptr;
-		else if (d->d_tag == tag)
-			off = (long)d->d_un.d_val;
+	if (dlinfo(who, RTLD_DI_SERINFOSIZE, &size))
+		return NULL;
+	info = malloc(size.dls_size);
+	if (!info)
+		return NULL;
+	memcpy(info, &size, sizeof(size));
+	if (dlinfo(who, RTLD_DI_SERINFO, info)) {
+		free(info);
+		return NULL;
 	}
-	return strtab && off >= 0 ? (const char *)(strtab + (uintptr_t)off) : NULL;
+	return info;
 }
 
-/* `file` as the dynamic linker would find it for the object calling from `caller`. */
+/* `file` as the dynamic linker would find it for the object `lm` calling: a name with
+ * $ORIGIN expanded with lm's origin; a name without a slash looked for in the
+ * directories the loader would search for lm and not for this library (its RUNPATH or
+ * RPATH: LD_LIBRARY_PATH and the system's are the same for both, searched by the loader
+ * itself).  Otherwise `file` as it is. */
 static const char *as_caller(const char *file, const void *caller, char *out, size_t len)
 {
+	static const char me;
+	struct link_map *lm = NULL, *self = NULL;
+	Dl_serinfo *theirs, *mine;
 	char dir[PATH_MAX];
-	const char *runpath, *rpath, *env;
-	struct link_map *lm = NULL;
 	Dl_info info;
-	int secure = getauxval(AT_SECURE) != 0, have_dir;
+	const char *found = file;
 	void *h;
 
-	if (!file || !dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+	if (!file || !dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm ||
+	    !dladdr1(&me, &info, (void **)&self, RTLD_DL_LINKMAP) || !self || lm == self)
 		return file;
-	have_dir = !secure && !origin(lm, dir, sizeof(dir));
-	if (strchr(file, '/'))
-		return strstr(file, "ORIGIN") && have_dir && !expand(file, strlen(file), dir, out, len) ? out
-													  : file;
+	if (strchr(file, '/')) {
+		if (!strstr(file, "ORIGIN"))
+			return file;
+		/* the loader expands it for its caller, this library: do it for theirs, or
+		 * give it a name that fails rather than one that finds the wrong file */
+		if (getauxval(AT_SECURE) || dlinfo(lm, RTLD_DI_ORIGIN, dir) ||
+		    expand(file, dir, out, len))
+			return "/nonexistent/$ORIGIN";
+		return out;
+	}
 	h = klp_real_dlopen(file, RTLD_LAZY | RTLD_NOLOAD);
 	if (h) { /* loaded already: found by its name, whoever asks */
 		klp_real_dlclose(h);
 		return file;
 	}
-	runpath = dyn_string(lm, DT_RUNPATH);
-	rpath = runpath ? NULL : dyn_string(lm, DT_RPATH);
-	env = secure ? NULL : getenv("LD_LIBRARY_PATH");
-	if (runpath && ((env && !search(env, file, NULL, out, len)) ||
-			!search(runpath, file, have_dir ? dir : NULL, out, len)))
-		return out;
-	if (rpath && !search(rpath, file, have_dir ? dir : NULL, out, len))
-		return out;
-	return file;
+	theirs = search_list(lm);
+	mine = search_list(self);
+	if (theirs && mine) {
+		unsigned common = 0;
+
+		while (common < theirs->dls_cnt && common < mine->dls_cnt &&
+		       !strcmp(theirs->dls_serpath[theirs->dls_cnt - 1 - common].dls_name,
+			       mine->dls_serpath[mine->dls_cnt - 1 - common].dls_name))
+			common++;
+		for (unsigned i = 0; i + common < theirs->dls_cnt && found == file; i++)
+			if (snprintf(out, len, "%s/%s", theirs->dls_serpath[i].dls_name, file) < (int)len &&
+			    loadable(out))
+				found = out;
+	}
+	free(theirs);
+	free(mine);
+	return found;
 }
 
 KLP_API void *dlopen(const char *file, int mode)

@@ -22,6 +22,7 @@
 #ifndef KLPCC_INTERNAL_H
 #define KLPCC_INTERNAL_H
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -58,7 +59,7 @@ void klp_futex_wake_all(_Atomic unsigned *word);
 /* A loaded object that patches may change: the program or a shared library. */
 struct klp_module {
 	uintptr_t bias;			/* dlpi_addr */
-	char path[256];			/* dlpi_name ("" for the program) */
+	char path[PATH_MAX];		/* dlpi_name ("" for the program) */
 	char build_id[129];		/* lowercase hex, "" if none */
 	struct klp_range text[KLP_MAX_SEGS];	/* executable PT_LOADs */
 	int text_prot[KLP_MAX_SEGS];	/* their PROT_* */
@@ -153,6 +154,10 @@ void klp_disable(const char *name, unsigned long timeout_ms, struct klp_outcome 
 void klp_objects_sync(unsigned long timeout_ms);
 /* Whether an installed patch changes the object with this build-id. */
 int klp_covered(const char *build_id);
+/* From the control thread's start on, libraries are held while they are written: before,
+ * only the constructor's thread runs the loader, and holding a library whose constructor
+ * has not run yet would run it. */
+void klp_hold_libraries(void);
 void klp_status(struct klp_json *j);
 void klp_outcome_free(struct klp_outcome *out);
 

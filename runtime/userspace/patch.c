@@ -72,6 +72,48 @@ struct patch {
 static struct patch *loaded;
 static unsigned long applies;
 
+struct pins {
+	void **v;
+	size_t n, cap;
+};
+
+static int holding;		/* hold libraries while writing (klp_hold_libraries) */
+static struct pins *held;	/* the transaction's holds, for resolve() to add to */
+
+void klp_hold_libraries(void)
+{
+	holding = 1;
+}
+
+/* Hold the library m while the transaction writes it; 0, or -1 if it is gone. */
+static int hold(const struct klp_module *m)
+{
+	void *h;
+
+	if (!holding || !m->path[0])
+		return 0;
+	h = klp_real_dlopen(m->path, RTLD_NOW | RTLD_NOLOAD);
+	if (!h)
+		return -1;
+	if (held && held->n == held->cap) {
+		size_t cap = held->cap ? 2 * held->cap : 16;
+		void **v = realloc(held->v, cap * sizeof(*v));
+
+		if (!v) {
+			klp_real_dlclose(h);
+			return -1;
+		}
+		held->v = v;
+		held->cap = cap;
+	}
+	if (held)
+		held->v[held->n++] = h;
+	else
+		klp_real_dlclose(h);
+	return 0;
+}
+
+
 /* Record why the request failed; returns -1. */
 static int fail(struct klp_outcome *out, const char *step, const char *fmt, ...)
 	KLP_PRINTF(3, 4);
@@ -448,7 +490,8 @@ static int resolve(struct patch *p, struct klp_outcome *out)
 			return fail(out, "build-id", "%s was built for %s, build-id %s; this program is %s",
 				    d->name, o->name, o->build_id,
 				    klp_prog.main.build_id[0] ? klp_prog.main.build_id : "without one");
-		if (klp_module_find(o->build_id, &m))
+		/* held (then found again) while the transaction writes into it */
+		if (klp_module_find(o->build_id, &m) || hold(&m) || klp_module_find(o->build_id, &m))
 			continue; /* a library not loaded (yet): its functions wait for it */
 		if (attach_object(p, k, &m, err, sizeof(err)))
 			return fail(out, "symbol", "%s", err);
@@ -768,11 +811,6 @@ static void unload_unused(struct plan *pl, const struct patch *kept, const struc
 
 /* ---- apply, disable, status ------------------------------------------------------------------ */
 
-struct pins {
-	void **v;
-	size_t n;
-};
-
 static void apply_pinned(const char *path, int fd, unsigned long timeout_ms, struct klp_outcome *out);
 static void disable_pinned(const char *name, unsigned long timeout_ms, struct klp_outcome *out);
 static void pin(struct pins *pins);
@@ -1016,21 +1054,21 @@ void klp_objects_sync(unsigned long timeout_ms)
 		for (unsigned k = 0; p->installed && k < p->nobjs; k++) {
 			struct pobj *o = &p->objs[k];
 			struct klp_module m;
-			void *pin;
+			struct pins pins = { 0 };
+			struct pins *outer = held;
 
-			if (o->loaded || klp_module_find(o->o->build_id, &m))
+			if (o->loaded)
 				continue;
-			if (o->failed_bias == m.bias && o->error[0])
+			if (klp_module_find(o->o->build_id, &m) || m.bias != o->failed_bias)
+				o->failed_bias = 0, o->error[0] = 0; /* gone, or loaded elsewhere */
+			if (klp_module_find(o->o->build_id, &m) || (o->error[0] && o->failed_bias == m.bias))
 				continue;
-			o->error[0] = 0;
 			/* Held while it is patched: nobody unloads it under the writes. */
-			pin = m.path[0] ? klp_real_dlopen(m.path, RTLD_NOW | RTLD_NOLOAD) : NULL;
-			if (m.path[0] && !pin)
-				continue; /* gone meanwhile */
-			if (!klp_module_find(o->o->build_id, &m))
+			held = &pins;
+			if (!hold(&m) && !klp_module_find(o->o->build_id, &m))
 				arrive(p, k, &m, timeout_ms);
-			if (pin)
-				klp_real_dlclose(pin);
+			unpin(&pins);
+			held = outer;
 		}
 }
 
@@ -1044,23 +1082,16 @@ int klp_covered(const char *build_id)
 }
 
 /* The libraries the loaded patches are attached to, held (dlopen RTLD_NOLOAD) while a
- * transaction writes their entries; objects that went before they could be held are
- * detached.  The handles are given back with unpin(). */
+ * transaction writes their entries (and those resolve() attaches); objects that went
+ * before they could be held are detached.  The holds are given back with unpin(). */
 static void pin(struct pins *pins)
 {
-	size_t max = 0;
-
+	memset(pins, 0, sizeof(*pins));
+	held = pins;
 	for (struct patch *p = loaded; p; p = p->next)
-		max += p->nobjs;
-	pins->v = calloc(max + 1, sizeof(*pins->v));
-	pins->n = 0;
-	for (struct patch *p = loaded; p && pins->v; p = p->next)
-		for (unsigned k = 0; k < p->nobjs; k++) {
-			const struct pobj *o = &p->objs[k];
-
-			if (o->loaded && o->mod.path[0])
-				pins->v[pins->n++] = klp_real_dlopen(o->mod.path, RTLD_NOW | RTLD_NOLOAD);
-		}
+		for (unsigned k = 0; k < p->nobjs; k++)
+			if (p->objs[k].loaded)
+				hold(&p->objs[k].mod);
 	for (struct patch *p = loaded; p; p = p->next)
 		for (unsigned k = 0; k < p->nobjs; k++)
 			if (p->objs[k].loaded && !still_there(p, k))
@@ -1069,9 +1100,9 @@ static void pin(struct pins *pins)
 
 static void unpin(struct pins *pins)
 {
+	held = NULL;
 	for (size_t i = 0; i < pins->n; i++)
-		if (pins->v[i])
-			klp_real_dlclose(pins->v[i]);
+		klp_real_dlclose(pins->v[i]);
 	free(pins->v);
 }
 

@@ -62,5 +62,6 @@ __attribute__((constructor)) static void klp_start(void)
 	if (klp_transition_init(klp_prog.stop_signal))
 		return;
 	klp_store_apply(STORE_TIMEOUT_MS);
+	klp_hold_libraries();
 	klp_control_start();
 }
