@@ -51,29 +51,17 @@ __attribute__((noinline)) static int local_tax(int cents)
 	return cents * (cents > 1000 ? 20 : 10) / 100;
 }
 
-static double direct(long n)
-{
-	struct timespec a, b;
-	volatile long sink = 0;
-
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (long i = 0; i < n; i++)
-		sink += local_tax((int)(i & 4095));
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	return ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
-}
-
-static double plt(long n)
-{
-	struct timespec a, b;
-	volatile long sink = 0;
-
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (long i = 0; i < n; i++)
-		sink += tax((int)(i & 4095));
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	return ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
-}
+/* ns per call of fn, called n times in a loop (a direct call or one through the PLT) */
+#define NS_PER_CALL(fn, n)                                                        \
+	({                                                                        \
+		struct timespec a_, b_;                                           \
+		volatile long sink_ = 0;                                          \
+		clock_gettime(CLOCK_MONOTONIC, &a_);                              \
+		for (long i_ = 0; i_ < (n); i_++)                                 \
+			sink_ += fn((int)(i_ & 4095));                            \
+		clock_gettime(CLOCK_MONOTONIC, &b_);                              \
+		((b_.tv_sec - a_.tv_sec) * 1e9 + (b_.tv_nsec - a_.tv_nsec)) / (n); \
+	})
 
 int main(int argc, char **argv)
 {
@@ -83,7 +71,7 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("ready\\n");
 	while (fgets(line, sizeof(line), stdin))
-		printf("%.3f %.3f\\n", direct(n), plt(n));
+		printf("%.3f %.3f\\n", NS_PER_CALL(local_tax, n), NS_PER_CALL(tax, n));
 	return 0;
 }
 """
