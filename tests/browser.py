@@ -62,3 +62,18 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver, uri: str, last: str = "footer", timeout: float = 120.0) -> None:
+    """Open ``uri`` and wait until the document is parsed whole: ``readyState`` complete
+    and its last element (``last``, a selector) there.  A page of megabytes was once
+    seen half-parsed when ``get`` returned."""
+    import time
+
+    driver.get(uri)
+    end = time.monotonic() + timeout
+    script = f"return document.readyState === 'complete' && !!document.querySelector({last!r})"
+    while not driver.execute_script(script):
+        if time.monotonic() > end:
+            raise AssertionError(f"{uri} did not finish loading in {timeout:.0f} s")
+        time.sleep(0.1)

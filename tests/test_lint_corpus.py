@@ -25,7 +25,7 @@ import pytest
 from klpcc.api import AnalyzeOptions, analyze, lint, write_review
 from klpcc.review import from_series
 
-from .browser import chromium
+from .browser import chromium, open_page
 from .test_real_sources import KERNEL_SUBSET, fetch_kernel, write_series
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,7 @@ def test_the_review_report_of_a_real_series_opens_whole(name: str, analysed, lin
           f"{size / 1e6:.2f} MB")
     assert size < 8_000_000
     with chromium() as d:
-        d.get(out.as_uri())
+        open_page(d, out.as_uri())
         got = d.execute_script(_PAGE)
     assert got["rows"] == len(a.functions) and got["findings"] == len(res.findings)
     assert got["to_lines"] == sum(1 for f in res.findings if f.patch is not None)

@@ -9,7 +9,7 @@ import pytest
 
 from klpcc.api import AnalyzeOptions, review, write_review
 
-from .browser import chromium
+from .browser import chromium, open_page
 from .conftest import FIXTURES
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_demo_report_in_chromium(tmp_path):
 
     out = _report(tmp_path, FIXTURES / "demo" / "patches", FIXTURES / "demo" / "src")
     with chromium() as d:
-        d.get(out.as_uri())
+        open_page(d, out.as_uri())
         assert d.title.startswith("klpcc review: release 5/5")
         # nothing was fetched: the page is all there is
         assert d.execute_script("return performance.getEntriesByType('resource').length") == 0
@@ -76,7 +76,7 @@ def test_kernel_report_findings_in_chromium(tmp_path):
 
     out = _report(tmp_path, FIXTURES / "kernel" / "patches", FIXTURES / "kernel" / "src")
     with chromium() as d:
-        d.get(out.as_uri())
+        open_page(d, out.as_uri())
         errors = d.find_elements(By.CSS_SELECTOR, "#findings .finding.sev-error")
         assert len(errors) == 5
         assert d.find_element(By.ID, "findings-error").text == "Errors (5)"
@@ -106,7 +106,7 @@ def test_transition_in_chromium(tmp_path):
 
     out = _report(tmp_path, FIXTURES / "demo" / "patches", FIXTURES / "demo" / "src", release=4, installed=2)
     with chromium() as d:
-        d.get(out.as_uri())
+        open_page(d, out.as_uri())
         rows = {r.get_attribute("data-transition"): r.text
                 for r in d.find_elements(By.CSS_SELECTOR, "#transition tr[data-transition]")}
         assert rows["nop"].split()[:2] == ["nop", "1"] and "log_line" in rows["nop"]
