@@ -27,6 +27,12 @@
  *
  * The thread blocks every signal, the stop signal included: it is the one thread never
  * stopped.
+ *
+ * A forked child has no threads but the one that forked: the runtime starts again in it
+ * (pthread_atfork), with a control thread and a socket of its own pid.  It keeps what it
+ * inherited -- the patches loaded and installed, their states, shadow variables,
+ * redirects -- which agree with each other: the records change in the same stop as the
+ * code (patch.c), and a fork cannot happen while the world is stopped.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -552,8 +558,29 @@ void klp_control_sync(void)
 			"patched once it is done");
 }
 
+/* In a forked child: the parent's socket, descriptors and thread are not ours. */
+static void restart_in_child(void)
+{
+	klp_prog.pid = getpid();
+	control_tid = 0;
+	if (listen_fd >= 0)
+		close(listen_fd);
+	listen_fd = -1;
+	if (event_fd >= 0)
+		close(event_fd);
+	event_fd = -1;
+	socket_path[0] = 0; /* the parent's: not ours to remove */
+	made_dir[0] = 0;
+	pthread_mutex_init(&sync_lock, NULL);
+	sync_asked = sync_served = 0;
+	klp_park_forked();
+	klp_control_start();
+}
+
 void klp_control_start(void)
 {
+	static int atfork;
+
 	pthread_attr_t attr;
 	pthread_condattr_t ca;
 	pthread_t thread;
@@ -591,4 +618,6 @@ void klp_control_start(void)
 		return;
 	}
 	pthread_setname_np(thread, "klpcc-control");
+	if (!atfork++)
+		pthread_atfork(NULL, NULL, restart_in_child);
 }

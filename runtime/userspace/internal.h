@@ -179,7 +179,8 @@ int klp_is_patch_compatible(const struct klpcc_patch *patch, const struct klp_st
 void klp_states_retire(struct klp_states *s);
 /* Whose states klpcc_get_state / klpcc_get_prev_state answer from. */
 /* `s` is installed, in place of `replaces` (NULL: beside the others); s NULL with
- * `replaces`: it is no longer installed.  -1 when KLP_MAX_INSTALLED are installed. */
+ * `replaces`: it is no longer installed.  -1 when KLP_MAX_INSTALLED are installed.
+ * Only atomic stores: called while the world is stopped. */
 int klp_state_install(const struct klp_states *s, const struct klp_states *replaces);
 void klp_state_set_context(const struct klp_states *cur, const struct klp_states *prev);
 
@@ -332,5 +333,7 @@ void klp_park_wait_traps(unsigned apply, uint64_t until);
  * they stay, and a thread returning through one later passes straight through.  The
  * parked threads go. */
 void klp_park_end(struct klp_slots *stopped, unsigned apply);
+/* In a forked child: nothing is being applied; traps inherited pass straight through. */
+void klp_park_forked(void);
 
 #endif /* KLPCC_INTERNAL_H */

@@ -186,6 +186,14 @@ void klp_park_wait_traps(unsigned apply, uint64_t until)
 	}
 }
 
+void klp_park_forked(void)
+{
+	/* In a child: no apply is in progress here.  A trap on the forking thread's stack
+	 * (it was busy in the parent) lets it return straight through. */
+	atomic_store(&apply_done, atomic_load(&apply_seq));
+	atomic_store(&parked_now, 0);
+}
+
 void klp_park_end(struct klp_slots *stopped, unsigned apply)
 {
 	if (stopped)

@@ -742,9 +742,14 @@ static int plan_watch(struct plan *pl, const struct patch *keep, const struct pa
 	return 0;
 }
 
+/* What the switch writes, and the patch that comes into force (`in`, apply) or goes out
+ * of it (`out`, disable and the patch an apply replaces).  The records change in the
+ * same stop as the code: a process forked at any time (a fork cannot happen while
+ * every other thread is stopped) has code and records that agree. */
 struct commit_arg {
 	struct klp_write *writes;
 	size_t n;
+	struct patch *in, *out;
 };
 
 static void commit(void *arg)
@@ -752,11 +757,21 @@ static void commit(void *arg)
 	struct commit_arg *c = arg;
 
 	klp_writes_commit(c->writes, c->n);
+	if (c->in) {
+		c->in->next = loaded;
+		loaded = c->in;
+		c->in->installed = 1;
+	}
+	if (c->out)
+		c->out->installed = 0;
+	if (c->in || c->out) /* klpcc_get_state answers from the patches in force */
+		klp_state_install(c->in ? c->in->states : NULL, c->out ? c->out->states : NULL);
 }
 
-static int switch_functions(struct plan *pl, unsigned long timeout_ms, struct klp_outcome *out)
+static int switch_functions(struct plan *pl, unsigned long timeout_ms, struct klp_outcome *out,
+			    struct patch *in, struct patch *gone)
 {
-	struct commit_arg c = { pl->writes, pl->nwrites };
+	struct commit_arg c = { pl->writes, pl->nwrites, in, gone };
 	struct klp_transition t = {
 		.busy = pl->busy, .nbusy = pl->nbusy,
 		.entries = pl->entries, .nentries = pl->nwrites,
@@ -859,18 +874,12 @@ static void apply_pinned(const char *path, int fd, unsigned long timeout_ms, str
 		fail(out, "pre_patch", "%s: pre_patch returned %d", p->desc->name, rc);
 		goto drop;
 	}
-	if (switch_functions(&pl, timeout_ms, out)) {
+	if (switch_functions(&pl, timeout_ms, out, p, prev)) {
 		/* As the kernel does for a transition reversed: post_unpatch undoes pre_patch. */
 		run_callback(p, prev, POST_UNPATCH);
 		goto drop;
 	}
-	p->next = loaded;
-	loaded = p;
-	/* Installed before post_patch runs: klpcc_get_state answers from p all along. */
-	p->installed = 1;
-	if (prev)
-		prev->installed = 0;
-	klp_state_install(p->states, prev ? prev->states : NULL);
+	/* p is in force (switch_functions' commit): klpcc_get_state answers from it. */
 	run_callback(p, prev, POST_PATCH);
 	if (prev)
 		list_add(&out->replaced, prev->desc->name);
@@ -926,14 +935,12 @@ static void disable_pinned(const char *name, unsigned long timeout_ms, struct kl
 	if (plan_switch(&pl, NULL, p, &out->nops, out) || plan_watch(&pl, NULL, p, out))
 		goto out;
 	run_callback(p, NULL, PRE_UNPATCH);
-	if (switch_functions(&pl, timeout_ms, out)) {
+	if (switch_functions(&pl, timeout_ms, out, NULL, p)) {
 		/* As the kernel does for a disable reversed: post_patch undoes pre_unpatch. */
 		run_callback(p, NULL, POST_PATCH);
 		goto out;
 	}
 	run_callback(p, NULL, POST_UNPATCH);
-	p->installed = 0;
-	klp_state_install(NULL, p->states);
 	out->patch = strdup(p->desc->name);
 	unload_unused(&pl, NULL, p, out);
 	out->total_us = klp_now_us() - start;
@@ -1026,7 +1033,7 @@ static void arrive(struct patch *p, unsigned k, const struct klp_module *m, unsi
 	for (size_t i = 0; i < pl.nwrites; i++)
 		pl.entries[i] = pl.writes[i].site->entry;
 	qsort(pl.entries, pl.nwrites, sizeof(*pl.entries), cmp_uintptr);
-	if (!switch_functions(&pl, timeout_ms, &out)) {
+	if (!switch_functions(&pl, timeout_ms, &out, NULL, NULL)) {
 		plan_free(&pl);
 		return;
 	}

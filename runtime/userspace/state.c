@@ -86,7 +86,6 @@ int klp_state_install(const struct klp_states *s, const struct klp_states *repla
 	for (int i = 0; i < KLP_MAX_INSTALLED; i++)
 		if (replaces && atomic_load(&installed[i]) == replaces) {
 			atomic_store(&installed[i], s);
-			reclaim();
 			return 0;
 		}
 	for (int i = 0; s && i < KLP_MAX_INSTALLED; i++)
