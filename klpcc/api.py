@@ -306,9 +306,10 @@ def disable(pid: int, timeout: float = 10.0, socket: str | None = None, name: st
 
 
 def apply_all(patch: str | Path, timeout: float = 10.0, *, pids: list[int] | None = None,
-              library: str | None = None) -> Fleet:
-    """Install the patch object in every process of ``pids``, or in every process of this
-    user (every process, for root) that maps the exact build of ``library``; each
+              library: str | None = None, tree: int | None = None) -> Fleet:
+    """Install the patch object in every process of ``pids`` (and of ``tree``: a process
+    and its descendants), or in every process of this user (every process, for root)
+    that maps the exact build of ``library``; each
     process answers (``klpcc.processes/1``).  Processes that map the library without the
     runtime, or another build of it, are listed as not patchable."""
     from .emit.userspace import processes as _processes
@@ -316,14 +317,17 @@ def apply_all(patch: str | Path, timeout: float = 10.0, *, pids: list[int] | Non
     if not Path(patch).is_file():
         raise KlpccError(f"no patch object {patch}")
     lib = _processes.library(library) if library else None
-    return _processes.apply_many(str(patch), timeout, list(pids or []), lib)
+    named = list(pids or []) + (_processes.tree(tree) if tree else [])
+    return _processes.apply_many(str(patch), timeout, named, lib)
 
 
-def disable_all(pids: list[int], timeout: float = 10.0, name: str | None = None) -> Fleet:
-    """:func:`disable` in every process of ``pids``; each answers."""
+def disable_all(pids: list[int], timeout: float = 10.0, name: str | None = None, *,
+                tree: int | None = None) -> Fleet:
+    """:func:`disable` in every process of ``pids``, or of ``tree`` (a process and its
+    descendants); each answers."""
     from .emit.userspace import processes as _processes
 
-    return _processes.disable_many(pids, timeout, name)
+    return _processes.disable_many(list(pids) + (_processes.tree(tree) if tree else []), timeout, name)
 
 
 def status_all() -> Fleet:

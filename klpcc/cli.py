@@ -444,20 +444,23 @@ def _one_pid(pids: tuple[int, ...], sock: str | None, what: str) -> int | None:
               help="A process to install the patch in. Repeatable: each process answers.")
 @click.option("--all-mapping", "all_mapping", metavar="LIB.so", type=click.Path(),
               help="Every process of this user (every process, for root) that maps this exact library build.")
+@click.option("--tree", "tree", metavar="PID", type=click.IntRange(min=1),
+              help="Process PID and its descendants (a pre-fork server and its workers); each answers.")
 @_SOCKET
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
               help="Seconds to wait for the threads to leave the functions being switched.")
 @_FORMAT
 @_guard
-def apply_cmd(patch: str, pids: tuple[int, ...], all_mapping: str | None, sock: str | None, timeout: float,
-              fmt: str) -> None:
+def apply_cmd(patch: str, pids: tuple[int, ...], all_mapping: str | None, tree: int | None,
+              sock: str | None, timeout: float, fmt: str) -> None:
     """Install PATCH in processes: an atomic replace of the patch installed for its objects."""
-    if all_mapping:
-        if pids or sock:
-            raise KlpccError("--all-mapping finds the processes itself: leave out --pid and --socket")
-        _fleet(api.apply_all(patch, timeout, library=all_mapping), fmt)
+    if all_mapping or tree:
+        if pids or sock or (all_mapping and tree):
+            raise KlpccError("--all-mapping and --tree find the processes themselves: give one, without "
+                             "--pid and --socket")
+        _fleet(api.apply_all(patch, timeout, library=all_mapping, tree=tree), fmt)
         return
-    pid = _one_pid(pids, sock, " or --all-mapping LIB.so")
+    pid = _one_pid(pids, sock, ", --all-mapping LIB.so or --tree PID")
     if pid is None:
         _fleet(api.apply_all(patch, timeout, pids=list(pids)), fmt)
         return
@@ -470,12 +473,20 @@ def apply_cmd(patch: str, pids: tuple[int, ...], all_mapping: str | None, sock: 
 @click.option("--patch", "name", metavar="NAME",
               help="The installed patch to disable (needed when a process has several: a program's and a "
                    "library's).")
+@click.option("--tree", "tree", metavar="PID", type=click.IntRange(min=1),
+              help="Process PID and its descendants; each answers.")
 @_SOCKET
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
 @_FORMAT
 @_guard
-def disable_cmd(pids: tuple[int, ...], name: str | None, sock: str | None, timeout: float, fmt: str) -> None:
+def disable_cmd(pids: tuple[int, ...], name: str | None, tree: int | None, sock: str | None, timeout: float,
+                fmt: str) -> None:
     """Back to the original code in processes."""
+    if tree:
+        if pids or sock:
+            raise KlpccError("--tree finds the processes itself: leave out --pid and --socket")
+        _fleet(api.disable_all([], timeout, name, tree=tree), fmt)
+        return
     pid = _one_pid(pids, sock, "")
     if pid is None:
         _fleet(api.disable_all(list(pids), timeout, name), fmt)

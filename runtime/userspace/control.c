@@ -192,6 +192,7 @@ static int alive(const char *path)
 
 static int open_socket(void)
 {
+	static int registered;
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	char dir[PATH_MAX];
 	int fd, n;
@@ -235,7 +236,10 @@ static int open_socket(void)
 	}
 	memcpy(socket_path, addr.sun_path, sizeof(socket_path));
 	owner = getpid();
-	atexit(remove_socket);
+	/* Once: a forked child inherits the registration (and may not call atexit, whose
+	 * lock another thread of the parent may have held when it forked). */
+	if (!registered++)
+		atexit(remove_socket);
 	return fd;
 }
 

@@ -195,6 +195,29 @@ def _each(pids: list[int], act: Callable[[int], dict], done: str, fleet: Fleet) 
                                              answer))
 
 
+def tree(root: int) -> list[int]:
+    """Process ``root`` and its descendants (a pre-fork server and its workers), parents
+    before children."""
+    if not os.path.exists(f"/proc/{root}"):
+        raise KlpccError(f"no process {root}")
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text(errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo += sorted(children.get(pid, []))
+    return out
+
+
 def library(path: str) -> Library:
     bid = file_build_id(path)
     if bid is None:
