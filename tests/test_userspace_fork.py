@@ -5,6 +5,7 @@ records disagree), exec giving a fresh image."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -141,10 +142,8 @@ class Server:
 
     def stop(self) -> None:
         for pid in self.reports:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
         self.p.kill()
         self.p.wait()
 
