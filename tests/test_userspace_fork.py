@@ -107,6 +107,7 @@ class Server:
         self.pid = self.p.pid
         self.reports: dict[int, list[tuple[int, int]]] = {}
         self.lines: list[str] = []
+        self.workers: list[int] = []  # long-lived: stopped with the server
         assert self.read_until(lambda ln: ln == "ready")
         wait_listening(self.pid)
 
@@ -133,6 +134,7 @@ class Server:
     def spawn(self) -> int:
         self.send("spawn")
         pid = int(self.read_until(lambda ln: ln.startswith("spawned")).split()[1])
+        self.workers.append(pid)
         wait_listening(pid)
         return pid
 
@@ -141,7 +143,7 @@ class Server:
         self.read_until(lambda ln: ln == f"w {pid} {want[0]} {want[1]}")
 
     def stop(self) -> None:
-        for pid in self.reports:
+        for pid in self.workers:  # children of the server, not reaped: their pids are theirs
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         self.p.kill()
