@@ -99,6 +99,7 @@ int main(int argc, char **argv)
 """
 
 FIX = {"lib/tax.c": LIB_FIX["lib/tax.c"] + "\nKLPCC_STATE(1, 1);\n"}
+FIX2 = {"lib/tax.c": FIX["lib/tax.c"].replace("cents > 1000 ? 25 : 10", "cents > 1000 ? 30 : 10")}
 
 
 class Server:
@@ -155,23 +156,27 @@ def prefork(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefork")
     cflags = klpcc("config", "--cflags").stdout.split()
     libs = klpcc("config", "--libs").stdout.split()
-    patches, src = make_series(tmp / "s", {**BASE, "prefork.c": PREFORK_C}, [FIX])
+    patches, src = make_series(tmp / "s", {**BASE, "prefork.c": PREFORK_C}, [FIX, FIX2])
     lib = _lib(src, tmp / "lib", cflags)
     exe = tmp / "prefork"
     _cc("-O2", *cflags, f"-I{RUNTIME}", "-pthread", "-o", exe, src / "prefork.c", f"-L{lib.parent}", "-ltax",
         f"-Wl,-rpath,{lib.parent}", *libs)
-    assert klpcc("compile", str(patches), "--source", str(src), "-o", str(tmp / "b")).returncode == 0
-    fix = tmp / "fix.so"
-    r = klpcc("build", str(tmp / "b"), "--library", str(lib), "-o", str(fix))
-    assert r.returncode == 0, r.stderr
-    return exe, fix
+    fixes = []
+    for release in ("1", "2"):
+        bundle = tmp / f"b{release}"
+        r = klpcc("compile", str(patches), "--source", str(src), "-r", release, "-o", str(bundle))
+        assert r.returncode == 0, r.stderr
+        fixes.append(tmp / f"fix{release}.so")
+        r = klpcc("build", str(bundle), "--library", str(lib), "-o", str(fixes[-1]))
+        assert r.returncode == 0, r.stderr
+    return exe, *fixes
 
 
-ORIGINAL, PATCHED = (400, 0), (500, 1)  # tax(2000) and state 1's version
+ORIGINAL, PATCHED, PATCHED2 = (400, 0), (500, 1), (600, 1)  # tax(2000) and state 1's version
 
 
 def test_a_prefork_server_patched_as_a_tree(prefork):
-    exe, fix = prefork
+    exe, fix, fix2 = prefork
     s = Server(exe)
     try:
         workers = [s.spawn() for _ in range(3)]
@@ -193,6 +198,12 @@ def test_a_prefork_server_patched_as_a_tree(prefork):
         s.send("exec")
         s.read_until(lambda ln: ln.startswith("w ") and ln.endswith(f" {ORIGINAL[0]} {ORIGINAL[1]}")
                      and int(ln.split()[1]) not in (s.pid, *workers, late))
+        # release 2 across the tree, then back to release 1 (a downgrade)
+        for patch, want in ((fix2, PATCHED2), (fix, PATCHED)):
+            r = klpcc("apply", str(patch), "--tree", str(s.pid))
+            assert r.returncode == 0, r.stdout + r.stderr
+            for w in (*workers, late):
+                s.latest(w, want)
         r = klpcc("disable", "--tree", str(s.pid), "--format", "json")
         assert r.returncode == 0, r.stdout + r.stderr
         assert {p["result"] for p in json.loads(r.stdout)["processes"]} == {"disabled"}
@@ -206,7 +217,7 @@ def test_forks_while_applies_run(prefork):
     """A worker forked every 2 ms for 4 s while the parent's patch is applied and disabled
     again and again: every child's code and records agree (the value of its code and the
     state version its runtime answers), and the server lives on."""
-    exe, fix = prefork
+    exe, fix, _ = prefork
     s = Server(exe)
     try:
         s.send("churn 4000")
