@@ -74,6 +74,9 @@ static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t sync_done;
 static unsigned long sync_asked, sync_served;
 
+static pid_t forker;	/* the thread forking (its tid in the parent) */
+static int serving = -1, serving_passed = -1;	/* the connection served now, its descriptor */
+
 static void remove_socket(void)
 {
 	/* A forked child inherits this handler but not the socket. */
@@ -465,6 +468,8 @@ static void serve(int fd)
 	 * before the client reads the answer. */
 	int got = read_line(fd, line, sizeof(line), &passed);
 
+	serving_passed = passed;
+
 	trusted = got ? 0 : proven(&request);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || len != sizeof(cred)) {
 		refuse(&j, "request", "cannot read the peer's credentials");
@@ -484,6 +489,7 @@ static void serve(int fd)
 	} else {
 		dispatch(request, passed, &j);
 	}
+	serving_passed = -1;
 	if (passed >= 0)
 		close(passed);
 	send_line(fd, &j);
@@ -532,7 +538,11 @@ static void *control_main(void *arg)
 			}
 			continue;
 		}
+		serving = fd;
 		serve(fd);
+		serving = -1;
+		/* shut down, not only closed: a child forked meanwhile may hold a copy */
+		shutdown(fd, SHUT_RDWR);
 		close(fd);
 	}
 	return NULL;
@@ -562,10 +572,27 @@ void klp_control_sync(void)
 			"patched once it is done");
 }
 
+static void before_fork(void)
+{
+	forker = klp_gettid();
+	klp_shadow_fork_prepare();
+}
+
+static void after_fork_parent(void)
+{
+	klp_shadow_fork_done();
+}
+
 /* In a forked child: the parent's socket, descriptors and thread are not ours. */
 static void restart_in_child(void)
 {
+	klp_shadow_fork_done();
 	klp_prog.pid = getpid();
+	if (serving >= 0) /* a client waits for the parent's answer: not for us to hold */
+		close(serving);
+	if (serving_passed >= 0)
+		close(serving_passed);
+	serving = serving_passed = -1;
 	control_tid = 0;
 	if (listen_fd >= 0)
 		close(listen_fd);
@@ -577,7 +604,9 @@ static void restart_in_child(void)
 	made_dir[0] = 0;
 	pthread_mutex_init(&sync_lock, NULL);
 	sync_asked = sync_served = 0;
-	klp_park_forked();
+	klp_park_forked(forker);
+	klp_stop_forked();
+	klp_state_forked();
 	klp_control_start();
 }
 
@@ -623,5 +652,5 @@ void klp_control_start(void)
 	}
 	pthread_setname_np(thread, "klpcc-control");
 	if (!atfork++)
-		pthread_atfork(NULL, NULL, restart_in_child);
+		pthread_atfork(before_fork, after_fork_parent, restart_in_child);
 }

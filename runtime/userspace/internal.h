@@ -333,7 +333,15 @@ void klp_park_wait_traps(unsigned apply, uint64_t until);
  * they stay, and a thread returning through one later passes straight through.  The
  * parked threads go. */
 void klp_park_end(struct klp_slots *stopped, unsigned apply);
-/* In a forked child: nothing is being applied; traps inherited pass straight through. */
-void klp_park_forked(void);
+/* In a forked child: nothing is being applied; the traps the forking thread (`forker`,
+ * its tid in the parent) inherited are its own and pass straight through. */
+void klp_park_forked(pid_t forker);
+/* In a forked child: no stop is in progress. */
+void klp_stop_forked(void);
+/* In a forked child: no callback runs, no lookup is in progress. */
+void klp_state_forked(void);
+/* Around a fork: the shadow table is consistent in the child. */
+void klp_shadow_fork_prepare(void);
+void klp_shadow_fork_done(void);
 
 #endif /* KLPCC_INTERNAL_H */

@@ -186,10 +186,16 @@ void klp_park_wait_traps(unsigned apply, uint64_t until)
 	}
 }
 
-void klp_park_forked(void)
+void klp_park_forked(pid_t forker)
 {
+	pid_t me = klp_gettid();
+
 	/* In a child: no apply is in progress here.  A trap on the forking thread's stack
-	 * (it was busy in the parent) lets it return straight through. */
+	 * (it was busy in the parent) is its own now (its tid is the child's) and lets it
+	 * return straight through; the other threads' traps are gone with them. */
+	for (int i = 0; i < KLP_MAX_THREADS; i++)
+		if (atomic_load(&parks[i].state) == PARK_TRAPPED && parks[i].tid == forker)
+			parks[i].tid = me;
 	atomic_store(&apply_done, atomic_load(&apply_seq));
 	atomic_store(&parked_now, 0);
 }

@@ -27,6 +27,18 @@ struct shadow {
 static struct shadow *table[BUCKETS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Held across a fork (pthread_atfork, control.c): no thread of the parent holds it
+ * half-way through a change when the child is copied. */
+void klp_shadow_fork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+void klp_shadow_fork_done(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
 static size_t bucket(const void *obj, unsigned long id)
 {
 	uint64_t h = (uint64_t)(uintptr_t)obj * 0x9e3779b97f4a7c15ull ^ id * 0xc2b2ae3d27d4eb4full;

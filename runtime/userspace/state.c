@@ -96,6 +96,13 @@ int klp_state_install(const struct klp_states *s, const struct klp_states *repla
 	return s ? -1 : 0;
 }
 
+void klp_state_forked(void)
+{
+	atomic_store(&context, NULL);
+	atomic_store(&previous, NULL);
+	atomic_store(&readers, 0);
+}
+
 void klp_state_set_context(const struct klp_states *cur, const struct klp_states *prev)
 {
 	atomic_store(&previous, prev);

@@ -283,6 +283,14 @@ static void abandon_stop(void)
 		atomic_store(&slots, fresh);
 }
 
+void klp_stop_forked(void)
+{
+	/* Forked while a thread was signalled for a stop (it handles the signal after fork
+	 * returns): the child's copy says a stop is in progress; it is not. */
+	if (atomic_load(&stop_seq) & 1)
+		atomic_fetch_add(&stop_seq, 1);
+}
+
 int klp_stop_world(uint64_t limit, char *err, size_t errlen)
 {
 	struct klp_slots *all = atomic_load(&slots);
