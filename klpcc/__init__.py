@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# the most unchanged C units a release's changed headers may bring into a bundle
+HEADER_UNITS = 100
+
 __all__ = ["AnalyzeOptions", "analyze", "compile_bundle", "lint", "__version__"]
 
 

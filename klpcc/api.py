@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import HEADER_UNITS
 from .errors import KlpccError
 from .history import Analysis, analyse, replay
 from .series import Series, load
@@ -235,10 +236,13 @@ def write_review(rv: Review, output: str | Path) -> Path:
 
 def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = False,
                    config: str | Path | None = None, compile_commands: str | Path | None = None,
-                   objects: ObjectOptions | None = None) -> tuple[Analysis, LintResult]:
+                   objects: ObjectOptions | None = None, header_units: int = HEADER_UNITS
+                   ) -> tuple[Analysis, LintResult]:
     """Write the cumulative patch bundle of the selected release to ``outdir``: the
     manifest carries the release's states, callbacks and shadow variables and the
-    lint findings against every earlier release."""
+    lint findings against every earlier release, and the bundle the release's changed
+    files and the unchanged units that read a header it changes (at most
+    ``header_units`` of them: more is refused)."""
     from . import bundle as _bundle
     from .atomic import check_target
     from .lint import check
@@ -254,7 +258,7 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
     findings = check(rep, release, None, cfg, commands, report)
     _bundle.write(analysis, Path(outdir), force=force, lint=findings, objects=report,
                   keep_source_only=bool(objects and objects.keep_source_only),
-                  immediate=cfg.immediate(release) if cfg is not None else ())
+                  immediate=cfg.immediate(release) if cfg is not None else (), header_limit=header_units)
     return analysis, findings
 
 

@@ -13,16 +13,27 @@ from __future__ import annotations
 import difflib
 import posixpath
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, kbuild
+from . import HEADER_UNITS, __version__, kbuild
 from .atomic import check_target, inside, staged
 from .c import is_c_file, split_lines
 from .errors import KlpccError
 from .history import MODIFIED, NOP, Analysis, dependencies
-from .manifest import OBJECTS_ORIGIN, Base, Change, FileChange, Manifest, PatchFile, SourceFile, lint_sections
+from .manifest import (
+    OBJECTS_ORIGIN,
+    Base,
+    Change,
+    FileChange,
+    HeaderUnit,
+    Manifest,
+    PatchFile,
+    SourceFile,
+    lint_sections,
+)
 
 if TYPE_CHECKING:
     from .lint import LintResult
@@ -88,11 +99,32 @@ def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
 _LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*(?:"([^"\n]+)"|<([^>\n]+)>)', re.M)
 
 
-def release_sources(analysis: Analysis) -> dict[str, bytes]:
-    """The release's version of every changed C file, and the headers those include
-    (transitively) with ``#include "..."`` from their own directory, or with either form
-    from a directory the kernel's makefiles add with ``-I``, and those makefiles: with the kernel or
-    program headers, what the patch's code is compiled from."""
+def _includes(path: str, data: bytes, dirs: list[str], exists) -> Iterator[str]:
+    """The files of the tree ``path``'s ``#include`` lines name: ``"name"`` from the
+    including file's directory first, then ``dirs`` (the ``-I`` directories its
+    makefiles add); ``<name>`` from ``dirs`` only; ``"../x"`` may also be reached from a
+    kernel's ``include/`` (btf.c: ``"../tools/lib/..."``).  An absolute name is a file of
+    the system, left alone."""
+    for m in _LOCAL_INCLUDE.finditer(data):
+        name = (m.group(1) or m.group(2)).decode("utf-8", "surrogateescape")
+        if name.startswith("/") or "\0" in name:
+            continue
+        up = ("include",) if name.startswith("../") else ()
+        for where in ((posixpath.dirname(path),) if m.group(1) else ()) + tuple(dirs) + up:
+            cand = posixpath.normpath(posixpath.join(where, name))
+            if cand == ".." or cand.startswith("../"):
+                continue
+            if exists(cand):
+                yield cand
+                break
+
+
+def release_sources(analysis: Analysis, units: Iterable[str] = ()) -> dict[str, bytes]:
+    """The release's version of every changed C file and of ``units`` (the unchanged
+    units that read a changed header: :func:`header_units`), and the headers those
+    include (transitively) with ``#include "..."`` from their own directory, or with
+    either form from a directory the kernel's makefiles add with ``-I``, and those
+    makefiles: with the kernel or program headers, what the patch's code is compiled from."""
     rep = analysis.replay
     snaps = rep.snapshots
 
@@ -110,7 +142,7 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
 
     out: dict[str, bytes] = {}
     changed = [p for p in snaps.changed_paths(analysis.release) if is_c_file(p)]
-    for unit in changed:
+    for unit in [*changed, *units]:
         # Kbuild's makefiles say how a kernel file is built and which directories its
         # -I names: they travel with it, and headers found there do too
         out.update(kbuild.makefiles(quiet, unit))
@@ -124,22 +156,66 @@ def release_sources(analysis: Analysis) -> dict[str, bytes]:
             if data is None:
                 continue
             out[path] = data
-            for m in _LOCAL_INCLUDE.finditer(data):
-                name = (m.group(1) or m.group(2)).decode("utf-8", "surrogateescape")
-                if name.startswith("/") or "\0" in name:
-                    continue  # an absolute name: a file of the system, left alone
-                # "name": the including file's directory first; <name>: the -I directories only;
-                # "../x" may also be reached from a kernel's include/ (btf.c: "../tools/lib/...")
-                up = ("include",) if name.startswith("../") else ()
-                for where in ((posixpath.dirname(path),) if m.group(1) else ()) + tuple(dirs) + up:
-                    cand = posixpath.normpath(posixpath.join(where, name))
-                    if cand == ".." or cand.startswith("../"):
-                        continue
-                    if cand in out or quiet(cand) is not None:
-                        if cand not in out:
-                            todo.append(cand)
-                        break
+            todo.extend(c for c in _includes(path, data, dirs, lambda c: c in out or quiet(c) is not None)
+                        if c not in out)
     return dict(sorted(out.items()))
+
+
+def header_units(analysis: Analysis, limit: int = HEADER_UNITS) -> dict[str, tuple[str, ...]]:
+    """The C units of the base tree the release does not change that read a header it
+    changes (directly or through other headers), each with the changed headers it reads:
+    their code may change too (an inlined ``static inline``, a macro, a constant), so
+    the targets compile and compare them as they do the changed units.  More than
+    ``limit`` such units is refused: comparing them all is a build of much of the tree."""
+    rep = analysis.replay
+    changed = set(rep.snapshots.changed_paths(analysis.release))
+    reads: dict[str, set[str]] = {p: {p} for p in changed if is_c_file(p) and not p.endswith(".c")}
+    units: dict[str, set[str]] = {}
+    frontier = set(reads)
+
+    def quiet(path: str) -> bytes | None:
+        try:
+            return rep.base.read(path)
+        except KlpccError:
+            return None
+
+    while frontier:
+        names = {posixpath.basename(h) for h in frontier}
+        found = [f for f in rep.base.includers(names) if f not in changed and f not in reads]
+        frontier = set()
+        for f in found:
+            data = quiet(f)
+            if data is None:
+                continue
+            # "name" from the file's own directory; "dir/name" not there, and <name>, from
+            # any -I directory: every changed (or reading) header whose path ends so
+            hit: set[str] = set()
+            for m in _LOCAL_INCLUDE.finditer(data):
+                name = posixpath.normpath((m.group(1) or m.group(2)).decode("utf-8", "surrogateescape"))
+                if posixpath.basename(name) not in names:
+                    continue
+                own = posixpath.normpath(posixpath.join(posixpath.dirname(f), name))
+                if m.group(1) and (own in reads or rep.base.exists(own) or "/" not in name):
+                    hit |= reads.get(own, set())
+                elif not name.startswith("../"):
+                    hit |= {h for r, hs in reads.items() if r == name or r.endswith("/" + name) for h in hs}
+            if not hit:
+                continue
+            if f.endswith(".c"):
+                units.setdefault(f, set()).update(hit)
+            else:
+                reads[f] = hit
+                frontier.add(f)
+        if len(units) > limit:
+            break
+    if len(units) > limit:
+        headers = sorted({h for hs in units.values() for h in hs})
+        shown = ", ".join(headers[:3]) + (" ..." if len(headers) > 3 else "")
+        raise KlpccError(f"{shown}: the release changes a header that at least {len(units)} unchanged C "
+                         f"files of the base tree include, more than --header-units {limit}: comparing "
+                         "their code is a build of much of the tree; raise --header-units, or change "
+                         "fewer headers")
+    return {u: tuple(sorted(hs)) for u, hs in sorted(units.items())}
 
 
 def base_sources(analysis: Analysis, sources: dict[str, bytes]) -> dict[str, bytes]:
@@ -162,10 +238,13 @@ def _patch_file(release: int) -> str:
 
 def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | None = None,
              objects: ObjectReport | None = None, keep_source_only: bool = False,
-             sources: dict[str, bytes] | None = None) -> Manifest:
-    """The manifest of the bundle of ``analysis``'s release."""
+             sources: dict[str, bytes] | None = None,
+             units: dict[str, tuple[str, ...]] | None = None) -> Manifest:
+    """The manifest of the bundle of ``analysis``'s release (``units``: the
+    :func:`header_units` its sources carry)."""
+    units = units or {}
     if sources is None:
-        sources = release_sources(analysis)
+        sources = release_sources(analysis, units)
     rep = analysis.replay
     names = rep.releases
     functions = tuple(change_of(e, names) for e in analysis.functions)
@@ -182,6 +261,7 @@ def manifest(analysis: Analysis, files: list[FileChange], lint: LintResult | Non
         files=tuple(files),
         sources=tuple(SourceFile(p, blob_id(d)) for p, d in sources.items()),
         base_sources=tuple(SourceFile(p, blob_id(d)) for p, d in base_sources(analysis, sources).items()),
+        header_units=tuple(HeaderUnit(p, hs) for p, hs in units.items()),
         dependencies=dependencies(rep, analysis.release),
         warnings=tuple(analysis.warnings),
         patches=tuple(PatchFile(p.name, p.path, _patch_file(i), blob_id(p.data))
@@ -230,11 +310,13 @@ def _with_lint(m: Manifest, res: LintResult) -> Manifest:
 
 def write(analysis: Analysis, outdir: Path, *, force: bool = False,
           lint: LintResult | None = None, objects: ObjectReport | None = None,
-          keep_source_only: bool = False, immediate: tuple[str, ...] = ()) -> None:
+          keep_source_only: bool = False, immediate: tuple[str, ...] = (),
+          header_limit: int = HEADER_UNITS) -> None:
     check_target(outdir, force)
     diff, files = cumulative_diff(analysis)
-    sources = release_sources(analysis)
-    doc = replace(manifest(analysis, files, lint, objects, keep_source_only, sources),
+    units = header_units(analysis, header_limit)
+    sources = release_sources(analysis, units)
+    doc = replace(manifest(analysis, files, lint, objects, keep_source_only, sources, units),
                   immediate=tuple(immediate)).to_json()
     with staged(outdir) as tmp:
         (tmp / "cumulative.diff").write_text(diff, encoding="utf-8", errors="surrogateescape")

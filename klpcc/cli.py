@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
+from . import HEADER_UNITS, __version__
 from .atomic import write_atomic
 from .errors import KlpccError
 
@@ -181,15 +181,20 @@ def analyze_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str
 @_object_options
 @click.option("--keep-source-only", is_flag=True,
               help="With --objects: keep functions whose source changed but whose code did not.")
+@click.option("--header-units", "header_units", type=click.IntRange(0), default=HEADER_UNITS,
+              show_default=True, metavar="N",
+              help="The most unchanged C files the release's changed headers may bring in (their code is "
+                   "compared as the changed files' is).")
 @_guard
 def compile_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] | None,
                 release: str | None, fuzz: int, outdir: str, force: bool, config: str | None,
                 commands: str | None, objects: str | None, jobs: int | None, cache: str | None,
-                no_cache: bool, binary: str | None, keep_source_only: bool) -> None:
+                no_cache: bool, binary: str | None, keep_source_only: bool, header_units: int) -> None:
     """Write the cumulative patch bundle of release R to OUTDIR."""
     a, res = api.compile_bundle(api.AnalyzeOptions(series, source, git, release, None, fuzz), outdir,
                             force=force, config=config, compile_commands=commands,
-                            objects=_objects(objects, jobs, cache, no_cache, binary, keep_source_only))
+                            objects=_objects(objects, jobs, cache, no_cache, binary, keep_source_only),
+                            header_units=header_units)
     counts = {k: len(a.by_change(k)) for k in ("modified", "added", "removed", "nop", "dropped")}
     click.echo(f"{outdir}: release {a.release_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for w in a.warnings:

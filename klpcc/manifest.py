@@ -187,11 +187,32 @@ class SourceFile:
 
     @classmethod
     def from_json(cls, r: _Reader) -> SourceFile:
-        path = r.str("path")
-        if not path or path.startswith("/") or ".." in path.split("/") or "\0" in path:
-            raise KlpccError(f"{r.shown}: malformed manifest: {r.where}.path {path!r} is not a path inside "
-                             "the bundle")
-        return cls(path, r.str("sha256"))
+        return cls(_bundle_path(r), r.str("sha256"))
+
+
+def _bundle_path(r: _Reader) -> str:
+    path = r.str("path")
+    if not path or path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        raise KlpccError(f"{r.shown}: malformed manifest: {r.where}.path {path!r} is not a path inside "
+                         "the bundle")
+    return path
+
+
+@dataclass(frozen=True)
+class HeaderUnit:
+    """An unchanged C unit of the base tree that reads a header the release changes
+    (directly or through other headers): ``sources/`` carries it, and the targets
+    compare its code as they do the changed units'."""
+
+    path: str
+    headers: tuple[str, ...]  # the changed headers it reads
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "headers": list(self.headers)}
+
+    @classmethod
+    def from_json(cls, r: _Reader) -> HeaderUnit:
+        return cls(_bundle_path(r), r.strings("headers"))
 
 
 @dataclass(frozen=True)
@@ -392,6 +413,7 @@ class Manifest:
     diff: str = "cumulative.diff"
     base_sources: tuple[SourceFile, ...] = ()  # base/: the base version of the changed sources
     immediate: tuple[str, ...] = ()  # functions klpcc.toml marks immediate for this release
+    header_units: tuple[HeaderUnit, ...] = ()  # unchanged units that read a changed header
     patches: tuple[PatchFile, ...] = ()  # patches/: the patches of releases 1..R
     # from the lint (absent when the bundle was written without it)
     states: tuple[State, ...] | None = None
@@ -420,6 +442,7 @@ class Manifest:
             "sources": [s.to_json() for s in self.sources],
             **({"base_sources": [s.to_json() for s in self.base_sources]} if self.base_sources else {}),
             **({"immediate": list(self.immediate)} if self.immediate else {}),
+            **({"header_units": [u.to_json() for u in self.header_units]} if self.header_units else {}),
             **({"patches": [p.to_json() for p in self.patches]} if self.patches else {}),
             "dependencies": {k: list(v) for k, v in self.dependencies.items()},
             "warnings": list(self.warnings),
@@ -455,6 +478,7 @@ class Manifest:
             sources=r.objects("sources", SourceFile.from_json), dependencies=deps,
             base_sources=r.objects("base_sources", SourceFile.from_json, ()),
             immediate=r.strings("immediate", ()),
+            header_units=r.objects("header_units", HeaderUnit.from_json, ()),
             patches=r.objects("patches", PatchFile.from_json, ()),
             warnings=r.strings("warnings"), diff=r.str("diff"),
             states=r.objects("states", State.from_json, ()) if linted else None,

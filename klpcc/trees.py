@@ -40,6 +40,10 @@ class BaseTree(Protocol):
     def mentions(self, names: Iterable[str]) -> dict[str, list[str]]:
         """For each identifier, the C files (``.c``/``.h``) of the tree that name it."""
 
+    def includers(self, names: Iterable[str]) -> list[str]:
+        """The C files (``.c``/``.h``) of the tree with an ``#include`` of a file whose
+        name (its last component) is one of ``names``."""
+
 
 class DirectoryTree:
     def __init__(self, root: str):
@@ -115,6 +119,16 @@ class DirectoryTree:
         return out
 
 
+    def includers(self, names: Iterable[str]) -> list[str]:
+        pattern = _include_pattern(names)
+        if pattern is None:
+            return []
+        # grep reads a kernel tree in a second or two, where Python takes ten
+        proc = _run(["grep", "-r", "-l", "-Z", "-I", "-E", "--include=*.c", "--include=*.h",
+                     "--exclude-dir=.?*", "-e", pattern, "."], self.root)
+        return _listed(proc.stdout, "./")
+
+
 class GitTree:
     def __init__(self, repo: str, commit: str):
         self.repo = repo
@@ -149,6 +163,41 @@ class GitTree:
             out[n] = sorted(line[len(prefix):] if line.startswith(prefix) else line
                             for line in proc.stdout.decode("utf-8", "replace").splitlines())
         return out
+
+
+    def includers(self, names: Iterable[str]) -> list[str]:
+        pattern = _include_pattern(names)
+        if pattern is None:
+            return []
+        proc = _run(["git", "-C", self.repo, "grep", "-l", "-z", "-I", "-E", "-e", pattern, self.commit,
+                     "--", "*.c", "*.h"], None)
+        return _listed(proc.stdout, f"{self.commit}:")
+
+
+def _include_pattern(names: Iterable[str]) -> str | None:
+    """An extended regular expression (POSIX) for an ``#include`` of one of ``names``."""
+    wanted = sorted({n for n in names if n and "/" not in n})
+    if not wanted:
+        return None
+    alts = "|".join(re.sub(r"([][.^$*+?(){}|\\])", r"\\\1", n) for n in wanted)
+    return rf'^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]([^">]*/)?({alts})[">]'
+
+
+def _run(argv: list[str], cwd: Path | None) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
+    except OSError as exc:
+        raise KlpccError(f"cannot run {argv[0]} to find the files that include a header: {exc}") from None
+    if proc.returncode not in (0, 1):  # 1: nothing found; anything else: it could not read the tree
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise KlpccError(f"cannot find the files that include a header ({argv[0]}): "
+                         f"{err[0] if err else f'exit {proc.returncode}'}")
+    return proc
+
+
+def _listed(out: bytes, prefix: str) -> list[str]:
+    names = [n.decode("utf-8", "surrogateescape") for n in out.split(b"\0") if n]
+    return sorted(n[len(prefix):] if n.startswith(prefix) else n for n in names)
 
 
 @dataclass

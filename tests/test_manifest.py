@@ -64,7 +64,11 @@ BROKEN = [
     (lambda d: d["functions"][0].update(static="no"), "manifest.functions[0].static is not true or false"),
     (lambda d: d["release"].update(index="5"), "manifest.release.index is not a number"),
     (lambda d: d.update(nops="log_line"), "manifest.nops is not a list"),
-    (lambda d: d["sources"].append(7), "manifest.sources[6] is not an object"),
+    (lambda d: d["sources"].append(7), "manifest.sources[7] is not an object"),
+    (lambda d: d["header_units"][0].update(path="../main.c"),
+     "manifest.header_units[0].path '../main.c' is not a path inside the bundle"),
+    (lambda d: d["header_units"][0].update(headers="proto.h"),
+     "manifest.header_units[0].headers is not a list"),
     (lambda d: d["lint"]["findings"].append({"rule": "U001"}), "manifest.lint.findings[0].name is missing"),
     (lambda d: d["states"].append({"id": 1.5, "version": 1, "file": "x.c", "line": 1, "function": None,
                                    "origin": "code"}), "manifest.states[0].id is not a number or a string"),
@@ -75,7 +79,8 @@ BROKEN = [
 def test_a_malformed_manifest_is_refused_naming_the_field(tmp_path, breaks, says):
     bundle = compile_bundle(tmp_path, *SERIES["demo"])
     doc = json.loads((bundle / "manifest.json").read_text())
-    assert len(doc["sources"]) == 6 and not doc["states"] and not doc["lint"]["findings"]
+    # the 6 files the series changes or includes, and main.c, which reads the changed proto.h
+    assert len(doc["sources"]) == 7 and not doc["states"] and not doc["lint"]["findings"]
     breaks(doc)
     (bundle / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(KlpccError, match=says.replace("[", r"\[").replace("]", r"\]")):

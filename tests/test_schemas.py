@@ -487,6 +487,7 @@ SHOWN: dict[str, list[tuple[str, Callable[[dict[str, dict]], object]]]] = {
         ("functions the object-level check added",
          lambda d: [f for f in d["objects-config"]["functions"] if f.get("origin") == "objects"]),
         ("a git base", lambda d: d["git"]["base"]["kind"] == "git"),
+        ("unchanged units that read a changed header", lambda d: d["demo"]["header_units"]),
     ],
     "kernel-build": [
         ("every list", lambda d: _filled(d["kallsyms"], "functions", "nops", "states", "callbacks", "copied",
@@ -578,6 +579,8 @@ BROKEN = [
      "is not valid under any of the given schemas"),
     ("manifest", "objects-config", "code-only functions without the report", lambda d: d.pop("objects"),
      "'objects' is a required property"),
+    ("manifest", "demo", "a header unit that reads no header",
+     lambda d: d["header_units"][0].update(headers=[]), "should be non-empty"),
     ("manifest", "demo", "a transition in a bundle", lambda d: d["functions"][0].update(transition="add"),
      "is not valid under any of the given schemas"),
     ("kernel-build", "kallsyms", "nops dropped", lambda d: d.pop("nops"), "'nops' is a required property"),

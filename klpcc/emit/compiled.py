@@ -118,10 +118,12 @@ class _Commands:
     entries: dict[str, Command]
 
 
-def _replayed(bundle: Bundle, command: Callable[[str, Path], Command], cache: Path | None
-              ) -> tuple[_Analysis, _Commands]:
+def _replayed(bundle: Bundle, command: Callable[[str, Path], Command], cache: Path | None,
+              notes: list[str] | None) -> tuple[_Analysis, _Commands]:
     """The bundle as the object-level check reads it, and the command of each C unit the
-    release changes (``command(unit, base_root)``)."""
+    release changes or that reads a header it changes (``command(unit, base_root)``,
+    which refuses a unit this target does not build: said in ``notes``; None: only the
+    changed units)."""
     m = bundle.manifest
     base = {p: data for p in bundle.source_paths if (data := bundle.base_source(p)) is not None}
     # the base side under a path named by its content: the same base compiles to the
@@ -141,6 +143,13 @@ def _replayed(bundle: Bundle, command: Callable[[str, Path], Command], cache: Pa
     changed = {f.path for f in m.files}
     units = [p for p in bundle.source_paths if p.endswith(".c") and p in base and p in changed]
     commands = _Commands(root, {p: command(p, root) for p in units})
+    # the unchanged units that read a changed header: compared where this target builds them
+    for u in m.header_units if notes is not None else ():
+        if u.path in base and u.path not in commands.entries:
+            try:
+                commands.entries[u.path] = command(u.path, root)
+            except KlpccError as exc:
+                notes.append(f"{u.path} reads {', '.join(u.headers)} but is not compared: {exc.message}")
     analysis = _Analysis(_Replay(_Snapshots(bundle), _Base(bundle)), m.release,
                          tuple(f for f in m.functions if f.kind == "function" and f.origin is None),
                          m.outside)
@@ -154,12 +163,13 @@ def compare_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *, c
     from .. import objects
 
     start = time.perf_counter()
-    analysis, commands = _replayed(bundle, command, cache)
+    skipped: list[str] = []
+    analysis, commands = _replayed(bundle, command, cache, skipped)
     report = objects.check(analysis, commands, jobs=jobs, cache=cache,  # type: ignore[arg-type]
                            keep_preprocessed=True)
     symbols = {p: {c.symbol for c in base.code.values()} for p, (base, _) in report.objects.items()}
     out = CompiledSet(report, symbols, dict(report.never_returns), time.perf_counter() - start,
-                      report.compiled, report.cache_hits, list(report.notes))
+                      report.compiled, report.cache_hits, [*skipped, *report.notes])
     return out
 
 
@@ -171,7 +181,7 @@ def preprocess_bundle(bundle: Bundle, command: Callable[[str, Path], Command], *
     preprocess."""
     from .. import objects
 
-    analysis, commands = _replayed(bundle, command, cache)
+    analysis, commands = _replayed(bundle, command, cache, None)
     texts, notes = objects.preprocess(analysis, commands, jobs=jobs)  # type: ignore[arg-type]
     return {p: PreprocessedUnit(p, t) for p, t in texts.items()}, notes
 
