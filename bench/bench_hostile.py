@@ -11,7 +11,11 @@
    the same run: 10,000 hunks on one 80,000-line file, and one patch adding a file
    of 100,000 functions.  Prints wall time, peak memory and the ratio to git.
 
-    python bench/bench_hostile.py [--cases 10000] [--seed 1] [--keep DIR] [--skip-large]
+3. ``--inputs`` mutated ``klpcc.toml`` files and as many git ranges as users type and
+   mistype them: each gives a bundle (an analysis) or one error naming the file (the
+   repository), never anything else.
+
+    python bench/bench_hostile.py [--cases 10000] [--inputs 2000] [--seed 1] [--keep DIR] [--skip-large]
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hostile import Broken, check, make_world, mutate  # noqa: E402
+from tests.hostile import (  # noqa: E402
+    Broken,
+    check,
+    check_config,
+    check_range,
+    git_range,
+    make_repo,
+    make_world,
+    mutate,
+    mutate_toml,
+)
 
 CHILD = r"""
 import json, resource, sys, time
@@ -78,6 +92,36 @@ def sweep(cases: int, seed: int, keep: Path | None) -> int:
         bad = sum(v for (k, o, _), v in counts.items() if k == kind and o == "BROKEN")
         print(f"    {kind:18} {acc:6} {ref:6} {bad:4}")
     return broken
+
+
+def sweep_inputs(cases: int, seed: int) -> int:
+    """``cases`` mutated klpcc.toml files and ``cases`` git ranges: accepted or refused
+    with one located error, never anything else."""
+    work = Path(tempfile.mkdtemp(prefix="klpcc-hostile-"))
+    world, repo = make_world(work), make_repo(work)
+    rng = random.Random(seed)
+    counts: collections.Counter = collections.Counter()
+    start = time.perf_counter()
+    for _ in range(cases):
+        kind, data = mutate_toml(rng)
+        try:
+            counts[("klpcc.toml", check_config(world, data).klpcc)] += 1
+        except Broken as exc:
+            counts[("klpcc.toml", "BROKEN")] += 1
+            print(f"  broken klpcc.toml ({kind}): {exc}")
+        spec = git_range(rng, repo)
+        try:
+            counts[("git range", check_range(repo, spec).klpcc)] += 1
+        except Broken as exc:
+            counts[("git range", "BROKEN")] += 1
+            print(f"  broken range {spec!r}: {exc}")
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{cases} klpcc.toml files and {cases} git ranges (seed {seed}) in {seconds:.0f} s")
+    for what in ("klpcc.toml", "git range"):
+        print(f"  {what:10} accepted {counts[(what, 'accepted')]:6}  refused on one located line "
+              f"{counts[(what, 'refused')]:6}  broken {counts[(what, 'BROKEN')]}")
+    return counts[("klpcc.toml", "BROKEN")] + counts[("git range", "BROKEN")]
 
 
 def _klpcc(patch: Path, src: Path) -> dict:
@@ -134,9 +178,11 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="directory for the patches that break the invariant")
+    ap.add_argument("--inputs", type=int, default=2_000, help="mutated klpcc.toml files, and git ranges")
     ap.add_argument("--skip-large", action="store_true")
     args = ap.parse_args()
     broken = sweep(args.cases, args.seed, args.keep)
+    broken += sweep_inputs(args.inputs, args.seed)
     if not args.skip_large:
         large()
     return 1 if broken else 0

@@ -227,10 +227,10 @@ def review_bundle(bundle: str | Path) -> Review:
 def write_review(rv: Review, output: str | Path) -> Path:
     """Write the report as one HTML file (atomically: a failure leaves no part of it)."""
     from .atomic import write_atomic
-    from .report import clean
+    from .report import readable
     from .review import render
 
-    write_atomic(output, clean(render(rv)).encode("utf-8"))  # bytes not UTF-8 in a source: U+FFFD
+    write_atomic(output, readable(render(rv)).encode("utf-8"))  # bytes not UTF-8 in a source: U+FFFD
     return Path(output)
 
 

@@ -34,6 +34,7 @@ from .manifest import (
     SourceFile,
     lint_sections,
 )
+from .names import git_name
 
 if TYPE_CHECKING:
     from .lint import LintResult
@@ -56,21 +57,6 @@ def cumulative_diff(analysis: Analysis) -> tuple[str, list[FileChange]]:
                                 None if new is None else blob_id(new)))
         out.append(_file_diff(path, old, new))
     return "".join(out), files
-
-
-_GIT_ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0B: "\\v", 0x0C: "\\f", 0x0D: "\\r",
-                0x22: '\\"', 0x5C: "\\\\"}
-
-
-def git_name(name: str) -> str:
-    """A file name as git writes it in a diff: as it is, or, when it holds a quote, a
-    backslash, a control character or a byte outside ASCII, C-quoted with octal escapes
-    (``"a/caf\\303\\251.c"``), which ``git apply`` and ``patch`` read back exactly."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if all(0x20 <= b < 0x7F and b not in (0x22, 0x5C) for b in raw):
-        return name
-    return '"' + "".join(_GIT_ESCAPES.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\{b:03o}")
-                         for b in raw) + '"'
 
 
 def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:

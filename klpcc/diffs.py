@@ -19,6 +19,7 @@ from unidiff.errors import UnidiffParseError
 
 from .c import LineEdit
 from .errors import KlpccError
+from .names import unquote
 from .series import Patch
 
 DEV_NULL = "/dev/null"
@@ -110,11 +111,7 @@ class _Counted:
 
 
 def _unquote(name: str) -> str:
-    name = name.strip()
-    if len(name) >= 2 and name[0] == '"' and name[-1] == '"':
-        body = name[1:-1].encode("utf-8", "surrogateescape").decode("unicode_escape")
-        return body.encode("latin-1").decode("utf-8", "surrogateescape")
-    return name
+    return unquote(name.strip())
 
 
 def _strip(name: str, n: int) -> str:
@@ -124,20 +121,17 @@ def _strip(name: str, n: int) -> str:
 
 _PATH_MAX = 4095  # bytes, as Linux counts them
 _NAME_MAX = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_RAW_BYTE = re.compile(r"[\udc80-\udcff]")
 
 
 def _check_path(path: str, patch: Patch, line: int) -> str:
     if not path:
         raise KlpccError("a diff names an empty path", patch=patch.path, line=line)
-    if _CONTROL.search(path):
-        raise KlpccError(f"the path {path!r} holds a control character (a NUL, a tab, a newline): "
-                         "klpcc cannot name such a file in the C it writes", patch=patch.path, line=line)
-    if _RAW_BYTE.search(path):
-        raise KlpccError(f"the path {path!r} is not UTF-8: klpcc names files in JSON and C text, which "
-                         "need UTF-8 names", patch=patch.path, line=line)
-    raw = path.encode("utf-8")
+    # any other byte is a name's own (a tab, a newline, bytes that are not UTF-8): carried
+    # exactly, and written back the way git quotes it (JSON, diffs, C's #line)
+    if "\0" in path:
+        raise KlpccError(f"the path {path!r} holds a NUL byte, which no file name can",
+                         patch=patch.path, line=line)
+    raw = path.encode("utf-8", "surrogateescape")
     if len(raw) > _PATH_MAX or any(len(part) > _NAME_MAX for part in raw.split(b"/")):
         raise KlpccError(f"the path {path[:60]!r}... is longer than a file system allows "
                          f"({len(raw)} bytes; at most {_PATH_MAX}, {_NAME_MAX} per name)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from .errors import KlpccError
+from .names import decoded
 
 
 def _open(path: str):
@@ -78,7 +79,7 @@ def patch_manifest(path: str) -> dict:
         raise KlpccError("is not a klpcc patch object (no .klpcc.manifest section): build it with "
                          "klpcc build --binary or --library", patch=path)
     try:
-        doc = json.loads(data.rstrip(b"\0").decode("utf-8"))
+        doc = decoded(json.loads(data.rstrip(b"\0").decode("utf-8")))
     except (UnicodeDecodeError, ValueError) as exc:
         raise KlpccError(f"its .klpcc.manifest section is not JSON: {exc}", patch=path) from None
     objects = doc.get("patch_object", {}).get("objects") if isinstance(doc, dict) else None

@@ -138,7 +138,7 @@ def combined(sig: Signature) -> str | None:
         return None
     if len(sig) == 1:
         return sig[0]
-    return hashlib.blake2b("+".join(sig).encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b("+".join(sig).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import KlpccError
+from .names import decoded
 
 MANIFEST_SCHEMA = "klpcc.manifest/2"
 OBJECTS_ORIGIN = "objects"  # an entry the compiled code added: its source did not change
@@ -544,7 +545,7 @@ def read(bundle: str | Path) -> Bundle:
     root = Path(bundle)
     path = root / "manifest.json"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = decoded(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise KlpccError(f"{root} is not a klpcc bundle (no manifest.json); make one with klpcc compile") \
             from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 from . import __version__
@@ -18,6 +19,7 @@ from .history import (
     dependencies,
 )
 from .manifest import Change
+from .names import needs_quoting, quote
 
 ANALYSIS_SCHEMA = "klpcc.analysis/1"
 MAX_COLUMNS = 20  # releases shown in the text matrix
@@ -70,30 +72,43 @@ def analysis_json(a: Analysis) -> dict:
 def dump_json(doc: dict) -> str:
     """JSON text of a document: indented for people, unless it is so large (long
     histories of many functions) that indenting would cost seconds.  Always valid
-    Unicode: a byte of a source that was not UTF-8 (carried as a lone surrogate)
-    becomes U+FFFD."""
+    Unicode, and exact: a string that holds bytes that are not UTF-8 (carried as lone
+    surrogates) is written the way git quotes names (``"caf\\351.c"``, quotes
+    included), and so is one that would read as such (:func:`klpcc.names.decoded`
+    reads every string back)."""
     size = sum(len(f.get("history", ())) for f in doc.get("functions", ()))
-    if size <= 50_000:
-        text = json.dumps(doc, indent=2)
-    else:
-        text = json.dumps(doc, separators=(",", ":"))
-    if "\\udc" in text:
-        return dump_json(clean(doc))
+
+    def dumps(d: dict) -> str:
+        return json.dumps(d, indent=2) if size <= 50_000 else json.dumps(d, separators=(",", ":"))
+
+    text = dumps(doc)
+    if "\\ud" in text or _LOOKS_QUOTED.search(text):  # a lone surrogate, or a backslash and 3 octal digits
+        text = dumps(clean(doc))
     return text
 
 
+_LOOKS_QUOTED = re.compile(r"\\\\[0-7]{3}")
+
+
 def clean(value):
-    """Strings as valid Unicode: bytes that were not UTF-8 in a source become U+FFFD."""
+    """``value`` with every string JSON could not give back exactly quoted (see
+    :func:`dump_json`)."""
     if isinstance(value, str):
-        try:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
-            return value.encode("utf-8", "replace").decode("utf-8")
+        return quote(value) if needs_quoting(value) else value
     if isinstance(value, dict):
         return {clean(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     return value
+
+
+def readable(text: str) -> str:
+    """``text`` as valid Unicode for people (a page): bytes that were not UTF-8 become
+    U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:

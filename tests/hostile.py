@@ -1,6 +1,9 @@
 """Hostile patches: real patches mutated the ways patches break in practice (a hunk
 header damaged, a header line lost, a section repeated, garbage inserted, counts off,
-names that are not names), checked against ``git apply`` on the same tree.
+names that are not names), checked against ``git apply`` on the same tree; a
+``klpcc.toml`` mutated the same ways and with values of the wrong type, size or
+meaning (``check_config``); git ranges as users type and mistype them
+(``check_range``).
 
 The invariant (``check``): klpcc accepts a patch only when every ``+``/``-`` line
 reached the result, which is what ``git apply`` makes of it; otherwise it refuses with
@@ -11,6 +14,7 @@ exception.  Used by ``tests/test_hostile.py`` (a bounded sample, in CI) and
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -301,3 +305,150 @@ def check(world: World, data: bytes, name: str = "0001-hostile.patch") -> Outcom
 
 def _changes_nothing(rep) -> bool:
     return all(rep.snapshots.read(p, 1) == rep.snapshots.read(p, 0) for p in rep.snapshots.paths())
+
+
+# --------------------------------------------------------------------------- klpcc.toml and git ranges
+
+# what an author keeps outside the diff, for the one release of the series ``check_config`` reads
+TOML = """[releases."0001-release-1"]
+states = [{ id = 1, version = 1 }]
+callbacks = { pre_patch = "util_max", post_unpatch = "util_min" }
+shadow = [{ id = 3, type = "struct acc", ops = ["alloc", "get", "free"], dtor = "util_min" }]
+immediate = ["util_max"]
+
+[releases.1]
+states = [{ id = 2, version = 1 }]
+"""
+_VALUES = ('"x"', "-1", "0", "1e400", "99999999999999999999999", "true", "[]", "{}", "[[1]]", '"\\u0000"',
+           '"' + "x" * 5000 + '"', "nan", "inf", '["", 1]', "{ id = [] }", '"0001-release-1"', "'''a\nb'''")
+_NAMES = ('"0001-release-1"', "1", "2", "0", "-1", '"nosuch"', '""', '"1 "', "release", '"\\n"', "01")
+
+
+def _toml_value(rng: random.Random, data: bytes) -> bytes:
+    """A value replaced by one of another type, size or meaning."""
+    spots = [m for m in re.finditer(rb"= *([^,}\]\n]+)", data)]
+    if not spots:
+        return data
+    m = rng.choice(spots)
+    return data[:m.start(1)] + rng.choice(_VALUES).encode() + data[m.end(1):]
+
+
+def _toml_key(rng: random.Random, data: bytes) -> bytes:
+    """A key renamed, or a release's name replaced."""
+    if rng.random() < 0.5:
+        key = rng.choice((b"states", b"callbacks", b"shadow", b"immediate", b"id", b"version", b"ops",
+                          b"dtor", b"type", b"releases"))
+        return data.replace(key, rng.choice((b"state", b"Callbacks", b"x", b"ids", b"releases", b"id")), 1)
+    return data.replace(b'"0001-release-1"', rng.choice(_NAMES).encode(), 1)
+
+
+TOML_MUTATIONS: dict[str, Callable[[random.Random, bytes], bytes]] = {
+    "toml-value": _toml_value, "toml-key": _toml_key, "delete-line": _delete_line, "garbage": _garbage,
+    "swap-or-duplicate": _swap_or_duplicate, "byte": _byte, "truncate": _truncate,
+}
+
+
+def mutate_toml(rng: random.Random) -> tuple[str, bytes]:
+    """One to three mutations of :data:`TOML`; the name of the first."""
+    first = rng.choice(sorted(TOML_MUTATIONS))
+    data = TOML_MUTATIONS[first](rng, TOML.encode())
+    for _ in range(rng.choice((0, 0, 1, 2))):
+        data = TOML_MUTATIONS[rng.choice(sorted(TOML_MUTATIONS))](rng, data)
+    return first, data
+
+
+def _located(exc: KlpccError, *names: str) -> str:
+    text = str(exc)
+    if "\n" in text or len(text) > 700:
+        raise Broken(f"the error is not one bounded line: {text[:200]!r}")
+    if not any(n and n in text for n in names):
+        raise Broken(f"the error names neither {' nor '.join(names)}: {text[:200]!r}")
+    return text
+
+
+def check_config(world: World, data: bytes) -> Outcome:
+    """``klpcc compile`` of the world's first seed with ``data`` as its klpcc.toml:
+    a bundle, or one located error naming the file and nothing written; never another
+    exception."""
+    from klpcc.api import AnalyzeOptions, compile_bundle
+
+    with tempfile.TemporaryDirectory(prefix="klpcc-hostile-") as t:
+        work = Path(t)
+        (work / "0001-release-1.patch").write_bytes(world.seeds[0])
+        (work / "series").write_text("0001-release-1.patch\n")
+        (work / "klpcc.toml").write_bytes(data)
+        out = work / "bundle"
+        try:
+            compile_bundle(AnalyzeOptions(series=(str(work / "series"),), source=str(world.base)), out)
+        except KlpccError as exc:
+            text = _located(exc, "klpcc.toml")
+            if out.exists() or any(p.name.startswith(".bundle") for p in work.iterdir()):
+                raise Broken(f"refused ({text[:80]}) but left output behind") from None
+            return Outcome("refused", "-", text)
+        except Exception as exc:  # noqa: BLE001 (every other exception is the bug looked for)
+            raise Broken(f"{type(exc).__name__}: {exc}") from exc
+        if not (out / "manifest.json").is_file():
+            raise Broken("accepted, but wrote no manifest")
+        return Outcome("accepted", "-")
+
+
+def make_repo(root: Path) -> Path:
+    """A git history over the world's base: the seed edits as commits, a tag, a side
+    branch merged back (a merge commit on the first-parent line)."""
+    repo = root / "history"
+    write_tree(repo, BASE)
+    git = ("-c", "user.name=t", "-c", "user.email=t@t")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, *git, "add", "-A")
+    _git(repo, *git, "commit", "-qm", "base")
+    _git(repo, "tag", "v0")
+    files = dict(BASE)
+    for i, rel in enumerate(_edits(dict(BASE)), 1):
+        for path, text in rel.items():
+            if text is None:
+                (repo / path).unlink()
+                files.pop(path, None)
+            else:
+                (repo / path).write_text(text)
+                files[path] = text
+        _git(repo, *git, "add", "-A")
+        _git(repo, *git, "commit", "-qm", f"release {i}")
+        if i == 2:
+            _git(repo, "checkout", "-qb", "side")
+            (repo / "src" / "side.c").write_text("int side(void)\n{\n\treturn 3;\n}\n")
+            _git(repo, *git, "add", "-A")
+            _git(repo, *git, "commit", "-qm", "side")
+            _git(repo, "checkout", "-q", "main")
+            _git(repo, *git, "merge", "-q", "--no-ff", "-m", "merge side", "side")
+    return repo
+
+
+def git_range(rng: random.Random, repo: Path) -> str:
+    """A range as users type them, and as they mistype them."""
+    head = _git(repo, "rev-parse", "HEAD").strip()
+    refs = ["HEAD", "HEAD~1", "HEAD~3", "HEAD~99", "HEAD^2", "main", "side", "v0", "nosuch", "", head,
+            head[:7], head[:3], _git(repo, "rev-parse", "HEAD^{tree}").strip(), "HEAD:src", "HEAD@{0}",
+            "--all", "-p", "--output=/tmp/x", "HEAD\n", " HEAD", "caf\u00e9", "a" * 300, "HEAD^{/release 2}"]
+    if rng.random() < 0.4:  # ranges that name commits: the mistakes are elsewhere
+        good = ["v0", "HEAD~1", "HEAD~2", "HEAD~3", "HEAD~4", "side", head[:7]]
+        a, b = rng.choice(good), rng.choice((*good, "HEAD", "main"))
+        return f"{a}..{b}"
+    a, b = rng.choice(refs), rng.choice(refs)
+    return rng.choice((f"{a}..{b}", f"{a}..{b}", f"{a}...{b}", a, f"{a}..", f"..{b}", f"{a}..{b}..{a}",
+                       f"{a} {b}", f"^{a} {b}"))
+
+
+def check_range(repo: Path, spec: str) -> Outcome:
+    """``klpcc analyze --git REPO SPEC``: an analysis of the commits the range names, or
+    one located error; never another exception."""
+    from klpcc.api import AnalyzeOptions, analyze
+
+    try:
+        a = analyze(AnalyzeOptions(git=(str(repo), spec)))
+    except KlpccError as exc:
+        return Outcome("refused", "-", _located(exc, str(repo), "range", "release", "--git", "commit"))
+    except Exception as exc:  # noqa: BLE001 (every other exception is the bug looked for)
+        raise Broken(f"{type(exc).__name__}: {exc}") from exc
+    if not a.replay.releases:
+        raise Broken("accepted a range with no release")
+    return Outcome("accepted", "-")

@@ -18,7 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .helpers import klpcc, make_series
-from .hostile import World, check, make_world, mutate
+from .hostile import (
+    World,
+    check,
+    check_config,
+    check_range,
+    git_range,
+    make_repo,
+    make_world,
+    mutate,
+    mutate_toml,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,39 @@ def test_a_mutated_patch_is_applied_as_git_applies_it_or_refused_on_one_line(wor
     rng = random.Random(seed)
     kind, data = mutate(rng, world.seeds[which % len(world.seeds)])
     check(world, data)  # raises Broken when the invariant does not hold
+
+
+@settings(max_examples=int(os.environ.get("KLPCC_HOSTILE_EXAMPLES", "250")) // 3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0))
+def test_a_mutated_klpcc_toml_gives_a_bundle_or_one_error_naming_it(world, seed):
+    kind, data = mutate_toml(random.Random(seed))
+    check_config(world, data)  # raises Broken when the invariant does not hold
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("history"))
+
+
+@settings(max_examples=int(os.environ.get("KLPCC_HOSTILE_EXAMPLES", "250")) // 3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0))
+def test_a_git_range_gives_its_commits_or_one_error(history, seed):
+    outcome = check_range(history, git_range(random.Random(seed), history))
+    assert outcome.klpcc in ("accepted", "refused")
+
+
+def test_ranges_users_type(history):
+    """The ranges that must work, and those that must be refused, each as said."""
+    assert check_range(history, "v0..HEAD").klpcc == "accepted"
+    assert check_range(history, "v0..main").klpcc == "accepted"
+    refused = (("HEAD..v0", "is not an ancestor"), ("v0..v0", "holds no commits"),
+               ("nosuch..HEAD", "unknown revision 'nosuch'"), ("--all..HEAD", "unknown revision '--all'"),
+               ("v0..HEAD..v0", "expected a range BASE..TIP"))
+    for spec, says in refused:
+        outcome = check_range(history, spec)
+        assert outcome.klpcc == "refused" and says in outcome.message, (spec, outcome.message)
 
 
 def _digest(root: Path) -> dict[str, tuple[str, int]]:

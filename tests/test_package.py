@@ -1,5 +1,6 @@
-"""klpcc as users install it: ``pip install .`` from a copy of the source tree into a
-fresh virtual environment, then used from a directory outside any checkout.
+"""klpcc as users install it: a wheel built from a copy of the source tree (``pip
+wheel``) installed into a fresh virtual environment, then used from a directory outside
+any checkout; and ``pip install .`` into another.
 
 Every package must be in the installed tree, and the runtime sources must be found
 through the package: the userspace runtime is built from them (``config --libs``),
@@ -28,11 +29,8 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the venv's bin directory, a work directory outside the checkout)."""
-    tmp = tmp_path_factory.mktemp("package")
-    src = tmp / "src"
+def _copy_of_the_tree(src: Path) -> None:
+    """The tracked files as the work tree has them, and new files of the package."""
     files = _run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
     for name in filter(None, files):
         if not (ROOT / name).is_file():  # deleted in the work tree, not yet committed
@@ -48,13 +46,42 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             (src / rel).write_bytes(path.read_bytes())
             os.chmod(src / rel, path.stat().st_mode & 0o777)
+
+
+@pytest.fixture(scope="module")
+def source_copy(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("package") / "src"
+    _copy_of_the_tree(src)
+    return src
+
+
+@pytest.fixture(scope="module")
+def installed(source_copy, tmp_path_factory) -> tuple[Path, Path]:
+    """A wheel built from the tree, installed into a fresh venv: (the venv's bin
+    directory, a work directory outside the checkout)."""
+    tmp = tmp_path_factory.mktemp("wheel")
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "."], cwd=src)
+    _run([str(bin_dir / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), "."],
+         cwd=source_copy)
+    (wheel,) = (tmp / "dist").glob("klpcc-*.whl")
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp)
     work = tmp / "work"
     work.mkdir()
     return bin_dir, work
+
+
+def test_pip_install_of_the_tree_works(source_copy, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "."], cwd=source_copy)
+    patches, src = FIXTURES / "demo" / "patches", FIXTURES / "demo" / "src"
+    out = _run([str(bin_dir / "klpcc"), "analyze", str(patches / "series"), "--source", str(src),
+                "--format", "json"], cwd=tmp_path)
+    assert json.loads(out.stdout)["nops"] == ["log_line"]
+    assert _site_packages(bin_dir).is_relative_to(env_dir)
 
 
 def _site_packages(bin_dir: Path) -> Path:

@@ -220,20 +220,22 @@ def test_odd_file_names_round_trip_through_git(tmp_path):
     assert files == {*ODD_NAMES, "new 'file'.c"}, files
 
 
-@pytest.mark.parametrize("name, says", [
-    ("tab\there.c", "control character"),
-    ("new\nline.c", "control character"),
-    (b"latin\xe9.c", "is not UTF-8"),
-    ("x" * 300 + ".c", "longer than a file system allows"),
-])
-def test_names_klpcc_cannot_carry_are_refused_on_one_line(tmp_path, name, says):
-    raw = name if isinstance(name, bytes) else name.encode()
-    quoted = b'"' + b"".join(b"\\t" if c == 9 else b"\\n" if c == 10 else bytes([c]) if c < 0x80
+def _odd_patch(raw: bytes) -> bytes:
+    quoted = b'"' + b"".join(b"\\t" if c == 9 else b"\\n" if c == 10 else bytes([c]) if 0x20 <= c < 0x80
                              else b"\\%03o" % c for c in raw) + b'"'
-    patch = (b"diff --git " + quoted.replace(b'"', b'"a/', 1) + b" " + quoted.replace(b'"', b'"b/', 1) + b"\n"
-             b"new file mode 100644\n--- /dev/null\n+++ " + quoted.replace(b'"', b'"b/', 1) + b"\n"
-             b"@@ -0,0 +1 @@\n+int x;\n")
-    (tmp_path / "0001-odd.patch").write_bytes(patch)
+    return (b"diff --git " + quoted.replace(b'"', b'"a/', 1) + b" " + quoted.replace(b'"', b'"b/', 1) + b"\n"
+            b"new file mode 100644\n--- /dev/null\n+++ " + quoted.replace(b'"', b'"b/', 1) + b"\n"
+            b"@@ -0,0 +1 @@\n+int x;\n")
+
+
+@pytest.mark.parametrize("name, says", [
+    ("x" * 300 + ".c", "longer than a file system allows"),
+    ("d/" * 2100 + "x.c", "longer than a file system allows"),
+    (b"nul\0.c", "holds a NUL byte"),
+])
+def test_names_no_file_system_can_hold_are_refused_on_one_line(tmp_path, name, says):
+    raw = name if isinstance(name, bytes) else name.encode()
+    (tmp_path / "0001-odd.patch").write_bytes(_odd_patch(raw))
     src = write_tree(tmp_path / "src", BASE)
     r = klpcc("analyze", str(tmp_path / "0001-odd.patch"), "--source", str(src))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr

@@ -179,5 +179,5 @@ class PreprocessedUnit:
                     out.setdefault(line, []).append(raw)
                 line += 1
             self._lines = by_file
-        want = ("/" + path).encode()
-        return next((v for k, v in self._lines.items() if k.endswith(want) or k == path.encode()), {})
+        exact = path.encode("utf-8", "surrogateescape")
+        return next((v for k, v in self._lines.items() if k.endswith(b"/" + exact) or k == exact), {})

@@ -128,7 +128,7 @@ def _replayed(bundle: Bundle, command: Callable[[str, Path], Command], cache: Pa
     base = {p: data for p in bundle.source_paths if (data := bundle.base_source(p)) is not None}
     # the base side under a path named by its content: the same base compiles to the
     # same preprocessed text (line markers name it), so its objects come from the cache
-    digest = hashlib.sha256(b"".join(p.encode() + b"\0" + hashlib.sha256(d).digest()
+    digest = hashlib.sha256(b"".join(p.encode("utf-8", "surrogateescape") + b"\0" + hashlib.sha256(d).digest()
                                      for p, d in sorted(base.items()))).hexdigest()[:20]
     from ..objects import default_cache
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..report import clean
+from ..names import raw
 from . import LintResult
 from .rules import RULES, Finding
 
@@ -39,10 +39,6 @@ def lint_text(res: LintResult) -> str:
 
 
 def lint_json(res: LintResult) -> dict:
-    return clean(_lint_json(res))
-
-
-def _lint_json(res: LintResult) -> dict:
     return {
         "schema": LINT_SCHEMA,
         "release": res.release,
@@ -79,14 +75,10 @@ def _location(uri: str, line: int, text: str, base: str | None = None) -> dict:
 def _uri(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(path.replace("\\", "/"), safe="/:._-~")
+    return quote(raw(path.replace("\\", "/")), safe="/:._-~")  # every byte of the name, percent-encoded
 
 
 def lint_sarif(res: LintResult) -> dict:
-    return clean(_lint_sarif(res))
-
-
-def _lint_sarif(res: LintResult) -> dict:
     index = {r.id: i for i, r in enumerate(RULES)}
     rules = [{
         "id": r.id,

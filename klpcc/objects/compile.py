@@ -75,7 +75,7 @@ class Compiler:
             return None, b"", False, files
         flags = [a.replace(overlay_dir, "<overlay>") for a in argv]
         key = hashlib.sha256("\0".join([self.identity(argv[0], cmd.directory), *flags, *OBJECTS_FLAGS])
-                             .encode() + b"\0" + text).hexdigest()
+                             .encode("utf-8", "surrogateescape") + b"\0" + text).hexdigest()
         if self.cache is not None:
             obj, ipa = self.cache / f"{key}.o", self.cache / f"{key}.ipa-clones"
             if obj.exists() and ipa.exists():

@@ -57,7 +57,7 @@ def dwarf_of(elf, shown: str) -> Dwarf:
     def name_of(die) -> str | None:
         for _ in range(4):
             if "DW_AT_name" in die.attributes:
-                return die.attributes["DW_AT_name"].value.decode("utf-8", "replace")
+                return die.attributes["DW_AT_name"].value.decode("utf-8", "surrogateescape")
             for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
                 if ref in die.attributes:
                     die = die.get_DIE_from_attribute(ref)
@@ -82,9 +82,9 @@ def dwarf_of(elf, shown: str) -> Dwarf:
         unit = top.attributes.get("DW_AT_name")
         producer = top.attributes.get("DW_AT_producer")
         if unit is not None and producer is not None:
-            out.producers[unit.value.decode("utf-8", "replace")] = \
+            out.producers[unit.value.decode("utf-8", "surrogateescape")] = \
                 producer.value.decode("utf-8", "replace")
-        unit_name = unit.value.decode("utf-8", "replace") if unit is not None else "?"
+        unit_name = unit.value.decode("utf-8", "surrogateescape") if unit is not None else "?"
         for die in top.iter_children():
             if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
                 continue

@@ -21,6 +21,7 @@ from ... import toolchain
 from ...atomic import write_atomic
 from ...compdb import Command
 from ...errors import KlpccError
+from ...names import quote
 
 _SAVED = re.compile(r"^(?:saved)?cmd_\S*probe\.o\s*:=\s*(.*)$", re.M)
 _PROBE = "klpcc_probe"
@@ -39,7 +40,7 @@ def _identity(kdir: Path) -> str:
             parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             parts.append(f"{name}:-")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def template(kdir: Path, jobs: int | None = None) -> list[str]:
@@ -87,7 +88,8 @@ def unit_command(args: list[str], kdir: Path, path: str, root: Path, module: str
     out = []
     for a in args:
         if a == "-DMODULE" and module is None:
-            out.append(f'-DKBUILD_MODFILE="{posixpath.splitext(path)[0]}"')  # as Kbuild gives built-in code
+            # as Kbuild gives built-in code
+            out.append(f'-DKBUILD_MODFILE={quote(posixpath.splitext(path)[0])}')
             continue
         if a.startswith("-DKBUILD_BASENAME="):
             a = f'-DKBUILD_BASENAME="{stem}"'

@@ -13,7 +13,6 @@ whole build succeeded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from ... import atomic, manifest, runtime, toolchain
 from ...c.declarations import PreprocessedUnit
 from ...errors import KlpccError
 from ...objects import default_cache
+from ...report import dump_json
 from .. import policy
 from ..cgen import c_string, callback_trampoline
 from ..compiled import (
@@ -141,6 +141,9 @@ class KernelBuild:
         if self.module is not None:
             lines.append(f"  built in {self.build_seconds:.1f} s")
         return "\n".join(lines) + "\n"
+
+
+_KBUILD_NAME = re.compile(r"[A-Za-z0-9_./+,=@%~-]+")
 
 
 def _module_name(opts: KernelOptions, release: str) -> str:
@@ -399,6 +402,11 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         result.compare = compiled.summary()
         result.notes += [f"note: {n}" for n in compiled.notes]
     units = _units(b, layout, resolver, compiled, preprocessed, result)
+    for u in units:
+        if not _KBUILD_NAME.fullmatch(u.path):
+            raise KlpccError("Kbuild cannot build a file of this name (make splits names at blanks and "
+                             "reads quotes, $, : and # itself): the module needs its units named plainly",
+                             file=u.path)
     result.units = units
     with atomic.staged(opts.outdir) as tmp:
         shutil.copy(runtime.kernel() / HEADER, tmp / HEADER)
@@ -430,7 +438,7 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
             result.build_seconds = time.perf_counter() - start
             result.symbols, result.klp_sections = conv.symbols, conv.sections
             result.module = result.outdir / ko.name
-        (tmp / "build.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        (tmp / "build.json").write_text(dump_json(result.to_json()) + "\n")
     return result
 
 

@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 
 from ...c import Item
 from ...errors import KlpccError
+from ...names import quote
 from ..units import UnitWriter, one_line
 from .symbols import VMLINUX, Kallsyms
 
@@ -116,7 +117,7 @@ class KernelUnitWriter(UnitWriter):
         u = self.unit
         name = modname(u.path, u.object)
         # (vmlinux's code names its would-be module file: MODULE_INFO(file, KBUILD_MODFILE))
-        return (["#undef MODULE", "#ifndef KBUILD_MODFILE", f'#define KBUILD_MODFILE "{u.path[:-2]}"',
+        return (["#undef MODULE", "#ifndef KBUILD_MODFILE", f'#define KBUILD_MODFILE {quote(u.path[:-2])}',
                  "#endif"] if u.object == VMLINUX else []) + [
             "#undef KBUILD_MODNAME", f'#define KBUILD_MODNAME "{name}"']
 
@@ -172,7 +173,7 @@ class KernelUnitWriter(UnitWriter):
             new = f"klpcc_new_{u.index}_{stub}"
             u.patched.append((stub, new, self.resolver.position(u.object, stub, u.path, "function")))
             lines.append(f"#define {stub} {new}")
-        lines.append(f'#line {it.start_line} "{u.path}"')
+        lines.append(f'#line {it.start_line} {quote(u.path)}')
         lines.append(self.rewrite(text))
         lines += [f"#undef {stub}" for stub in found]
         return "\n".join(lines)

@@ -26,6 +26,7 @@ from ... import atomic, manifest, runtime, toolchain
 from ...compdb import Command
 from ...errors import KlpccError
 from ...objects import default_cache
+from ...report import clean
 from .. import policy
 from ..cgen import c_literal, c_string, callback_trampoline
 from ..compiled import CompiledSet, compare_bundle, decide, not_redirected, stuck
@@ -353,7 +354,7 @@ def _compile_object(tmp: Path, b: manifest.Bundle, units: list[Unit], build: Pro
             "-Wno-unused-function", "-Wno-unused-variable", f"-I{include}", f"-I{src.parent}", "-c", u.path,
             "-o", str(obj)], "compiling the patch", cwd=tmp / "src")
         objects.append(str(obj))
-    (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(embedded)))
+    (tmp / "klpcc_patch.c").write_text(descriptor_unit(build, units, json.dumps(clean(embedded))))
     cc(["-fPIC", f"-I{include}", "-c", str(tmp / "klpcc_patch.c"), "-o", str(tmp / "desc.o")],
        "compiling the descriptor")
     so = tmp / "patch.so"

@@ -137,7 +137,8 @@ def _connect(ep: Endpoint, wait: float) -> socket.socket:
     target = str(ep.path)
     dirfd = None
     try:
-        if len(target.encode()) > _MAX_SUN_PATH:  # through a descriptor of its directory
+        # too long: through a descriptor of its directory
+        if len(target.encode("utf-8", "surrogateescape")) > _MAX_SUN_PATH:
             dirfd = os.open(os.path.dirname(target), os.O_PATH | os.O_CLOEXEC)
             target = f"/proc/self/fd/{dirfd}/{os.path.basename(target)}"
         sock.connect(target)
@@ -174,9 +175,9 @@ def _exchange(ep: Endpoint, line: str, wait: float, fd: int | None) -> dict:
     sock = _connect(ep, wait)
     try:
         if fd is None:
-            sock.sendall(line.encode() + b"\n")
+            sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
         else:
-            socket.send_fds(sock, [line.encode() + b"\n"], [fd])
+            socket.send_fds(sock, [line.encode("utf-8", "surrogateescape") + b"\n"], [fd])
         chunks = []
         while True:
             data = sock.recv(65536)

@@ -142,10 +142,12 @@ def _symbols(elf, prog: Program, shown: str) -> None:
     if symtab is None:
         raise KlpccError("has no symbol table (stripped?): klpcc needs the program's symbols", patch=shown)
     current: str | None = None
+    strings = symtab.stringtable.data()
     for sym in symtab.iter_symbols():
         kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
-        if kind == "STT_FILE":
-            current = sym.name
+        if kind == "STT_FILE":  # the file's name, byte for byte (pyelftools replaces bytes not UTF-8)
+            at = sym["st_name"]
+            current = strings[at:strings.find(b"\0", at)].decode("utf-8", "surrogateescape")
             continue
         if kind not in ("STT_FUNC", "STT_OBJECT") or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
             continue
