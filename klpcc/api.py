@@ -301,6 +301,15 @@ def status(pid: int, socket: str | None = None) -> Answer:
     return _client.status(pid, socket)
 
 
+def inspect(path: str | Path) -> dict:
+    """What the patch object or livepatch module ``path`` is (``klpcc.inspect/1``): its
+    kind, the name it has once loaded, its release in its series, the objects it
+    patches, its sha256."""
+    from .elfinfo import describe
+
+    return describe(str(path))
+
+
 def disable(pid: int, timeout: float = 10.0, socket: str | None = None, name: str | None = None) -> Answer:
     """Back to the original code in process ``pid``: the installed patch called ``name``,
     or the only one installed."""

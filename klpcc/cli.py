@@ -519,6 +519,23 @@ def status_cmd(pid: int | None, everything: bool, sock: str | None, fmt: str) ->
     _answer(api.status(pid, sock), fmt)
 
 
+@main.command("inspect")
+@click.argument("patch", type=click.Path())
+@_FORMAT
+@_guard
+def inspect_cmd(patch: str, fmt: str) -> None:
+    """What PATCH is (a patch object or a livepatch module): the name it has once loaded,
+    its release in its series, what it patches."""
+    doc = api.inspect(patch)
+    if fmt == "json":
+        click.echo(_report.dump_json(doc))
+        return
+    where = f"for kernel {doc['kernel_release']}" if doc["kind"] == "kernel-module" else "for " + ", ".join(
+        f"{o['name']} (build-id {o['build_id'][:12]})" for o in doc["objects"])
+    click.echo(f"{doc['path']}: {doc['kind']} {doc['name']}, release {doc['release']} "
+               f"(#{doc['release_index']} of series {doc['series'] or '?'}) {where}")
+
+
 @main.command("install")
 @click.argument("patch", type=click.Path())
 @click.option("--kernel", is_flag=True,

@@ -101,3 +101,45 @@ def modinfo(path: str) -> dict[str, str]:
         if eq:
             out.setdefault(key, value)
     return out
+
+
+INSPECT_SCHEMA = "klpcc.inspect/1"
+
+
+def series_id(releases: tuple[str, ...] | list[str]) -> str:
+    """Which series a release belongs to, for telling newer from older releases of it
+    (``klpcc install``): a digest of its first release's name."""
+    import hashlib
+
+    return hashlib.sha256(releases[0].encode("utf-8", "surrogateescape")).hexdigest()[:16] if releases else ""
+
+
+def describe(path: str) -> dict:
+    """What a patch object or a livepatch module is, without loading it
+    (``klpcc inspect``): its kind, the name it has once loaded (the runtime's patch, the
+    ``/sys/kernel/livepatch`` entry), its release in its series, what it patches."""
+    import hashlib
+    import os
+
+    if section(path, PATCH_MANIFEST) is not None:
+        doc = patch_manifest(path)
+        rel = doc.get("release") or {}
+        name, index = str(rel.get("name", "")), int(rel.get("index") or 0)
+        releases = [str(r) for r in doc.get("releases") or []]
+        objects = [{"name": str(o.get("name", "")), "build_id": o["build_id"], "kind": str(o.get("kind", ""))}
+                   for o in doc["patch_object"]["objects"]]
+        out = {"kind": "patch-object", "name": name, "release": name, "release_index": index,
+               "series": series_id(releases), "kernel_release": None, "objects": objects}
+    else:
+        info = modinfo(path)
+        if info.get("livepatch") != "Y":
+            raise KlpccError("is neither a klpcc patch object nor a livepatch module", patch=path)
+        vermagic = info.get("vermagic", "").split()
+        index = info.get("klpcc_release_index", "0")
+        name = info.get("name") or os.path.basename(path).removesuffix(".ko")
+        out = {"kind": "kernel-module", "name": name, "release": info.get("klpcc_release", name),
+               "release_index": int(index) if index.isdigit() else 0, "series": info.get("klpcc_series", ""),
+               "kernel_release": vermagic[0] if vermagic else None, "objects": []}
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    return {"schema": INSPECT_SCHEMA, "path": os.path.abspath(path), "sha256": digest, **out}

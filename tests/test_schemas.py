@@ -47,6 +47,7 @@ FORMATS = {
     "runtime-answer": None,
     "processes": "klpcc.processes/1",
     "install": "klpcc.install/1",
+    "inspect": "klpcc.inspect/1",
 }
 
 # the live demo's service running, and patch objects for it and for another build of it
@@ -386,10 +387,26 @@ def library_outputs(built, tmp_path_factory) -> dict[str, dict[str, dict]]:
                      "disable-many": run_json("disable", "--pid", procs[0].pid, "--pid", procs[1].pid,
                                               "--format", "json", codes=(1,))}
             install["uninstall"] = run_json("uninstall", older, "--format", "json")
+            inspect = {"library-object": run_json("inspect", built.r1, "--format", "json"),
+                       "program-and-library": run_json("inspect", older, "--format", "json")}
         finally:
             for p in procs:
                 p.stop()
-    return {"processes": fleet, "install": install}
+    return {"processes": fleet, "install": install, "inspect": inspect}
+
+
+@pytest.fixture(scope="module")
+def inspect_outputs(library_outputs, tmp_path_factory) -> dict[str, dict]:
+    """inspect of patch objects, and of a livepatch module built against the installed
+    kernel's headers."""
+    from .test_kernel_build import _release1, build, bundle_of, kernel_dir
+
+    tmp = tmp_path_factory.mktemp("inspect")
+    bundle = bundle_of(tmp, [_release1()])
+    made = build(bundle, tmp / "ko", "--kernel", str(kernel_dir()), "--name", "klpcc_inspected")
+    assert made.returncode == 0, made.stderr
+    return {**library_outputs["inspect"],
+            "kernel-module": run_json("inspect", tmp / "ko" / "klpcc_inspected.ko", "--format", "json")}
 
 
 def outputs(request: pytest.FixtureRequest, schema: str) -> dict[str, dict]:
@@ -397,6 +414,8 @@ def outputs(request: pytest.FixtureRequest, schema: str) -> dict[str, dict]:
         return request.getfixturevalue("live")[schema]
     if schema in ("processes", "install"):
         return request.getfixturevalue("library_outputs")[schema]
+    if schema == "inspect":
+        return request.getfixturevalue("inspect_outputs")
     return request.getfixturevalue(f"{schema.replace('-build', '')}_outputs")
 
 
@@ -412,6 +431,7 @@ CASES = {
                        "status-replaced", "disable", "disable-nothing"),
     "processes": ("all-mapping", "status-all", "disable-many"),
     "install": ("install", "install-program", "install-replace", "uninstall"),
+    "inspect": ("library-object", "program-and-library", "kernel-module"),
 }
 
 
@@ -511,6 +531,13 @@ SHOWN: dict[str, list[tuple[str, Callable[[dict[str, dict]], object]]]] = {
         ("every kind of result", lambda d: {p["result"] for doc in d.values() for p in doc["processes"]} >= {
             "applied", "no-runtime", "different-build", "status", "disabled"}),
         ("the library and the store", lambda d: d["all-mapping"]["library"] and d["status-all"]["installed"]),
+    ],
+    "inspect": [
+        ("both kinds, a program and a library",
+         lambda d: {doc["kind"] for doc in d.values()} == {"patch-object", "kernel-module"}
+         and {o["kind"] for o in d["program-and-library"]["objects"]} == {"program", "library"}),
+        ("a release of a series",
+         lambda d: all(doc["release_index"] >= 1 and doc["series"] for doc in d.values())),
     ],
     "install": [
         ("installed, replaced, removed", lambda d: {r["action"] for doc in d.values() for r in doc["records"]}
@@ -616,6 +643,11 @@ BROKEN = [
      "'patched' is not one of"),
     ("processes", "all-mapping", "a refusal without its reason",
      lambda d: [p.pop("error", None) for p in d["processes"]], "'error' is a required property"),
+    ("inspect", "kernel-module", "a module with objects",
+     lambda d: d["objects"].append({"name": "x", "build_id": "ab", "kind": "program"}),
+     "expected to be empty"),
+    ("inspect", "library-object", "a patch object for a kernel", lambda d: d.update(kernel_release="6.1.0"),
+     "is not of type 'null'"),
     ("install", "install", "an action unknown", lambda d: d["records"][0].update(action="added"),
      "'added' is not one of"),
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ... import atomic, manifest, runtime, toolchain
 from ...c.declarations import PreprocessedUnit
+from ...elfinfo import series_id
 from ...errors import KlpccError
 from ...objects import default_cache
 from ...report import dump_json
@@ -278,14 +279,6 @@ def _check_traced(unit: Unit, compiled: CompiledSet) -> None:
         raise KlpccError(f"cannot patch {old}{where}: the kernel compiled it without ftrace's entry hook "
                          "(__fentry__; notrace, or a section macro such as __meminit that implies it), so a "
                          "live patch cannot redirect it", file=unit.path)
-
-
-def series_id(releases: tuple[str, ...] | list[str]) -> str:
-    """Which series a release belongs to, for telling newer from older releases of it
-    (``klpcc install``): a digest of its first release's name."""
-    import hashlib
-
-    return hashlib.sha256(releases[0].encode("utf-8", "surrogateescape")).hexdigest()[:16] if releases else ""
 
 
 def patch_unit(name: str, release: str, units: list[Unit], states: list[tuple[int, int]],
