@@ -165,7 +165,13 @@ def header_units(analysis: Analysis, limit: int = HEADER_UNITS) -> dict[str, tup
         except KlpccError:
             return None
 
-    while frontier:
+    def exists(path: str) -> bool:
+        try:
+            return rep.base.exists(path)
+        except KlpccError:
+            return False
+
+    while frontier and len(units) <= limit:
         names = {posixpath.basename(h) for h in frontier}
         found = [f for f in rep.base.includers(names) if f not in changed and f not in reads]
         frontier = set()
@@ -173,27 +179,21 @@ def header_units(analysis: Analysis, limit: int = HEADER_UNITS) -> dict[str, tup
             data = quiet(f)
             if data is None:
                 continue
-            # "name" from the file's own directory; "dir/name" not there, and <name>, from
-            # any -I directory: every changed (or reading) header whose path ends so
             hit: set[str] = set()
             for m in _LOCAL_INCLUDE.finditer(data):
                 name = posixpath.normpath((m.group(1) or m.group(2)).decode("utf-8", "surrogateescape"))
-                if posixpath.basename(name) not in names:
-                    continue
-                own = posixpath.normpath(posixpath.join(posixpath.dirname(f), name))
-                if m.group(1) and (own in reads or rep.base.exists(own) or "/" not in name):
-                    hit |= reads.get(own, set())
-                elif not name.startswith("../"):
-                    hit |= {h for r, hs in reads.items() if r == name or r.endswith("/" + name) for h in hs}
+                if posixpath.basename(name) in names:
+                    hit |= _named(f, name, m.group(1) is not None, reads, exists)
             if not hit:
                 continue
             if f.endswith(".c"):
                 units.setdefault(f, set()).update(hit)
-            else:
-                reads[f] = hit
-                frontier.add(f)
-        if len(units) > limit:
-            break
+                if len(units) > limit:
+                    break
+            # what includes it reads the changed headers too (a .c file included by another:
+            # kernel/sched/build_policy.c; an .inc, a .def)
+            reads[f] = hit
+            frontier.add(f)
     if len(units) > limit:
         headers = sorted({h for hs in units.values() for h in hs})
         shown = ", ".join(headers[:3]) + (" ..." if len(headers) > 3 else "")
@@ -202,6 +202,32 @@ def header_units(analysis: Analysis, limit: int = HEADER_UNITS) -> dict[str, tup
                          "their code is a build of much of the tree; raise --header-units, or change "
                          "fewer headers")
     return {u: tuple(sorted(hs)) for u, hs in sorted(units.items())}
+
+
+def _named(f: str, name: str, quoted: bool, reads: dict[str, set[str]], exists) -> set[str]:
+    """The changed headers file ``f`` reads through its ``#include`` of ``name``, among
+    ``reads`` (header -> the changed headers it reads).  ``"name"`` is the file's own
+    directory's when there is one there; otherwise, and for ``<name>``, the header is
+    found in an include directory: any header whose path ends so -- except that a
+    kernel's ``include/NAME`` comes before its other copies (``include/uapi``, another
+    tree's), and ``tools/`` holds copies of the kernel's headers for its own programs
+    only."""
+    own = posixpath.normpath(posixpath.join(posixpath.dirname(f), name))
+    if quoted and (own in reads or exists(own)):
+        return reads.get(own, set())
+    if name == ".." or name.startswith("../"):
+        return set()
+    main = exists("include/" + name)
+    out: set[str] = set()
+    for r, hs in reads.items():
+        if r != name and not r.endswith("/" + name):
+            continue
+        if r.startswith("tools/") != f.startswith("tools/"):
+            continue
+        if main and r != "include/" + name and not f.startswith("tools/"):
+            continue
+        out |= hs
+    return out
 
 
 def base_sources(analysis: Analysis, sources: dict[str, bytes]) -> dict[str, bytes]:

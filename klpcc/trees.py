@@ -8,10 +8,12 @@ tree times the number of releases.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
+import tempfile
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -124,8 +126,9 @@ class DirectoryTree:
         if pattern is None:
             return []
         # grep reads a kernel tree in a second or two, where Python takes ten
-        proc = _run(["grep", "-r", "-l", "-Z", "-I", "-E", "--include=*.c", "--include=*.h",
-                     "--exclude-dir=.?*", "-e", pattern, "."], self.root)
+        with _patterns(pattern) as file:
+            proc = _run(["grep", "-r", "-l", "-Z", "-I", "-E", *(f"--include=*{s}" for s in _INCLUDED),
+                         "--exclude-dir=.?*", "-f", file, "."], self.root)
         return _listed(proc.stdout, "./")
 
 
@@ -169,18 +172,36 @@ class GitTree:
         pattern = _include_pattern(names)
         if pattern is None:
             return []
-        proc = _run(["git", "-C", self.repo, "grep", "-l", "-z", "-I", "-E", "-e", pattern, self.commit,
-                     "--", "*.c", "*.h"], None)
+        with _patterns(pattern) as file:
+            proc = _run(["git", "-C", self.repo, "grep", "-l", "-z", "-I", "-E", "-f", file, self.commit,
+                         "--", *(f"*{s}" for s in _INCLUDED)], None)
         return _listed(proc.stdout, f"{self.commit}:")
 
 
-def _include_pattern(names: Iterable[str]) -> str | None:
-    """An extended regular expression (POSIX) for an ``#include`` of one of ``names``."""
-    wanted = sorted({n for n in names if n and "/" not in n})
+# the files that include others: C files, headers, and the fragments C files include
+_INCLUDED = (".c", ".h", ".inc", ".def")
+
+
+def _include_pattern(names: Iterable[str]) -> list[str] | None:
+    """Extended regular expressions (POSIX), one a line, for an ``#include`` of one of
+    ``names`` (a name with a newline cannot be included)."""
+    wanted = sorted({n for n in names if n and "/" not in n and "\n" not in n and "\0" not in n})
     if not wanted:
         return None
-    alts = "|".join(re.sub(r"([][.^$*+?(){}|\\])", r"\\\1", n) for n in wanted)
-    return rf'^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]([^">]*/)?({alts})[">]'
+    head = r'^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]([^">]*/)?'
+    return [head + _ERE_SPECIAL.sub(r"\\\g<0>", n) + '[">]' for n in wanted]
+
+
+_ERE_SPECIAL = re.compile(r"[][.^$*+?(){}|\\]")
+
+
+@contextlib.contextmanager
+def _patterns(patterns: list[str]):
+    """A file of ``patterns`` for ``grep -f`` (any number of them, whatever the argument limit)."""
+    with tempfile.NamedTemporaryFile("wb", prefix="klpcc-includes-", suffix=".txt") as fh:
+        fh.write(b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in patterns))
+        fh.flush()
+        yield fh.name
 
 
 def _run(argv: list[str], cwd: Path | None) -> subprocess.CompletedProcess:

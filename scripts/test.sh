@@ -3,5 +3,5 @@
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff check klpcc tests bench
+.venv/bin/ruff check klpcc tests bench ansible
 exec .venv/bin/python -m pytest -q "$@"

@@ -25,7 +25,8 @@ from .helpers import klpcc, make_series
 from .userspace_helpers import wait_listening
 
 # each file holds one function; the program calls them all
-ODD = [b"tab\there.c", b"new\nline.c", b"latin\xe9.c", b'"quoted".c', b"back\\slash.c", b"caf\xc3\xa9.c"]
+ODD = [b"tab\there.c", b"new\nline.c", b"latin\xe9.c", b'"quoted".c', b"back\\slash.c", b"caf\xc3\xa9.c",
+       b"odd*/star.c"]
 FUNCS = [f"f{i}" for i in range(len(ODD))]
 MAIN = ('#include <stdio.h>\n#include <unistd.h>\n\n' + "".join(f"int {f}(int);\n" for f in FUNCS)
         + "\nint main(void)\n{\n\tfor (int i = 0;; i++) {\n\t\tprintf(\"tick %d:"
@@ -34,7 +35,10 @@ MAIN = ('#include <stdio.h>\n#include <unistd.h>\n\n' + "".join(f"int {f}(int);\
 
 
 def _body(i: int, k: int) -> bytes:
-    return f"int f{i}(int x)\n{{\n\treturn x * {k} + {i};\n}}\n".encode()
+    # a static made by a macro: the unit writer reads its declaration from the compiler's
+    # output, whose line markers escape the file's name
+    return (f"#define COUNTER(n) static int n\nCOUNTER(hits{i});\n\n"
+            f"int f{i}(int x)\n{{\n\thits{i}++;\n\treturn x * {k} + {i};\n}}\n").encode()
 
 
 def _git(repo: Path, *args: str | bytes) -> bytes:
@@ -49,6 +53,7 @@ def series(tmp_path_factory):
     repo.mkdir()
     (repo / "main.c").write_text(MAIN)
     for i, name in enumerate(ODD):
+        (repo / os.fsdecode(name)).parent.mkdir(exist_ok=True)
         (repo / os.fsdecode(name)).write_bytes(_body(i, 1))
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
@@ -183,3 +188,31 @@ def test_the_kernel_target_refuses_a_unit_kbuild_cannot_name(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "kernel/odd name.c: Kbuild cannot build a file of this name" in res.stderr, res.stderr
     assert not out.exists()
+
+
+def test_a_header_whose_name_the_compiler_escapes(tmp_path):
+    """A changed header named with a backslash: the compiler's line markers write it
+    escaped, and the unit that reads it is still found to change."""
+    header = "back\\slash.h"
+    base = {header: "static inline int cut(int a)\n{\n\treturn a / 2;\n}\n",
+            "fees.c": '#include "back\\slash.h"\n\nint fee(int a)\n{\n\treturn cut(a) + 1;\n}\n',
+            "main.c": "#include <unistd.h>\nint fee(int);\n"
+                      "int main(void)\n{\n\tsleep(1);\n\treturn fee(3);\n}\n"}
+    patches, src = make_series(tmp_path, base, [{header: base[header].replace("/ 2", "/ 3")}])
+    bundle = tmp_path / "b"
+    assert klpcc("compile", str(patches), "--source", str(src), "-o", str(bundle)).returncode == 0
+    flags, libs = klpcc("config", "--cflags").stdout.split(), klpcc("config", "--libs").stdout.split()
+    subprocess.run(["cc", "-O2", *flags, "-o", str(tmp_path / "prog"), "fees.c", "main.c", *libs], cwd=src,
+                   check=True)
+    res = klpcc("build", str(bundle), "--binary", str(tmp_path / "prog"), "-o", str(tmp_path / "x.so"),
+                "--format", "json")
+    assert res.returncode == 0, res.stderr
+    assert [f["name"] for f in json.loads(res.stdout)["functions"]] == ["fee"]
+
+
+def test_sarif_keeps_a_backslash_and_a_colon_in_a_name(tmp_path):
+    from klpcc.lint.output import _uri
+
+    assert _uri("back\\slash.c") == "back%5Cslash.c"
+    assert _uri("a:b.c") == "a%3Ab.c"  # not a URI scheme
+    assert _uri("dir/caf\u00e9.c") == "dir/caf%C3%A9.c"

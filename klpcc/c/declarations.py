@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..names import raw as raw_name
+from ..names import unquote
 from .language import parse, parser
 
 _LINE_MARKER = re.compile(rb"^#[^\n]*", re.M)
@@ -172,8 +174,9 @@ class PreprocessedUnit:
             line = 0
             for raw in self.text.split(b"\n"):
                 m = _MARKER.match(raw)
-                if m is not None:
-                    line, out = int(m.group(1)), by_file.setdefault(m.group(2), {})
+                if m is not None:  # the compiler escapes a quote, a backslash and control characters
+                    name = raw_name(unquote('"' + m.group(2).decode("utf-8", "surrogateescape") + '"'))
+                    line, out = int(m.group(1)), by_file.setdefault(name, {})
                     continue
                 if raw.strip():
                     out.setdefault(line, []).append(raw)

@@ -75,7 +75,7 @@ def _location(uri: str, line: int, text: str, base: str | None = None) -> dict:
 def _uri(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(raw(path.replace("\\", "/")), safe="/:._-~")  # every byte of the name, percent-encoded
+    return quote(raw(path), safe="/._-~")  # every byte of the name (a backslash too), percent-encoded
 
 
 def lint_sarif(res: LintResult) -> dict:

@@ -15,10 +15,11 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..compdb import BuildFailed, Command, Overlay
 from ..errors import KlpccError
+from ..names import unquote
 from ..toolchain import first_error
 
 OBJECTS_FLAGS = ("-ffunction-sections", "-fdata-sections", "-fdump-ipa-clones")
-_LINE_MARKER = re.compile(rb'^# \d+ "([^"]+)"', re.M)
+_LINE_MARKER = re.compile(rb'^# \d+ "((?:[^"\\\n]|\\.)+)"', re.M)
 
 
 def default_cache() -> Path:
@@ -66,7 +67,8 @@ class Compiler:
             self.preprocessed[path] = text
         files = set()
         for m in _LINE_MARKER.finditer(text):
-            name = m.group(1).decode("utf-8", "surrogateescape")
+            # the compiler escapes a quote, a backslash and control characters in a name
+            name = unquote('"' + m.group(1).decode("utf-8", "surrogateescape") + '"')
             try:
                 files.add(Path(cmd.directory, name).resolve().relative_to(self.overlay.root).as_posix())
             except (ValueError, OSError):
