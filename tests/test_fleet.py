@@ -315,3 +315,83 @@ def test_facts_absent_and_check_mode(fleet, tmp_path):
     results = json.loads(re.search(r'"msg": "RESULTS (.*)"', res.stdout)[1].replace('\\"', '"'))
     assert results == [True, True, False, "disabled"]
     assert h2.in_force() == [] and h2.recorded() == []
+
+
+# --------------------------------------------------------------------------- a kernel host
+
+
+def _module_utils():
+    """The collection's module_utils, as klpcc_patch runs them (they import nothing of Ansible)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("klpcc_fleet_utils",
+                                                  COLLECTION / "plugins" / "module_utils" / "klpcc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_kernel_host_through_the_modules_exact_commands(tmp_path):
+    """The qemu guest (Debian's kernel, busybox, no Python) as the kernel host: for each
+    step of a rollout, klpcc_patch's kernel logic (``kernel_commands``) says what to run
+    given what /sys/kernel/livepatch holds; the guest runs exactly that, and what it then
+    holds is what the next step assumed.  Releases 1 and 2 of fixtures/kernel-compiled,
+    built without kallsyms: up, an idempotent re-run (nothing to run), a second release,
+    a rollback to the first (an atomic replace downward), and absent."""
+    from .qemu_guest import ensure_kernel_packages, run_guest
+    from .test_kernel_e2e import COMPILED, LOADER, SOURCES
+    from .test_real_sources import fetch_kernel
+
+    kernel = ensure_kernel_packages()
+    src = fetch_kernel(kernel.source_version, SOURCES)
+    utils = _module_utils()
+    files: dict[str, Path | bytes] = {"/bin/klpcc-load": LOADER}
+    names = {}
+    for r in (1, 2):
+        bundle, out, name = tmp_path / f"b{r}", tmp_path / f"m{r}", f"klpcc_fleet_c{r}"
+        res = klpcc("compile", str(COMPILED / "series"), "--source", str(src), "-r", str(r), "-o",
+                    str(bundle))
+        assert res.returncode == 0, res.stderr
+        res = klpcc("build", str(bundle), "--kernel", str(kernel.kdir), "--name", name, "-o", str(out))
+        assert res.returncode == 0, res.stderr
+        info = json.loads(klpcc("inspect", str(out / f"{name}.ko"), "--format", "json").stdout)
+        assert info["name"] == name and info["release_index"] == r
+        files[f"/lib/klpcc/{name}.ko"] = out / f"{name}.ko"
+        names[r] = name
+    loader = "/bin/klpcc-load"
+
+    def commands(state: str, r: int, loaded: dict) -> list[list[str]]:
+        return utils.kernel_commands(state, f"/lib/klpcc/{names[r]}.ko", names[r], loaded, loader, 60)
+
+    enabled = {"enabled": True, "transition": False}
+    steps = [  # (step, state, release, what the kernel holds before, what it holds after)
+        ("up", "present", 1, {}, {names[1]}),
+        ("again", "present", 1, {names[1]: enabled}, {names[1]}),
+        ("next", "present", 2, {names[1]: enabled}, {names[2]}),
+        ("rollback", "present", 1, {names[2]: enabled}, {names[1]}),
+        ("absent", "absent", 1, {names[1]: enabled}, set()),
+    ]
+    script = []
+    planned = {}
+    for step, state, r, before, _ in steps:
+        cmds = commands(state, r, before)
+        planned[step] = cmds
+        for cmd in cmds:
+            script.append(" ".join(cmd) + f' >/dev/null 2>&1; echo "RC {step} $?"\n')
+        script.append(f'for p in /sys/kernel/livepatch/*; do [ -d "$p" ] && echo "HOLDS {step} ${{p##*/}} '
+                      f'$(cat $p/enabled)"; done; echo "HOLDS {step} -"\n')
+        script.append(f'echo "SHOWS {step} $(grep -c ^KlpccPages: /proc/meminfo) '
+                      f'$(grep -c ^klpcc_ctxt_switches: /proc/self/status)"\n')
+    assert planned["again"] == []
+    assert planned["up"] == [[loader, "--timeout", "60", f"/lib/klpcc/{names[1]}.ko"]]
+    assert planned["absent"] == [[loader, "--timeout", "60", "--disable", names[1]]]
+    guest = run_guest(files, "".join(script), timeout=600)
+    assert guest.status == 0, guest.tail()
+    for step, _, _, _, after in steps:
+        assert all(line == "0" for line in guest.lines(f"RC {step} ")), (step, guest.tail())
+        holds = {ln.split()[0] for ln in guest.lines(f"HOLDS {step} ") if ln != "-"}
+        assert holds == after, (step, holds, guest.tail())
+        assert all(ln.split()[1] == "1" for ln in guest.lines(f"HOLDS {step} ") if ln != "-"), step
+    # release 1 shows KlpccPages in /proc/meminfo, release 2 also klpcc_ctxt_switches in
+    # /proc/self/status: what each step left in force is what runs
+    assert [guest.lines(f"SHOWS {s} ")[0] for s, *_ in steps] == ["1 0", "1 0", "1 1", "1 0", "0 0"]
