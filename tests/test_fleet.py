@@ -315,6 +315,16 @@ def test_facts_absent_and_check_mode(fleet, tmp_path):
     results = json.loads(re.search(r'"msg": "RESULTS (.*)"', res.stdout)[1].replace('\\"', '"'))
     assert results == [True, True, False, "disabled"]
     assert h2.in_force() == [] and h2.recorded() == []
+    # a host that ran no patch, unhealthy after the switch: rolled back by disabling
+    (h2.dir / "unhealthy").write_text("")
+    try:
+        res = fleet.rollout(1, limit="h2")
+    finally:
+        (h2.dir / "unhealthy").unlink()
+    assert res.returncode != 0
+    said = summaries(res.stdout)["h2"]
+    assert said.startswith(f"no patch -> {NAMES[0]}: rolled back to no patch (Health check"), said
+    assert h2.in_force() == [] and h2.recorded() == []
 
 
 # --------------------------------------------------------------------------- a kernel host
