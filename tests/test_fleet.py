@@ -166,6 +166,10 @@ def fleet(tmp_path_factory):
     inst = subprocess.run([str(bin_dir / "ansible-galaxy"), "collection", "install", str(tarball), "-p",
                            str(collections)], capture_output=True, text=True, env=env, check=False)
     assert inst.returncode == 0, inst.stdout + inst.stderr
+    for module in ("klpcc_patch", "klpcc_facts"):  # documented, the shared options included
+        doc = subprocess.run([str(bin_dir / "ansible-doc"), f"klpcc.fleet.{module}"], capture_output=True,
+                             text=True, env=env, check=False)
+        assert doc.returncode == 0 and "state_dir" in doc.stdout and "socket_dir" in doc.stdout, doc.stderr
     # the service, and its four releases as patch objects
     flags = klpcc("config", "--cflags").stdout.split()
     libs = klpcc("config", "--libs").stdout.split()

@@ -34,15 +34,8 @@ options:
     type: list
     elements: path
     default: []
-  state_dir:
-    description: The host's store (C(KLPCC_STATE_DIR)).
-    type: path
-  socket_dir:
-    description: Where the processes' runtimes listen (C(KLPCC_SOCKET_DIR)).
-    type: path
-  klpcc:
-    description: "The klpcc command on the host (default: from PATH)."
-    type: path
+extends_documentation_fragment:
+  - klpcc.fleet.klpcc
 """
 
 EXAMPLES = r"""

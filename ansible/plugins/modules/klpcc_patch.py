@@ -56,18 +56,11 @@ options:
     description: Seconds a process or the kernel may take to switch.
     type: int
     default: 30
-  state_dir:
-    description: The host's store (C(KLPCC_STATE_DIR)).
-    type: path
-  socket_dir:
-    description: Where the processes' runtimes listen (C(KLPCC_SOCKET_DIR)).
-    type: path
-  klpcc:
-    description: "The klpcc command on the host (default: from PATH)."
-    type: path
   loader:
     description: "Kernel. C(klpcc-load) on the host (default: C(klpcc config --loader))."
     type: path
+extends_documentation_fragment:
+  - klpcc.fleet.klpcc
 """
 
 EXAMPLES = r"""
