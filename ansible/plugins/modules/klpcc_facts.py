@@ -54,6 +54,8 @@ ansible_facts:
   type: dict
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.klpcc.fleet.plugins.module_utils.klpcc import Klpcc, kernel_patches, mapping_pids
 
@@ -72,6 +74,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if p["mapping"] and not os.path.exists(p["mapping"]):
+        module.fail_json(msg=f"mapping {p['mapping']}: no such file on the host")
     k = Klpcc(module)
     fleet = k.status_all()
     chosen = set(p["pids"]) | (set(mapping_pids(p["mapping"])) if p["mapping"] else set())

@@ -109,6 +109,8 @@ kernel:
   type: dict
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.klpcc.fleet.plugins.module_utils.klpcc import (
     Klpcc,
@@ -132,6 +134,8 @@ def _userspace(module, k, info, result):
     p = module.params
     pids = set(p["pids"])
     if p["mapping"]:
+        if not os.path.exists(p["mapping"]):
+            module.fail_json(msg=f"mapping {p['mapping']}: no such file on the host", **result)
         pids |= set(mapping_pids(p["mapping"]))
     want = p["state"] == "present"
     todo, unchanged, gone = [], [], []
