@@ -170,6 +170,12 @@ def fleet(tmp_path_factory):
         doc = subprocess.run([str(bin_dir / "ansible-doc"), f"klpcc.fleet.{module}"], capture_output=True,
                              text=True, env=env, check=False)
         assert doc.returncode == 0 and "state_dir" in doc.stdout and "socket_dir" in doc.stdout, doc.stderr
+    example = subprocess.run([str(bin_dir / "ansible-inventory"), "-i",
+                              str(COLLECTION / "examples" / "inventory.yml"), "--list"],
+                             capture_output=True, text=True, env=env, check=False)
+    assert example.returncode == 0, example.stderr
+    groups = json.loads(example.stdout)
+    assert len(groups["klpcc"]["hosts"]) == 4 and len(groups["klpcc_kernel"]["hosts"]) == 2
     # the service, and its four releases as patch objects
     flags = klpcc("config", "--cflags").stdout.split()
     libs = klpcc("config", "--libs").stdout.split()

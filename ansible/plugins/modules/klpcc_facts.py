@@ -24,6 +24,10 @@ options:
   mapping:
     description: Only (and also) the processes that map this program or library.
     type: path
+  processes:
+    description: Ask the processes (false for a kernel host, where they are not what is rolled out).
+    type: bool
+    default: true
   kernel:
     description: Ask the kernel's livepatches (a module's patch name is not its release; O(patches) names
       the releases).
@@ -65,6 +69,7 @@ def main():
         argument_spec={
             "pids": {"type": "list", "elements": "int", "default": []},
             "mapping": {"type": "path"},
+            "processes": {"type": "bool", "default": True},
             "kernel": {"type": "bool", "default": True},
             "patches": {"type": "list", "elements": "path", "default": []},
             "state_dir": {"type": "path"},
@@ -79,15 +84,16 @@ def main():
     k = Klpcc(module)
     fleet = k.status_all()
     chosen = set(p["pids"]) | (set(mapping_pids(p["mapping"])) if p["mapping"] else set())
+    selected = bool(p["pids"] or p["mapping"])  # else every process running the runtime
     processes = []
-    for q in fleet.get("processes", []):
-        if chosen and q["pid"] not in chosen:
+    for q in fleet.get("processes", []) if p["processes"] else ():
+        if selected and q["pid"] not in chosen:
             continue
         answer = q.get("answer") or {}
         processes.append({"pid": q["pid"], "command": q.get("command", ""), "result": q["result"],
                           "patches": [{"name": x.get("name"), "state": x.get("state")}
                                       for x in answer.get("patches", [])]})
-    for pid in sorted(chosen - {q["pid"] for q in processes}):
+    for pid in sorted(chosen - {q["pid"] for q in processes}) if p["processes"] else ():
         processes.append({"pid": pid, "command": "", "result": "no-runtime", "patches": []})
     names = {}
     for path in p["patches"]:
@@ -97,7 +103,9 @@ def main():
     if p["kernel"]:
         for name, state in kernel_patches().items():
             kernel[name] = {**state, "release": names.get(name)}
-    per_process = [sorted({x["name"] for x in q["patches"] if x["state"] == "installed"}) for q in processes]
+    # a process that maps the library but runs no runtime has nothing in force to compare
+    per_process = [sorted({x["name"] for x in q["patches"] if x["state"] == "installed"}) for q in processes
+                   if q["result"] != "no-runtime"]
     releases = sorted({r for rs in per_process for r in rs}
                       | {v["release"] or n for n, v in kernel.items() if v["enabled"]})
     whole = {tuple(rs) for rs in per_process} | ({tuple(sorted(

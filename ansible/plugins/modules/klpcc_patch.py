@@ -97,8 +97,16 @@ unchanged:
   type: list
 install:
   description: klpcc's answer of install or uninstall (klpcc.install/1).
-  returned: when the store was changed
+  returned: when the store was asked to change
   type: dict
+would:
+  description: Check mode, userspace. What would be done (C(action) apply or disable) to which C(pids).
+  returned: in check mode, when processes would change
+  type: dict
+would_record:
+  description: Check mode. C(install) or C(uninstall), when the store would change.
+  returned: in check mode, when the store would change
+  type: str
 commands:
   description: Kernel. The loader's commands run (or, in check mode, that would run).
   returned: always
@@ -121,13 +129,55 @@ from ansible_collections.klpcc.fleet.plugins.module_utils.klpcc import (
 )
 
 
-def _record_matches(k, info):
-    """Does the store already hold this release for what it patches?"""
-    records = [r for r in k.status_all().get("installed", []) if r.get("kind", "userspace") != "kernel"]
-    keys = {o["build_id"] for o in info["objects"] if o["kind"] == "program"} or {
-        o["build_id"] for o in info["objects"]}
-    held = {r.get("key"): r for r in records}
-    return all(held.get(key, {}).get("release") == info["release"] for key in keys)
+def _records(module, k, info):
+    """The records the store ``klpcc install`` writes to holds for what the release
+    patches: key -> record (``klpcc status --all``'s).  That store is ``state_dir`` when
+    given, else the first one klpcc lists."""
+    kind = "kernel" if info["kind"] == "kernel-module" else "userspace"
+    records = [r for r in k.status_all().get("installed", []) if r.get("kind") == kind]
+    if module.params["state_dir"]:
+        want = os.path.realpath(module.params["state_dir"])
+        records = [r for r in records if os.path.realpath(r["store"]) == want]
+    elif records:
+        records = [r for r in records if r["store"] == records[0]["store"]]
+    if kind == "kernel":
+        keys = {info["kernel_release"]}
+    else:
+        keys = {o["build_id"] for o in info["objects"] if o["kind"] == "program"} or {
+            o["build_id"] for o in info["objects"]}
+    return {r["key"]: r for r in records if r["key"] in keys}, keys
+
+
+def _store(module, k, info, result):
+    """What the store must do, decided before anything changes: None (nothing),
+    "install" or "uninstall".  A newer release of the series recorded there refuses an
+    install without ``force`` here, before any process or the kernel is switched."""
+    p = module.params
+    held, keys = _records(module, k, info)
+    if p["state"] == "absent":
+        return "uninstall" if any(r["release"] == info["release"] for r in held.values()) else None
+    if all(held.get(key, {}).get("release") == info["release"] for key in keys):
+        return None
+    if not p["force"]:
+        for r in held.values():
+            other = k.inspect(r["patch"]) if os.path.exists(r["patch"]) else None
+            if other and other["series"] == info["series"] and \
+                    other["release_index"] > info["release_index"]:
+                module.fail_json(msg=f"the store {r['store']} records the newer release {other['release']} "
+                                     f"for {r['object']}: force installs the older {info['release']}",
+                                 **result)
+    return "install"
+
+
+def _record(module, k, verb, result):
+    """Run ``klpcc install|uninstall``; changed when it changed a record."""
+    p = module.params
+    extra = (["--kernel"] if result["patch"]["kind"] == "kernel-module" else []) + (
+        ["--force"] if verb == "install" and p["force"] else [])
+    doc = k.run(verb, *extra, p["patch"], "--format", "json")[1] or {}
+    result["install"] = doc
+    if any(r.get("action") != "unchanged" for r in doc.get("records", [])):
+        result["changed"] = True
 
 
 def _userspace(module, k, info, result):
@@ -146,9 +196,12 @@ def _userspace(module, k, info, result):
             continue
         (unchanged if in_force(answer, info["name"]) == want else todo).append(pid)
     result["unchanged"] = unchanged
-    if gone and p["pids"]:
-        module.fail_json(msg=f"cannot ask process(es) {', '.join(map(str, gone))}: gone, or no klpcc runtime",
-                         **result)
+    # a process that maps it without the runtime is no error; one named in pids is
+    named = [pid for pid in gone if pid in p["pids"]]
+    if named:
+        module.fail_json(msg=f"cannot ask process(es) {', '.join(map(str, named))}: gone, or no klpcc "
+                             "runtime", **result)
+    store = _store(module, k, info, result) if p["install"] else None
     if todo:
         result["changed"] = True
         if not module.check_mode:
@@ -175,20 +228,19 @@ def _userspace(module, k, info, result):
                 module.fail_json(msg=f"{'apply' if want else 'disable'} of {info['name']} refused: "
                                      + "; ".join(bad), **result)
         else:
-            result["processes"] = {"would": "apply" if want else "disable", "pids": todo}
-    if p["install"]:
-        matches = _record_matches(k, info)
-        if want and not matches or not want and matches:
+            result["would"] = {"action": "apply" if want else "disable", "pids": todo}
+    if store:
+        if module.check_mode:
             result["changed"] = True
-            if not module.check_mode:
-                verb = "install" if want else "uninstall"
-                extra = ["--force"] if want and p["force"] else []
-                result["install"] = k.run(verb, p["patch"], *extra, "--format", "json")[1]
+            result["would_record"] = store
+        else:
+            _record(module, k, store, result)
 
 
 def _kernel(module, k, info, result):
     p = module.params
     loader = p["loader"] or k.run("config", "--loader")[2].strip()
+    store = _store(module, k, info, result) if p["install"] else None
     loaded = kernel_patches()
     cmds = kernel_commands(p["state"], p["patch"], info["name"], loaded, loader, p["timeout"])
     result["commands"] = cmds
@@ -198,16 +250,17 @@ def _kernel(module, k, info, result):
             for cmd in cmds:
                 rc, out, err = module.run_command(cmd)
                 if rc != 0:
-                    line = (err.strip().splitlines() or out.strip().splitlines() or [f"exit {rc}"])[-1]
+                    # the loader's own line, not the kernel log lines it adds after it
+                    said = [ln for ln in (err.strip() or out.strip()).splitlines() if "dmesg:" not in ln]
                     result["kernel"] = kernel_patches()
-                    module.fail_json(msg=f"{' '.join(cmd)}: {line}", rc=rc, stdout=out, stderr=err, **result)
-    if p["install"] and not module.check_mode:
-        verb = "install" if p["state"] == "present" else "uninstall"
-        extra = ["--force"] if p["state"] == "present" and p["force"] else []
-        doc = k.run(verb, "--kernel", p["patch"], *extra, "--format", "json")[1] or {}
-        if any(r.get("action") != "unchanged" for r in doc.get("records", [])):
+                    module.fail_json(msg=f"{' '.join(cmd)}: {said[-1] if said else f'exit {rc}'}", rc=rc,
+                                     stdout=out, stderr=err, **result)
+    if store:
+        if module.check_mode:
             result["changed"] = True
-            result["install"] = doc
+            result["would_record"] = store
+        else:
+            _record(module, k, store, result)
     result["kernel"] = kernel_patches()
 
 
