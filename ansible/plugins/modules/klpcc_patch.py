@@ -170,7 +170,14 @@ def _store(module, k, info, result):
 
 
 def _record(module, k, verb, result):
-    """Run ``klpcc install|uninstall``; changed when it changed a record."""
+    """Run ``klpcc install|uninstall`` (``verb``; None: nothing to record); changed when
+    it changed a record.  In check mode, say it would."""
+    if verb is None:
+        return
+    if module.check_mode:
+        result["changed"] = True
+        result["would_record"] = verb
+        return
     p = module.params
     extra = (["--kernel"] if result["patch"]["kind"] == "kernel-module" else []) + (
         ["--force"] if verb == "install" and p["force"] else [])
@@ -229,12 +236,7 @@ def _userspace(module, k, info, result):
                                      + "; ".join(bad), **result)
         else:
             result["would"] = {"action": "apply" if want else "disable", "pids": todo}
-    if store:
-        if module.check_mode:
-            result["changed"] = True
-            result["would_record"] = store
-        else:
-            _record(module, k, store, result)
+    _record(module, k, store, result)
 
 
 def _kernel(module, k, info, result):
@@ -255,12 +257,7 @@ def _kernel(module, k, info, result):
                     result["kernel"] = kernel_patches()
                     module.fail_json(msg=f"{' '.join(cmd)}: {said[-1] if said else f'exit {rc}'}", rc=rc,
                                      stdout=out, stderr=err, **result)
-    if store:
-        if module.check_mode:
-            result["changed"] = True
-            result["would_record"] = store
-        else:
-            _record(module, k, store, result)
+    _record(module, k, store, result)
     result["kernel"] = kernel_patches()
 
 
