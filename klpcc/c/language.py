@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_right
+from collections.abc import Sequence
 
 import tree_sitter_c
-from tree_sitter import Language, Parser, Tree
+from tree_sitter import Language, Parser, Point, Range, Tree
 
 from .text import mask
 
@@ -81,9 +83,22 @@ _MASK = re.compile(
 )
 
 
+# a quick necessary condition for _MASK to blank anything: one pattern with a literal
+# prefix, one without (an alternation of every word is a slow search)
+_UNDERSCORED = sorted((w[2:] for w in (*ANNOTATION_WORDS, *ANNOTATION_CALLS) if w.startswith("__")),
+                      key=len, reverse=True)
+_ANY_ANNOTATION = (
+    re.compile(("__(?:" + "|".join(map(re.escape, _UNDERSCORED)) + r")\b").encode()),
+    re.compile(("(?:" + "|".join(re.escape(w) for w in (*ANNOTATION_WORDS, *ANNOTATION_CALLS)
+                                 if not w.startswith("__")) + r")\b").encode()),
+)
+
+
 def mask_annotations(data: bytes) -> bytes:
     """Blank out well-known annotation macros, keeping every byte offset (outside
     preprocessor directives)."""
+    if not any(p.search(data) for p in _ANY_ANNOTATION):
+        return data  # nothing to blank (most code outside the kernel)
     return _MASK.sub(_blank, data)
 
 
@@ -141,13 +156,13 @@ def macro_variable(text: bytes) -> tuple[str, str, bool, str] | None:
 
 
 # A large brace initialiser at file scope (a table of thousands of numbers) costs the
-# parser a node per token and tells it nothing an item needs: its body is blanked for
-# the parse (same length, lines kept), from the line after `... = {` to a line
-# starting with `};`, when no line of it is a preprocessor directive.  Items keep the
+# parser a node per token and tells it nothing an item needs: its body is left out of
+# the parse (tree-sitter's included ranges: the parser never reads it, and every node
+# keeps its byte offset and line), from the line after `... = {` to a line starting
+# with `};`, when no line of it is a preprocessor directive.  Items keep the
 # fingerprints of the real text.
 _TABLE = re.compile(rb"^[^\s#/*][^\n]*=[ \t]*\{[ \t]*\n((?:(?![ \t]*#)(?!\};)[^\n]*\n)+?)\};", re.M)
-TABLE_MIN = 8192  # bytes of body below which nothing is blanked
-_BLANK = bytes(10 if b == 10 else 32 for b in range(256))  # every byte a space, but newlines
+TABLE_MIN = 8192  # bytes of body below which nothing is left out
 
 
 _OPENS = re.compile(rb"=[ \t]*\{[ \t]*\n")
@@ -155,7 +170,7 @@ _OPENS = re.compile(rb"=[ \t]*\{[ \t]*\n")
 
 def _large_brace_block(text: bytes) -> bool:
     """Is there a line ending in ``= {`` whose next line starting ``};`` is at least
-    TABLE_MIN bytes on (a quick necessary condition for a table to blank)?"""
+    TABLE_MIN bytes on (a quick necessary condition for a table to leave out)?"""
     for m in _OPENS.finditer(text):
         start = text.rfind(b"\n", 0, m.start()) + 1
         if text[start:start + 1] in (b" ", b"\t", b"#", b"/", b"*", b"\n"):
@@ -168,17 +183,39 @@ def _large_brace_block(text: bytes) -> bool:
     return False
 
 
-def blank_tables(masked: bytes) -> tuple[bytes, list[tuple[int, int]]]:
-    """``masked`` (annotations blanked) with the bodies of large file-scope brace
-    initialisers blanked too, and the byte spans blanked.  Comments and strings are
-    seen through when looking for the closing ``};``."""
+def table_spans(masked: bytes) -> list[tuple[int, int]]:
+    """The byte spans of the bodies of large file-scope brace initialisers in
+    ``masked`` (annotations blanked), which the parser is not given.  Comments and
+    strings are seen through when looking for the closing ``};``."""
     if len(masked) < TABLE_MIN or not _large_brace_block(masked):
-        return masked, []  # no candidate: nothing to blank
-    spans = [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))
-             if m.end(1) - m.start(1) >= TABLE_MIN]
-    if not spans:
-        return masked, []
-    out = bytearray(masked)
-    for lo, hi in spans:
-        out[lo:hi] = masked[lo:hi].translate(_BLANK)
-    return bytes(out), spans
+        return []  # no candidate
+    return [(m.start(1), m.end(1)) for m in _TABLE.finditer(mask(masked))
+            if m.end(1) - m.start(1) >= TABLE_MIN]
+
+
+_WHOLE = Range(Point(0, 0), Point(0xFFFFFFFF, 0xFFFFFFFF), 0, 0xFFFFFFFF)
+
+
+def parse_without(data: bytes, spans: Sequence[tuple[int, int]], offsets: Sequence[int],
+                  old: Tree | None = None) -> Tree:
+    """The tree of ``data`` parsed without the byte ``spans`` (sorted, each a run of
+    whole lines; ``offsets`` are the line start offsets of ``data``), incrementally
+    from ``old`` when given.  Nodes keep the offsets and lines of ``data``."""
+    try:
+        ranged = _local.ranged
+    except AttributeError:
+        ranged = _local.ranged = Parser(C_LANGUAGE)
+    if spans:
+        def point(byte: int) -> Point:
+            row = bisect_right(offsets, byte) - 1
+            return Point(row, byte - offsets[row])
+
+        ranges, pos = [], 0
+        for lo, hi in (*spans, (len(data), len(data))):
+            if lo > pos:
+                ranges.append(Range(point(pos), point(lo), pos, lo))
+            pos = hi
+        ranged.included_ranges = ranges or [Range(Point(0, 0), Point(0, 0), 0, 0)]
+    else:
+        ranged.included_ranges = [_WHOLE]
+    return ranged.parse(data) if old is None else ranged.parse(data, old)

@@ -17,8 +17,8 @@ from itertools import accumulate
 
 from tree_sitter import Tree
 
-from .items import Item, _collect, _first_child_ending_after
-from .language import blank_tables, mask_annotations, parser
+from .items import Item, Spans, _collect, _first_child_ending_after
+from .language import mask_annotations, parse_without, table_spans
 from .lexical import Lexed
 
 
@@ -46,6 +46,11 @@ def line_offsets(lines: Sequence[bytes]) -> list[int]:
     return list(accumulate(map(len, lines), initial=0))
 
 
+#: Parse every edited file afresh and compare all its items (the reference that the
+#: incremental answers are tested against; never faster).
+REFERENCE = False
+
+
 class CSource:
     """A C file parsed once and kept in step with its edits."""
 
@@ -55,9 +60,9 @@ class CSource:
         self.path = path
         self.data = b"".join(lines)
         masked = mask_annotations(self.data)
-        parsed, self._tables = blank_tables(masked)
-        self.tree: Tree = parser().parse(parsed)
         self._offsets = line_offsets(lines)
+        self._tables = table_spans(masked)
+        self.tree: Tree = parse_without(masked, self._tables, self._offsets)
         # the masked text (same offsets as the text): it follows line edits line by line
         self._masked: bytes = masked
         self._all: list[Item] | None = None  # every item, once computed
@@ -68,20 +73,23 @@ class CSource:
     def items(self, ranges: Sequence[tuple[int, int]] | None = None) -> list[Item]:
         """Items touching any of the byte ranges (inclusive ends), or all items."""
         root = self.tree.root_node
-        out: list[Item] = []
         if ranges is None:
             if self._all is None:
-                _collect(root, self.data, 0, len(self.data), out, self._lexed)
+                out: list[Item] = []
+                _collect(root, self.data, Spans([(0, len(self.data))]), out, self._lexed)
                 self._all = out
             return list(self._all)
+        merged = _merge(ranges)
+        if not merged:
+            return []
+        found: list[Item] = []
+        _collect(root, self.data, Spans(merged), found, self._lexed)
         seen: set[int] = set()
-        for lo, hi in _merge(ranges):
-            found: list[Item] = []
-            _collect(root, self.data, lo, hi, found, self._lexed)
-            for item in found:
-                if item.start_byte not in seen:
-                    seen.add(item.start_byte)
-                    out.append(item)
+        out = []
+        for item in found:
+            if item.start_byte not in seen:
+                seen.add(item.start_byte)
+                out.append(item)
         out.sort(key=lambda it: it.start_byte)
         return out
 
@@ -118,17 +126,14 @@ class CSource:
                 new_end_point=_point(new_data, new_offsets, e.new_start + e.new_count),
             )
         masked_data = _follow(self._masked, old_offsets, new_lines, edits)
-        parsed, tables = blank_tables(masked_data)
-        # a table blanked for the parser that an edit touches, on either side: its
-        # blanking can change outside the edit, which an incremental parse cannot follow
-        tables_edited = any(lo <= o1 and hi >= o0 for lo, hi in self._tables for o0, o1, _, _ in blocks) \
-            or any(lo <= n1 and hi >= n0 for lo, hi in tables for _, _, n0, n1 in blocks)
-        # a fresh parse at once when a table is edited: it will be needed anyway
-        new_tree = parser().parse(parsed) if tables_edited else parser().parse(parsed, edited)
-        changed = [] if tables_edited else \
-            [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
+        tables = table_spans(masked_data)
+        # tables left out of the parse that change with the edit are the parser's
+        # included ranges changing: it parses again where they differ, and says so in
+        # the changed ranges
+        new_tree = parse_without(masked_data, tables, new_offsets, edited)
+        changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
         old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
-        new_edits = [(n0, n1) for _, _, n0, n1 in blocks] + changed
+        new_edits = [(n0, n1) for _, _, n0, n1 in blocks]
 
         old_src = CSource.__new__(CSource)
         old_src.path, old_src.data, old_src.tree = self.path, old_data, old_tree
@@ -137,19 +142,27 @@ class CSource:
         self.data, self._offsets, self._masked, self._tables = new_data, new_offsets, masked_data, tables
         self._all, self._lexed = None, Lexed(new_offsets)
 
-        if tables_edited or _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits):
+        if REFERENCE or _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits + changed):
             # Error recovery is not the same in an incremental parse as in a fresh
             # one.  Where the parser recovers from errors near an edit, parse afresh
             # and compare every item, so that what is found never depends on the
-            # history of edits.
-            self.tree = new_tree if tables_edited else parser().parse(parsed)
+            # history of edits.  (Comparing only where tree-sitter's changed ranges
+            # between the old tree and the fresh one say misses items: an unbalanced
+            # '#ifdef' moves conditionals the ranges do not cover.)
+            self.tree = parse_without(masked_data, tables, new_offsets)
             return _difference(old_src.items(), self.items())
-
         self.tree = new_tree
+        return self._around(old_src, old_tree, blocks, old_edits, new_edits + changed, changed)
+
+    def _around(self, old_src: CSource, old_tree: Tree, blocks: Sequence[tuple[int, int, int, int]],
+                old_edits: list[tuple[int, int]], new_edits: list[tuple[int, int]],
+                changed: list[tuple[int, int]]) -> tuple[list[Item], list[Item]]:
+        """The items of ``old_src`` and of this source around the edits and the
+        changed ranges, widened until each side covers the other."""
         mapper = _Mapper(blocks)
         # an edited '#if' line changes the context of every item of its conditional
-        old_edits += _conditionals_edited(old_tree, old_data, old_edits)
-        new_edits += _conditionals_edited(new_tree, new_data, new_edits)
+        old_edits = old_edits + _conditionals_edited(old_tree, old_src.data, old_edits)
+        new_edits = new_edits + _conditionals_edited(self.tree, self.data, new_edits)
         old_ranges = old_edits + [mapper.to_old(a, b) for a, b in changed]
         while True:
             before = old_src.items(old_ranges)

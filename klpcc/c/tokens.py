@@ -32,7 +32,8 @@ _TOKEN = re.compile(
 
 def tokens(text: bytes) -> list[bytes]:
     """C tokens of ``text`` (maximal munch), comments and whitespace dropped."""
-    text = _CONTINUATION.sub(b" ", text)
+    if b"\\" in text:
+        text = _CONTINUATION.sub(b" ", text)
     return [m for m in _TOKEN.findall(text) if m]
 
 
