@@ -191,6 +191,16 @@ def _edit(old: str, new: str, edits: list[LineEdit]):
     return before, after
 
 
+def test_incremental_edit_closing_a_comment_away_reaches_what_the_error_hid():
+    # '/*' above a string holding '*/' makes an error region whose lexical reading ends
+    # before the '#ifdef' after it does; taking the '/*' away again must find the
+    # '#else' branch too, which the parser's changed ranges do not reach
+    base = ('int alpha(int x)\n{\n\tprintk("*/ }{");\n}\n#ifdef CONFIG_X\nint alpha(int x)\n{\n'
+            '\tx = 0;\n}\n#else\nint alpha(int x)\n{\n\tx = 0;\n}\n#endif\n')
+    before, after = _edit("/* an unterminated comment\n" + base, base, [LineEdit(0, 1, 0, 0)])
+    assert [(i.kind, i.name) for i in after].count(("conditional", "#else")) == 1
+
+
 def test_incremental_edit_reports_only_the_touched_function():
     old = "int a(void)\n{\n\treturn 1;\n}\nint b(void)\n{\n\treturn 2;\n}\nint c(void)\n{\n\treturn 3;\n}\n"
     new = old.replace("return 2;", "return 22;")

@@ -82,14 +82,15 @@ class CSource:
         merged = _merge(ranges)
         if not merged:
             return []
-        found: list[Item] = []
-        _collect(root, self.data, Spans(merged), found, self._lexed)
         seen: set[int] = set()
         out = []
-        for item in found:
-            if item.start_byte not in seen:
-                seen.add(item.start_byte)
-                out.append(item)
+        for span in merged:
+            found: list[Item] = []
+            _collect(root, self.data, Spans([span]), found, self._lexed)
+            for item in found:
+                if item.start_byte not in seen:
+                    seen.add(item.start_byte)
+                    out.append(item)
         out.sort(key=lambda it: it.start_byte)
         return out
 
@@ -142,7 +143,10 @@ class CSource:
         self.data, self._offsets, self._masked, self._tables = new_data, new_offsets, masked_data, tables
         self._all, self._lexed = None, Lexed(new_offsets)
 
-        if REFERENCE or _errors_near(old_tree, old_edits) or _errors_near(new_tree, new_edits + changed):
+        # errors near the edits or near what the parser changed, on either side
+        mapper = _Mapper(blocks)
+        if REFERENCE or _errors_near(old_tree, old_edits + [mapper.to_old(a, b) for a, b in changed]) \
+                or _errors_near(new_tree, new_edits + changed):
             # Error recovery is not the same in an incremental parse as in a fresh
             # one.  Where the parser recovers from errors near an edit, parse afresh
             # and compare every item, so that what is found never depends on the
