@@ -324,3 +324,19 @@ def test_large_tables_are_blanked_for_the_parser_only(rows: int, directive: bool
     fresh = CSource("t.c", new).items()
     assert [(it.kind, it.name, it.fingerprint) for it in src.items()] == \
         [(it.kind, it.name, it.fingerprint) for it in fresh]
+
+
+def test_a_table_left_out_of_the_parse_keeps_lines_whatever_split_the_caller_used():
+    # the parser counts rows at newlines only: a lone '\r' in a comment above a table
+    # left out of the parse must not shift the lines of what follows
+    from klpcc.c import CSource
+    from klpcc.c.source import split_lines
+
+    data = b"/* a\rb */\n" + _table_file(2000)
+    by_newline = [(it.kind, it.name, it.start_line, it.end_line)
+                  for it in CSource("t.c", split_lines(data)).items()]
+    by_any = [(it.kind, it.name, it.start_line, it.end_line)
+              for it in CSource("t.c", data.splitlines(keepends=True)).items()]
+    assert by_any == by_newline
+    assert [i[:3] for i in by_newline] == [("function", "before", 2), ("variable", "rows", 7),
+                                           ("function", "after", 2012)]

@@ -7,6 +7,7 @@ import re
 import threading
 from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 
 import tree_sitter_c
 from tree_sitter import Language, Parser, Point, Range, Tree
@@ -196,19 +197,22 @@ def table_spans(masked: bytes) -> list[tuple[int, int]]:
 _WHOLE = Range(Point(0, 0), Point(0xFFFFFFFF, 0xFFFFFFFF), 0, 0xFFFFFFFF)
 
 
-def parse_without(data: bytes, spans: Sequence[tuple[int, int]], offsets: Sequence[int],
-                  old: Tree | None = None) -> Tree:
-    """The tree of ``data`` parsed without the byte ``spans`` (sorted, each a run of
-    whole lines; ``offsets`` are the line start offsets of ``data``), incrementally
-    from ``old`` when given.  Nodes keep the offsets and lines of ``data``."""
+def parse_without(data: bytes, spans: Sequence[tuple[int, int]], old: Tree | None = None) -> Tree:
+    """The tree of ``data`` parsed without the byte ``spans`` (sorted, disjoint),
+    incrementally from ``old`` when given.  Nodes keep the offsets and lines of
+    ``data``."""
     try:
         ranged = _local.ranged
     except AttributeError:
         ranged = _local.ranged = Parser(C_LANGUAGE)
     if spans:
+        # rows as the parser counts them: at each newline (the caller's lines may
+        # have been split otherwise)
+        starts = list(accumulate((len(part) + 1 for part in data.split(b"\n")), initial=0))
+
         def point(byte: int) -> Point:
-            row = bisect_right(offsets, byte) - 1
-            return Point(row, byte - offsets[row])
+            row = bisect_right(starts, byte) - 1
+            return Point(row, byte - starts[row])
 
         ranges, pos = [], 0
         for lo, hi in (*spans, (len(data), len(data))):

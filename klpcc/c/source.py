@@ -62,7 +62,7 @@ class CSource:
         masked = mask_annotations(self.data)
         self._offsets = line_offsets(lines)
         self._tables = table_spans(masked)
-        self.tree: Tree = parse_without(masked, self._tables, self._offsets)
+        self.tree: Tree = parse_without(masked, self._tables)
         # the masked text (same offsets as the text): it follows line edits line by line
         self._masked: bytes = masked
         self._all: list[Item] | None = None  # every item, once computed
@@ -131,7 +131,7 @@ class CSource:
         # tables left out of the parse that change with the edit are the parser's
         # included ranges changing: it parses again where they differ, and says so in
         # the changed ranges
-        new_tree = parse_without(masked_data, tables, new_offsets, edited)
+        new_tree = parse_without(masked_data, tables, edited)
         changed = [(r.start_byte, r.end_byte) for r in edited.changed_ranges(new_tree)]
         old_edits = [(o0, o1) for o0, o1, _, _ in blocks]
         new_edits = [(n0, n1) for _, _, n0, n1 in blocks]
@@ -153,7 +153,7 @@ class CSource:
             # history of edits.  (Comparing only where tree-sitter's changed ranges
             # between the old tree and the fresh one say misses items: an unbalanced
             # '#ifdef' moves conditionals the ranges do not cover.)
-            self.tree = parse_without(masked_data, tables, new_offsets)
+            self.tree = parse_without(masked_data, tables)
             return _difference(old_src.items(), self.items())
         self.tree = new_tree
         return self._around(old_src, old_tree, blocks, old_edits, new_edits + changed, changed)
