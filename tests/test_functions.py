@@ -201,6 +201,16 @@ def test_incremental_edit_closing_a_comment_away_reaches_what_the_error_hid():
     assert [(i.kind, i.name) for i in after].count(("conditional", "#else")) == 1
 
 
+def test_incremental_edit_of_a_directive_in_a_broken_file_reaches_the_items_it_conditions():
+    # an '#ifdef' without '#endif' the parser leaves as a bare token: taking it away
+    # changes the conditions of the unparsed code far below it
+    old = ("#ifdef CONFIG_X\nstatic const int t3[][2] = {\n\t{0, 4},\n\t{1, 3},\n};\nint f5(int x)\n{\n"
+           "\t{9, 9},\n\t{8, 8}, /* x */\n\t{8, 8}, /* x */\n")
+    new = "static int q[] = {\n" + old.split("\n", 2)[2]
+    before, after = _edit(old, new, [LineEdit(0, 2, 0, 1)])
+    assert "unparsed" in [i.kind for i in before] and "unparsed" in [i.kind for i in after]
+
+
 def test_incremental_edit_reports_only_the_touched_function():
     old = "int a(void)\n{\n\treturn 1;\n}\nint b(void)\n{\n\treturn 2;\n}\nint c(void)\n{\n\treturn 3;\n}\n"
     new = old.replace("return 2;", "return 22;")

@@ -146,7 +146,9 @@ class CSource:
         # errors near the edits or near what the parser changed, on either side
         mapper = _Mapper(blocks)
         if REFERENCE or _errors_near(old_tree, old_edits + [mapper.to_old(a, b) for a, b in changed]) \
-                or _errors_near(new_tree, new_edits + changed):
+                or _errors_near(new_tree, new_edits + changed) \
+                or _directive_in_broken(old_tree, old_data, old_edits) \
+                or _directive_in_broken(new_tree, new_data, new_edits):
             # Error recovery is not the same in an incremental parse as in a fresh
             # one.  Where the parser recovers from errors near an edit, parse afresh
             # and compare every item, so that what is found never depends on the
@@ -225,6 +227,19 @@ def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
             if node.has_error:
                 return True
             node = node.next_sibling
+    return False
+
+
+def _directive_in_broken(tree: Tree, data: bytes, edits: Sequence[tuple[int, int]]) -> bool:
+    """Where the parser recovered from an error anywhere, does an edit touch a
+    conditional directive?  The recovery may have left its '#if' chain apart, and the
+    conditions around items far from the edit then depend on it."""
+    if not tree.root_node.has_error:
+        return False
+    for lo, hi in edits:
+        line_start = data.rfind(b"\n", 0, lo) + 1
+        if _DIRECTIVE.search(data, line_start, max(hi, lo + 1)):
+            return True
     return False
 
 
