@@ -59,3 +59,15 @@ def test_kernel_point_releases_incremental_is_the_reference(tmp_path, monkeypatc
 
     series = KernelSeries(tmp_path)
     check_same(series.patches, series.roots[0], f"linux {' -> '.join(series.versions)}", monkeypatch)
+
+
+@pytest.mark.parametrize("project, marker", [("cffi", "_cffi_backend.c"), ("regex", "_regex.c")])
+def test_random_edits_to_real_files_read_as_parsed_afresh(project: str, marker: str, tmp_path):
+    # a bounded sample of bench/bench_incremental.py: random edits (braces, conditionals,
+    # comments, a string holding '*/', table rows) to the large C file of each project
+    import bench_incremental as sweep
+
+    tree = real.fetch(project, real.PROJECTS[project][1][-1], real.PROJECTS[project][0])
+    steps, problems = sweep.sweep(tree / marker, marker, steps=25, seed=7, keep=tmp_path)
+    assert steps == 25
+    assert not problems, "\n".join(problems)
