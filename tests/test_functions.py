@@ -211,6 +211,29 @@ def test_incremental_edit_of_a_directive_in_a_broken_file_reaches_the_items_it_c
     assert "unparsed" in [i.kind for i in before] and "unparsed" in [i.kind for i in after]
 
 
+# Edits in regions read lexically (the siblings after a node the parser recovered in,
+# up to where braces balance): how far such a region reaches, and so the items after
+# it, can change far from the edit.  Shapes found by bench/bench_incremental.py on
+# randomly edited kernel files, reduced.
+_LEXICAL_REACH = [
+    ("#define M(x) \\\nvoid free_store(char *p)\n{\nMACRO(a, b)\n\t\tfree_store(q);\n}\n}\n",
+     "", "\t\treturn false;\n", "\t\trestore_tags(page_address(pg), t);\n\treturn true;\n"),
+    ("}\n", "EXPORT_SYMBOL(node_dist);\n", "\n",
+     "/* c */\nstruct node_info info[NR] =\n#include <linux/init.h>\n{\n};\n"),
+    ("/**\n", " * n, the rest of @d is padded.\n *\n */\n",
+     "#define M(x) \\\n * * The count of bytes copied\n",
+     "#ifndef HAVE_COPY\n/**\n */\nlong copy_str(char *d, const char *s, long n)\n{\n"
+     "int cmp_str(const char *a, const char *b, long n)\n{\n * @n: The largest count of bytes to look at\n{\n"
+     "\tconst char *c;\n\tfor (p = s; *p != '\\0'; ++p) {\n"),
+]
+
+
+@pytest.mark.parametrize("pre, old, new, post", _LEXICAL_REACH)
+def test_incremental_edit_in_a_region_read_lexically(pre: str, old: str, new: str, post: str):
+    at = pre.count("\n")
+    _edit(pre + old + post, pre + new + post, [LineEdit(at, old.count("\n"), at, new.count("\n"))])
+
+
 def test_incremental_edit_reports_only_the_touched_function():
     old = "int a(void)\n{\n\treturn 1;\n}\nint b(void)\n{\n\treturn 2;\n}\nint c(void)\n{\n\treturn 3;\n}\n"
     new = old.replace("return 2;", "return 22;")

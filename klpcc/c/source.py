@@ -158,7 +158,14 @@ class CSource:
             self.tree = parse_without(masked_data, tables)
             return _difference(old_src.items(), self.items())
         self.tree = new_tree
-        return self._around(old_src, old_tree, blocks, old_edits, new_edits + changed, changed)
+        before, after = self._around(old_src, old_tree, blocks, old_edits, new_edits + changed, changed)
+        if _read_lexically(old_src._lexed, old_edits) or _read_lexically(self._lexed, new_edits):
+            # an edit in a region read lexically (the siblings after a node the parser
+            # recovered in, up to where braces balance): how far that region reaches,
+            # and so what the items after it are, can change far from the edit
+            self.tree = parse_without(masked_data, tables)
+            return _difference(old_src.items(), self.items())
+        return before, after
 
     def _around(self, old_src: CSource, old_tree: Tree, blocks: Sequence[tuple[int, int, int, int]],
                 old_edits: list[tuple[int, int]], new_edits: list[tuple[int, int]],
@@ -228,6 +235,11 @@ def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
                 return True
             node = node.next_sibling
     return False
+
+
+def _read_lexically(lexed: Lexed, edits: Sequence[tuple[int, int]]) -> bool:
+    """Does an edit touch a region that was read lexically?"""
+    return any(lo <= hi2 and hi >= lo2 for lo2, hi2 in lexed.local for lo, hi in edits)
 
 
 def _directive_in_broken(tree: Tree, data: bytes, edits: Sequence[tuple[int, int]]) -> bool:
