@@ -146,9 +146,7 @@ class CSource:
         # errors near the edits or near what the parser changed, on either side
         mapper = _Mapper(blocks)
         if REFERENCE or _errors_near(old_tree, old_edits + [mapper.to_old(a, b) for a, b in changed]) \
-                or _errors_near(new_tree, new_edits + changed) \
-                or _directive_in_broken(old_tree, old_data, old_edits) \
-                or _directive_in_broken(new_tree, new_data, new_edits):
+                or _errors_near(new_tree, new_edits + changed):
             # Error recovery is not the same in an incremental parse as in a fresh
             # one.  Where the parser recovers from errors near an edit, parse afresh
             # and compare every item, so that what is found never depends on the
@@ -240,19 +238,6 @@ def _errors_near(tree: Tree, ranges: Sequence[tuple[int, int]]) -> bool:
 def _read_lexically(lexed: Lexed, edits: Sequence[tuple[int, int]]) -> bool:
     """Does an edit touch a region that was read lexically?"""
     return any(lo <= hi2 and hi >= lo2 for lo2, hi2 in lexed.local for lo, hi in edits)
-
-
-def _directive_in_broken(tree: Tree, data: bytes, edits: Sequence[tuple[int, int]]) -> bool:
-    """Where the parser recovered from an error anywhere, does an edit touch a
-    conditional directive?  The recovery may have left its '#if' chain apart, and the
-    conditions around items far from the edit then depend on it."""
-    if not tree.root_node.has_error:
-        return False
-    for lo, hi in edits:
-        line_start = data.rfind(b"\n", 0, lo) + 1
-        if _DIRECTIVE.search(data, line_start, max(hi, lo + 1)):
-            return True
-    return False
 
 
 def _difference(old: list[Item], new: list[Item]) -> tuple[list[Item], list[Item]]:
