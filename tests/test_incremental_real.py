@@ -22,16 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_real_series as real  # noqa: E402  (the series the benchmark times)
 
 
-def analysis_json(patches: Path | list[str], base: Path, reference: bool, monkeypatch) -> tuple[str, float]:
+def analysis_json(patches: Path, base: Path, reference: bool, monkeypatch) -> tuple[str, float]:
     monkeypatch.setattr(source, "REFERENCE", reference)
-    series = [str(p) for p in patches] if isinstance(patches, list) else [str(patches)]
     start = time.perf_counter()
-    analysis = api.analyze(api.AnalyzeOptions(series=series, source=str(base)))
+    analysis = api.analyze(api.AnalyzeOptions(series=[str(patches)], source=str(base)))
     took = time.perf_counter() - start
     return report.dump_json(report.analysis_json(analysis)), took
 
 
-def check_same(patches, base: Path, what: str, monkeypatch) -> None:
+def check_same(patches: Path, base: Path, what: str, monkeypatch) -> None:
     fast, t_fast = analysis_json(patches, base, False, monkeypatch)
     slow, t_slow = analysis_json(patches, base, True, monkeypatch)
     print(f"\n[incremental] {what}: {len(fast)} bytes of JSON; incremental {t_fast:.2f} s, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -425,56 +424,12 @@ def _overlapping(container: Node, lo: int, hi: int) -> list[Node]:
     return nodes
 
 
-def _overlapping_spans(container: Node, spans: Spans) -> list[Node]:
-    """:func:`_overlapping` for every span touching ``container``, in order, once each."""
-    found = spans.within(container.start_byte, container.end_byte)
-    if len(found) == 1:
-        return _overlapping(container, *found[0])
-    nodes: dict[tuple[int, int, str], Node] = {}
-    for lo, hi in found:
-        for node in _overlapping(container, lo, hi):
-            nodes.setdefault((node.start_byte, node.end_byte, node.type), node)
-    return sorted(nodes.values(), key=lambda n: n.start_byte)
-
-
-class Spans:
-    """Sorted, disjoint byte spans (inclusive ends), asked which of them a span touches."""
-
-    __slots__ = ("spans", "los", "his", "lo", "hi")
-
-    def __init__(self, spans: Sequence[tuple[int, int]]):
-        self.spans = list(spans)
-        self.los = [lo for lo, _ in self.spans]
-        self.his = [hi for _, hi in self.spans]
-        self.lo, self.hi = self.los[0], self.his[-1]
-
-    def touches(self, lo: int, hi: int) -> bool:
-        if hi < self.lo or lo > self.hi:
-            return False
-        i = bisect_right(self.los, hi) - 1
-        return i >= 0 and self.his[i] >= lo
-
-    def covers(self, lo: int, hi: int) -> bool:
-        i = bisect_right(self.los, lo) - 1
-        return i >= 0 and self.his[i] >= hi
-
-    def within(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """The spans touching [lo, hi]."""
-        i = max(bisect_right(self.los, lo) - 1, 0)
-        out = []
-        while i < len(self.spans) and self.los[i] <= hi:
-            if self.his[i] >= lo:
-                out.append(self.spans[i])
-            i += 1
-        return out
-
-
 _SPECIFIERS = frozenset({"struct_specifier", "union_specifier", "enum_specifier"})
 
 
-def _placed(items: Iterable[Item], context: tuple[str, ...], spans: Spans) -> Iterator[Item]:
+def _placed(items: Iterable[Item], context: tuple[str, ...], lo: int, hi: int) -> Iterator[Item]:
     for it in items:
-        if spans.touches(it.start_byte, it.end_byte):
+        if it.start_byte <= hi and it.end_byte >= lo:
             yield it if not context else dataclasses.replace(
                 it, fingerprint=in_context(it.fingerprint, context), code=it.code or it.fingerprint,
                 within=(*context, *it.within))
@@ -493,37 +448,37 @@ def _is_dead(container: Node, src: bytes) -> bool:
 MAX_NESTING = 64
 
 
-def _collect(container: Node, src: bytes, spans: Spans, out: list[Item],
+def _collect(container: Node, src: bytes, lo: int, hi: int, out: list[Item],
              lexed: Lexed, context: tuple[str, ...] = (), chain: str | None = None, depth: int = 0) -> None:
-    """Items of ``container`` touching any of the ``spans``.  ``context`` lists the conditional
+    """Items of ``container`` touching [lo, hi].  ``context`` lists the conditional
     branches around it; ``chain`` names the '#if' that a '#else'/'#elif' belongs to."""
     if depth > MAX_NESTING:
         items, _ = lexed(src, container.start_byte, container.end_byte)
-        out.extend(_placed(items, context, spans))
+        out.extend(_placed(items, context, lo, hi))
         return
     if container.type in _CONTAINERS:
         cond = _condition_item(container, src)
         if cond is not None:
-            out.extend(_placed([cond], context, spans))
+            out.extend(_placed([cond], context, lo, hi))
             if chain is None:
                 chain = cond.name
             context = (*context, chain if cond.name == chain else f"{chain}/{cond.name}")
     if container.type == "linkage_specification":
         body = container.child_by_field_name("body")
         if body is not None:
-            _collect(body, src, spans, out, lexed, context, depth=depth + 1)
+            _collect(body, src, lo, hi, out, lexed, context, depth=depth + 1)
         return
     if container.type == "ERROR":
         items, _ = lexed(src, container.start_byte, container.end_byte)
-        out.extend(_placed(items, context, spans))
+        out.extend(_placed(items, context, lo, hi))
         return
     dead = _is_dead(container, src)
-    if container.has_error or spans.covers(container.start_byte, container.end_byte):
+    if container.has_error or (lo <= container.start_byte and container.end_byte <= hi):
         # where the parser recovered from errors, what belongs together can only be
         # told from the start: read every child (items are made only for the range)
         children = list(container.children)
     else:
-        children = _overlapping_spans(container, spans)
+        children = _overlapping(container, lo, hi)
     children = [c for c in children
                 if (c.is_named or c.type == ";") and not _is_condition(container, c)]
     plans = _plan(children)
@@ -548,19 +503,19 @@ def _collect(container: Node, src: bytes, spans: Spans, out: list[Item],
                     break
                 j = min(len(plans) - 1, j + max(1, (j - i) * 2))
                 end = _plan_span(plans[j])[1]
-            out.extend(_placed(items, context, spans))
+            out.extend(_placed(items, context, lo, hi))
             i = j + 1
             continue
         i += 1
-        if not spans.touches(start, end):
+        if start > hi or end < lo:
             continue
         if alternative:
             # the other branches of this conditional: same surroundings, same chain
-            _collect(plan[1], src, spans, out, lexed, context[:-1], chain, depth + 1)
+            _collect(plan[1], src, lo, hi, out, lexed, context[:-1], chain, depth + 1)
         elif plan[0] == "nest":
-            _collect(plan[1], src, spans, out, lexed, context, depth=depth + 1)
+            _collect(plan[1], src, lo, hi, out, lexed, context, depth=depth + 1)
         else:
-            out.extend(_placed([_make_plan(plan, src)], context, spans))
+            out.extend(_placed([_make_plan(plan, src)], context, lo, hi))
 
 
 def _is_condition(container: Node, child: Node) -> bool:

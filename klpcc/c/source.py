@@ -17,7 +17,7 @@ from itertools import accumulate
 
 from tree_sitter import Tree
 
-from .items import Item, Spans, _collect, _first_child_ending_after
+from .items import Item, _collect, _first_child_ending_after
 from .language import mask_annotations, parse_without, table_spans
 from .lexical import Lexed
 
@@ -73,20 +73,16 @@ class CSource:
     def items(self, ranges: Sequence[tuple[int, int]] | None = None) -> list[Item]:
         """Items touching any of the byte ranges (inclusive ends), or all items."""
         root = self.tree.root_node
+        out: list[Item] = []
         if ranges is None:
             if self._all is None:
-                out: list[Item] = []
-                _collect(root, self.data, Spans([(0, len(self.data))]), out, self._lexed)
+                _collect(root, self.data, 0, len(self.data), out, self._lexed)
                 self._all = out
             return list(self._all)
-        merged = _merge(ranges)
-        if not merged:
-            return []
         seen: set[int] = set()
-        out = []
-        for span in merged:
+        for lo, hi in _merge(ranges):
             found: list[Item] = []
-            _collect(root, self.data, Spans([span]), found, self._lexed)
+            _collect(root, self.data, lo, hi, found, self._lexed)
             for item in found:
                 if item.start_byte not in seen:
                     seen.add(item.start_byte)
@@ -143,34 +139,35 @@ class CSource:
         self.data, self._offsets, self._masked, self._tables = new_data, new_offsets, masked_data, tables
         self._all, self._lexed = None, Lexed(new_offsets)
 
+        def afresh() -> tuple[list[Item], list[Item]]:
+            # Error recovery is not the same in an incremental parse as in a fresh
+            # one.  Where it can matter, parse afresh and compare every item, so that
+            # what is found never depends on the history of edits.  (Comparing only
+            # where tree-sitter's changed ranges between the old tree and the fresh
+            # one say misses items: an unbalanced '#ifdef' moves conditionals the
+            # ranges do not cover.)
+            self.tree = parse_without(masked_data, tables)
+            return _difference(old_src.items(), self.items())
+
         # errors near the edits or near what the parser changed, on either side
         mapper = _Mapper(blocks)
         if REFERENCE or _errors_near(old_tree, old_edits + [mapper.to_old(a, b) for a, b in changed]) \
                 or _errors_near(new_tree, new_edits + changed):
-            # Error recovery is not the same in an incremental parse as in a fresh
-            # one.  Where the parser recovers from errors near an edit, parse afresh
-            # and compare every item, so that what is found never depends on the
-            # history of edits.  (Comparing only where tree-sitter's changed ranges
-            # between the old tree and the fresh one say misses items: an unbalanced
-            # '#ifdef' moves conditionals the ranges do not cover.)
-            self.tree = parse_without(masked_data, tables)
-            return _difference(old_src.items(), self.items())
+            return afresh()
         self.tree = new_tree
-        before, after = self._around(old_src, old_tree, blocks, old_edits, new_edits + changed, changed)
+        before, after = self._around(old_src, old_tree, mapper, old_edits, new_edits + changed, changed)
         if _read_lexically(old_src._lexed, old_edits) or _read_lexically(self._lexed, new_edits):
             # an edit in a region read lexically (the siblings after a node the parser
             # recovered in, up to where braces balance): how far that region reaches,
             # and so what the items after it are, can change far from the edit
-            self.tree = parse_without(masked_data, tables)
-            return _difference(old_src.items(), self.items())
+            return afresh()
         return before, after
 
-    def _around(self, old_src: CSource, old_tree: Tree, blocks: Sequence[tuple[int, int, int, int]],
+    def _around(self, old_src: CSource, old_tree: Tree, mapper: _Mapper,
                 old_edits: list[tuple[int, int]], new_edits: list[tuple[int, int]],
                 changed: list[tuple[int, int]]) -> tuple[list[Item], list[Item]]:
         """The items of ``old_src`` and of this source around the edits and the
         changed ranges, widened until each side covers the other."""
-        mapper = _Mapper(blocks)
         # an edited '#if' line changes the context of every item of its conditional
         old_edits = old_edits + _conditionals_edited(old_tree, old_src.data, old_edits)
         new_edits = new_edits + _conditionals_edited(self.tree, self.data, new_edits)
