@@ -10,7 +10,11 @@ same series and tree, it measures in fresh processes:
   inside a process, with its import time),
 * ``git apply`` of the whole series in one call, and one ``git apply`` per patch,
 
-and prints wall times, peak memory and the ratios klpcc / git apply.  With
+and prints wall times, peak memory and the ratios klpcc / git apply.  It also times two
+floors in fresh processes, which no analysis built on this stack can go under: starting
+the interpreter with the libraries every analysis loads (``stack``), and that plus one
+tree-sitter parse of each C file the series touches, as klpcc parses (``parse``); each
+is printed as a ratio to the one-call ``git apply``.  With
 ``--check FILE`` it writes (or, when FILE exists, compares against) the analysis
 JSON of each series, so that a change can be shown to keep the output byte-identical.
 
@@ -111,6 +115,29 @@ def make_series(work: Path, trees: list[Path], versions: list[str]) -> tuple[Pat
     return patches, base
 
 
+# the floor: the interpreter, the libraries of the analysis, and (with files given) one
+# parse of each file as klpcc parses it; nothing else
+FLOOR = r"""
+import sys
+import click, unidiff, tree_sitter, tree_sitter_c
+from klpcc.c.language import mask_annotations, parse_without, table_spans
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        masked = mask_annotations(f.read())
+    parse_without(masked, table_spans(masked))
+"""
+
+
+def touched_c_files(base: Path, patches: Path, names: list[str]) -> list[str]:
+    """The C files of the base tree that some patch of the series changes."""
+    paths = set()
+    for n in names:
+        for line in (patches / n).read_bytes().splitlines():
+            if line.startswith(b"--- a/"):
+                paths.add(line[6:].split(b"\t")[0].decode())
+    return sorted(str(base / p) for p in paths if p.endswith((".c", ".h")) and (base / p).is_file())
+
+
 def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, check=False)
@@ -145,7 +172,8 @@ def main() -> None:
     expected = json.loads(args.check.read_text()) if args.check and args.check.is_file() else None
     outputs: dict[str, str] = {}
     print(f"{'series':<10} {'rel':>3} {'diff MB':>7} {'C KB':>6} {'cli s':>6} {'lib s':>6} {'import s':>8} "
-          f"{'MB':>5} {'git1 s':>6} {'gitN s':>6} {'cli/git1':>8} {'cli/gitN':>8}")
+          f"{'MB':>5} {'git1 s':>6} {'gitN s':>6} {'cli/git1':>8} {'cli/gitN':>8} {'stack/git1':>10} "
+          f"{'parse/git1':>10}")
     for name in args.projects.split(","):
         marker, versions = PROJECTS[name]
         versions = versions[: args.releases]
@@ -159,6 +187,7 @@ def main() -> None:
             c_kb = max(p.stat().st_size for p in base.rglob("*.c")) / 1e3
             best: dict[str, float] = {}
             child = {}
+            touched = touched_c_files(base, patches, names)
             for _ in range(args.runs):
                 t, proc = timed([*klpcc, "analyze", str(patches), "--source", str(base), "--format", "json"])
                 if proc.returncode != 0:
@@ -171,13 +200,19 @@ def main() -> None:
                 if doc["analyze"] < best.get("lib", float("inf")):
                     child = doc
                     best["lib"] = doc["analyze"]
+                for floor, files in (("stack", []), ("parse", touched)):
+                    t, proc = timed([sys.executable, "-c", FLOOR, *files])
+                    if proc.returncode != 0:
+                        raise SystemExit(f"floor failed: {proc.stderr.decode(errors='replace')}")
+                    best[floor] = min(best.get(floor, t), t)
                 run_dir = work / f"r{_}"
                 best["git1"] = min(best.get("git1", 1e9), git_apply(base, patches, names, True, run_dir))
                 best["gitN"] = min(best.get("gitN", 1e9), git_apply(base, patches, names, False, run_dir))
             print(f"{name:<10} {len(names):>3} {diff_mb:>7.2f} {c_kb:>6.0f} {best['cli']:>6.2f} "
                   f"{best['lib']:>6.2f} {child['import']:>8.2f} {child['maxrss_kb'] / 1024:>5.0f} "
                   f"{best['git1']:>6.2f} {best['gitN']:>6.2f} {best['cli'] / best['git1']:>8.1f} "
-                  f"{best['cli'] / best['gitN']:>8.1f}")
+                  f"{best['cli'] / best['gitN']:>8.1f} {best['stack'] / best['git1']:>10.1f} "
+                  f"{best['parse'] / best['git1']:>10.1f}")
     start = time.perf_counter()
     subprocess.run([*klpcc, "--version"], capture_output=True, check=True)
     version = time.perf_counter() - start

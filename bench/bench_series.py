@@ -9,7 +9,11 @@ series it measures, in fresh processes of the same run:
 * ``git apply`` of the same series: one ``git apply`` per patch (as ``quilt push``
   or ``git am`` does), and all patches in one ``git apply`` invocation,
 
-and prints wall time, peak memory and the ratios klpcc / git apply.
+and prints wall time, peak memory and the ratios klpcc / git apply.  It also times a
+floor in a fresh process, which no analysis built on this stack goes under: starting the
+interpreter with the libraries the analysis loads, reading every patch with ``unidiff``,
+applying its hunks, and keeping a tree-sitter tree of each touched file current (one
+parse of the base, then one incremental reparse per file per release); nothing else.
 
     python bench/bench_series.py [--files 40] [--funcs 100] [--sizes 10,100,1000]
 """
@@ -36,6 +40,32 @@ a = analyze(AnalyzeOptions(series=[sys.argv[1]], source=sys.argv[2]))
 t2 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "analyze": t2 - t1, "functions": len(a.functions),
                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+FLOOR = r"""
+import sys
+from pathlib import Path
+import click, tree_sitter, tree_sitter_c, unidiff
+from tree_sitter import Point
+from klpcc.c.language import parse_without
+patches, base = Path(sys.argv[1]), Path(sys.argv[2])
+texts, trees = {}, {}
+for name in (patches / "series").read_text().split():
+    for pf in unidiff.PatchSet((patches / name).read_text()):
+        path = pf.path
+        if path not in texts:
+            texts[path] = (base / path).read_bytes().splitlines(keepends=True)
+            trees[path] = parse_without(b"".join(texts[path]), [])
+        lines, tree = texts[path], trees[path]
+        for h in reversed(list(pf)):  # bottom up: earlier hunks keep their places
+            at = h.source_start - 1 if h.source_length else h.source_start
+            old = lines[at:at + h.source_length]
+            new = [ln.value.encode() for ln in h if not ln.is_removed]
+            start = sum(map(len, lines[:at]))
+            lines[at:at + len(old)] = new
+            tree.edit(start, start + sum(map(len, old)), start + sum(map(len, new)), Point(at, 0),
+                      Point(at + len(old), 0), Point(at + len(new), 0))
+        trees[path] = parse_without(b"".join(lines), [], tree)
 """
 
 
@@ -168,6 +198,7 @@ def bench(size: int, files: int, funcs: int, work: Path, seed: int) -> dict:
                      "--format", "json"])
     _, child = run([sys.executable, "-c", CHILD, str(patches), str(base)])
     lib = json.loads(child.stdout)
+    dt_floor, _ = run([sys.executable, "-c", FLOOR, str(patches), str(base)])
     return {
         "releases": size,
         "tree_files": files,
@@ -176,6 +207,7 @@ def bench(size: int, files: int, funcs: int, work: Path, seed: int) -> dict:
         "diff_kb": diff_bytes // 1024,
         "klpcc_s": dt_cmd,
         "klpcc_lib_s": lib["analyze"],
+        "floor_s": dt_floor,
         "klpcc_import_s": lib["import"],
         "peak_mb": lib["maxrss_kb"] / 1024,
         "git_apply_per_patch_s": results["per-patch"],
@@ -204,7 +236,8 @@ def main() -> None:
     print(f"tree: {rows[0]['tree_files']} files, {rows[0]['tree_functions']} functions, "
           f"{rows[0]['tree_kb']} KB; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     head = ("releases", "diff KB", "klpcc s", "lib s", "peak MB", "git apply/patch s",
-            "git apply 1-call s", "ratio/patch", "ratio 1-call", "lib ratio 1-call")
+            "git apply 1-call s", "ratio/patch", "ratio 1-call", "lib ratio 1-call", "floor s",
+            "floor ratio 1-call")
     print(" | ".join(head))
     for r in rows:
         print(" | ".join([
@@ -214,6 +247,7 @@ def main() -> None:
             f"{r['klpcc_s'] / r['git_apply_per_patch_s']:.2f}",
             f"{r['klpcc_s'] / r['git_apply_one_call_s']:.2f}",
             f"{r['klpcc_lib_s'] / r['git_apply_one_call_s']:.2f}",
+            f"{r['floor_s']:.2f}", f"{r['floor_s'] / r['git_apply_one_call_s']:.2f}",
         ]))
 
 
