@@ -44,18 +44,19 @@ def analysis_json(a: Analysis) -> dict:
     rep = a.replay
     with_t = a.installed is not None
     counts = Counter(e.change for e in a.functions)
+    names = rep.releases
     doc: dict = {
         "schema": ANALYSIS_SCHEMA,
         "generator": f"klpcc {__version__}",
         "series": rep.series.origin,
         "base": rep.base.identity(),
-        "releases": rep.releases,
+        "releases": names,
         "release": a.release_name,
         "release_index": a.release,
         "from": a.installed_name,
-        "functions": [change_of(e, rep.releases).to_json(with_t) for e in a.functions],
+        "functions": [change_of(e, names).to_json(with_t) for e in a.functions],
         "nops": [e.key for e in a.functions if e.change == NOP],
-        "outside": [change_of(e, rep.releases).to_json() for e in a.outside],
+        "outside": [change_of(e, names).to_json() for e in a.outside],
         "summary": {k: counts.get(k, 0) for k in (MODIFIED, ADDED, REMOVED, NOP, DROPPED)},
         "dependencies": dependencies(rep, a.release),
         "warnings": a.warnings,
