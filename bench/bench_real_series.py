@@ -118,13 +118,14 @@ def make_series(work: Path, trees: list[Path], versions: list[str]) -> tuple[Pat
 # the floor: the interpreter, the libraries of the analysis, and (with files given) one
 # parse of each file as klpcc parses it; nothing else
 FLOOR = r"""
-import sys
+import resource, sys
 import click, unidiff, tree_sitter, tree_sitter_c
 from klpcc.c.language import mask_annotations, parse_without, table_spans
 for path in sys.argv[1:]:
     with open(path, "rb") as f:
         masked = mask_annotations(f.read())
-    parse_without(masked, table_spans(masked))
+    parse_without(masked, table_spans(masked))  # one tree at a time
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
@@ -173,7 +174,7 @@ def main() -> None:
     outputs: dict[str, str] = {}
     print(f"{'series':<10} {'rel':>3} {'diff MB':>7} {'C KB':>6} {'cli s':>6} {'lib s':>6} {'import s':>8} "
           f"{'MB':>5} {'git1 s':>6} {'gitN s':>6} {'cli/git1':>8} {'cli/gitN':>8} {'stack/git1':>10} "
-          f"{'parse/git1':>10}")
+          f"{'parse/git1':>10} {'touched MB':>10} {'stack MB':>8} {'parse MB':>8}")
     for name in args.projects.split(","):
         marker, versions = PROJECTS[name]
         versions = versions[: args.releases]
@@ -205,6 +206,7 @@ def main() -> None:
                     if proc.returncode != 0:
                         raise SystemExit(f"floor failed: {proc.stderr.decode(errors='replace')}")
                     best[floor] = min(best.get(floor, t), t)
+                    best[floor + "_mb"] = int(proc.stdout) / 1024
                 run_dir = work / f"r{_}"
                 best["git1"] = min(best.get("git1", 1e9), git_apply(base, patches, names, True, run_dir))
                 best["gitN"] = min(best.get("gitN", 1e9), git_apply(base, patches, names, False, run_dir))
@@ -212,7 +214,8 @@ def main() -> None:
                   f"{best['lib']:>6.2f} {child['import']:>8.2f} {child['maxrss_kb'] / 1024:>5.0f} "
                   f"{best['git1']:>6.2f} {best['gitN']:>6.2f} {best['cli'] / best['git1']:>8.1f} "
                   f"{best['cli'] / best['gitN']:>8.1f} {best['stack'] / best['git1']:>10.1f} "
-                  f"{best['parse'] / best['git1']:>10.1f}")
+                  f"{best['parse'] / best['git1']:>10.1f} {sum(map(os.path.getsize, touched)) / 1e6:>10.2f} "
+                  f"{best['stack_mb']:>8.0f} {best['parse_mb']:>8.0f}")
     start = time.perf_counter()
     subprocess.run([*klpcc, "--version"], capture_output=True, check=True)
     version = time.perf_counter() - start
