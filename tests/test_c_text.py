@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import importlib
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klpcc.c import mask, scan, strip_comments
@@ -67,3 +69,35 @@ def test_tokens_skip_white_space_and_take_lone_punctuators_first():
     assert tokens(text) == [b"int", b"a", b"[", b"3", b"]", b"=", b"{", b"1", b",", b"2", b"}", b";",
                             b"x", b"=", b"y", b"?", b"~", b"z", b":", b"(", b"w", b"<<=", b"2", b")",
                             b"...", b"<:", b"%>", b"s", b"->", b"t", b";"]
+
+
+# the characters of the plain-text path, the ones that make it refuse, and white space
+# of every kind the split knows
+# (the first drawn most often, so that many texts take the plain path)
+_PLAIN_BITS = ["a", "e", "E", "p", "x", "_", "0", "1", "9", " ", "\t", "\n", "\r", "\x0b", "\x0c",
+               *",;(){}[]?~=*+-&|<>!%^:"]
+TOKEN_BITS = st.lists(st.sampled_from(
+    _PLAIN_BITS * 4 + [".", "/", "#", '"', "'", "\\", "\x80", "\x1f", "@", "$"]),
+    max_size=40).map(lambda bits: "".join(bits).encode("latin-1"))
+
+
+@settings(max_examples=500)
+@given(TOKEN_BITS)
+def test_tokens_of_plain_text_are_those_of_maximal_munch(text: bytes):
+    # text of words, white space and lone operators is split without the general pattern;
+    # the tokens must be the same as the pattern's, whatever the text
+    from klpcc.c.tokens import munched, tokens
+
+    assert tokens(text) == munched(text)
+
+
+def test_tokens_of_tables_take_the_plain_path_and_others_do_not():
+    module = importlib.import_module("klpcc.c.tokens")  # klpcc.c.tokens is also the function
+
+    table = b"static const int t[] = {\n\t-1, 0x1F, 2 * 3, ~4, a | b, !c, d ^ e, f % 9 : 7,\n};\n"
+    assert module._PLAIN.fullmatch(table) and not module._SIDE_BY_SIDE.search(table)
+    assert module.tokens(table) == module.munched(table)
+    for shape in (b"x = 1e-5;", b"p->q;", b"a <<= 2;", b"s.t = 1;", b'x = "a";', b"a /* c */;",
+                  b"x == y;", b"#define A 1", b"<: :>"):
+        assert not (module._PLAIN.fullmatch(shape) and not module._SIDE_BY_SIDE.search(shape)), shape
+        assert module.tokens(shape) == module.munched(shape)

@@ -30,11 +30,35 @@ _TOKEN = re.compile(
 )
 
 
+# Text of words, white space and one-character operators only (tables of numbers, most
+# often), whose tokens are its runs of word characters and each operator: no comment,
+# literal, '.', '#' or backslash; no two operators side by side (no '->', '<<=', '<:');
+# no exponent sign ('1e-5' is one token).
+_PLAIN = re.compile(rb"[\w\s,;(){}\[\]?~=*+\-&|<>!%^:]*")
+_OPERATORS = b",;(){}[]?~=*+-&|<>!%^:"
+_SIDE_BY_SIDE = re.compile(rb"[=*+\-&|<>!%^:]{2}|[eEpP][+-]")
+
+
 def tokens(text: bytes) -> list[bytes]:
     """C tokens of ``text`` (maximal munch), comments and whitespace dropped."""
+    if _PLAIN.fullmatch(text) and not _SIDE_BY_SIDE.search(text):
+        # each operator stands alone: space it off and split (several times faster)
+        for op in _OPERATORS:
+            char = _CHARS[op]
+            if char in text:
+                text = text.replace(char, b" " + char + b" ")
+        return text.split()
+    return munched(text)
+
+
+def munched(text: bytes) -> list[bytes]:
+    """:func:`tokens` by the general pattern alone."""
     if b"\\" in text:
         text = _CONTINUATION.sub(b" ", text)
     return [m for m in _TOKEN.findall(text) if m]
+
+
+_CHARS = {c: bytes([c]) for c in _OPERATORS}
 
 
 _FUNCTION_LIKE = re.compile(rb"\s*#\s*define\s+\w+\(")
