@@ -11,6 +11,7 @@ Every command has its call here: :func:`analyze` (and :func:`analyze_objects`),
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .series import Series, load
 from .trees import BaseTree, DirectoryTree
 
 if TYPE_CHECKING:
+    from .atomic import Inputs
     from .compdb import CompileCommands
     from .emit.kernel import KernelBuild, KernelOptions, build_kernel
     from .emit.userspace import Answer, ProgramBuild, ProgramOptions, build_program
@@ -70,6 +72,37 @@ def _load(opts: AnalyzeOptions) -> tuple[Series, BaseTree, int, int | None]:
     release = series.index(opts.release, "release")
     installed = None if opts.installed is None else series.index(opts.installed, "release (--from)")
     return series, base, release, installed
+
+
+_TOUCHED = re.compile(rb"^(?:\+\+\+|---) (?:[ab]/)?([^\t\n]+)", re.M)
+
+
+def inputs(opts: AnalyzeOptions, *more: str | Path | None, series: Series | None = None,
+           base: BaseTree | None = None) -> Inputs:
+    """What a run on ``opts`` reads (the series' patches and files, its base tree or git
+    repository, the ``klpcc.toml`` beside it, and ``more``), so that an output can be
+    refused that would land on it (:meth:`klpcc.atomic.Inputs.check_file`, ``check_dir``)."""
+    from .atomic import Inputs
+    from .lint.config import find_config
+    from .trees import GitTree
+
+    if series is None or base is None:
+        series, base = load(opts.series, opts.git, opts.source)
+    files: list[str | Path | None] = [*opts.series, *more, find_config(list(opts.series),
+                                                                      opts.git[0] if opts.git else None)]
+    files += [Path(a) / "series" for a in opts.series if Path(a).is_dir()]
+    files += [p.path for p in series.patches]
+    touched = {m.decode("utf-8", "surrogateescape").rstrip() for p in series.patches
+               for m in _TOUCHED.findall(p.data)}
+    sources: list[str | Path | None] = [opts.source]
+    trees: list[str | Path | None] = []
+    if isinstance(base, DirectoryTree):
+        sources.append(base.root)
+    if isinstance(base, GitTree) or opts.git:
+        repo = Path(base.repo if isinstance(base, GitTree) else opts.git[0])  # type: ignore[index]
+        sources.append(repo)
+        trees.append(repo / ".git" if (repo / ".git").exists() else repo)
+    return Inputs.of(files, trees, sources, touched)
 
 
 def analyze(opts: AnalyzeOptions) -> Analysis:
@@ -249,6 +282,8 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
 
     check_target(outdir, force)
     series, base, release, _ = _load(opts)
+    more = (objects.commands, objects.binary, objects.cache) if objects is not None else ()
+    inputs(opts, config, compile_commands, *more, series=series, base=base).check_dir(outdir)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
     run = objects.runner(base) if objects is not None else None

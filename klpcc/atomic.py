@@ -13,7 +13,8 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KlpccError
@@ -24,8 +25,14 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def check_target(outdir: str | Path, force: bool) -> None:
-    """Refuse an output directory that cannot (or may not) be replaced."""
+BUNDLE_MARK = "manifest.json"  # what a directory klpcc compile wrote holds
+
+
+def check_target(outdir: str | Path, force: bool, marks: tuple[str, ...] = (BUNDLE_MARK,)) -> None:
+    """Refuse an output directory that cannot (or may not) be replaced.  ``--force``
+    replaces a link (not what it points to), an empty directory, or a directory holding
+    one of ``marks`` (the files by which klpcc knows its own outputs): never any other
+    directory."""
     target = absolute(outdir)
     if target == Path(os.getcwd()) or target in Path(os.getcwd()).parents or target.parent == target:
         raise KlpccError(f"{outdir} holds the current directory; name a directory of its own")
@@ -33,10 +40,69 @@ def check_target(outdir: str | Path, force: bool) -> None:
         raise KlpccError(f"{outdir} exists; use --force to replace it")
     if os.path.lexists(target) and not target.is_dir():
         raise KlpccError(f"{outdir} exists and is not a directory")
+    if os.path.lexists(target) and not target.is_symlink() and any(target.iterdir()) \
+            and not any(os.path.lexists(target / m) for m in marks):
+        raise KlpccError(f"{outdir} is not a directory klpcc wrote (it has no {' or '.join(marks)}); "
+                         "--force replaces only those: remove it yourself or name another")
     parent = target.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
+
+
+def _as_written(path: str | Path) -> Path:
+    """Where writing ``path`` lands: links in its directories followed, not a link at
+    its end (that link is replaced, not what it points to)."""
+    target = absolute(path)
+    return Path(os.path.realpath(target.parent)) / target.name
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads, so that no output of it lands on its inputs: ``files`` read
+    (patches, series files, configurations), ``trees`` read whole (a bundle, a git
+    repository's object store, a kernel build directory) and ``sources`` (base source
+    trees: their C files are read, and the files ``touched`` names)."""
+
+    files: tuple[Path, ...] = ()
+    trees: tuple[Path, ...] = ()
+    sources: tuple[Path, ...] = ()
+    touched: frozenset[str] = frozenset()  # paths under a source tree the run reads
+
+    @staticmethod
+    def of(files: Iterable[str | Path | None] = (), trees: Iterable[str | Path | None] = (),
+           sources: Iterable[str | Path | None] = (), touched: Iterable[str] = ()) -> Inputs:
+        def real(paths: Iterable[str | Path | None]) -> tuple[Path, ...]:
+            return tuple(Path(os.path.realpath(p)) for p in paths if p is not None and str(p))
+
+        return Inputs(real(files), real(trees), real(sources), frozenset(touched))
+
+    def check_dir(self, outdir: str | Path) -> None:
+        """An output directory (which ``--force`` replaces whole) must be no input and
+        hold none."""
+        out = _as_written(outdir)
+        for p in (*self.files, *self.trees, *self.sources):
+            if out == p or out in p.parents:
+                raise KlpccError(f"{outdir} {'is' if out == p else 'holds'} {p}, which this run reads; "
+                                 "name a directory of its own")
+
+    def check_file(self, output: str | Path) -> None:
+        """An output file must not be written over a file the run reads."""
+        from .c.language import is_c_file
+
+        out = _as_written(output)
+        for p in self.files:
+            if out == p:
+                raise KlpccError(f"{output} is {p}, which this run reads; name another output")
+        for tree in self.trees:
+            if tree in out.parents:
+                raise KlpccError(f"{output} is inside {tree}, which this run reads; name another output")
+        for root in self.sources:
+            if root in out.parents and out.is_file():
+                rel = out.relative_to(root).as_posix()
+                if is_c_file(rel) or rel in self.touched:
+                    raise KlpccError(f"{output} is a file of the base tree {root}, which this run reads; "
+                                     "name another output")
 
 
 def inside(root: Path, path: str) -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import HEADER_UNITS, __version__
-from .atomic import write_atomic
+from .atomic import Inputs, write_atomic
 from .errors import KlpccError
 
 if TYPE_CHECKING:
@@ -236,6 +236,9 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
+    if output:
+        api.inputs(api.AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
+                   objects, binary).check_file(output)
     res = api.lint(api.AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
                    _objects(objects, jobs, cache, no_cache, binary), kernel=kdir)
     if fmt == "json":
@@ -291,9 +294,11 @@ def report_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str]
             if value is not None:
                 raise KlpccError(f"{bundle} is a bundle: it records one release as compiled, so {name} "
                                  "does not apply (report on the series for that)")
+        Inputs.of(trees=[bundle]).check_file(output)
         rv = api.review_bundle(bundle)
     else:
         opts = api.AnalyzeOptions(series, source, git, release, installed, fuzz)
+        api.inputs(opts, config, commands, objects, binary).check_file(output)
         rv = api.review(opts, config=config, compile_commands=commands, kernel=kdir,
                         objects=_objects(objects, jobs, cache, no_cache, binary), lint=not no_lint)
     api.write_review(rv, output)

@@ -404,3 +404,111 @@ def test_subprocess_bad_git_range(tmp_path, repo):
     (line,) = r.stderr.splitlines()
     assert line.startswith("klpcc: error: ") and "nosuch" in line
     assert "Traceback" not in r.stderr
+
+
+# -- outputs never land on inputs --------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path) -> tuple[Path, Path]:
+    from .helpers import make_series
+
+    return make_series(tmp_path, {"x.c": "int f(void)\n{\n\treturn 1;\n}\n"},
+                       [{"x.c": "int f(void)\n{\n\treturn 2;\n}\n"}])
+
+
+@pytest.mark.parametrize("which", ["base", "patches", "both"])
+def test_compile_force_never_replaces_what_it_reads(small, which):
+    """-o naming the base tree, the series' directory or a directory holding both, with
+    --force: refused, and every input left as it was."""
+    patches, base = small
+    target = {"base": base, "patches": patches, "both": base.parent}[which]
+    before = _tree(base.parent)
+    msg = one_error(invoke("compile", patches, "--source", base, "-o", target, "--force"))
+    assert str(target) in msg
+    assert _tree(base.parent) == before
+
+
+def test_compile_force_replaces_only_what_klpcc_wrote(small, tmp_path):
+    patches, base = small
+    other = write_tree(tmp_path / "other", {"notes.txt": "mine\n"})
+    msg = one_error(invoke("compile", patches, "--source", base, "-o", other, "--force"))
+    assert "not a directory klpcc wrote" in msg and (other / "notes.txt").read_text() == "mine\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke("compile", patches, "--source", base, "-o", empty, "--force").exit_code == 0
+    assert (empty / "manifest.json").is_file()
+    # the bundle just written is klpcc's: replaced again
+    assert invoke("compile", patches, "--source", base, "-o", empty, "--force").exit_code == 0
+
+
+def test_compile_force_onto_a_bundle_it_reads_from_is_refused(small, tmp_path):
+    """The series and base taken from an earlier bundle: that bundle is an input."""
+    patches, base = small
+    out = tmp_path / "out"
+    assert invoke("compile", patches, "--source", base, "-o", out).exit_code == 0
+    before = _tree(out)
+    msg = one_error(invoke("compile", patches, "--source", out / "base", "-o", out, "--force"))
+    assert str(out / "base") in msg and "reads" in msg
+    assert _tree(out) == before
+
+
+def test_compile_force_onto_the_git_repository_it_reads_is_refused(tmp_path):
+    repo = write_tree(tmp_path / "repo", {"x.c": "int f(void)\n{\n\treturn 1;\n}\n"})
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    (repo / "x.c").write_text("int f(void)\n{\n\treturn 2;\n}\n")
+    git("commit", "-qam", "fix")
+    msg = one_error(invoke("compile", "--git", repo, "HEAD~1..HEAD", "-o", repo, "--force"))
+    assert str(repo) in msg
+    assert git("log", "--oneline").count("\n") == 1 and (repo / "x.c").is_file()
+
+
+@pytest.mark.parametrize("command", ["lint", "report"])
+@pytest.mark.parametrize("which", ["patch", "series", "base file"])
+def test_lint_and_report_never_write_over_what_they_read(small, command, which):
+    patches, base = small
+    target = {"patch": next(patches.glob("*.patch")), "series": patches / "series",
+              "base file": base / "x.c"}[which]
+    before = _tree(base.parent)
+    msg = one_error(invoke(command, patches, "--source", base, "-o", target))
+    assert str(target) in msg and "reads" in msg
+    assert _tree(base.parent) == before
+
+
+def test_lint_output_beside_its_inputs_is_written(small):
+    """A new file in the series' directory, or a file of the base tree that is not C
+    and that no patch touches (a report kept with the tree), is no input."""
+    patches, base = small
+    for target in (patches / "lint.txt", base / "lint.sarif"):
+        for _ in range(2):  # and written again over the previous run's
+            r = invoke("lint", patches, "--source", base, "--format", "sarif", "-o", target)
+            assert r.exit_code == 0, r.output
+            assert target.read_text().startswith("{")
+
+
+def test_report_of_a_bundle_never_writes_into_it(small, tmp_path):
+    patches, base = small
+    out = tmp_path / "out"
+    assert invoke("compile", patches, "--source", base, "-o", out).exit_code == 0
+    before = _tree(out)
+    one_error(invoke("report", out, "-o", out / "manifest.json"))
+    one_error(invoke("report", out, "-o", out / "review.html"))
+    assert _tree(out) == before
+
+
+def test_an_output_that_is_a_link_to_an_input_replaces_the_link(small, tmp_path):
+    """Writing replaces a link, not what it points to: the input stays."""
+    patches, base = small
+    link = tmp_path / "lint.txt"
+    link.symlink_to(base / "x.c")
+    before = _tree(base)
+    r = invoke("lint", patches, "--source", base, "-o", link)
+    assert r.exit_code == 0, r.output
+    assert not link.is_symlink() and _tree(base) == before

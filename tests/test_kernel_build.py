@@ -715,9 +715,17 @@ def test_refuses_an_existing_outdir_without_force(main_bundle: Path, tmp_path: P
     assert proc.returncode == 2 and proc.stderr == f"klpcc: error: {out} exists; use --force to replace it\n"
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # --force replaces a directory klpcc built, never one of someone else's
+    proc = build(main_bundle, out, "--source-only", "--force")
+    assert proc.returncode == 2 and "not a directory klpcc wrote" in proc.stderr, proc.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
     proc = build(main_bundle, out, "--source-only", "--force")
     assert proc.returncode == 0, proc.stderr
-    assert not (out / "keep.txt").exists() and (out / "build.json").is_file()
+    (out / "stale.txt").write_text("from the last build\n")
+    proc = build(main_bundle, out, "--source-only", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "stale.txt").exists() and (out / "build.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -1000,3 +1008,13 @@ def test_real_build_reports_compile_errors_on_the_release_file(tmp_path: Path):
     said = f"klpcc: error: the release does not compile with the kernel's flags: {DEMO}:{line}: "
     assert msg.startswith(said), msg
     assert "demo_no_such_counter" in msg and "undeclared" in msg
+
+
+def test_refuses_an_outdir_that_is_or_holds_the_bundle(main_bundle: Path, tmp_path: Path):
+    before = sorted(p.relative_to(main_bundle) for p in main_bundle.rglob("*"))
+    for out in (main_bundle, main_bundle.parent):
+        proc = build(main_bundle, out, "--source-only", "--force")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "which this run reads" in proc.stderr or "holds the current directory" in proc.stderr \
+            or "not a directory klpcc wrote" in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(main_bundle) for p in main_bundle.rglob("*")) == before

@@ -192,6 +192,13 @@ def test_refuses_another_program_and_bad_input(built, tmp_path):
     assert r.returncode == 2 and "--force" in r.stderr
     r = klpcc("build", str(bundle), "--binary", str(prog), "--kernel", "/nonexistent", "-o", str(so))
     assert r.returncode == 2 and "--binary" in r.stderr
+    # the patch object never lands on the program it is for, nor in the bundle
+    before = prog.read_bytes()
+    for target in (prog, bundle / "manifest.json"):
+        r = klpcc("build", str(bundle), "--binary", str(prog), "-o", str(target), "--force")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "which this run reads" in r.stderr or "inside" in r.stderr, r.stderr
+    assert prog.read_bytes() == before
 
 
 def test_config_flags():

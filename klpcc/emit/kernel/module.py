@@ -377,7 +377,8 @@ def build_kernel(opts: KernelOptions) -> KernelBuild:
         if not (flags_dir / "Makefile").is_file():
             raise KlpccError(f"{flags_dir} is not a kernel build directory (no Makefile)")
         kdir = None if opts.source_only else flags_dir
-    atomic.check_target(opts.outdir, opts.force)
+    atomic.check_target(opts.outdir, opts.force, marks=(HEADER,))
+    atomic.Inputs.of(files=[opts.kallsyms], trees=[opts.bundle, opts.kdir]).check_dir(opts.outdir)
     syms: Kallsyms | None = read_kallsyms(opts.kallsyms) if opts.kallsyms else None
     resolver = Resolver(syms, {(f, n): p for f, n, p in opts.sympos})
     exports = exported(kdir) if kdir is not None else set()

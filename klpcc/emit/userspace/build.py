@@ -271,6 +271,7 @@ def build_program(opts: ProgramOptions) -> ProgramBuild:
     m = b.manifest
     states = policy.check(m)
     atomic.check_file_target(opts.output, opts.force)
+    atomic.Inputs.of(files=[opts.binary, *opts.libraries], trees=[opts.bundle]).check_file(opts.output)
     if not opts.binary and not opts.libraries:
         raise KlpccError("say which objects the patch changes: --binary PROG, --library LIB.so, or both")
     targets = read_targets(opts.binary, opts.libraries)
