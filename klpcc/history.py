@@ -354,11 +354,14 @@ class _Replayer:
                 # a configuration compiles it as before, or newly; it changes in none
                 sig = base
             prev = track.changes[-1].signature if track.changes else track.base_signature
-            if sig != prev:
+            files = tuple(sorted(track.cur_files))
+            prev_files = track.changes[-1].files if track.changes else tuple(sorted(track.base_files))
+            if sig != prev or (sig and files != prev_files):
+                # a change of code, or the same code moved to another file (which is
+                # where it is now compiled: the release is recorded, not as a change of code)
                 origin = self._origin.get(track.key, (patch.path, None))
-                track.changes.append(Change(index, sig, tuple(sorted(track.cur_files)),
-                                            origin[0], origin[1]))
-                if track.kind == "unparsed":
+                track.changes.append(Change(index, sig, files, origin[0], origin[1]))
+                if track.kind == "unparsed" and sig != prev:
                     line = f":{origin[1]}" if origin[1] else ""
                     self.warnings.append((index,
                         f"{patch.path}{line}: {track.key.split(':')[0]}: release {patch.name!r} "
@@ -620,7 +623,11 @@ def analyse(rep: Replay, release: int, installed: int | None = None) -> Analysis
             if not listed:
                 continue
             kinds, touched = timeline(track, release)
-            fps = {ch.release: combined(ch.signature) for ch in track.changes if ch.release <= release}
+            fps, prev = {}, track.base_signature
+            for ch in track.changes:  # what each release that changed its code left
+                if ch.release <= release and ch.signature != prev:
+                    fps[ch.release] = combined(ch.signature)
+                prev = ch.signature
             files = track.files_at(release) or tuple(sorted(track.base_files)) or next(
                 (c.files for c in reversed(track.changes) if c.files), ())
             last = [c for c in track.changes if c.release <= release]

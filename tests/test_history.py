@@ -66,6 +66,25 @@ def test_non_static_function_moved_between_files_is_unchanged(tmp_path):
     assert changes(run(tmp_path, base, rels)) == {}
 
 
+def test_a_changed_function_moved_to_another_file_is_listed_where_it_now_is(tmp_path):
+    """Release 1 changes f, release 2 moves it (unchanged) to a new file and deletes the
+    old one: f is still modified, but defined in new/x.c, at its lines there, and
+    release 2 builds on release 1."""
+    base = {"old/x.c": fn("f") + fn("g")}
+    rels = [{"old/x.c": fn("f", "return 1;") + fn("g")},
+            {"old/x.c": None, "new/x.c": fn("g") + fn("f", "return 1;")}]
+    a = run(tmp_path, base, rels)
+    (f,) = [e for e in a.functions if e.key == "f"]
+    assert (f.change, f.history, f.touched) == ("modified", ("modified", "modified"), (1,))
+    assert (f.file, f.files, f.lines) == ("new/x.c", ("new/x.c",), (6, 9))
+    assert f.origin is not None and f.origin[0].endswith("0002-release-2.patch")
+    graph = release_graph(a.replay)
+    assert graph.has_edge(("release", "0001-release-1"), ("release", "0002-release-2"))
+    # and release 1 alone still has it where it was
+    (f1,) = [e for e in run(tmp_path / "1", base, rels, release=1).functions if e.key == "f"]
+    assert (f1.file, f1.lines) == ("old/x.c", (1, 4))
+
+
 def test_static_function_moved_between_files_is_removed_and_added(tmp_path):
     base = {"a.c": fn("f", static=True) + fn("g"), "b.c": fn("h")}
     rels = [{"a.c": fn("g"), "b.c": fn("h") + fn("f", static=True)}]
