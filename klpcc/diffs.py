@@ -443,7 +443,14 @@ def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None,
     if strip is None:
         # one strip level for the whole patch, from the first file that tells
         guesses = [_guess_strip(*_sides(pf), _is_git(pf), exists) for pf in parsed]
-        strip = next((g for g, sure in guesses if sure), guesses[0][0])
+        told = next((g for g, sure in guesses if sure and g is not None), None)
+        if told is None and any(g is None for g, _ in guesses):
+            k = next(i for i, (g, _) in enumerate(guesses) if g is None)
+            name = next(n for n in _sides(parsed[k]) if n is not None)
+            raise KlpccError(f"both {name} (-p0) and {_strip(name, 1)} (-p1) exist in the base: say which "
+                             "the patch means with -p0 or -p1 after its name in the series file",
+                             patch=patch.path, line=start + (parsed[k].diff_line_no or 1))
+        strip = told if told is not None else guesses[0][0] or 0
     changes = [_file_change(pf, patch, start + (pf.diff_line_no or 1), start, strip) for pf in parsed]
     _once_each(changes, patch)
     said = list(strict.notes)
@@ -565,8 +572,9 @@ def _epoch(stamp: str | None) -> bool:
 
 
 def _guess_strip(old: str | None, new: str | None, git: bool,
-                 exists: Callable[[str], bool] | None) -> tuple[int, bool]:
-    """Strip level for a file diff, and whether the paths settle it."""
+                 exists: Callable[[str], bool] | None) -> tuple[int | None, bool]:
+    """Strip level for a file diff, and whether the paths settle it (None: both levels
+    name a file of the base)."""
     if git:
         return 1, True
     if (old is None or old.startswith("a/")) and (new is None or new.startswith("b/")):
@@ -575,7 +583,7 @@ def _guess_strip(old: str | None, new: str | None, git: bool,
     assert name is not None
     if exists is not None and old is not None:
         if exists(name):
-            return 0, True
+            return (None, True) if "/" in name and exists(_strip(name, 1)) else (0, True)
         if "/" in name and exists(_strip(name, 1)):
             return 1, True
     if exists is not None and old is None and "/" in name:

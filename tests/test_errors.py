@@ -7,6 +7,7 @@ The broken inputs live in fixtures/broken/ (see its README)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -512,3 +513,39 @@ def test_an_output_that_is_a_link_to_an_input_replaces_the_link(small, tmp_path)
     r = invoke("lint", patches, "--source", base, "-o", link)
     assert r.exit_code == 0, r.output
     assert not link.is_symlink() and _tree(base) == before
+
+
+def _plain_patch(*paths: str) -> str:
+    """A patch without a/ b/ prefixes changing 'return 1' to 'return 2' in each path
+    (whose function is named after the file)."""
+    return "".join(f"--- {p}\n+++ {p}\n@@ -1,4 +1,4 @@\n int {_stem(p)}(void)\n {{\n-\treturn 1;\n"
+                   f"+\treturn 2;\n }}\n" for p in paths)
+
+
+def _stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1].split(".")[0]
+
+
+def test_a_strip_level_both_readings_of_which_exist_is_asked_for(tmp_path):
+    """'--- lib/foo.c' where the base has lib/foo.c (-p0) and foo.c (-p1): quilt would
+    take -p1, a plain 'patch' -p0; klpcc asks, and takes what the series file says."""
+    body = "int foo(void)\n{\n\treturn 1;\n}\n"
+    base = write_tree(tmp_path / "base", {"foo.c": body, "lib/foo.c": body})
+    s = write_tree(tmp_path / "s", {"1.patch": _plain_patch("lib/foo.c"), "series": "1.patch\n"})
+    msg = one_error(invoke("analyze", s, "--source", base))
+    assert_names(msg, s / "1.patch", [1, 2], "lib/foo.c", "foo.c", "-p0", "-p1")
+    for level, where in (("-p0", "lib/foo.c"), ("-p1", "foo.c")):
+        (s / "series").write_text(f"1.patch {level}\n")
+        r = invoke("analyze", s, "--source", base, "--format", "json")
+        assert r.exit_code == 0, r.output
+        assert [f["file"] for f in json.loads(r.stdout)["functions"]] == [where]
+
+
+def test_a_strip_level_another_file_of_the_patch_settles_is_taken(tmp_path):
+    body = "int {}(void)\n{{\n\treturn 1;\n}}\n".format
+    base = write_tree(tmp_path / "base",
+                      {"foo.c": body("foo"), "lib/foo.c": body("foo"), "bar.c": body("bar")})
+    s = write_tree(tmp_path / "s", {"1.patch": _plain_patch("lib/foo.c", "lib/bar.c"), "series": "1.patch\n"})
+    r = invoke("analyze", s, "--source", base, "--format", "json")
+    assert r.exit_code == 0, r.output  # only bar.c (-p1) exists for the second file: -p1 for both
+    assert sorted(f["file"] for f in json.loads(r.stdout)["functions"]) == ["bar.c", "foo.c"]
