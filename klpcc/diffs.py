@@ -18,7 +18,7 @@ from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
 from .c import LineEdit
-from .errors import KlpccError
+from .errors import KlpccError, quoted
 from .names import unquote
 from .series import Patch
 
@@ -162,8 +162,7 @@ _SHOWN = 60  # characters of an offending line a message quotes
 
 
 def _quote(line: str) -> str:
-    text = line.rstrip("\r\n")
-    return repr(text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "...")
+    return quoted(line, _SHOWN)
 
 
 @dataclass
@@ -653,10 +652,13 @@ def apply_hunks(lines: Sequence[bytes], change: FileChange, patch: Patch, fuzz: 
                     notes.append(f"{path}: hunk #{number} applied with fuzz {f}")
                 break
         if found is None:
-            raise KlpccError(
-                f"hunk #{number} does not apply: {_mismatch(lines, hunk, expected)}",
-                patch=patch.path, line=hunk.patch_line, file=path,
-            )
+            earlier = next((k for k, h in enumerate(change.hunks[:number - 1], 1)
+                            if h.old_start > hunk.old_start), None)
+            why = (f"it is for line {hunk.old_start}, before hunk #{earlier} (line "
+                   f"{change.hunks[earlier - 1].old_start}): a patch's hunks must come in the order "
+                   "of their lines" if earlier is not None else _mismatch(lines, hunk, expected))
+            raise KlpccError(f"hunk #{number} does not apply: {why}", patch=patch.path, line=hunk.patch_line,
+                             file=path)
         body = hunk.lines[trim[0]: len(hunk.lines) - trim[1]]
         if found - trim[0] != expected:
             notes.append(f"{path}: hunk #{number} applied at offset {found - trim[0] - nominal:+d}")
@@ -740,8 +742,7 @@ def _hunk_edits(body: Sequence[tuple[str, bytes, int]], old_at: int, new_at: int
 
 
 def _show(line: bytes) -> str:
-    text = line.decode("utf-8", "replace").rstrip("\r\n")
-    return repr(text if len(text) <= 60 else text[:57] + "...")
+    return quoted(line.decode("utf-8", "surrogateescape"))
 
 
 def _mismatch(lines: Sequence[bytes], hunk: Hunk, expected: int) -> str:

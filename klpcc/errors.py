@@ -12,17 +12,34 @@ def max_input_bytes() -> int:
     """The largest patch or source file klpcc reads (``KLPCC_MAX_FILE_MB``, default
     32 MiB): memory grows with the C it parses (about 120 MiB per MiB of C), so a
     larger input is refused up front rather than exhausting the machine."""
+    given = os.environ.get("KLPCC_MAX_FILE_MB", "").strip()
+    if not given:
+        return 32 << 20
     try:
-        mib = float(os.environ.get("KLPCC_MAX_FILE_MB", "32"))
+        mib = float(given)
     except ValueError:
-        mib = 32.0
-    return int(mib * (1 << 20)) if mib > 0 else 32 << 20
+        mib = -1.0
+    if not 0 < mib < float(1 << 30):  # also refuses nan and inf
+        raise KlpccError(f"KLPCC_MAX_FILE_MB must be a number of MiB above 0, not {given!r}")
+    return int(mib * (1 << 20))
 
 
 def too_large(size: int) -> str:
     return (f"is {size / (1 << 20):.1f} MiB: klpcc reads files up to {max_input_bytes() / (1 << 20):.0f} MiB "
             "(set KLPCC_MAX_FILE_MB to allow more)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BREAK = re.compile(r"[ \t]*[\r\n]\s*")
+
+
+_SURROGATE = re.compile(r"\\udc([89a-f][0-9a-f])")
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """``text`` (a line of a patch or a file, undecodable bytes carried as lone
+    surrogates) quoted for a message, cut to ``limit`` characters: white space as it is,
+    control characters and bytes that are not UTF-8 as escapes (``\\xe9``)."""
+    text = text.rstrip("\r\n")
+    return _SURROGATE.sub(r"\\x\1", repr(text if len(text) <= limit else text[:limit - 3] + "..."))
 
 
 def _escaped(text: str) -> str:
@@ -52,7 +69,9 @@ class KlpccError(Exception):
             where = _escaped(self.patch) + (f":{self.line}" if self.line else "") + ": "
         if self.file:
             where += _escaped(self.file) + ": "
-        text = where + _escaped(" ".join(self.message.split()))
+        # one line: line breaks (and the indentation after them) become one space; other
+        # white space stays (a quoted line of a patch shows its spaces as they are)
+        text = where + _escaped(_BREAK.sub(" ", self.message).strip())
         if len(text) > MAX_SHOWN:
             text = text[:MAX_SHOWN - 20] + f"... ({len(text)} characters)"
         return text

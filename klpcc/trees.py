@@ -49,6 +49,8 @@ class BaseTree(Protocol):
 
 class DirectoryTree:
     def __init__(self, root: str):
+        if not str(root):
+            raise KlpccError("the base source tree is named by an empty path")
         self.root = Path(root)
         if not self.root.is_dir():
             raise KlpccError(f"the base source tree {root} is not a directory")

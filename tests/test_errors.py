@@ -549,3 +549,50 @@ def test_a_strip_level_another_file_of_the_patch_settles_is_taken(tmp_path):
     r = invoke("analyze", s, "--source", base, "--format", "json")
     assert r.exit_code == 0, r.output  # only bar.c (-p1) exists for the second file: -p1 for both
     assert sorted(f["file"] for f in json.loads(r.stdout)["functions"]) == ["bar.c", "foo.c"]
+
+
+def _one_file_patch(hunks: str) -> str:
+    return "--- a/x.c\n+++ b/x.c\n" + hunks
+
+
+@pytest.mark.parametrize("header", ["@@  -1,4 +1,4 @@", "@@ -1,4 +1,4  @@", "@@ -1,4 +1,4 @@@"])
+def test_a_quoted_patch_line_keeps_its_spaces(tmp_path, header):
+    """A hunk header one space off is quoted as it is: squeezing its spaces would show a
+    valid header as the malformed one."""
+    base = write_tree(tmp_path / "base", {"x.c": "int foo(void)\n{\n\treturn 1;\n}\n"})
+    patch = tmp_path / "1.patch"
+    patch.write_text(_one_file_patch(f"{header}\n int foo(void)\n {{\n-\treturn 1;\n+\treturn 2;\n }}\n"))
+    msg = one_error(invoke("analyze", patch, "--source", base))
+    assert repr(header) in msg, msg
+
+
+def test_bytes_that_are_not_utf8_are_shown_as_escapes(tmp_path):
+    base = write_tree(tmp_path / "base", {"x.c": "int foo(void)\n{\n\treturn 1;\n}\n"})
+    patch = tmp_path / "1.patch"
+    patch.write_bytes(_one_file_patch("@@ -1,4 +1,4 @@\n int foo(void)\n {\n-\treturn 1;  /* \xe9 */\n"
+                                      "+\treturn 2;\n }\n").encode("latin-1"))
+    msg = one_error(invoke("analyze", patch, "--source", base))
+    assert "line 3 is '\\treturn 1;', the patch expects '\\treturn 1;  /* \\xe9 */'" in msg, msg
+    assert "\ufffd" not in msg
+
+
+def test_hunks_out_of_order_are_named_as_such(tmp_path):
+    body = "".join(f"int f{i}(void)\n{{\n\treturn {i};\n}}\n\n" for i in range(6))
+    base = write_tree(tmp_path / "base", {"x.c": body})
+    patch = tmp_path / "1.patch"
+    patch.write_text(_one_file_patch(
+        "@@ -22,4 +22,4 @@\n int f4(void)\n {\n-\treturn 4;\n+\treturn 40;\n }\n"
+        "@@ -2,4 +2,4 @@\n {\n-\treturn 0;\n+\treturn 10;\n }\n \n"))
+    msg = one_error(invoke("analyze", patch, "--source", base))
+    assert_names(msg, patch, [9], "x.c", "hunk #2", "before hunk #1", "order")  # its @@ line
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+def test_a_bad_file_size_limit_is_refused_not_ignored(value):
+    r = CliRunner().invoke(main, ["analyze", *map(str, GOOD), "--source", str(SRC)],
+                           env={"KLPCC_MAX_FILE_MB": value})
+    assert "KLPCC_MAX_FILE_MB" in one_error(r) and repr(value) in r.stderr
+
+
+def test_an_empty_source_path_is_refused():
+    assert "empty path" in one_error(invoke("analyze", *GOOD, "--source", ""))
