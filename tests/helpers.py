@@ -95,4 +95,5 @@ LINT_RULES = {
     "U006": ("inline-function-changed", "warning"),
     "U007": ("data-changed", "error"),
     "U008": ("static-made-global", "warning"),
+    "U009": ("change-not-carried", "warning"),
 }

@@ -1164,6 +1164,41 @@ def test_u002_new_global_is_clean(tmp_path):
     assert lint.exit == 0
 
 
+# =========================================================================== U009
+
+KMAKE = "obj-y += foo.o foo_sysfs.o\n"
+
+
+@pytest.mark.parametrize(("path", "before", "after", "needle", "verb"), [
+    ("kernel/Makefile", KMAKE, KMAKE + "obj-y += foo_extra.o\n", "foo_extra.o", "changes"),
+    ("kernel/Kconfig.foo", "config FOO\n\tbool \"foo\"\n", "config FOO\n\tbool \"foo\"\n\tdefault y\n",
+     "default y", "changes"),
+    ("kernel/foo_entry.S", None, "\t.text\n\t.globl foo_entry\nfoo_entry:\n\tret\n", ".text", "adds"),
+    ("kernel/foo.lds", "SECTIONS { .foo : { *(.foo) } }\n", "SECTIONS { .foo : { *(.foo*) } }\n", "SECTIONS",
+     "changes"),
+])
+def test_u009_change_not_carried(tmp_path, path, before, after, needle, verb):
+    base = {**KBASE, **({path: before} if before is not None else {})}
+    s = Series(tmp_path, base, [{path: after}])
+    lint = s.lint()
+    f = lint.one("U009")
+    assert f["severity"] == "warning" and lint.exit == 0  # a warning: the exit code stays 0
+    assert f"{verb} {path}" in f["message"] and rel(1) in f["message"]
+    s.at(f, 1, path, needle)
+
+
+def test_u009_removed_build_file_and_clean_variants(tmp_path):
+    # removing a build file is named (without a line: the release has no such file)
+    lint = Series(tmp_path / "rm", {**KBASE, "kernel/Makefile": KMAKE}, [{"kernel/Makefile": None}]).lint()
+    f = lint.one("U009")
+    assert "removes kernel/Makefile" in f["message"] and f["line"] is None
+    # documentation, C files and data a build reads are none of U009's business
+    lint = Series(tmp_path / "doc", {**KBASE, "kernel/README": "foo\n", "kernel/foo.txt": "a\n"},
+                  [{"kernel/README": "foo, now documented\n", "kernel/foo.txt": "b\n",
+                    "kernel/foo.c": foo_c(count=MARK)}]).lint()
+    assert "U009" not in lint.rules, lint.summary()
+
+
 # =========================================================================== U003
 
 

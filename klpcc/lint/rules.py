@@ -127,6 +127,12 @@ RULES: tuple[Rule, ...] = (
          "for the new callers, and nothing redirects the static copy, so unpatched callers in its "
          "file keep the old code (an error when the release also changes that code).",
          "Keep the function static and add a global wrapper, or patch its callers in its file too."),
+    Rule("U009", "change-not-carried", WARNING,
+         "The release changes assembly, a build file or a linker script.",
+         "A live patch replaces C functions in the running code; assembly, makefiles, Kconfig "
+         "and linker scripts are not part of it, so their changes never reach the running system.",
+         "Carry the change in C (a patched function or a callback), or ship it with the next "
+         "full update."),
     Rule("U006", "inline-function-changed", WARNING,
          "An inline function changed: its callers may hold inlined copies of the old code.",
          "A function the compiler inlined has no single entry to redirect.",
@@ -149,6 +155,26 @@ class Finding:
     @property
     def severity(self) -> str:
         return self.level or self.rule.severity
+
+
+_SCAN_LINES = 20_000  # lines of a file searched for the first one a patch put there
+_ASSEMBLY = (".S", ".s", ".asm")
+_LINKER = (".lds", ".ld", ".lds.S")
+_BUILD = frozenset({"Makefile", "makefile", "GNUmakefile", "Kbuild", "CMakeLists.txt", "meson.build",
+                    "configure", "configure.ac", "configure.in", "Makefile.am", "Makefile.in"})
+
+
+def not_carried(path: str) -> str | None:
+    """What ``path`` is when a live patch cannot carry its changes (assembly, a build
+    file, a linker script), or None."""
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith(_LINKER):
+        return "a linker script"
+    if name.endswith(_ASSEMBLY):
+        return "assembly"
+    if name in _BUILD or name.startswith(("Kconfig", "Makefile.")) or name.endswith((".mk", ".cmake")):
+        return "a build file"
+    return None
 
 
 class Checker:
@@ -373,6 +399,14 @@ class Checker:
                 pending.append(("U006", e, [("call", e.name)]))
             if head_old is not None and _signature(head_old) != _signature(head_new):
                 pending.append(("U003", e, [("call", e.name)]))
+        for e in a.outside:
+            what = not_carried(e.file) if e.kind == "file" else None
+            if what is not None and e.change in (MODIFIED, ADDED, REMOVED):
+                verb = {MODIFIED: "changes", ADDED: "adds", REMOVED: "removes"}[e.change]
+                site, patch = self._file_site(e.file) if e.change != REMOVED else (None, None)
+                self.add("U009", f"release {self.rname} {verb} {e.file} ({what}), which a live patch does "
+                         "not carry: the running system keeps what it was built with", site, patch=patch,
+                         key=(e.key,))
         gone_static = {e.name: e for e in a.functions if e.change == REMOVED and e.static}
         for e in a.functions:
             if e.change == ADDED and not e.static and e.name in gone_static:
@@ -499,6 +533,21 @@ class Checker:
             r = kbuild.build_flags(read, path, self.kernel_config, pre)
             self._untraced[path] = kbuild.untraced(r, kbuild.CC_FLAGS_FTRACE)
         return self._untraced[path]
+
+    def _file_site(self, path: str) -> tuple[Site | None, tuple[str, int] | None]:
+        """The first line of file ``path`` (as the release has it) that a patch put there,
+        and that patch line; or the file's first line and its latest diff header."""
+        try:
+            data = self.rep.snapshots.read(path, self.release)
+        except KeyError:
+            data = None
+        for line in range(1, min(data.count(b"\n") + 1, _SCAN_LINES) + 1 if data else 1):
+            if (patch := added_by(self.rep, self.release, path, line)) is not None:
+                return Site(self.release, path, line), patch
+        for r in range(self.release, 0, -1):
+            if changes := self.rep.line_changes.get((r, path)):
+                return Site(self.release, path, 1), (changes[-1].patch, changes[-1].patch_line)
+        return None, None
 
     def _site(self, e) -> Site | None:
         """The first line of the item that a patch changed (its first line when none)."""
