@@ -11,15 +11,14 @@ Every command has its call here: :func:`analyze` (and :func:`analyze_objects`),
 from __future__ import annotations
 
 import importlib
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import HEADER_UNITS
 from .errors import KlpccError
-from .history import Analysis, analyse, replay
+from .history import Analysis, Replay, analyse, replay
 from .series import Series, load
 from .trees import BaseTree, DirectoryTree
 
@@ -74,35 +73,46 @@ def _load(opts: AnalyzeOptions) -> tuple[Series, BaseTree, int, int | None]:
     return series, base, release, installed
 
 
-_TOUCHED = re.compile(rb"^(?:\+\+\+|---) (?:[ab]/)?([^\t\n]+)", re.M)
-
-
-def inputs(opts: AnalyzeOptions, *more: str | Path | None, series: Series | None = None,
-           base: BaseTree | None = None) -> Inputs:
-    """What a run on ``opts`` reads (the series' patches and files, its base tree or git
-    repository, the ``klpcc.toml`` beside it, and ``more``), so that an output can be
-    refused that would land on it (:meth:`klpcc.atomic.Inputs.check_file`, ``check_dir``)."""
+def inputs(opts: AnalyzeOptions, series: Series, base: BaseTree, *more: str | Path | None,
+           trees: Sequence[str | Path | None] = (), touched: Iterable[str] = ()) -> Inputs:
+    """What a run on ``opts`` reads, so that an output can be refused that would land on
+    it (:meth:`klpcc.atomic.Inputs.check_file`, ``check_dir``): the series' files and
+    patches, the ``klpcc.toml`` beside it and the files ``more`` names; the directories
+    ``trees`` read whole and a git repository's store; the base tree (or the git
+    repository's work tree), of which its C files and ``touched`` (the paths the series
+    changes) are read."""
     from .atomic import Inputs
     from .lint.config import find_config
     from .trees import GitTree
 
-    if series is None or base is None:
-        series, base = load(opts.series, opts.git, opts.source)
     files: list[str | Path | None] = [*opts.series, *more, find_config(list(opts.series),
                                                                       opts.git[0] if opts.git else None)]
-    files += [Path(a) / "series" for a in opts.series if Path(a).is_dir()]
+    if Path(series.origin).is_file():
+        files.append(series.origin)  # the series file read (DIR/series or DIR/patches/series)
     files += [p.path for p in series.patches]
-    touched = {m.decode("utf-8", "surrogateescape").rstrip() for p in series.patches
-               for m in _TOUCHED.findall(p.data)}
     sources: list[str | Path | None] = [opts.source]
-    trees: list[str | Path | None] = []
+    stores: list[str | Path | None] = list(trees)
     if isinstance(base, DirectoryTree):
         sources.append(base.root)
     if isinstance(base, GitTree) or opts.git:
-        repo = Path(base.repo if isinstance(base, GitTree) else opts.git[0])  # type: ignore[index]
-        sources.append(repo)
-        trees.append(repo / ".git" if (repo / ".git").exists() else repo)
-    return Inputs.of(files, trees, sources, touched)
+        repo = base.repo if isinstance(base, GitTree) else opts.git[0]  # type: ignore[index]
+        top, store = _git_dirs(repo)
+        sources.append(top)
+        stores.append(store)
+    return Inputs.of(files, stores, sources, touched)
+
+
+def _git_dirs(repo: str) -> tuple[str | None, str | None]:
+    """The work tree and the git directory of ``repo`` (a subdirectory of a work tree,
+    a linked work tree or a bare repository too)."""
+    import subprocess
+
+    proc = subprocess.run(["git", "-C", repo, "rev-parse", "--show-toplevel", "--absolute-git-dir"],
+                          capture_output=True, text=True, check=False)
+    lines = proc.stdout.splitlines() if proc.returncode == 0 else []
+    if len(lines) == 2:
+        return lines[0], lines[1]
+    return None, lines[-1] if lines else repo  # bare: no work tree
 
 
 def analyze(opts: AnalyzeOptions) -> Analysis:
@@ -189,14 +199,16 @@ def _commands(path: str | Path | None, base: BaseTree) -> CompileCommands | None
 
 def lint(opts: AnalyzeOptions, config: str | Path | None = None,
          compile_commands: str | Path | None = None, objects: ObjectOptions | None = None,
-         kernel: str | Path | None = None) -> LintResult:
+         kernel: str | Path | None = None, output: str | Path | None = None) -> LintResult:
     """Check that release R can replace every earlier release (or ``--from`` K) by
     the rules of atomic replace.  ``config`` is a ``klpcc.toml``; by default the one
     beside the series is used when there is one.  With ``compile_commands`` (a
     ``compile_commands.json`` for the base tree), struct layouts are the compiler's;
     with ``objects``, the object-level check finds data the compiled release changes.
     ``kernel`` is a kernel build directory: its ``.config`` is what the Kbuild makefiles
-    are read with (which files are built without ftrace's entry hook)."""
+    are read with (which files are built without ftrace's entry hook).  ``output``, the
+    file the caller will write the result to, is refused when it is one of the run's
+    inputs (:func:`inputs`)."""
     from .lint import check
 
     kconfig = _kernel_config(kernel) if kernel is not None else None
@@ -206,8 +218,21 @@ def lint(opts: AnalyzeOptions, config: str | Path | None = None,
     run = objects.runner(base) if objects is not None else None
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
+    _check_output(output, opts, series, base, rep, config, compile_commands, objects, kernel)
     report = run(analyse(rep, release)) if run is not None else None
     return check(rep, release, installed, cfg, commands, report, kconfig)
+
+
+def _check_output(output: str | Path | None, opts: AnalyzeOptions, series: Series, base: BaseTree,
+                  rep: Replay, config: str | Path | None, compile_commands: str | Path | None,
+                  objects: ObjectOptions | None, kernel: str | Path | None) -> None:
+    """Refuse ``output`` when it would be written over an input of the run."""
+    if output is None:
+        return
+    more = (objects.commands, objects.binary) if objects is not None else ()
+    stores = [kernel, objects.cache if objects is not None else None]
+    inputs(opts, series, base, config, compile_commands, *more, trees=stores,
+           touched={p for paths in rep.files_touched.values() for p in paths}).check_file(output)
 
 
 def _kernel_config(kdir: str | Path) -> dict[str, str]:
@@ -225,12 +250,13 @@ def _kernel_config(kdir: str | Path) -> dict[str, str]:
 
 def review(opts: AnalyzeOptions, *, config: str | Path | None = None,
            compile_commands: str | Path | None = None, objects: ObjectOptions | None = None,
-           kernel: str | Path | None = None, lint: bool = True) -> Review:
+           kernel: str | Path | None = None, lint: bool = True, output: str | Path | None = None) -> Review:
     """The review report of the selected release (render it with
     :func:`klpcc.review.render`): the function x release matrix, the transition from
     ``--from``, the lint of the release (as :func:`lint` runs it; none with ``lint``
     false), what the compiled code says (with ``objects``), the release graph and the
-    diff of each function."""
+    diff of each function.  ``output`` (the page's file) is refused when it is one of the
+    run's inputs, as in :func:`lint`."""
     from . import review as _review
     from .lint import check
 
@@ -241,6 +267,7 @@ def review(opts: AnalyzeOptions, *, config: str | Path | None = None,
     run = objects.runner(base) if objects is not None else None
     upto = max(release, installed or 0)
     rep = replay(series, base, fuzz=opts.fuzz, keep=range(0, upto + 1))
+    _check_output(output, opts, series, base, rep, config, compile_commands, objects, kernel)
     analysis = analyse(rep, release, installed)
     report = run(analysis) if run is not None else None
     found = check(rep, release, installed, cfg, commands, report, kconfig) if lint else None
@@ -282,8 +309,9 @@ def compile_bundle(opts: AnalyzeOptions, outdir: str | Path, *, force: bool = Fa
 
     check_target(outdir, force)
     series, base, release, _ = _load(opts)
-    more = (objects.commands, objects.binary, objects.cache) if objects is not None else ()
-    inputs(opts, config, compile_commands, *more, series=series, base=base).check_dir(outdir)
+    more = (objects.commands, objects.binary) if objects is not None else ()
+    inputs(opts, series, base, config, compile_commands, *more,
+           trees=[objects.cache] if objects is not None else ()).check_dir(outdir)
     cfg = _config(opts, series, config)
     commands = _commands(compile_commands, base)
     run = objects.runner(base) if objects is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -41,13 +42,26 @@ def check_target(outdir: str | Path, force: bool, marks: tuple[str, ...] = (BUND
     if os.path.lexists(target) and not target.is_dir():
         raise KlpccError(f"{outdir} exists and is not a directory")
     if os.path.lexists(target) and not target.is_symlink() and any(target.iterdir()) \
-            and not any(os.path.lexists(target / m) for m in marks):
+            and not any(_klpcc_wrote(target / m) for m in marks):
         raise KlpccError(f"{outdir} is not a directory klpcc wrote (it has no {' or '.join(marks)}); "
                          "--force replaces only those: remove it yourself or name another")
     parent = target.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise KlpccError(f"cannot create {outdir}: {existing} is not a directory")
+
+
+def _klpcc_wrote(path: Path) -> bool:
+    """Is ``path`` a file klpcc wrote: a manifest whose schema is klpcc's (its first key),
+    or a header of klpcc's runtime (a ``manifest.json`` alone may be anybody's)?"""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if path.name.endswith(".json"):
+        return re.match(rb'\s*\{\s*"schema"\s*:\s*"klpcc\.', head) is not None
+    return b"klpcc" in head
 
 
 def _as_written(path: str | Path) -> Path:

@@ -236,11 +236,8 @@ def lint_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str] |
     states, callbacks, shadow variables and changes a live patch cannot carry."""
     from .lint.output import lint_json, lint_sarif, lint_text
 
-    if output:
-        api.inputs(api.AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
-                   objects, binary).check_file(output)
     res = api.lint(api.AnalyzeOptions(series, source, git, release, installed, fuzz), config, commands,
-                   _objects(objects, jobs, cache, no_cache, binary), kernel=kdir)
+                   _objects(objects, jobs, cache, no_cache, binary), kernel=kdir, output=output or None)
     if fmt == "json":
         text = _report.dump_json(lint_json(res)) + "\n"
     elif fmt == "sarif":
@@ -298,9 +295,9 @@ def report_cmd(series: tuple[str, ...], source: str | None, git: tuple[str, str]
         rv = api.review_bundle(bundle)
     else:
         opts = api.AnalyzeOptions(series, source, git, release, installed, fuzz)
-        api.inputs(opts, config, commands, objects, binary).check_file(output)
         rv = api.review(opts, config=config, compile_commands=commands, kernel=kdir,
-                        objects=_objects(objects, jobs, cache, no_cache, binary), lint=not no_lint)
+                        objects=_objects(objects, jobs, cache, no_cache, binary), lint=not no_lint,
+                        output=output)
     api.write_review(rv, output)
     for w in rv.warnings:
         click.echo(f"klpcc: warning: {w}", err=True)

@@ -447,7 +447,9 @@ def parse_patch(patch: Patch, exists: Callable[[str], bool] | None = None,
             k = next(i for i, (g, _) in enumerate(guesses) if g is None)
             name = next(n for n in _sides(parsed[k]) if n is not None)
             raise KlpccError(f"both {name} (-p0) and {_strip(name, 1)} (-p1) exist in the base: say which "
-                             "the patch means with -p0 or -p1 after its name in the series file",
+                             "the patch means with -p0 or -p1 after its name in a quilt series file "
+                             "(a patch given alone: list it in a file named 'series' beside it, "
+                             "'NAME -p1', and give that file)",
                              patch=patch.path, line=start + (parsed[k].diff_line_no or 1))
         strip = told if told is not None else guesses[0][0] or 0
     changes = [_file_change(pf, patch, start + (pf.diff_line_no or 1), start, strip) for pf in parsed]

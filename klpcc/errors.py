@@ -19,8 +19,8 @@ def max_input_bytes() -> int:
         mib = float(given)
     except ValueError:
         mib = -1.0
-    if not 0 < mib < float(1 << 30):  # also refuses nan and inf
-        raise KlpccError(f"KLPCC_MAX_FILE_MB must be a number of MiB above 0, not {given!r}")
+    if not 1 <= mib < float(1 << 30):  # also refuses nan and inf
+        raise KlpccError(f"KLPCC_MAX_FILE_MB must be a number of MiB, 1 or more, not {given!r}")
     return int(mib * (1 << 20))
 
 
@@ -31,7 +31,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BREAK = re.compile(r"[ \t]*[\r\n]\s*")
 
 
-_SURROGATE = re.compile(r"\\udc([89a-f][0-9a-f])")
+# a lone surrogate as repr() writes it (\udcNN after an even run of backslashes: not
+# the text "\\udcNN" of a line that had it written out)
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
 def quoted(text: str, limit: int = 60) -> str:
@@ -39,7 +41,7 @@ def quoted(text: str, limit: int = 60) -> str:
     surrogates) quoted for a message, cut to ``limit`` characters: white space as it is,
     control characters and bytes that are not UTF-8 as escapes (``\\xe9``)."""
     text = text.rstrip("\r\n")
-    return _SURROGATE.sub(r"\\x\1", repr(text if len(text) <= limit else text[:limit - 3] + "..."))
+    return _SURROGATE.sub(r"\1\\x\2", repr(text if len(text) <= limit else text[:limit - 3] + "..."))
 
 
 def _escaped(text: str) -> str:

@@ -298,7 +298,9 @@ def _tree(d: Path) -> dict[str, bytes]:
 @pytest.fixture
 def existing(tmp_path) -> Path:
     out = tmp_path / "out"
-    write_tree(out / "bundle", {"keep.txt": "precious\n", "manifest.json": "{}\n"})
+    # an earlier bundle (what --force may replace is known by its manifest's schema)
+    write_tree(out / "bundle", {"keep.txt": "precious\n",
+                                "manifest.json": '{"schema": "klpcc.manifest/2"}\n'})
     return out / "bundle"
 
 
@@ -443,6 +445,16 @@ def test_compile_force_replaces_only_what_klpcc_wrote(small, tmp_path):
     assert invoke("compile", patches, "--source", base, "-o", empty, "--force").exit_code == 0
 
 
+def test_compile_force_never_replaces_a_directory_whose_manifest_is_not_klpccs(small, tmp_path):
+    """A web extension's folder has a manifest.json too."""
+    patches, base = small
+    ext = write_tree(tmp_path / "ext", {"manifest.json": '{"manifest_version": 3}\n', "background.js": "x\n"})
+    before = _tree(ext)
+    assert "not a directory klpcc wrote" in one_error(invoke("compile", patches, "--source", base, "-o", ext,
+                                                             "--force"))
+    assert _tree(ext) == before
+
+
 def test_compile_force_onto_a_bundle_it_reads_from_is_refused(small, tmp_path):
     """The series and base taken from an earlier bundle: that bundle is an input."""
     patches, base = small
@@ -481,6 +493,58 @@ def test_lint_and_report_never_write_over_what_they_read(small, command, which):
     msg = one_error(invoke(command, patches, "--source", base, "-o", target))
     assert str(target) in msg and "reads" in msg
     assert _tree(base.parent) == before
+
+
+def test_the_series_file_under_patches_is_an_input(tmp_path):
+    """A directory given as the series may hold it as patches/series (quilt's layout)."""
+    from .helpers import make_series
+
+    patches, base = make_series(tmp_path / "q", {"x.c": "int f(void)\n{\n\treturn 1;\n}\n"},
+                                [{"x.c": "int f(void)\n{\n\treturn 2;\n}\n"}])
+    assert patches.name == "patches"
+    before = (patches / "series").read_text()
+    msg = one_error(invoke("lint", patches.parent, "--source", base, "-o", patches / "series"))
+    assert "reads" in msg and (patches / "series").read_text() == before
+
+
+def test_a_file_a_quilt_style_patch_touches_is_an_input(tmp_path):
+    """'--- linux.orig/Makefile' / '+++ linux/Makefile' (quilt's own paths): the base's
+    Makefile is read, whatever the prefixes."""
+    base = write_tree(tmp_path / "base", {"Makefile": "obj-y += x.o\n", "x.c": "int x;\n"})
+    s = write_tree(tmp_path / "s", {
+        "1.patch": "--- linux.orig/Makefile\n+++ linux/Makefile\n@@ -1 +1,2 @@\n"
+                   " obj-y += x.o\n+obj-y += y.o\n",
+        "series": "1.patch\n"})
+    msg = one_error(invoke("lint", s, "--source", base, "-o", base / "Makefile"))
+    assert "reads" in msg and (base / "Makefile").read_text() == "obj-y += x.o\n"
+
+
+def test_the_kernel_build_directory_lint_reads_is_an_input(small, tmp_path):
+    patches, base = small
+    kdir = write_tree(tmp_path / "kdir", {".config": "CONFIG_LIVEPATCH=y\n", "Makefile": "all:\n"})
+    msg = one_error(invoke("lint", patches, "--source", base, "--kernel", kdir, "-o", kdir / ".config"))
+    assert "reads" in msg and (kdir / ".config").read_text() == "CONFIG_LIVEPATCH=y\n"
+
+
+def test_report_from_a_subdirectory_of_the_git_repository_it_reads(tmp_path):
+    """--git . from a subdirectory: the page is written there (the work tree's files that
+    are not inputs are anybody's), but never into the repository's store."""
+    repo = write_tree(tmp_path / "repo", {"x.c": "int f(void)\n{\n\treturn 1;\n}\n", "docs/README": "x\n"})
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    (repo / "x.c").write_text("int f(void)\n{\n\treturn 2;\n}\n")
+    git("commit", "-qam", "fix")
+    r = klpcc("report", "--git", ".", "HEAD~1..HEAD", "-o", "report.html", cwd=repo / "docs")
+    assert r.returncode == 0, r.stderr
+    assert (repo / "docs" / "report.html").is_file()
+    r = klpcc("lint", "--git", ".", "HEAD~1..HEAD", "-o", "../.git/lint.txt", cwd=repo / "docs")
+    assert r.returncode == 2 and ".git" in r.stderr and not (repo / ".git" / "lint.txt").exists()
 
 
 def test_lint_output_beside_its_inputs_is_written(small):
@@ -596,3 +660,12 @@ def test_a_bad_file_size_limit_is_refused_not_ignored(value):
 
 def test_an_empty_source_path_is_refused():
     assert "empty path" in one_error(invoke("analyze", *GOOD, "--source", ""))
+
+
+def test_quoted_lines_show_undecodable_bytes_and_only_them_as_byte_escapes():
+    from klpcc.errors import quoted
+
+    assert quoted("a\udce9b") == "'a\\xe9b'"  # the byte 0xe9, carried as a lone surrogate
+    assert quoted('printf("\\udc80");') == repr('printf("\\udc80");')  # text that spells an escape
+    assert quoted("x\\\udce9") == "'x\\\\\\xe9'"  # a backslash, then the byte
+    assert quoted("a  b\t") == "'a  b\\t'"  # spaces as they are

@@ -37,11 +37,12 @@ _TOKEN = re.compile(
 _PLAIN = re.compile(rb"[\w\s,;(){}\[\]?~=*+\-&|<>!%^:]*")
 _OPERATORS = b",;(){}[]?~=*+-&|<>!%^:"
 _SIDE_BY_SIDE = re.compile(rb"[=*+\-&|<>!%^:]{2}|[eEpP][+-]")
+_PLAIN_MIN = 1024  # shorter texts (most code) go straight to the general pattern: the checks cost more
 
 
 def tokens(text: bytes) -> list[bytes]:
     """C tokens of ``text`` (maximal munch), comments and whitespace dropped."""
-    if _PLAIN.fullmatch(text) and not _SIDE_BY_SIDE.search(text):
+    if len(text) >= _PLAIN_MIN and not _SIDE_BY_SIDE.search(text) and _PLAIN.fullmatch(text):
         # each operator stands alone: space it off and split (several times faster)
         for op in _OPERATORS:
             char = _CHARS[op]
