@@ -1199,6 +1199,20 @@ def test_u009_removed_build_file_and_clean_variants(tmp_path):
     assert "U009" not in lint.rules, lint.summary()
 
 
+def test_u009_a_makefile_that_only_builds_a_new_c_file_is_carried(tmp_path):
+    """obj-y += foo_extra.o beside a new foo_extra.c: the new file's functions are in the
+    patch (added), so the makefile's change has nothing more to carry; dropping an object
+    too is a change the patch cannot make."""
+    extra = "int foo_extra(void)\n{\n\treturn 1;\n}\n"
+    base = {**KBASE, "kernel/Makefile": KMAKE}
+    lint = Series(tmp_path / "new", base, [{"kernel/Makefile": KMAKE + "obj-y += foo_extra.o\n",
+                                             "kernel/foo_extra.c": extra}]).lint()
+    assert "U009" not in lint.rules, lint.summary()
+    lint = Series(tmp_path / "swap", base, [{"kernel/Makefile": "obj-y += foo.o foo_extra.o\n",
+                                              "kernel/foo_extra.c": extra}]).lint()
+    assert "changes kernel/Makefile" in lint.one("U009")["message"]
+
+
 # =========================================================================== U003
 
 

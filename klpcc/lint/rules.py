@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -162,6 +163,20 @@ _ASSEMBLY = (".S", ".s", ".asm")
 _LINKER = (".lds", ".ld", ".lds.S")
 _BUILD = frozenset({"Makefile", "makefile", "GNUmakefile", "Kbuild", "CMakeLists.txt", "meson.build",
                     "configure", "configure.ac", "configure.in", "Makefile.am", "Makefile.in"})
+
+
+def _logical_lines(make: bytes) -> Counter:
+    """The lines of a makefile, continued lines joined."""
+    return Counter(make.decode("utf-8", "replace").replace("\\\n", " ").splitlines())
+
+
+def _words(lines: Counter) -> Counter:
+    return Counter(w for line, n in lines.items() for w in line.split() for _ in range(n))
+
+
+# what a makefile line that adds objects is made of besides them: 'obj-y +=', 'foo-objs :=',
+# 'obj-$(CONFIG_FOO) +='
+_MAKE_ASSIGN = re.compile(r"[+:?]?=|[\w$()-]*-(?:y|m|objs|\$\(CONFIG_\w+\))")
 
 
 def not_carried(path: str) -> str | None:
@@ -401,7 +416,8 @@ class Checker:
                 pending.append(("U003", e, [("call", e.name)]))
         for e in a.outside:
             what = not_carried(e.file) if e.kind == "file" else None
-            if what is not None and e.change in (MODIFIED, ADDED, REMOVED):
+            if what is not None and e.change in (MODIFIED, ADDED, REMOVED) \
+                    and not self._builds_added_units(e):
                 verb = {MODIFIED: "changes", ADDED: "adds", REMOVED: "removes"}[e.change]
                 site, patch = self._file_site(e.file) if e.change != REMOVED else (None, None)
                 self.add("U009", f"release {self.rname} {verb} {e.file} ({what}), which a live patch does "
@@ -533,6 +549,38 @@ class Checker:
             r = kbuild.build_flags(read, path, self.kernel_config, pre)
             self._untraced[path] = kbuild.untraced(r, kbuild.CC_FLAGS_FTRACE)
         return self._untraced[path]
+
+    def _builds_added_units(self, e) -> bool:
+        """Does the release change build file ``e`` only to build C files the series adds
+        (``obj-y += new.o`` beside a new ``new.c``)?  Their code is carried, as added
+        functions; the build file's change has nothing more to carry."""
+        if e.change != MODIFIED or not e.file.rsplit("/", 1)[-1].startswith(("Makefile", "Kbuild")):
+            return False
+        try:
+            old = self.rep.snapshots.read(e.file, 0)
+            new = self.rep.snapshots.read(e.file, self.release)
+        except KeyError:
+            return False
+        if old is None or new is None:
+            return False
+        old_lines, new_lines = _logical_lines(old), _logical_lines(new)
+        gained = _words(new_lines - old_lines) - _words(old_lines - new_lines)
+        lost = _words(old_lines - new_lines) - _words(new_lines - old_lines)
+        folder = e.file.rsplit("/", 1)[0] + "/" if "/" in e.file else ""
+
+        def added_unit(word: str) -> bool:
+            path = folder + word[:-2] + ".c"
+            return word.endswith(".o") and self.rep.base.read(path) is None and self._exists_now(path)
+
+        units = [w for w in gained if w.endswith(".o")]
+        return not lost and bool(units) and all(added_unit(w) for w in units) \
+            and all(w.endswith(".o") or _MAKE_ASSIGN.fullmatch(w) for w in gained)
+
+    def _exists_now(self, path: str) -> bool:
+        try:
+            return self.rep.snapshots.read(path, self.release) is not None
+        except KeyError:
+            return False
 
     def _file_site(self, path: str) -> tuple[Site | None, tuple[str, int] | None]:
         """The first line of file ``path`` (as the release has it) that a patch put there,
