@@ -37,8 +37,8 @@ def main() -> None:
                     want = out
                 elif out != want:
                     raise SystemExit(f"{f}: the two paths give different tokens")
-        plain = sum(len(t) for t in texts if len(t) >= tokens._PLAIN_MIN
-                    and not tokens._SIDE_BY_SIDE.search(t) and tokens._PLAIN.fullmatch(t))
+        plain = sum(len(t) for t in texts
+                    if len(t) >= tokens._PLAIN_MIN and tokens.plain_tokens(t) is not None)
         print(f"{f.name:<28} {len(data) / 1e6:>5.2f} {plain / 1e6:>8.2f} {best['general'] * 1000:>10.0f} "
               f"{best['tokens'] * 1000:>9.0f} {best['general'] / best['tokens']:>5.1f}x")
 
