@@ -43,8 +43,8 @@ def check_target(outdir: str | Path, force: bool, marks: tuple[str, ...] = (BUND
         raise KlpccError(f"{outdir} exists and is not a directory")
     if os.path.lexists(target) and not target.is_symlink() and any(target.iterdir()) \
             and not any(_klpcc_wrote(target / m) for m in marks):
-        raise KlpccError(f"{outdir} is not a directory klpcc wrote (it has no {' or '.join(marks)}); "
-                         "--force replaces only those: remove it yourself or name another")
+        raise KlpccError(f"{outdir} is not a directory klpcc wrote (it has no {' or '.join(marks)} "
+                         "of klpcc's); --force replaces only those: remove it yourself or name another")
     parent = target.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
