@@ -104,32 +104,38 @@ FIX2 = {"lib/tax.c": FIX["lib/tax.c"].replace("cents > 1000 ? 25 : 10", "cents >
 
 class Server:
     def __init__(self, exe: Path):
-        self.p = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.pid = self.p.pid
         self.reports: dict[int, list[tuple[int, int]]] = {}
         self.lines: list[str] = []
         self.workers: list[int] = []  # long-lived: stopped with the server
+        self._pending = b""  # read from the pipe, not yet split into lines
         assert self.read_until(lambda ln: ln == "ready")
         wait_listening(self.pid)
 
     def send(self, cmd: str) -> None:
-        self.p.stdin.write(cmd + "\n")
-        self.p.stdin.flush()
+        self.p.stdin.write(cmd.encode() + b"\n")
 
     def read_until(self, done, timeout: float = 30.0) -> str:
+        """Read the server's lines until ``done`` accepts one.  The pipe is read in
+        chunks and split here: select() on a buffered reader misses the lines its buffer
+        already holds (several lines arrive in one read when the machine is busy)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
+            while b"\n" in self._pending:
+                raw, self._pending = self._pending.split(b"\n", 1)
+                line = raw.decode().strip()
+                self.lines.append(line)
+                if line.startswith("w "):
+                    _, pid, value, version = line.split()
+                    self.reports.setdefault(int(pid), []).append((int(value), int(version)))
+                if done(line):
+                    return line
             ready, _, _ = select.select([self.p.stdout], [], [], 0.2)
-            if not ready:
-                continue
-            line = self.p.stdout.readline().strip()
-            assert line, "the server exited"
-            self.lines.append(line)
-            if line.startswith("w "):
-                _, pid, value, version = line.split()
-                self.reports.setdefault(int(pid), []).append((int(value), int(version)))
-            if done(line):
-                return line
+            if ready:
+                chunk = os.read(self.p.stdout.fileno(), 1 << 16)
+                assert chunk, "the server exited"
+                self._pending += chunk
         raise AssertionError(f"nothing matched in {timeout} s; last lines: {self.lines[-5:]}")
 
     def spawn(self) -> int:
