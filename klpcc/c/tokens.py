@@ -35,7 +35,7 @@ _TOKEN = re.compile(
 # literal, '.', '#' or backslash; no two operators side by side (no '->', '<<=', '<:');
 # no exponent sign ('1e-5' is one token).
 _PLAIN = re.compile(rb"[\w\s,;(){}\[\]?~=*+\-&|<>!%^:]*")
-_OPERATORS = b",;(){}[]?~=*+-&|<>!%^:"
+_OPERATORS = [bytes([c]) for c in b",;(){}[]?~=*+-&|<>!%^:"]
 _SIDE_BY_SIDE = re.compile(rb"[=*+\-&|<>!%^:]{2}|[eEpP][+-]")
 _PLAIN_MIN = 1024  # shorter texts (most code) go straight to the general pattern: the checks cost more
 
@@ -53,9 +53,8 @@ def plain_tokens(text: bytes) -> list[bytes] | None:
     if _SIDE_BY_SIDE.search(text) or not _PLAIN.fullmatch(text):
         return None
     for op in _OPERATORS:
-        char = _CHARS[op]
-        if char in text:
-            text = text.replace(char, b" " + char + b" ")
+        if op in text:
+            text = text.replace(op, b" " + op + b" ")
     return text.split()
 
 
@@ -64,9 +63,6 @@ def munched(text: bytes) -> list[bytes]:
     if b"\\" in text:
         text = _CONTINUATION.sub(b" ", text)
     return [m for m in _TOKEN.findall(text) if m]
-
-
-_CHARS = {c: bytes([c]) for c in _OPERATORS}
 
 
 _FUNCTION_LIKE = re.compile(rb"\s*#\s*define\s+\w+\(")

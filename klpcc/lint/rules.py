@@ -556,11 +556,7 @@ class Checker:
         functions; the build file's change has nothing more to carry."""
         if e.change != MODIFIED or not e.file.rsplit("/", 1)[-1].startswith(("Makefile", "Kbuild")):
             return False
-        try:
-            old = self.rep.snapshots.read(e.file, 0)
-            new = self.rep.snapshots.read(e.file, self.release)
-        except KeyError:
-            return False
+        old, new = self._text(e.file, 0), self._text(e.file, self.release)
         if old is None or new is None:
             return False
         old_lines, new_lines = _logical_lines(old), _logical_lines(new)
@@ -570,26 +566,26 @@ class Checker:
 
         def added_unit(word: str) -> bool:
             path = folder + word[:-2] + ".c"
-            return word.endswith(".o") and self.rep.base.read(path) is None and self._exists_now(path)
+            return word.endswith(".o") and self._text(path, 0) is None \
+                and self._text(path, self.release) is not None
 
         units = [w for w in gained if w.endswith(".o")]
         return not lost and bool(units) and all(added_unit(w) for w in units) \
             and all(w.endswith(".o") or _MAKE_ASSIGN.fullmatch(w) for w in gained)
 
-    def _exists_now(self, path: str) -> bool:
+    def _text(self, path: str, release: int) -> bytes | None:
+        """``path`` as ``release`` has it (None: absent, or a file the series never read)."""
         try:
-            return self.rep.snapshots.read(path, self.release) is not None
+            return self.rep.snapshots.read(path, release)
         except KeyError:
-            return False
+            return self.rep.base.read(path) if release == 0 else None
 
     def _file_site(self, path: str) -> tuple[Site | None, tuple[str, int] | None]:
         """The first line of file ``path`` (as the release has it) that a patch put there,
         and that patch line; or the file's first line and its latest diff header."""
-        try:
-            data = self.rep.snapshots.read(path, self.release)
-        except KeyError:
-            data = None
-        for line in range(1, min(data.count(b"\n") + 1, _SCAN_LINES) + 1 if data else 1):
+        data = self._text(path, self.release)
+        lines = min(data.count(b"\n") + 1, _SCAN_LINES) if data else 0
+        for line in range(1, lines + 1):
             if (patch := added_by(self.rep, self.release, path, line)) is not None:
                 return Site(self.release, path, line), patch
         for r in range(self.release, 0, -1):
