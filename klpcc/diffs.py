@@ -314,7 +314,12 @@ class _Strict:
         if i < len(self.lines) and self.lines[i].startswith("--- "):
             return self._files(i, _Section(self.start + first + 1, self.lines[first], [], []))
         # not followed by a file diff: a line of text, as git takes it (nothing is lost:
-        # a '---' line further down is read where it stands)
+        # a '---' line further down is read where it stands) -- unless nothing but
+        # another file's header or the end follows: a file diff cut short after its header
+        rest = next((ln for ln in self.lines[i:] if ln.strip()), None)
+        if rest is None or rest.startswith(("diff ", "Index: ")):
+            raise self.fail(f"{_quote(self.lines[first])} has no file diff under it: no '---' line "
+                            "follows (cut short?)", first)
         self._text(first, i)
         return i
 

@@ -669,3 +669,17 @@ def test_quoted_lines_show_undecodable_bytes_and_only_them_as_byte_escapes():
     assert quoted('printf("\\udc80");') == repr('printf("\\udc80");')  # text that spells an escape
     assert quoted("x\\\udce9") == "'x\\\\\\xe9'"  # a backslash, then the byte
     assert quoted("a  b\t") == "'a  b\\t'"  # spaces as they are
+
+
+@pytest.mark.parametrize("tail", ["diff -ruN a/y.c b/y.c", "diff -ruN a/y.c b/y.c\n",
+                                  "diff -ruN a/y.c b/y.c\n\n", "Index: y.c\n",
+                                  "diff -u a/y.c b/y.c\ndiff -u a/z.c b/z.c\n"])
+def test_a_file_header_cut_short_is_refused(tmp_path, tail):
+    """A patch cut right after a file's 'diff' (or 'Index:') line: that file's diff is
+    lost, so the patch is refused, not read as the files before it."""
+    base = write_tree(tmp_path / "base", {"x.c": "int foo(void)\n{\n\treturn 1;\n}\n", "y.c": "int y;\n"})
+    patch = tmp_path / "1.patch"
+    patch.write_text(_one_file_patch("@@ -1,4 +1,4 @@\n int foo(void)\n {\n-\treturn 1;\n+\treturn 2;\n }\n")
+                     + tail)
+    msg = one_error(invoke("analyze", patch, "--source", base))
+    assert_names(msg, patch, [9], "cut short")
