@@ -254,6 +254,11 @@ class _Strict:
                     text_from = i
                 i += 1
         if text_from is not None:
+            if self.sections and not lines[n - 1].endswith("\n"):
+                # the last line of text after the file diffs ends mid-line: the patch was
+                # cut there (a hunk header's first '@', say), not written so
+                raise self.fail(f"the patch ends in the middle of a line, {_quote(lines[n - 1])} "
+                                "(cut short?)", n - 1)
             self._text(text_from, n)
 
     def _text(self, lo: int, hi: int) -> None:

@@ -673,10 +673,11 @@ def test_quoted_lines_show_undecodable_bytes_and_only_them_as_byte_escapes():
 
 @pytest.mark.parametrize("tail", ["diff -ruN a/y.c b/y.c", "diff -ruN a/y.c b/y.c\n",
                                   "diff -ruN a/y.c b/y.c\n\n", "Index: y.c\n",
-                                  "diff -u a/y.c b/y.c\ndiff -u a/z.c b/z.c\n"])
+                                  "diff -u a/y.c b/y.c\ndiff -u a/z.c b/z.c\n", "@", "Signed-off"])
 def test_a_file_header_cut_short_is_refused(tmp_path, tail):
-    """A patch cut right after a file's 'diff' (or 'Index:') line: that file's diff is
-    lost, so the patch is refused, not read as the files before it."""
+    """A patch cut right after a file's 'diff' (or 'Index:') line, or in the middle of
+    the line after a file diff (the first '@' of a hunk header): what follows is lost,
+    so the patch is refused, not read as the files before it."""
     base = write_tree(tmp_path / "base", {"x.c": "int foo(void)\n{\n\treturn 1;\n}\n", "y.c": "int y;\n"})
     patch = tmp_path / "1.patch"
     patch.write_text(_one_file_patch("@@ -1,4 +1,4 @@\n int foo(void)\n {\n-\treturn 1;\n+\treturn 2;\n }\n")
